@@ -1,0 +1,374 @@
+"""Local APIC model, one per vCPU (Intel SDM Vol. 3, chapter 11 "Advanced Programmable
+Interrupt Controller (APIC)").
+
+Registers are kept by their xAPIC MMIO offset (SDM Table 11-1); the x2APIC MSR view
+(SDM 11.12.1.2, MSR 0x800 + offset/16, ICR as one 64-bit MSR 0x830) maps onto the same
+storage.  Interrupt commands are decoded by :func:`decode_icr` and handed to a bus
+callback: the APIC never touches another vCPU itself.
+
+Time is virtual: the timer counts in "ticks" supplied by a clock callable (hvdbg drives
+it from the vCPU's guest-instruction count), so timer interrupts are deterministic.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Callable
+
+XAPIC_BASE = 0xFEE00000
+XAPIC_SIZE = 0x1000
+X2APIC_MSR_BASE = 0x800
+X2APIC_MSR_END = 0x8FF
+IA32_APIC_BASE_MSR = 0x1B
+APIC_BASE_BSP = 1 << 8
+APIC_BASE_EXTD = 1 << 10     # x2APIC mode
+APIC_BASE_EN = 1 << 11
+
+
+class Reg(IntEnum):
+    """xAPIC register offsets (SDM Table 11-1)."""
+
+    ID = 0x20
+    VERSION = 0x30
+    TPR = 0x80
+    APR = 0x90
+    PPR = 0xA0
+    EOI = 0xB0
+    RRD = 0xC0
+    LDR = 0xD0
+    DFR = 0xE0
+    SVR = 0xF0
+    ISR0 = 0x100
+    TMR0 = 0x180
+    IRR0 = 0x200
+    ESR = 0x280
+    LVT_CMCI = 0x2F0
+    ICR_LOW = 0x300
+    ICR_HIGH = 0x310
+    LVT_TIMER = 0x320
+    LVT_THERMAL = 0x330
+    LVT_PERF = 0x340
+    LVT_LINT0 = 0x350
+    LVT_LINT1 = 0x360
+    LVT_ERROR = 0x370
+    TIMER_INITIAL = 0x380
+    TIMER_CURRENT = 0x390
+    TIMER_DIVIDE = 0x3E0
+    SELF_IPI = 0x3F0     # x2APIC only
+
+
+class DeliveryMode(IntEnum):
+    """ICR delivery mode, bits 10:8 (SDM 11.6.1)."""
+
+    FIXED = 0
+    LOWEST_PRIORITY = 1
+    SMI = 2
+    NMI = 4
+    INIT = 5
+    STARTUP = 6
+
+
+class Shorthand(IntEnum):
+    """ICR destination shorthand, bits 19:18 (SDM 11.6.1)."""
+
+    NONE = 0
+    SELF = 1
+    ALL_INCLUDING_SELF = 2
+    ALL_EXCLUDING_SELF = 3
+
+
+SHORTHAND_TEXT = {
+    Shorthand.NONE: "no shorthand",
+    Shorthand.SELF: "self",
+    Shorthand.ALL_INCLUDING_SELF: "all including self",
+    Shorthand.ALL_EXCLUDING_SELF: "all excluding self",
+}
+
+LVT_MASKED = 1 << 16
+TIMER_MODES = {0: "one-shot", 1: "periodic", 2: "TSC-deadline"}
+# Divide configuration register (SDM Figure 11-10): bits 3,1,0 -> divisor
+_DIVIDE = {0b000: 2, 0b001: 4, 0b010: 8, 0b011: 16, 0b100: 32, 0b101: 64, 0b110: 128, 0b111: 1}
+
+
+@dataclass(frozen=True)
+class IcrCommand:
+    """A decoded interrupt command (SDM 11.6.1, Figure 11-12)."""
+
+    vector: int
+    delivery_mode: int
+    logical: bool
+    level_assert: bool
+    trigger_level: bool
+    shorthand: Shorthand
+    destination: int
+    x2apic: bool
+
+    @property
+    def mode_name(self) -> str:
+        try:
+            return DeliveryMode(self.delivery_mode).name
+        except ValueError:
+            return f"reserved({self.delivery_mode})"
+
+    def describe(self) -> str:
+        if self.shorthand != Shorthand.NONE:
+            dest = SHORTHAND_TEXT[self.shorthand]
+        else:
+            dest = f"{'logical' if self.logical else 'physical'} destination {self.destination:#x}"
+        text = f"{self.mode_name} IPI"
+        if self.delivery_mode == DeliveryMode.STARTUP:
+            text += f" vector {self.vector:#04x} (start at {self.vector << 12:#x})"
+        elif self.delivery_mode in (DeliveryMode.FIXED, DeliveryMode.LOWEST_PRIORITY):
+            text += f" vector {self.vector:#04x}"
+        if self.delivery_mode == DeliveryMode.INIT and not self.level_assert and self.trigger_level:
+            text += " (level de-assert)"
+        return f"{text} to {dest}"
+
+
+def decode_icr(value: int, x2apic: bool = False) -> IcrCommand:
+    """Decode a 64-bit ICR value (high dword = ICR_HIGH in xAPIC mode).
+
+    xAPIC: destination is ICR_HIGH bits 31:24 (8 bits); x2APIC: the full high dword.
+    """
+    low = value & 0xFFFFFFFF
+    high = value >> 32
+    dest = high if x2apic else (high >> 24) & 0xFF
+    return IcrCommand(
+        vector=low & 0xFF,
+        delivery_mode=(low >> 8) & 7,
+        logical=bool(low & (1 << 11)),
+        level_assert=bool(low & (1 << 14)),
+        trigger_level=bool(low & (1 << 15)),
+        shorthand=Shorthand((low >> 18) & 3),
+        destination=dest,
+        x2apic=x2apic,
+    )
+
+
+def encode_icr(vector: int = 0, delivery_mode: int = 0, destination: int = 0, *, logical: bool = False,
+               level_assert: bool = True, trigger_level: bool = False,
+               shorthand: Shorthand = Shorthand.NONE, x2apic: bool = False) -> int:
+    low = (vector & 0xFF) | (delivery_mode & 7) << 8 | logical << 11 | level_assert << 14 \
+        | trigger_level << 15 | int(shorthand) << 18
+    high = destination & 0xFFFFFFFF if x2apic else (destination & 0xFF) << 24
+    return high << 32 | low
+
+
+class LocalApic:
+    """One vCPU's local APIC.
+
+    ``send_ipi(source_apic, command)`` is called for every ICR write that sends an IPI;
+    ``clock()`` returns the current virtual time in ticks; ``on_pending()`` is called
+    (from any thread) when an interrupt becomes pending so the owner can kick its vCPU.
+    """
+
+    VERSION = 0x00050014  # version 0x14, max LVT entry 5
+
+    def __init__(self, apic_id: int, *, bsp: bool, x2apic_supported: bool,
+                 send_ipi: Callable[["LocalApic", IcrCommand], None],
+                 clock: Callable[[], int],
+                 on_pending: Callable[[], None] = lambda: None) -> None:
+        self.apic_id = apic_id
+        self.x2apic_supported = x2apic_supported
+        self._send_ipi = send_ipi
+        self._clock = clock
+        self._on_pending = on_pending
+        self._lock = threading.RLock()
+        self.base_msr = XAPIC_BASE | APIC_BASE_EN | (APIC_BASE_BSP if bsp else 0)
+        self.regs: dict[int, int] = {}
+        self.irr = 0          # 256-bit bitmaps
+        self.isr = 0
+        self.tmr = 0
+        self.nmi_pending = False
+        self.timer_deadline: int | None = None
+        self.timer_period = 0
+        self.timer_fired = 0
+        self.ipis_sent = 0
+        self.ipis_received = 0
+        self.reset()
+
+    # -- state -------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Power-up / INIT state (SDM 11.4.7.1)."""
+        with self._lock:
+            self.regs = {int(r): 0 for r in Reg}
+            for lvt in (Reg.LVT_TIMER, Reg.LVT_THERMAL, Reg.LVT_PERF, Reg.LVT_LINT0,
+                        Reg.LVT_LINT1, Reg.LVT_ERROR, Reg.LVT_CMCI):
+                self.regs[lvt] = LVT_MASKED
+            self.regs[Reg.SVR] = 0xFF
+            self.regs[Reg.DFR] = 0xFFFFFFFF
+            self.irr = self.isr = self.tmr = 0
+            self.timer_deadline = None
+
+    @property
+    def x2apic_mode(self) -> bool:
+        return bool(self.base_msr & APIC_BASE_EXTD)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.base_msr & APIC_BASE_EN) and bool(self.regs[Reg.SVR] & 0x100)
+
+    @property
+    def id_register(self) -> int:
+        """Value of the ID register as the guest reads it."""
+        return self.apic_id if self.x2apic_mode else (self.apic_id & 0xFF) << 24
+
+    # -- register access -----------------------------------------------------------------
+    def read(self, offset: int) -> int:
+        """32-bit read of the register at an xAPIC offset."""
+        offset &= 0xFF0
+        with self._lock:
+            if offset == Reg.ID:
+                return self.id_register
+            if offset == Reg.VERSION:
+                return self.VERSION
+            if offset == Reg.PPR:
+                return self._ppr()
+            if Reg.ISR0 <= offset < Reg.ISR0 + 0x80:
+                return (self.isr >> ((offset - Reg.ISR0) // 0x10 * 32)) & 0xFFFFFFFF
+            if Reg.TMR0 <= offset < Reg.TMR0 + 0x80:
+                return (self.tmr >> ((offset - Reg.TMR0) // 0x10 * 32)) & 0xFFFFFFFF
+            if Reg.IRR0 <= offset < Reg.IRR0 + 0x80:
+                return (self.irr >> ((offset - Reg.IRR0) // 0x10 * 32)) & 0xFFFFFFFF
+            if offset == Reg.TIMER_CURRENT:
+                return self._timer_current()
+            return self.regs.get(offset, 0)
+
+    def write(self, offset: int, value: int) -> None:
+        """32-bit write of the register at an xAPIC offset."""
+        offset &= 0xFF0
+        value &= 0xFFFFFFFF
+        with self._lock:
+            if offset == Reg.EOI:
+                self.eoi()
+            elif offset == Reg.ICR_LOW:
+                self.regs[Reg.ICR_LOW] = value & ~(1 << 12)  # delivery status: idle
+                self._issue(self.regs[Reg.ICR_HIGH] << 32 | value)
+            elif offset == Reg.TIMER_INITIAL:
+                self.regs[offset] = value
+                self._arm_timer()
+            elif offset == Reg.TIMER_DIVIDE:
+                self.regs[offset] = value & 0xB
+            elif offset == Reg.ID and not self.x2apic_mode:
+                self.apic_id = value >> 24  # xAPIC ID is writable (SDM 11.4.6)
+            elif offset in (Reg.VERSION, Reg.PPR, Reg.TIMER_CURRENT) or Reg.ISR0 <= offset < 0x280:
+                pass  # read-only
+            elif offset == Reg.SELF_IPI:
+                self.accept(value & 0xFF)
+            else:
+                self.regs[offset] = value
+
+    def read_msr(self, msr: int) -> int:
+        """x2APIC MSR read (SDM 11.12.1.2)."""
+        if msr == 0x830:
+            return self.regs[Reg.ICR_HIGH] << 32 | self.regs[Reg.ICR_LOW]
+        if msr == 0x802:
+            return self.apic_id
+        return self.read((msr - X2APIC_MSR_BASE) << 4)
+
+    def write_msr(self, msr: int, value: int) -> None:
+        """x2APIC MSR write; ICR is one 64-bit write that sends the IPI."""
+        if msr == 0x830:
+            with self._lock:
+                self.regs[Reg.ICR_HIGH] = value >> 32
+                self.regs[Reg.ICR_LOW] = value & 0xFFFFFFFF
+                self._issue(value)
+            return
+        self.write((msr - X2APIC_MSR_BASE) << 4, value)
+
+    def _issue(self, icr: int) -> None:
+        cmd = decode_icr(icr, self.x2apic_mode)
+        self.ipis_sent += 1
+        self._send_ipi(self, cmd)
+
+    # -- interrupt acceptance (SDM 11.8) -------------------------------------------------
+    def accept(self, vector: int, level: bool = False) -> None:
+        """Set IRR for a fixed interrupt arriving at this APIC."""
+        if vector < 16:
+            self.regs[Reg.ESR] |= 1 << 6  # receive illegal vector
+            return
+        with self._lock:
+            self.irr |= 1 << vector
+            if level:
+                self.tmr |= 1 << vector
+            self.ipis_received += 1
+        self._on_pending()
+
+    def accept_nmi(self) -> None:
+        self.nmi_pending = True
+        self._on_pending()
+
+    def _ppr(self) -> int:
+        tpr = self.regs[Reg.TPR] & 0xFF
+        isrv = self.isr.bit_length() - 1 if self.isr else 0
+        return tpr if (tpr >> 4) >= (isrv >> 4) else isrv & 0xF0
+
+    def pending_vector(self) -> int | None:
+        """Highest IRR vector whose priority class beats PPR, or None."""
+        with self._lock:
+            self._check_timer()
+            if not self.irr or not (self.regs[Reg.SVR] & 0x100):
+                return None
+            vec = self.irr.bit_length() - 1
+            if (vec >> 4) <= (self._ppr() >> 4):
+                return None
+            return vec
+
+    def ack(self, vector: int) -> None:
+        """The vCPU takes the interrupt: IRR -> ISR (interrupt acknowledge)."""
+        with self._lock:
+            self.irr &= ~(1 << vector)
+            self.isr |= 1 << vector
+
+    def eoi(self) -> None:
+        with self._lock:
+            if self.isr:
+                vec = self.isr.bit_length() - 1
+                self.isr &= ~(1 << vec)
+                self.tmr &= ~(1 << vec)
+
+    # -- timer (SDM 11.5.4) --------------------------------------------------------------
+    def _divisor(self) -> int:
+        d = self.regs[Reg.TIMER_DIVIDE]
+        return _DIVIDE[((d >> 1) & 0b100) | (d & 0b11)]
+
+    def _arm_timer(self) -> None:
+        initial = self.regs[Reg.TIMER_INITIAL]
+        if initial == 0:
+            self.timer_deadline = None
+            return
+        self.timer_period = initial * self._divisor()
+        self.timer_deadline = self._clock() + self.timer_period
+
+    def _timer_current(self) -> int:
+        if self.timer_deadline is None:
+            return 0
+        left = self.timer_deadline - self._clock()
+        return max(0, left // self._divisor())
+
+    def _check_timer(self) -> None:
+        if self.timer_deadline is None or self._clock() < self.timer_deadline:
+            return
+        lvt = self.regs[Reg.LVT_TIMER]
+        mode = (lvt >> 17) & 3
+        self.timer_fired += 1
+        if mode == 1 and self.timer_period:
+            now = self._clock()
+            while self.timer_deadline <= now:
+                self.timer_deadline += self.timer_period
+        else:
+            self.timer_deadline = None
+        if not (lvt & LVT_MASKED):
+            self.irr |= 1 << (lvt & 0xFF)
+
+    def next_event(self) -> int | None:
+        """Virtual time of the next timer expiry, for slice sizing."""
+        return self.timer_deadline
+
+    def has_pending(self) -> bool:
+        return self.nmi_pending or self.pending_vector() is not None
+
+    def timer_mode(self) -> str:
+        return TIMER_MODES.get((self.regs[Reg.LVT_TIMER] >> 17) & 3, "reserved")

@@ -1,0 +1,228 @@
+"""VM configuration: a TOML file, validated against a schema kept as data.
+
+Every wrong key, type or value becomes one :class:`ConfigError` line that names the
+key.  docs/config.md is the user-facing description of the same table.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from hvdbg.errors import ConfigError
+
+MiB = 1 << 20
+MAGIC_CHOICES = {"bootloader": None, "header": "header"}
+SCHED_POLICIES = ("pinned", "fifo", "rr", "cfs", "spin-aware")
+
+
+def _size(value: Any) -> int:
+    """Accept 128, "128M", "16MiB", "1G", "0x8000000"."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size")
+    if isinstance(value, int):
+        return value * MiB if value < 65536 else value
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(0x[0-9a-fA-F]+|\d+)\s*([KMG]i?B?|)\s*", value)
+        if m:
+            num = int(m.group(1), 0)
+            unit = m.group(2)[:1].upper()
+            return num * {"": 1, "K": 1 << 10, "M": MiB, "G": 1 << 30}[unit]
+    raise ValueError("expected a size such as 128, \"128M\" or \"1G\"")
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.replace("_", ""), 0)
+        except ValueError:
+            pass
+    raise ValueError("expected an integer")
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ValueError("expected true or false")
+
+
+def _str(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    raise ValueError("expected a string")
+
+
+def _str_list(value: Any) -> list[str]:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ValueError("expected a list of strings")
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if isinstance(value, str) and value in choices:
+            return value
+        raise ValueError(f"expected one of {', '.join(repr(c) for c in choices)}")
+    return check
+
+
+def _magic(value: Any) -> int | str | None:
+    if isinstance(value, str) and value in MAGIC_CHOICES:
+        return MAGIC_CHOICES[value]
+    try:
+        return _int(value)
+    except ValueError:
+        raise ValueError("expected \"bootloader\", \"header\" or an integer such as 0x1BADB002") from None
+
+
+def _affinity(value: Any) -> dict[int, list[int]]:
+    if not isinstance(value, dict):
+        raise ValueError("expected a table such as { 0 = [0], 1 = [1] }")
+    out = {}
+    for k, v in value.items():
+        if not (isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)):
+            raise ValueError(f"vCPU {k}: expected a list of pCPU numbers")
+        out[_int(k)] = list(v)
+    return out
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str                 # "vcpus" or "cpuid.x2apic"
+    parse: Callable[[Any], Any]
+    default: Any
+    doc: str
+
+
+# The schema, as data.  docs/config.md mirrors this table.
+SCHEMA: tuple[Option, ...] = (
+    Option("kernel", _str, None, "guest kernel (multiboot 1 or 2 image); relative to the config file"),
+    Option("cmdline", _str, "", "kernel command line passed in the multiboot information"),
+    Option("modules", _str_list, [], "multiboot modules (paths; relative to the config file)"),
+    Option("memory", _size, 128 * MiB, "guest RAM size (16M .. 4G)"),
+    Option("gpa_hpa_offset", _int, 0, "host-physical address of guest-physical 0 (EPT maps GPA -> GPA + offset)"),
+    Option("vcpus", _int, 1, "number of vCPUs (1 .. 64)"),
+    Option("pcpus", _int, 0, "number of pCPUs (host threads); 0 = one per vCPU"),
+    Option("sched", _choice(*SCHED_POLICIES), "pinned", "vCPU scheduling policy"),
+    Option("deterministic", _bool, False, "run every vCPU on one host thread in instruction-counted slices"),
+    Option("slice", _int, 20_000, "time slice in guest instructions"),
+    Option("affinity", _affinity, {}, "per-vCPU allowed pCPUs, e.g. { 0 = [0], 1 = [1] }"),
+    Option("cpuid.x2apic", _bool, False, "report x2APIC support in CPUID.1:ECX[21]"),
+    Option("cpuid.apic_ids", _choice("distinct", "same"), "distinct",
+           "initial APIC IDs reported by CPUID: 'distinct' (correct) or 'same' (every vCPU reads 0: a bug scenario)"),
+    Option("loader.magic", _magic, None, "EAX at entry: \"bootloader\" (correct), \"header\" (the header magic: a bug scenario) or a number"),
+    Option("budget.instructions", _int, 4_000_000_000, "stop after this many guest instructions in total"),
+    Option("budget.seconds", _int, 120, "stop after this many host seconds"),
+    Option("budget.idle_slices", _int, 200, "a vCPU spinning this many slices without a VM exit counts as hung"),
+    Option("vmx.exception_bitmap", _int, 0, "VMCS exception bitmap: exceptions whose vector bit is set cause a VM exit (bit 14 = #PF)"),
+    Option("vmx.unrestricted_guest", _bool, True, "secondary control 'unrestricted guest' (real-mode APs)"),
+    Option("faults.sipi_uses_hpa", _bool, False, "VMM bug: compute the SIPI entry from the host-physical address (adds gpa_hpa_offset)"),
+    Option("output.echo_serial", _bool, False, "copy guest serial output to stdout while running"),
+)
+_BY_KEY = {o.key: o for o in SCHEMA}
+
+
+@dataclass
+class VmConfig:
+    """A validated configuration; ``cfg["cpuid.x2apic"]`` reads a value by its schema key."""
+
+    path: Path | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def get(self, key: str) -> Any:
+        return self.values[key]
+
+    def set(self, key: str, value: Any) -> None:
+        """Apply a command-line override, validated like a file value."""
+        self.values[key] = _check(key, value, source="command line")
+        _cross_check(self.values, "command line")
+
+    @property
+    def kernel_path(self) -> Path:
+        return Path(self.values["kernel"])
+
+    def module_paths(self) -> list[Path]:
+        return [Path(m) for m in self.values["modules"]]
+
+
+def _check(key: str, value: Any, source: str) -> Any:
+    opt = _BY_KEY.get(key)
+    if opt is None:
+        raise ConfigError(f"{source}: unknown key '{key}'")
+    try:
+        return opt.parse(value)
+    except ValueError as e:
+        raise ConfigError(f"{source}: '{key}': {e} (got {value!r})") from None
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and key not in _BY_KEY:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _cross_check(values: dict[str, Any], source: str) -> None:
+    mem = values["memory"]
+    if not (16 * MiB <= mem <= 4096 * MiB) or mem % (1 << 12):
+        raise ConfigError(f"{source}: 'memory': must be a multiple of 4 KiB between 16M and 4G (got {mem:#x})")
+    if not 1 <= values["vcpus"] <= 64:
+        raise ConfigError(f"{source}: 'vcpus': must be between 1 and 64 (got {values['vcpus']})")
+    if not 0 <= values["pcpus"] <= 64:
+        raise ConfigError(f"{source}: 'pcpus': must be between 0 and 64 (got {values['pcpus']})")
+    off = values["gpa_hpa_offset"]
+    if off < 0 or off % (1 << 12) or off >= 1 << 46:
+        raise ConfigError(f"{source}: 'gpa_hpa_offset': must be a 4 KiB-aligned address below 2^46 (got {off:#x})")
+    if values["slice"] < 100:
+        raise ConfigError(f"{source}: 'slice': must be at least 100 guest instructions (got {values['slice']})")
+    if values["budget.instructions"] <= 0 or values["budget.seconds"] <= 0:
+        raise ConfigError(f"{source}: 'budget': instructions and seconds must be positive")
+    for v, cpus in values["affinity"].items():
+        if not 0 <= v < values["vcpus"]:
+            raise ConfigError(f"{source}: 'affinity': no vCPU {v}")
+
+
+def config_from_dict(data: dict[str, Any], base_dir: Path | None = None, source: str = "config") -> VmConfig:
+    values = {o.key: o.default for o in SCHEMA}
+    for key, raw in _flatten(data).items():
+        values[key] = _check(key, raw, source)
+    if values["kernel"] is None:
+        raise ConfigError(f"{source}: 'kernel' is required (path to a multiboot kernel)")
+    if base_dir is not None:
+        values["kernel"] = str((base_dir / values["kernel"]).resolve())
+        values["modules"] = [str((base_dir / m).resolve()) for m in values["modules"]]
+    _cross_check(values, source)
+    return VmConfig(values=values)
+
+
+def load_config(path: str | Path) -> VmConfig:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such config file") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    cfg = config_from_dict(data, p.resolve().parent, str(p))
+    cfg.path = p
+    return cfg

@@ -1,0 +1,85 @@
+"""CPUID as the hypervisor presents it (CPUID always causes a VM exit, SDM 26.1.2).
+
+The guest-visible leaves are a data table; per-vCPU values (initial APIC ID in leaf 1
+EBX[31:24], x2APIC ID in leaf 0xB EDX) are filled in by :class:`CpuidModel`.
+Feature bit names follow SDM Vol. 2A, CPUID, Tables 3-10 / 3-11.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# leaf 1 ECX / EDX feature bits (SDM Vol. 2A Table 3-10 and 3-11)
+ECX1 = {"sse3": 0, "pclmulqdq": 1, "ssse3": 9, "cx16": 13, "sse4_1": 19, "sse4_2": 20,
+        "x2apic": 21, "popcnt": 23, "tsc_deadline": 24, "hypervisor": 31}
+EDX1 = {"fpu": 0, "vme": 1, "de": 2, "pse": 3, "tsc": 4, "msr": 5, "pae": 6, "mce": 7, "cx8": 8,
+        "apic": 9, "sep": 11, "mtrr": 12, "pge": 13, "mca": 14, "cmov": 15, "pat": 16, "pse36": 17,
+        "clflush": 19, "mmx": 23, "fxsr": 24, "sse": 25, "sse2": 26, "htt": 28}
+# leaf 0x80000001 EDX / ECX
+EDX_EXT = {"syscall": 11, "nx": 20, "pdpe1gb": 26, "rdtscp": 27, "lm": 29}
+ECX_EXT = {"lahf_lm": 0}
+
+DEFAULT_FEATURES = (
+    "sse3", "ssse3", "cx16", "sse4_1", "sse4_2", "popcnt", "hypervisor",
+    "fpu", "de", "pse", "tsc", "msr", "pae", "cx8", "apic", "sep", "pge", "cmov", "pat", "pse36",
+    "clflush", "mmx", "fxsr", "sse", "sse2", "htt",
+    "syscall", "nx", "lm", "lahf_lm",
+)
+
+HYPERVISOR_SIGNATURE = b"hvdbghvdbghv"
+
+
+def _bits(names: tuple[str, ...] | list[str], table: dict[str, int]) -> int:
+    return sum(1 << table[n] for n in names if n in table)
+
+
+def _regs_from_text(text: bytes) -> tuple[int, int, int]:
+    return tuple(int.from_bytes(text[i:i + 4], "little") for i in (0, 4, 8))  # type: ignore[return-value]
+
+
+@dataclass
+class CpuidModel:
+    """CPUID results for one vCPU.
+
+    ``apic_id`` is what the guest reads as its initial APIC ID; hvdbg's bug scenario
+    can make it differ from the LAPIC's real ID (``cpuid_apic_id = "same"``).
+    """
+
+    apic_id: int
+    vcpu_count: int
+    x2apic: bool = False
+    features: tuple[str, ...] = DEFAULT_FEATURES
+
+    def query(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
+        """(eax, ebx, ecx, edx) for CPUID.leaf.subleaf."""
+        feats = list(self.features) + (["x2apic"] if self.x2apic else [])
+        if leaf == 0:
+            ebx, edx, ecx = _regs_from_text(b"GenuineIntel")
+            return 0xB, ebx, ecx, edx
+        if leaf == 1:
+            eax = 0x000506E3  # family 6, model 0x5E, stepping 3
+            logical = max(1, self.vcpu_count) & 0xFF
+            ebx = (self.apic_id & 0xFF) << 24 | logical << 16 | 8 << 8
+            return eax, ebx, _bits(feats, ECX1), _bits(feats, EDX1)
+        if leaf == 0xB:
+            # x2APIC topology: level 0 = SMT (1 thread), level 1 = core (vcpu_count)
+            if subleaf == 0:
+                return 0, 1, 0x100 | subleaf, self.apic_id
+            if subleaf == 1:
+                shift = max(1, (self.vcpu_count - 1).bit_length())
+                return shift, self.vcpu_count, 0x200 | subleaf, self.apic_id
+            return 0, 0, subleaf, self.apic_id
+        if leaf == 0x40000000:
+            ebx, ecx, edx = _regs_from_text(HYPERVISOR_SIGNATURE)
+            return 0x40000000, ebx, ecx, edx
+        if leaf == 0x80000000:
+            return 0x80000008, 0, 0, 0
+        if leaf == 0x80000001:
+            return 0, 0, _bits(feats, ECX_EXT), _bits(feats, EDX_EXT)
+        if leaf in (0x80000002, 0x80000003, 0x80000004):
+            brand = b"hvdbg virtual CPU".ljust(48, b"\0")
+            chunk = brand[(leaf - 0x80000002) * 16:][:16]
+            return tuple(int.from_bytes(chunk[i:i + 4], "little") for i in range(0, 16, 4))  # type: ignore[return-value]
+        if leaf == 0x80000008:
+            return 0x3028, 0, 0, 0  # 40-bit physical, 48-bit linear addresses
+        return 0, 0, 0, 0

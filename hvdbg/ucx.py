@@ -1,0 +1,276 @@
+"""Unicorn 2.1.4 internals that the vCPU model depends on, behind one narrow interface.
+
+Unicorn exposes no API for the hidden part of the segment registers (base, limit,
+attributes), the mode bits QEMU keeps in ``hflags``, the error code of a pending
+exception, or the number of instructions executed.  The hypervisor model needs all
+of them (VM entry loads a full guest state, SDM 27.3.1.2; exits report instruction
+counts), so this module reads and patches the ``uc_context`` blob and the
+``uc_struct`` counter at offsets that are verified by :func:`self_test` when the
+first engine is created.  Nothing else in hvdbg touches Unicorn's private state.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from dataclasses import dataclass
+
+import unicorn
+from unicorn import UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, Uc
+from unicorn import x86_const as X
+
+SEGMENT_NAMES = ("es", "cs", "ss", "ds", "fs", "gs", "ldtr", "tr")
+SEGMENT_SELECTOR_REGS = {
+    "es": X.UC_X86_REG_ES, "cs": X.UC_X86_REG_CS, "ss": X.UC_X86_REG_SS,
+    "ds": X.UC_X86_REG_DS, "fs": X.UC_X86_REG_FS, "gs": X.UC_X86_REG_GS,
+}
+
+# Offsets inside the uc_context blob of Unicorn 2.1.4 (x86-64), verified by self_test().
+_CTX_HFLAGS = 216
+_CTX_SEGS = 224          # es cs ss ds fs gs ldt tr gdt idt, 24 bytes each
+_CTX_SEG_SIZE = 24
+_CTX_ERROR_CODE = 5424
+_CTX_OLD_EXCEPTION = 5536
+
+# QEMU hflags bits (target/i386/cpu.h)
+HF_CPL_MASK = 0x3
+HF_INHIBIT_IRQ_MASK = 1 << 3
+HF_CS32_MASK = 1 << 4
+HF_SS32_MASK = 1 << 5
+HF_ADDSEG_MASK = 1 << 6
+HF_PE_MASK = 1 << 7
+HF_MP_MASK = 1 << 9
+HF_EM_MASK = 1 << 10
+HF_TS_MASK = 1 << 11
+HF_LMA_MASK = 1 << 14
+HF_CS64_MASK = 1 << 15
+HF_OSFXSR_MASK = 1 << 22
+_HF_COMPUTED = (HF_CPL_MASK | HF_CS32_MASK | HF_SS32_MASK | HF_ADDSEG_MASK | HF_PE_MASK
+                | HF_MP_MASK | HF_EM_MASK | HF_TS_MASK | HF_LMA_MASK | HF_CS64_MASK | HF_OSFXSR_MASK)
+
+# QEMU descriptor flag bits = the high dword of a segment descriptor.
+DESC_B_MASK = 1 << 22
+DESC_L_MASK = 1 << 21
+
+EFER_MSR = 0xC0000080
+EFER_LMA = 1 << 10
+
+
+class UnicornLayoutError(RuntimeError):
+    """The installed Unicorn does not have the internal layout hvdbg was verified against."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A segment register with its hidden part, VMX style (SDM 25.4.1).
+
+    ``access_rights`` uses the VMCS access-rights format: type 3:0, S 4, DPL 6:5, P 7,
+    AVL 12, L 13, D/B 14, G 15, unusable 16.  ``limit`` is the byte-granular limit.
+    """
+
+    selector: int
+    base: int
+    limit: int
+    access_rights: int
+
+    @property
+    def unusable(self) -> bool:
+        return bool(self.access_rights & (1 << 16))
+
+
+def ar_to_qemu_flags(ar: int) -> int:
+    """VMCS access rights -> QEMU's descriptor-high-dword flags."""
+    if ar & (1 << 16):
+        return 0
+    return (ar & 0xF0FF) << 8
+
+
+def qemu_flags_to_ar(flags: int, usable: bool = True) -> int:
+    ar = (flags >> 8) & 0xF0FF
+    if not usable or not (ar & 0x80):
+        ar |= 1 << 16
+    return ar
+
+
+def engine_address(uc: Uc) -> int:
+    return ctypes.cast(uc._uch, ctypes.c_void_p).value  # type: ignore[attr-defined]
+
+
+class _Blob:
+    """A mutable view of a saved uc_context."""
+
+    def __init__(self, uc: Uc) -> None:
+        self.ctx = uc.context_save()
+        self.addr = ctypes.cast(self.ctx.context, ctypes.c_void_p).value
+        self.view = (ctypes.c_char * self.ctx.size).from_address(self.addr)
+
+    def u32(self, off: int) -> int:
+        return struct.unpack_from("<I", self.view, off)[0]
+
+    def i32(self, off: int) -> int:
+        return struct.unpack_from("<i", self.view, off)[0]
+
+    def put_u32(self, off: int, value: int) -> None:
+        struct.pack_into("<I", self.view, off, value & 0xFFFFFFFF)
+
+    def put_i32(self, off: int, value: int) -> None:
+        struct.pack_into("<i", self.view, off, value)
+
+    def seg(self, index: int) -> tuple[int, int, int, int]:
+        sel, _pad, base, limit, flags = struct.unpack_from("<IIQII", self.view, _CTX_SEGS + index * _CTX_SEG_SIZE)
+        return sel, base, limit, flags
+
+    def put_seg(self, index: int, sel: int, base: int, limit: int, flags: int) -> None:
+        struct.pack_into("<IIQII", self.view, _CTX_SEGS + index * _CTX_SEG_SIZE, sel & 0xFFFF, 0,
+                         base & 0xFFFFFFFFFFFFFFFF, limit & 0xFFFFFFFF, flags & 0xFFFFFFFF)
+
+    def restore(self, uc: Uc) -> None:
+        uc.context_restore(self.ctx)
+
+
+def read_segments(uc: Uc) -> dict[str, Segment]:
+    """Every segment register with its hidden part, plus cpl from hflags."""
+    blob = _Blob(uc)
+    segs = {}
+    for i, name in enumerate(SEGMENT_NAMES):
+        sel, base, limit, flags = blob.seg(i)
+        usable = bool(flags & (1 << 15)) or (name == "cs")
+        segs[name] = Segment(sel, base, limit, qemu_flags_to_ar(flags, usable))
+    return segs
+
+
+def current_cpl(uc: Uc) -> int:
+    return _Blob(uc).u32(_CTX_HFLAGS) & HF_CPL_MASK
+
+
+def write_segments(uc: Uc, segs: dict[str, Segment]) -> None:
+    """Load selectors and hidden parts, then recompute the mode bits of hflags.
+
+    CR0, CR4 and EFER must already hold their new values (write them first).
+    """
+    cr0 = uc.reg_read(X.UC_X86_REG_CR0)
+    cr4 = uc.reg_read(X.UC_X86_REG_CR4)
+    efer = uc.msr_read(EFER_MSR)
+    eflags = uc.reg_read(X.UC_X86_REG_EFLAGS)
+    blob = _Blob(uc)
+    for i, name in enumerate(SEGMENT_NAMES):
+        if name in segs:
+            s = segs[name]
+            blob.put_seg(i, s.selector, s.base, s.limit, ar_to_qemu_flags(s.access_rights))
+    blob.put_u32(_CTX_HFLAGS, _compute_hflags(blob, blob.u32(_CTX_HFLAGS), cr0, cr4, efer, eflags))
+    blob.restore(uc)
+
+
+def _compute_hflags(blob: _Blob, old: int, cr0: int, cr4: int, efer: int, eflags: int) -> int:
+    """Mirror of QEMU's hflags derivation (cpu_x86_load_seg_cache / cpu_x86_update_cr0)."""
+    hf = old & ~_HF_COMPUTED
+    _, cs_base, _, cs_flags = blob.seg(1)
+    _, ss_base, _, ss_flags = blob.seg(2)
+    _, es_base, _, _ = blob.seg(0)
+    _, ds_base, _, _ = blob.seg(3)
+    pe = cr0 & 1
+    if pe:
+        hf |= HF_PE_MASK
+    hf |= ((cr0 >> 1) & 7) << 9  # MP, EM, TS
+    if cr4 & (1 << 9):
+        hf |= HF_OSFXSR_MASK
+    lma = bool(efer & EFER_LMA) and bool(cr0 & (1 << 31))
+    if lma:
+        hf |= HF_LMA_MASK
+    if pe and not (eflags & (1 << 17)):
+        hf |= (ss_flags >> 13) & 3  # CPL = SS.DPL
+        if cs_flags & DESC_B_MASK:
+            hf |= HF_CS32_MASK
+        if ss_flags & DESC_B_MASK:
+            hf |= HF_SS32_MASK
+        if lma and cs_flags & DESC_L_MASK:
+            hf |= HF_CS32_MASK | HF_SS32_MASK | HF_CS64_MASK
+    if hf & HF_CS64_MASK:
+        pass
+    elif not pe or (eflags & (1 << 17)) or not (hf & HF_CS32_MASK):
+        hf |= HF_ADDSEG_MASK
+    elif (ds_base | es_base | ss_base) != 0:
+        hf |= HF_ADDSEG_MASK
+    return hf
+
+
+def set_control_registers(uc: Uc, cr0: int, cr3: int, cr4: int, efer: int) -> None:
+    """Load CR0/CR3/CR4/EFER so that QEMU's LMA tracking follows EFER (SDM 27.3.2.1).
+
+    QEMU only changes EFER.LMA on a CR0.PG transition, so PG is toggled through 0.
+    """
+    uc.reg_write(X.UC_X86_REG_CR0, cr0 & ~(1 << 31))
+    uc.msr_write(EFER_MSR, efer & ~EFER_LMA)
+    uc.reg_write(X.UC_X86_REG_CR4, cr4)
+    uc.reg_write(X.UC_X86_REG_CR3, cr3)
+    if cr0 & (1 << 31):
+        uc.reg_write(X.UC_X86_REG_CR0, cr0)
+
+
+def reset_pending_exception(uc: Uc) -> int:
+    """Clear QEMU's sticky ``old_exception`` (Unicorn bug, see shared notes) and
+    return the error code of the exception being raised."""
+    blob = _Blob(uc)
+    err = blob.u32(_CTX_ERROR_CODE)
+    blob.put_i32(_CTX_OLD_EXCEPTION, -1)
+    blob.restore(uc)
+    return err
+
+
+class InstructionCounter:
+    """Reads Unicorn's per-engine ``emu_counter`` (instructions run by the current
+    ``emu_start(count=...)``).  The offset inside ``uc_struct`` is found by calibration."""
+
+    offset: int | None = None
+
+    def __init__(self, uc: Uc) -> None:
+        if InstructionCounter.offset is None:
+            InstructionCounter.offset = _calibrate_counter()
+        self._cell = ctypes.c_uint64.from_address(engine_address(uc) + InstructionCounter.offset)
+
+    def value(self) -> int:
+        return self._cell.value
+
+
+def _calibrate_counter() -> int:
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(0x1000, 0x1000, UC_PROT_ALL)
+    uc.mem_write(0x1000, b"\x48\xff\xc0" * 64 + b"\xf4")  # inc rax x64; hlt
+    words = (ctypes.c_uint64 * 4096).from_address(engine_address(uc))
+    candidates: set[int] | None = None
+    for count in (7, 13, 29):
+        uc.reg_write(X.UC_X86_REG_RAX, 0)
+        uc.emu_start(0x1000, 0, count=count)
+        # after the count is exhausted: emu_counter == count + 1, emu_count == count
+        found = {i for i in range(4095) if words[i] == count + 1 and words[i + 1] == count}
+        candidates = found if candidates is None else candidates & found
+    if not candidates or len(candidates) != 1:
+        raise UnicornLayoutError("cannot locate Unicorn's instruction counter; hvdbg needs unicorn==2.1.4")
+    return candidates.pop() * 8
+
+
+_verified = False
+
+
+def self_test() -> None:
+    """Check every private offset this module uses against the running Unicorn."""
+    global _verified
+    if _verified:
+        return
+    if not unicorn.__version__.startswith("2.1."):
+        raise UnicornLayoutError(f"hvdbg was verified with unicorn 2.1.4, found {unicorn.__version__}")
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.reg_write(X.UC_X86_REG_FS_BASE, 0x1122334455667788)
+    uc.reg_write(X.UC_X86_REG_GS_BASE, 0x0102030405060708)
+    blob = _Blob(uc)
+    if blob.seg(4)[1] != 0x1122334455667788 or blob.seg(5)[1] != 0x0102030405060708:
+        raise UnicornLayoutError("uc_context segment cache layout differs from Unicorn 2.1.4")
+    if blob.i32(_CTX_OLD_EXCEPTION) != -1:
+        raise UnicornLayoutError("uc_context old_exception offset differs from Unicorn 2.1.4")
+    # real-mode load: CS base must follow the blob patch
+    set_control_registers(uc, 0x10, 0, 0, 0)
+    write_segments(uc, {"cs": Segment(0x0800, 0x8000, 0xFFFF, 0x9B)})
+    if read_segments(uc)["cs"].base != 0x8000 or uc.reg_read(X.UC_X86_REG_CS) != 0x0800:
+        raise UnicornLayoutError("cannot load hidden segment state into Unicorn")
+    InstructionCounter(uc)
+    _verified = True
