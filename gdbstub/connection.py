@@ -1,0 +1,142 @@
+"""A packet connection over a stream socket: acks, retransmission, no-ack mode.
+
+GDB manual, "Packet Acknowledgment": in ack mode every packet is answered with
+``+`` (checksum good) or ``-`` (bad, please resend); after ``QStartNoAckMode``
+both sides stop sending acknowledgments.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import time
+from collections import deque
+
+from .packet import (
+    Ack,
+    BadChecksum,
+    Event,
+    Interrupt,
+    Malformed,
+    Nak,
+    Packet,
+    PacketDecoder,
+    frame,
+)
+
+log = logging.getLogger(__name__)
+
+RECV_CHUNK = 65536
+
+
+class ConnectionClosed(Exception):
+    """The peer closed the connection (or the socket failed)."""
+
+
+class PacketConnection:
+    """Reads events from and writes packets to one connected socket."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        max_packet_size: int,
+        *,
+        rle: bool = False,
+        ack_timeout: float = 2.0,
+        max_retransmits: int = 3,
+    ) -> None:
+        self.sock = sock
+        self.ack_mode = True
+        self.rle = rle
+        self.ack_timeout = ack_timeout
+        self.max_retransmits = max_retransmits
+        self._decoder = PacketDecoder(max_packet_size)
+        self._pending: deque[Event] = deque()
+
+    # ------------------------------------------------------------------ receiving
+
+    def next_event(self, timeout: float | None) -> Packet | Interrupt | Malformed | None:
+        """The next packet, interrupt or malformed-packet notice; None on timeout.
+
+        Acknowledgments are handled here: good packets are acked with ``+`` and
+        bad checksums nak-ed with ``-`` (in ack mode); stray ``+``/``-`` are dropped.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            while self._pending:
+                event = self._pending.popleft()
+                if isinstance(event, (Packet, Interrupt, Malformed)):
+                    return event
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._receive(remaining):
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+
+    def _receive(self, timeout: float | None) -> bool:
+        """Read once from the socket and queue decoded events; False on timeout."""
+        try:
+            ready, _, _ = select.select([self.sock], [], [], timeout)
+            if not ready:
+                return False
+            data = self.sock.recv(RECV_CHUNK)
+        except (OSError, ValueError) as exc:
+            raise ConnectionClosed(str(exc)) from exc
+        if not data:
+            raise ConnectionClosed("peer closed the connection")
+        for event in self._decoder.feed(data):
+            self._on_event(event)
+        return True
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, Packet):
+            if self.ack_mode:
+                self._send_raw(b"+")
+        elif isinstance(event, BadChecksum):
+            log.warning("bad checksum on packet %r", event.raw[:64])
+            if self.ack_mode:
+                self._send_raw(b"-")
+            return
+        elif isinstance(event, Malformed):
+            log.warning("malformed packet dropped: %s", event.reason)
+            if self.ack_mode and event.complete:
+                self._send_raw(b"+")  # a resend would be just as malformed
+        self._pending.append(event)
+
+    # ------------------------------------------------------------------ sending
+
+    def send_packet(self, payload: bytes) -> None:
+        """Send one packet; in ack mode wait for ``+`` and resend on ``-``."""
+        wire = frame(payload, rle=self.rle)
+        for _attempt in range(1 + self.max_retransmits):
+            self._send_raw(wire)
+            if not self.ack_mode or self._wait_for_ack():
+                return
+        log.warning("no acknowledgment after %d retransmissions", self.max_retransmits)
+
+    def _wait_for_ack(self) -> bool:
+        """True on ``+`` (or timeout: assume it got through), False on ``-``."""
+        deadline = time.monotonic() + self.ack_timeout
+        while True:
+            for i, event in enumerate(self._pending):
+                if isinstance(event, (Ack, Nak)):
+                    del self._pending[i]
+                    return isinstance(event, Ack)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.warning("timed out waiting for an acknowledgment")
+                return True
+            self._receive(remaining)
+
+    def _send_raw(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise ConnectionClosed(str(exc)) from exc
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()

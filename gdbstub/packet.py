@@ -1,0 +1,262 @@
+"""GDB Remote Serial Protocol framing (GDB manual, "Remote Protocol" -> "Overview").
+
+A packet on the wire is ``$<payload>#<two hex digits>``; the checksum is the sum of
+the payload bytes (as transmitted, i.e. escaped/run-length encoded) modulo 256.
+Inside the payload:
+
+* ``}`` (0x7d) escapes the next byte, which is xor-ed with 0x20 ("Binary Data").
+* ``c*N`` repeats ``c`` a further ``ord(N) - 29`` times ("run-length encoding").
+
+Outside a packet, ``+``/``-`` acknowledge, and 0x03 is an out-of-band interrupt
+(Ctrl-C). Everything else between packets is line noise and is ignored.
+
+This module is pure (no I/O): :class:`PacketDecoder` is fed raw bytes and yields
+events; :func:`frame` builds an outgoing packet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Union
+
+START = ord("$")
+END = ord("#")
+ESCAPE = 0x7D
+ESCAPE_XOR = 0x20
+RLE_MARK = ord("*")
+INTERRUPT_BYTE = 0x03
+ACK = ord("+")
+NAK = ord("-")
+
+#: RLE count characters are ``n + 29``; counts giving '#' or '$' are forbidden,
+#: and GDB only accepts printable counts (n <= 97).
+RLE_OFFSET = 29
+RLE_MIN_REPEAT = 3  # count character ' ' (0x20): the first printable one
+RLE_MAX_REPEAT = 126 - RLE_OFFSET
+RLE_FORBIDDEN_REPEATS = frozenset({END - RLE_OFFSET, START - RLE_OFFSET})
+
+#: Bytes that must be escaped in an outgoing payload.
+BYTES_TO_ESCAPE = frozenset({START, END, ESCAPE, RLE_MARK})
+
+HEX_DIGITS = b"0123456789abcdefABCDEF"
+
+
+class PacketFormatError(ValueError):
+    """The payload of a packet cannot be decoded (dangling escape, bad RLE...)."""
+
+
+def checksum(data: bytes) -> int:
+    """Modulo-256 sum of the bytes of a (wire-form) payload."""
+    return sum(data) & 0xFF
+
+
+def escape(data: bytes) -> bytes:
+    """Escape ``$ # } *`` so that arbitrary binary data survives framing."""
+    out = bytearray()
+    for byte in data:
+        if byte in BYTES_TO_ESCAPE:
+            out.append(ESCAPE)
+            out.append(byte ^ ESCAPE_XOR)
+        else:
+            out.append(byte)
+    return bytes(out)
+
+
+def rle_encode(data: bytes) -> bytes:
+    """Escape ``data`` and run-length encode runs of plain (unescaped) bytes."""
+    out = bytearray()
+    i = 0
+    while i < len(data):
+        byte = data[i]
+        if byte in BYTES_TO_ESCAPE:
+            out += bytes((ESCAPE, byte ^ ESCAPE_XOR))
+            i += 1
+            continue
+        run = 1
+        while i + run < len(data) and data[i + run] == byte and run - 1 < RLE_MAX_REPEAT:
+            run += 1
+        repeat = run - 1
+        while repeat in RLE_FORBIDDEN_REPEATS:
+            repeat -= 1
+        out.append(byte)
+        if repeat >= RLE_MIN_REPEAT:
+            out += bytes((RLE_MARK, repeat + RLE_OFFSET))
+            i += repeat + 1
+        else:
+            i += 1
+    return bytes(out)
+
+
+def decode_payload(raw: bytes, max_size: int | None = None) -> bytes:
+    """Undo escapes and run-length encoding of a received payload.
+
+    Raises :class:`PacketFormatError` for a dangling escape, a ``*`` with no
+    preceding byte or count, a count out of range, or (if ``max_size`` is given)
+    an expansion larger than ``max_size``.
+    """
+    out = bytearray()
+    i = 0
+    n = len(raw)
+    while i < n:
+        byte = raw[i]
+        if byte == ESCAPE:
+            if i + 1 >= n:
+                raise PacketFormatError("dangling escape at end of packet")
+            out.append(raw[i + 1] ^ ESCAPE_XOR)
+            i += 2
+        elif byte == RLE_MARK:
+            if not out or i + 1 >= n:
+                raise PacketFormatError("run-length marker without a byte or count")
+            repeat = raw[i + 1] - RLE_OFFSET
+            if repeat < 0 or repeat > RLE_MAX_REPEAT:
+                raise PacketFormatError(f"run-length count {raw[i + 1]:#x} out of range")
+            out += bytes((out[-1],)) * repeat
+            i += 2
+        else:
+            out.append(byte)
+            i += 1
+        if max_size is not None and len(out) > max_size:
+            raise PacketFormatError("decoded packet exceeds the maximum size")
+    return bytes(out)
+
+
+def frame(payload: bytes, *, rle: bool = False) -> bytes:
+    """Build ``$<escaped payload>#<checksum>`` for sending."""
+    body = rle_encode(payload) if rle else escape(payload)
+    return b"$" + body + b"#" + b"%02x" % checksum(body)
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class Packet:
+    """A well-formed packet with verified checksum; ``data`` is decoded."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Interrupt:
+    """Out-of-band 0x03 (Ctrl-C) received between packets."""
+
+
+@dataclass(frozen=True)
+class Ack:
+    """``+`` received."""
+
+
+@dataclass(frozen=True)
+class Nak:
+    """``-`` received: the peer wants the last packet again."""
+
+
+@dataclass(frozen=True)
+class BadChecksum:
+    """A complete packet whose checksum did not match (ack mode answers ``-``)."""
+
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A packet that was dropped: truncated, oversized or undecodable.
+
+    ``complete`` is True when the packet was fully framed (``$...#xx``), so the
+    peer is waiting for a reply; a truncated packet was superseded by a new one.
+    """
+
+    reason: str
+    complete: bool = True
+
+
+Event = Union[Packet, Interrupt, Ack, Nak, BadChecksum, Malformed]
+
+
+class PacketDecoder:
+    """Incremental, bounded decoder of the byte stream coming from GDB.
+
+    ``max_packet_size`` bounds the raw payload (between ``$`` and ``#``); an
+    oversized packet is skipped up to its ``#xx`` trailer and reported as
+    :class:`Malformed`. A ``$`` inside a packet abandons the partial packet
+    (reported as truncated) and starts a new one. The decoder never raises.
+    """
+
+    _IDLE, _DATA, _CSUM1, _CSUM2 = range(4)
+
+    def __init__(self, max_packet_size: int) -> None:
+        self.max_packet_size = max_packet_size
+        self._state = self._IDLE
+        self._buf = bytearray()
+        self._csum = bytearray()
+        self._oversized = False
+
+    def reset(self) -> None:
+        self._state = self._IDLE
+        self._buf.clear()
+        self._csum.clear()
+        self._oversized = False
+
+    def feed(self, data: bytes) -> Iterator[Event]:
+        for byte in data:
+            event = self._feed_byte(byte)
+            if event is not None:
+                yield event
+
+    def _feed_byte(self, byte: int) -> Event | None:
+        if self._state == self._IDLE:
+            return self._idle_byte(byte)
+        if self._state == self._DATA:
+            if byte == START:
+                self._start_packet()
+                return Malformed("truncated packet (new '$' before '#')", complete=False)
+            if byte == END:
+                self._state = self._CSUM1
+                return None
+            if len(self._buf) >= self.max_packet_size:
+                self._oversized = True
+                self._buf.clear()
+            elif not self._oversized:
+                self._buf.append(byte)
+            return None
+        # checksum digits
+        if byte == START:
+            self._start_packet()
+            return Malformed("truncated packet (new '$' inside checksum)", complete=False)
+        self._csum.append(byte)
+        if self._state == self._CSUM1:
+            self._state = self._CSUM2
+            return None
+        return self._finish_packet()
+
+    def _idle_byte(self, byte: int) -> Event | None:
+        if byte == START:
+            self._start_packet()
+            return None
+        if byte == INTERRUPT_BYTE:
+            return Interrupt()
+        if byte == ACK:
+            return Ack()
+        if byte == NAK:
+            return Nak()
+        return None  # line noise between packets
+
+    def _start_packet(self) -> None:
+        self._state = self._DATA
+        self._buf.clear()
+        self._csum.clear()
+        self._oversized = False
+
+    def _finish_packet(self) -> Event:
+        raw = bytes(self._buf)
+        digits = bytes(self._csum)
+        oversized = self._oversized
+        self.reset()
+        if oversized:
+            return Malformed(f"packet larger than {self.max_packet_size} bytes")
+        if any(d not in HEX_DIGITS for d in digits) or int(digits, 16) != checksum(raw):
+            return BadChecksum(raw)
+        try:
+            return Packet(decode_payload(raw, max_size=4 * self.max_packet_size))
+        except PacketFormatError as exc:
+            return Malformed(str(exc))
