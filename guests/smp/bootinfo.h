@@ -1,0 +1,31 @@
+/* Multiboot 1 information and the kernel command line (Multiboot Spec 0.6.96, 3.3). */
+#ifndef HVDBG_GUEST_BOOTINFO_H
+#define HVDBG_GUEST_BOOTINFO_H
+
+#include "cpu.h"
+
+#define CMDLINE_MAX 256
+#define DEFAULT_WORK_ENTRIES 65536ULL
+#define DEFAULT_AP_WAIT_LOOPS 20000000ULL
+
+struct boot_options {
+    uint32_t magic;
+    bool have_mem;               /* info flags bit 0 */
+    uint32_t mem_lower_kib;
+    uint32_t mem_upper_kib;
+    char cmdline[CMDLINE_MAX];   /* copied: the loader's copy may be overwritten */
+    uint64_t work_entries;       /* u64 entries of the workload array */
+    bool selftest;
+    uint64_t ap_wait_loops;      /* PAUSE loops to wait for each AP */
+};
+
+/*
+ * Read the multiboot info at `info_phys` and parse the command line:
+ *   work_mib=N   workload array of N MiB (default DEFAULT_WORK_ENTRIES u64s)
+ *   selftest     run the int3 / LAPIC timer / IPI self-tests
+ *   ap_wait=N    PAUSE loops to wait for each AP (default DEFAULT_AP_WAIT_LOOPS)
+ * Other words (QEMU passes the kernel path first) are ignored.
+ */
+void bootinfo_parse(uint32_t magic, uint32_t info_phys, struct boot_options *out);
+
+#endif

@@ -1,0 +1,57 @@
+/* BSP C entry: boot info, IDT, LAPIC, MADT, AP start-up, self-tests, workload. */
+#include "acpi.h"
+#include "bootinfo.h"
+#include "console.h"
+#include "lapic.h"
+#include "selftest.h"
+#include "smp.h"
+#include "trap.h"
+#include "work.h"
+
+static struct boot_options options;
+static struct cpu_table madt_cpus;
+static struct cpu_table started_aps;
+static struct workload work;
+
+__attribute__((noreturn)) void kmain(uint32_t magic, uint32_t mb_info_phys)
+{
+    kprintf("hvdbg smp guest\n");
+    bootinfo_parse(magic, mb_info_phys, &options);
+    kprintf("multiboot: magic 0x%x mem_upper %u KiB cmdline '%s'\n", options.magic,
+            options.mem_upper_kib, options.cmdline);
+
+    idt_init();
+    idt_load();
+    lapic_enable();
+    uint32_t bsp_apic_id = lapic_id();
+    kprintf("lapic: BSP APIC id %u\n", bsp_apic_id);
+
+    if (!acpi_find_cpus(&madt_cpus))
+        debug_exit(EXIT_ACPI_ERROR);
+
+    /* The bump allocator may overwrite the loader's multiboot info: parsed above. */
+    work_prepare(&work, options.work_entries);
+
+    smp_start_aps(&madt_cpus, bsp_apic_id, options.ap_wait_loops, &started_aps);
+    uint32_t online = 1 + started_aps.count;
+    kprintf("smp: %u of %u CPUs online\n", online, madt_cpus.count);
+    if (online < madt_cpus.count) {
+        kprintf("smp: %u CPUs missing\n", madt_cpus.count - online);
+        debug_exit(EXIT_CPUS_MISSING);
+    }
+
+    if (options.selftest && !selftest_run(&started_aps))
+        debug_exit(EXIT_SELFTEST_FAILED);
+
+    work_set_cpus(&work, online);
+    smp_release(&work);
+    work_run(&work, 0);
+
+    uint64_t expected = work_expected(work.entries);
+    if (work.total == expected) {
+        kprintf("sum ok %lu\n", work.total);
+        debug_exit(EXIT_OK);
+    }
+    kprintf("sum BAD got %lu expected %lu\n", work.total, expected);
+    debug_exit(EXIT_SUM_BAD);
+}

@@ -1,0 +1,60 @@
+/*
+ * Memory layout and constants shared by the SMP guest's assembly and C code.
+ * Included from .S files (with __ASSEMBLER__ defined) and from C.
+ */
+#ifndef HVDBG_GUEST_LAYOUT_H
+#define HVDBG_GUEST_LAYOUT_H
+
+#ifdef __ASSEMBLER__
+#define UL(x) x
+#else
+#define UL(x) x##UL
+#endif
+
+/* Kernel virtual base (PML4 index 511) and physical load address. */
+#define KERNEL_BASE         UL(0xffffff8000000000)
+#define KERNEL_PHYS         UL(0x100000)
+
+/* Size of the boot page tables' identity and high-half mappings. */
+#define BOOT_MAP_SIZE       UL(0x40000000)
+
+/* Real-mode AP trampoline: copied here, started by SIPI vector 0x08. */
+#define TRAMPOLINE_PHYS     0x8000
+#define TRAMPOLINE_VECTOR   (TRAMPOLINE_PHYS >> 12)
+
+/* Local APIC xAPIC MMIO base (identity mapped, uncached). */
+#define LAPIC_PHYS          UL(0xfee00000)
+
+/* ap_stacks[] is indexed by the CPUID initial APIC ID, so this bounds the APIC IDs. */
+#define MAX_CPUS            32
+#define AP_STACK_SIZE       16384
+#define BOOT_STACK_SIZE     16384
+
+/* Boot GDT selectors (see boot_gdt in boot.S). */
+#define GDT_CODE32_SEL      0x08
+#define GDT_DATA_SEL        0x10
+#define GDT_CODE64_SEL      0x18
+#define BOOT_GDT_SIZE       32      /* 4 descriptors */
+
+/* Multiboot 1 (Multiboot Specification 0.6.96, section 3.1). */
+#define MB1_HEADER_MAGIC    0x1BADB002
+#define MB1_BOOT_MAGIC      0x2BADB002
+#define MB1_FLAG_MEMINFO    (1 << 1)
+#define MB1_FLAG_AOUT_KLUDGE (1 << 16)
+
+/* Interrupt vectors used by the guest. */
+#define VEC_TIMER           0x40
+#define VEC_TEST_IPI        0x41
+#define VEC_SPURIOUS        0xff
+
+/* Debug-exit port (QEMU isa-debug-exit / hvdbg) and exit statuses. */
+#define DEBUG_EXIT_PORT     0xf4
+#define EXIT_OK             0
+#define EXIT_SUM_BAD        1
+#define EXIT_CPUS_MISSING   2
+#define EXIT_BARRIER_TIMEOUT 3
+#define EXIT_SELFTEST_FAILED 4
+#define EXIT_ACPI_ERROR     5
+#define EXIT_EXCEPTION_BASE 0x80
+
+#endif
