@@ -604,14 +604,17 @@ class Ept:
         permission at all are included (perms NONE).
         """
         runs: list[EptRange] = []
+        run: list[int] | None = None  # [gpa_start, gpa_end, hpa_start, perms, memtype]
         for gpa, size, hpa, perms, memtype in self._leaves(self.pml4_hpa, 4, 0, RWX_MASK):
-            if runs:
-                last = runs[-1]
-                if (last.gpa_end == gpa and last.perms == perms and last.memtype == memtype
-                        and last.hpa_start + (last.gpa_end - last.gpa_start) == hpa):
-                    runs[-1] = last._replace(gpa_end=gpa + size)
-                    continue
-            runs.append(EptRange(gpa, gpa + size, hpa, EptPerm(perms), memtype))
+            if (run is not None and run[1] == gpa and run[3] == perms and run[4] == memtype
+                    and run[2] + (gpa - run[0]) == hpa):
+                run[1] = gpa + size
+                continue
+            if run is not None:
+                runs.append(EptRange(run[0], run[1], run[2], EptPerm(run[3]), run[4]))
+            run = [gpa, gpa + size, hpa, perms, memtype]
+        if run is not None:
+            runs.append(EptRange(run[0], run[1], run[2], EptPerm(run[3]), run[4]))
         return runs
 
     def table_pages(self) -> list[int]:
@@ -674,38 +677,42 @@ class Ept:
 
     def _apply(self, table: int, level: int, table_gpa: int, start: int, end: int,
                op: _Op) -> None:
-        """Apply ``op`` to [start, end) within the table covering GPAs from ``table_gpa``."""
+        """Apply ``op`` to [start, end) within the table covering GPAs from ``table_gpa``.
+
+        Only this call edits this table's entries, so they are edited in a copy
+        and written back with one 4-KByte write.
+        """
         span = _LEVEL_BY_NUMBER[level].span
-        entries = self._read_table(table)
+        original = self._read_table(table)
+        entries = list(original)
         first = (start - table_gpa) // span
         last = (end - 1 - table_gpa) // span
         for index in range(first, last + 1):
             lo = table_gpa + index * span
             hi = lo + span
             raw = entries[index]
-            entry_hpa = table + index * 8
             if start <= lo and hi <= end:
                 new = op.whole(lo, level, raw)
                 if new is not None:
-                    if new != raw:
-                        if _is_table_pointer(raw, level):
-                            self._free_subtree(raw & ADDR_MASK, level - 1)
-                        write_u64(self.mem, entry_hpa, new)
+                    if new != raw and _is_table_pointer(raw, level):
+                        self._free_subtree(raw & ADDR_MASK, level - 1)
+                    entries[index] = new
                     continue
             if _is_table_pointer(raw, level):
                 child = raw & ADDR_MASK
             elif _is_mapped_leaf(raw, level):
                 child = self._split(raw, level)
-                write_u64(self.mem, entry_hpa, child | RWX_MASK)
             elif op.creates_tables:
                 child = self._alloc_table()
-                write_u64(self.mem, entry_hpa, child | RWX_MASK)
             else:
                 continue
+            entries[index] = child | RWX_MASK
             self._apply(child, level - 1, lo, max(start, lo), min(end, hi), op)
             if op.reclaims_tables and self.mem.read(child, PAGE_4K) == _ZERO_TABLE:
-                write_u64(self.mem, entry_hpa, 0)
+                entries[index] = 0
                 self._free.append(child)
+        if tuple(entries) != original:
+            self.mem.write(table, _TABLE_FORMAT.pack(*entries))
 
     def _leaves(self, table: int, level: int, table_gpa: int,
                 perms: int) -> Iterator[tuple[int, int, int, int, int]]:

@@ -488,3 +488,32 @@ def test_format_walk_lines() -> None:
     assert format_walk(t.walk())[-1] == "  => #PF error code 0x0 [NP R S]: PDE not present"
     t.set(t.PD, 21, 0x0020_0000 | P | PS)
     assert format_walk(t.walk())[-1] == "  => GPA 0x000000200000 (2M page)"
+
+
+def test_mapped_ranges_do_not_merge_across_the_canonical_hole() -> None:
+    mem = new_ram()
+    write_u64(mem, 0x1000 + 255 * 8, 0x2000 | P | RW)  # last lower-half PML4E
+    write_u64(mem, 0x1000 + 256 * 8, 0x3000 | P | RW)  # first upper-half PML4E
+    write_u64(mem, 0x2000 + 511 * 8, 0x4000_0000 | P | RW | PS)
+    write_u64(mem, 0x3000, 0x8000_0000 | P | RW | PS)  # GPA-contiguous with the one above
+    runs = mapped_ranges(mem.read, CR0, 0x1000, CR4_64, EFER_64)
+    assert runs == [
+        PtRange(0x7FFF_C000_0000, 0x8000_0000_0000, 0x4000_0000, PteFlag.P | PteFlag.RW),
+        PtRange(0xFFFF_8000_0000_0000, 0xFFFF_8000_4000_0000, 0x8000_0000,
+                PteFlag.P | PteFlag.RW),
+    ]
+
+
+def test_mapped_ranges_scan_of_a_full_page_table_level_is_fast() -> None:
+    mem = new_ram()
+    write_u64(mem, 0x1000, 0x2000 | P | RW)
+    write_u64(mem, 0x2000, 0x3000 | P | RW)
+    for pd_index in range(64):  # 64 page tables of 512 PTEs: 128 MiB in 4 KiB pages
+        pt = 0x10_0000 + pd_index * 0x1000
+        write_u64(mem, 0x3000 + pd_index * 8, pt | P | RW)
+        mem.write(pt, b"".join(((pd_index * 512 + i) << 12 | P | RW).to_bytes(8, "little")
+                               for i in range(512)))
+    start = time.perf_counter()
+    runs = mapped_ranges(mem.read, CR0, 0x1000, CR4_64, EFER_64)
+    assert runs == [PtRange(0, 128 << 20, 0, PteFlag.P | PteFlag.RW)]
+    assert time.perf_counter() - start < 2.0
