@@ -1,0 +1,100 @@
+"""The ``hvdbg`` command.  Every user error is one line on stderr and exit status 2;
+never a Python traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Sequence
+
+from hvdbg import __version__
+from hvdbg.errors import HvdbgError
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vcpus", type=int, help="number of vCPUs (overrides the config)")
+    p.add_argument("--pcpus", type=int, help="number of pCPUs (host threads)")
+    p.add_argument("--memory", help="guest RAM, e.g. 16M")
+    p.add_argument("--cmdline", help="kernel command line")
+    p.add_argument("--deterministic", action="store_true", default=None,
+                   help="one host thread, instruction-counted slices: same config, same trace")
+    p.add_argument("--budget", type=int, help="instruction budget")
+    p.add_argument("--seconds", type=int, help="time budget in seconds")
+
+
+def _apply_overrides(cfg, args: argparse.Namespace) -> None:
+    for key, value in (("vcpus", args.vcpus), ("pcpus", args.pcpus), ("memory", args.memory),
+                       ("cmdline", args.cmdline), ("deterministic", args.deterministic),
+                       ("budget.instructions", args.budget), ("budget.seconds", args.seconds)):
+        if value is not None:
+            cfg.set(key, value)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from hvdbg import diagnosis
+    from hvdbg.config import load_config
+    from hvdbg.executor import make_executor
+    from hvdbg.vm import Machine
+
+    cfg = load_config(args.config)
+    _apply_overrides(cfg, args)
+    if not args.json and not args.quiet:
+        cfg.set("output.echo_serial", True)
+    vm = Machine(cfg)
+    start = time.monotonic()
+    executor = make_executor(vm)
+    try:
+        executor.run()
+    except KeyboardInterrupt:
+        vm.end("stopped", detail="interrupted by the user")
+    wall = time.monotonic() - start
+    res = diagnosis.result(vm, wall)
+    if args.json:
+        print(json.dumps(res, indent=None if args.compact else 2))
+    else:
+        if args.quiet:
+            sys.stdout.write(res["serial"])
+        print(f"\n--- hvdbg: outcome {res['outcome']}"
+              + (f", exit status {res['exit_status']}" if res["exit_status"] is not None else "")
+              + f", {res['instructions']} guest instructions in {wall:.2f} s")
+        for v in res["vcpus"]:
+            sym = f" <{v['symbol']}>" if v["symbol"] else ""
+            print(f"    vCPU {v['id']} (APIC id {v['apic_id']}): {v['state']}, RIP {v['rip']:#x}{sym}, "
+                  f"{v['instructions']} instructions, {v['exits']} exits"
+                  + (", started by SIPI" if v["started_by_sipi"] else ""))
+        print("    exits: " + ", ".join(f"{k} {n}" for k, n in res["exits"].items()))
+        for line in res["diagnosis"]:
+            print(f"    * {line}")
+    return 0 if res["outcome"] == "exited" and not res["exit_status"] else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hvdbg", description="Debug x86 VMX hypervisors and their SMP guests.")
+    parser.add_argument("--version", action="version", version=f"hvdbg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a VM to its end and report the outcome")
+    run.add_argument("config", help="VM configuration (TOML)")
+    run.add_argument("--json", action="store_true", help="print one JSON object")
+    run.add_argument("--compact", action="store_true", help="with --json: on one line")
+    run.add_argument("--quiet", action="store_true", help="print the serial output only at the end")
+    _add_overrides(run)
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except HvdbgError as e:
+        print(f"hvdbg: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

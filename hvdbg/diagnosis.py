@@ -1,0 +1,167 @@
+"""Turning the end of a run into a classified outcome and sentences a developer can act
+on at 2 a.m.: which vCPU, where (ELF symbol), which exit, what the tables say."""
+
+from __future__ import annotations
+
+from hvdbg import multiboot, paging
+from hvdbg.exit_reasons import ExitReason
+from hvdbg.vcpu import Activity, Vcpu
+from hvdbg.vm import MB1_HEADER_MAGIC, MB2_HEADER_MAGIC, Machine
+
+MB1_BOOTLOADER_MAGIC = 0x2BADB002
+MB2_BOOTLOADER_MAGIC = 0x36D76289
+
+
+def _where(vm: Machine, v: Vcpu) -> str:
+    rip = v.registers()["rip"]
+    return vm.symbolize(rip)
+
+
+def magic_findings(vm: Machine) -> list[str]:
+    boot = vm.boot
+    want = MB1_BOOTLOADER_MAGIC if boot.version == 1 else MB2_BOOTLOADER_MAGIC
+    if boot.eax == want:
+        return []
+    text = multiboot.describe_magic(boot.eax, boot.version)
+    if boot.eax in (MB1_HEADER_MAGIC, MB2_HEADER_MAGIC):
+        text += " The loader passed the magic it found in the kernel's header instead of the bootloader magic; a kernel that checks EAX at entry stops right there."
+    return [f"multiboot magic mismatch: EAX was {boot.eax:#x} at entry, the multiboot {boot.version} spec requires {want:#x}. {text}"]
+
+
+def _hang(vm: Machine) -> list[str]:
+    out = []
+    for v in vm.vcpus:
+        regs = v.registers()
+        iflag = "IF=1" if regs["rflags"] & (1 << 9) else "IF=0"
+        if v.activity == Activity.HLT:
+            fn = vm.symbols.function_of(regs["rip"] - 1) or vm.symbols.function_of(regs["rip"])
+            where = f" in function {fn}" if fn else ""
+            out.append(f"vCPU {v.index} is halted{where} at RIP {vm.symbolize(regs['rip'])} with {iflag}"
+                       + (" and nothing can wake it (no NMI, INIT or SIPI pending)" if iflag == "IF=0" else ""))
+        elif v.activity == Activity.WAIT_FOR_SIPI:
+            out.append(f"vCPU {v.index} (APIC id {v.apic_id}) is still in wait-for-SIPI: no INIT/SIPI ever reached it")
+        elif v.activity == Activity.SHUTDOWN:
+            out.append(f"vCPU {v.index} is in shutdown state")
+        else:
+            out.append(f"vCPU {v.index} is spinning at {_where(vm, v)} with {iflag} without VM exits")
+    out += magic_findings(vm)
+    return out
+
+
+def _ept_violation(vm: Machine) -> list[str]:
+    out = []
+    for v in vm.vcpus:
+        ex = v.last_exit
+        if ex is None or ex.reason != ExitReason.EPT_VIOLATION:
+            continue
+        access = ex.extra.get("access", "?")
+        gla = f"GLA {ex.guest_linear:#x}" if ex.guest_linear is not None else "no valid GLA"
+        kind = "a paging-structure entry" if not (ex.qualification >> 8 & 1) and ex.guest_linear is not None else "the page"
+        out.append(f"vCPU {v.index}: EPT violation: {access} of {kind} at GPA {ex.guest_physical:#x} ({gla}), "
+                   f"instruction at {vm.symbolize(ex.rip)}; exit qualification {ex.qualification:#x}")
+        ram = vm.config["memory"]
+        if ex.guest_physical is not None and ex.guest_physical >= ram:
+            out.append(f"the guest has {ram >> 20} MiB of RAM (GPA 0..{ram - 1:#x}); GPA {ex.guest_physical:#x} is "
+                       f"{(ex.guest_physical - ram) >> 10} KiB past its end, so the EPT has no mapping for it")
+        walk = ex.extra.get("walk")
+        if walk is not None:
+            from hvdbg.ept import format_walk as ept_format
+            out.append("EPT walk: " + " | ".join(ept_format(walk)))
+        if ex.guest_linear is not None:
+            w = v.page_walk(ex.guest_linear, access if access in ("read", "write", "fetch") else "read")
+            out.append("guest page walk: " + " | ".join(paging.format_walk(w)))
+    return out
+
+
+def _triple_fault(vm: Machine) -> list[str]:
+    out = []
+    for v in vm.vcpus:
+        ex = v.last_exit
+        if ex is None or ex.reason != ExitReason.TRIPLE_FAULT:
+            continue
+        regs = v.registers()
+        if "internal" in ex.extra:
+            out.append(f"vCPU {v.index}: the emulator stopped at {vm.symbolize(ex.rip)}: {ex.extra['internal']}")
+            continue
+        out.append(f"vCPU {v.index}: triple fault at {vm.symbolize(ex.rip)}: {ex.detail}")
+        idt_base, idt_limit = v.get_table("idtr")
+        if idt_limit < 14 * 16:
+            out.append(f"IDTR is {idt_base:#x}/{idt_limit:#x}: no IDT is loaded, so the first exception cannot be delivered, #DF cannot either, and the CPU shuts down")
+        chain = ex.extra.get("chain", [])
+        pf = next((e for e, _ in chain if e.vector == 14), None)
+        if pf is not None and pf.cr2 is not None:
+            out.append(f"the first fault was a #PF with CR2 = {pf.cr2:#x} (error code {pf.error_code:#x})")
+            w = v.page_walk(pf.cr2, "fetch" if (pf.error_code or 0) & 0x10 else "read")
+            if w.fault is not None:
+                out.append(f"guest page walk of CR2 stops at {w.fault.level}: {w.fault.reason}")
+            out.append("page walk: " + " | ".join(paging.format_walk(w)))
+            if not (v.vmcs.read("EXCEPTION_BITMAP") >> 14 & 1):
+                out.append("no VM exit was seen for the #PF because bit 14 of the exception bitmap is clear: "
+                           "set vmx.exception_bitmap = 0x4000 to make the #PF itself exit to the hypervisor")
+        out.append(f"CR0={regs['cr0']:#x} CR3={regs['cr3']:#x} CR4={regs['cr4']:#x} EFER={regs['efer']:#x}")
+    return out
+
+
+def _exception(vm: Machine) -> list[str]:
+    out = []
+    for v in vm.vcpus:
+        ex = v.last_exit
+        if ex is None or ex.reason != ExitReason.EXCEPTION_NMI:
+            continue
+        ev = ex.extra.get("event")
+        out.append(f"vCPU {v.index}: exception VM exit (exception bitmap bit {ev.vector if ev else '?'} set): "
+                   f"{ex.detail} at {vm.symbolize(ex.rip)}")
+        if ev is not None and ev.vector == 14 and ev.cr2 is not None:
+            w = v.page_walk(ev.cr2, "read")
+            out.append(f"exit qualification = CR2 = {ex.qualification:#x}; guest page walk: " + " | ".join(paging.format_walk(w)))
+    return out
+
+
+def _common(vm: Machine) -> list[str]:
+    out = []
+    if vm.bus.unhandled:
+        ports = ", ".join(f"{p:#x}" for p in sorted(vm.bus.unhandled)[:12])
+        out.append(f"the guest used I/O ports no device claims: {ports}")
+    return out
+
+
+_BY_OUTCOME = {
+    "hang": _hang,
+    "ept_violation": _ept_violation,
+    "triple_fault": _triple_fault,
+    "exception": _exception,
+}
+
+
+def diagnose(vm: Machine) -> list[str]:
+    ending = vm.ending
+    if ending is None:
+        return ["the VM has not ended"]
+    out: list[str] = []
+    if ending.detail:
+        out.append(ending.detail)
+    out += _BY_OUTCOME.get(ending.outcome, lambda _vm: [])(vm)
+    if ending.outcome == "exited":
+        started = [v.index for v in vm.vcpus if v.started_by_sipi]
+        if len(vm.vcpus) > 1:
+            out.append(f"{len(started)} of {len(vm.vcpus) - 1} APs were started by INIT-SIPI")
+    elif ending.outcome != "hang":
+        out += magic_findings(vm)
+    out += _common(vm)
+    return out
+
+
+def result(vm: Machine, wall_seconds: float) -> dict:
+    """The JSON object of ``hvdbg run --json``."""
+    ending = vm.ending
+    return {
+        "outcome": ending.outcome if ending else "running",
+        "exit_status": ending.status if ending else None,
+        "serial": vm.uart.text(),
+        "vcpus": [vm.vcpu_summary(v) for v in vm.vcpus],
+        "exits": dict(sorted(vm.trace.counts.items())),
+        "diagnosis": diagnose(vm),
+        "trace_hash": vm.trace.digest(),
+        "instructions": vm.total_instructions(),
+        "wall_seconds": round(wall_seconds, 3),
+    }

@@ -1,0 +1,250 @@
+"""Executors: how vCPUs get physical CPUs.
+
+- :class:`PinnedExecutor`: one host thread per vCPU (1 vCPU per pCPU).  Fast, not
+  deterministic (the host schedules the threads).
+- :class:`DeterministicExecutor`: every vCPU on the calling thread, round robin in
+  slices counted in guest instructions; the same config gives the same exit trace.
+
+Both share :class:`VcpuLoop` (signals, halt wake-up, hang bookkeeping) and the
+:class:`Watchdog` (budget, hang detection), and both honour pause/step requests
+from a debugger through :class:`RunControl`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from hvdbg.vcpu import Activity, RunEnd, Vcpu
+from hvdbg.vm import Machine
+
+SPIN_HISTORY = 4
+
+
+@dataclass
+class VcpuProgress:
+    """Per-vCPU bookkeeping for the hang detector."""
+
+    spin_slices: int = 0
+    last_states: tuple = ()
+    last_exit_count: int = 0
+
+
+class RunControl:
+    """Pause / resume of the whole VM or of single vCPUs, from any thread (debugger,
+    shell).  Executors call :meth:`wait_if_paused` between slices."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.paused_vm = False
+        self.paused: set[int] = set()
+        self.parked: set[int] = set()
+
+    def pause(self, vcpus: list[Vcpu] | None = None, all_vcpus: list[Vcpu] | None = None) -> None:
+        with self._cond:
+            if vcpus is None:
+                self.paused_vm = True
+                targets = all_vcpus or []
+            else:
+                self.paused.update(v.index for v in vcpus)
+                targets = vcpus
+        for v in targets:
+            v.kick()
+
+    def resume(self, vcpus: list[Vcpu] | None = None) -> None:
+        with self._cond:
+            if vcpus is None:
+                self.paused_vm = False
+                self.paused.clear()
+            else:
+                self.paused.difference_update(v.index for v in vcpus)
+            self._cond.notify_all()
+
+    def is_paused(self, v: Vcpu) -> bool:
+        return self.paused_vm or v.index in self.paused
+
+    def wait_if_paused(self, v: Vcpu, stop: threading.Event) -> None:
+        with self._cond:
+            while (self.paused_vm or v.index in self.paused) and not stop.is_set():
+                self.parked.add(v.index)
+                self._cond.notify_all()
+                self._cond.wait(0.05)
+            self.parked.discard(v.index)
+
+    def wait_parked(self, indices: set[int], timeout: float = 5.0) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not indices <= self.parked:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+
+class VcpuLoop:
+    """One scheduling step of a vCPU: take INIT/SIPI, wake from HLT, run a slice."""
+
+    def __init__(self, vm: Machine, slice_len: int) -> None:
+        self.vm = vm
+        self.slice_len = slice_len
+        self.progress = {v.index: VcpuProgress() for v in vm.vcpus}
+
+    def wake_if_possible(self, v: Vcpu) -> bool:
+        """A halted vCPU resumes on an interrupt it can take (SDM 26.6.2 / HLT);
+        with only its own timer pending, its idle clock jumps to the deadline."""
+        if v.activity != Activity.HLT:
+            return v.activity == Activity.ACTIVE
+        if v.apic.nmi_pending:
+            v.activity = Activity.ACTIVE
+            return True
+        if v.interrupts_enabled():
+            if v.apic.pending_vector() is None:
+                deadline = v.apic.next_event()
+                if deadline is not None and deadline > v.clock():
+                    v.idle_ticks += deadline - v.clock()
+            if v.apic.pending_vector() is not None:
+                v.activity = Activity.ACTIVE
+                return True
+        return False
+
+    def step(self, v: Vcpu) -> RunEnd:
+        self.vm.vmm.take_signals(v)
+        if not self.wake_if_possible(v):
+            return RunEnd.NOT_RUNNABLE
+        end = v.run(self.slice_len)
+        self._track_spin(v, end)
+        return end
+
+    def _track_spin(self, v: Vcpu, end: RunEnd) -> None:
+        p = self.progress[v.index]
+        if end != RunEnd.SLICE or v.exit_count != p.last_exit_count:
+            p.spin_slices = 0
+            p.last_states = ()
+            p.last_exit_count = v.exit_count
+            return
+        regs = v.registers()
+        state = tuple(regs[k] for k in ("rip", "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
+                                        "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"))
+        if state in p.last_states:
+            p.spin_slices += 1
+        else:
+            p.spin_slices = 0
+        p.last_states = (p.last_states + (state,))[-SPIN_HISTORY:]
+
+    def stuck(self, v: Vcpu) -> str | None:
+        """Why this vCPU can never make progress on its own, or None."""
+        if v.activity == Activity.SHUTDOWN:
+            return "shutdown"
+        if v.activity == Activity.WAIT_FOR_SIPI and not v.pending_sipi and not v.pending_init:
+            return "wait-for-SIPI"
+        if v.activity == Activity.HLT and not v.apic.nmi_pending and not v.pending_init:
+            if not v.interrupts_enabled():
+                return "halted with IF=0"
+            if v.apic.pending_vector() is None and v.apic.next_event() is None:
+                return "halted with IF=1 but no interrupt source armed"
+        if v.activity == Activity.ACTIVE and self.progress[v.index].spin_slices >= self.vm.config["budget.idle_slices"]:
+            return "spinning without VM exits in a loop that makes no progress"
+        return None
+
+
+class Watchdog:
+    """Budget and hang checks shared by the executors."""
+
+    def __init__(self, vm: Machine, loop: VcpuLoop) -> None:
+        self.vm = vm
+        self.loop = loop
+        self.started = time.monotonic()
+
+    def check(self) -> None:
+        vm = self.vm
+        if vm.ended:
+            return
+        if vm.total_instructions() >= vm.config["budget.instructions"]:
+            vm.end("budget", detail=f"instruction budget of {vm.config['budget.instructions']} used up")
+            return
+        if time.monotonic() - self.started >= vm.config["budget.seconds"]:
+            vm.end("budget", detail=f"time budget of {vm.config['budget.seconds']} s used up")
+            return
+        reasons = [self.loop.stuck(v) for v in vm.vcpus]
+        if all(reasons):
+            vm.end("hang", detail="; ".join(f"vCPU {v.index}: {r}" for v, r in zip(vm.vcpus, reasons)))
+
+
+class DeterministicExecutor:
+    """All vCPUs on one host thread, round robin, slices counted in guest instructions."""
+
+    def __init__(self, vm: Machine, control: RunControl | None = None) -> None:
+        self.vm = vm
+        self.control = control or RunControl()
+        self.loop = VcpuLoop(vm, vm.config["slice"])
+        self.watchdog = Watchdog(vm, self.loop)
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        vm = self.vm
+        for v in vm.vcpus:
+            v.pcpu = 0
+        while not vm.ended and not self.stop_event.is_set():
+            for v in vm.vcpus:
+                if vm.ended:
+                    break
+                if self.control.is_paused(v):
+                    self.control.wait_if_paused(v, self.stop_event)
+                self.loop.step(v)
+            self.watchdog.check()
+
+
+class PinnedExecutor:
+    """One host thread per vCPU (pCPU i runs vCPU i)."""
+
+    def __init__(self, vm: Machine, control: RunControl | None = None) -> None:
+        self.vm = vm
+        self.control = control or RunControl()
+        self.loop = VcpuLoop(vm, vm.config["slice"])
+        self.watchdog = Watchdog(vm, self.loop)
+        self.stop_event = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.errors: list[BaseException] = []
+
+    def _thread(self, v: Vcpu) -> None:
+        vm = self.vm
+        try:
+            while not vm.ended and not self.stop_event.is_set():
+                self.control.wait_if_paused(v, self.stop_event)
+                end = self.loop.step(v)
+                if end == RunEnd.NOT_RUNNABLE:
+                    v.wait_for_kick(0.005)
+        except BaseException as e:  # reported by run(); never lost silently
+            self.errors.append(e)
+            vm.end("fatal", detail=f"vCPU {v.index} thread crashed: {type(e).__name__}: {e}")
+
+    def run(self) -> None:
+        vm = self.vm
+        for v in vm.vcpus:
+            v.pcpu = v.index
+            t = threading.Thread(target=self._thread, args=(v,), name=f"vcpu{v.index}", daemon=True)
+            self.threads.append(t)
+        for t in self.threads:
+            t.start()
+        while not vm.ended and not self.stop_event.is_set():
+            vm.ended_event.wait(0.02)
+            if not any(self.control.is_paused(v) for v in vm.vcpus):
+                self.watchdog.check()
+        self.stop_event.set()
+        self.control.wake()
+        for t in self.threads:
+            t.join(timeout=10)
+        if self.errors:
+            raise self.errors[0]
+
+
+def make_executor(vm: Machine, control: RunControl | None = None):
+    if vm.config["deterministic"]:
+        return DeterministicExecutor(vm, control)
+    return PinnedExecutor(vm, control)

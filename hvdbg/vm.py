@@ -1,0 +1,187 @@
+"""A virtual machine: guest memory + EPT, vCPUs, platform devices and the VMM, wired
+together from a :class:`~hvdbg.config.VmConfig` (the VMM-level composition, like
+Firecracker's ``Vmm`` builder).  Running it is the executors' job (hvdbg.executor)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import capstone
+
+from hvdbg import multiboot
+from hvdbg.acpi import ACPI_BASE, ACPI_END, install_acpi
+from hvdbg.config import VmConfig
+from hvdbg.cpuid import CpuidModel
+from hvdbg.devices import (Cmos, DebugExit, IoBus, PciConfigAbsent, Pic8259, Pit8254, PostPort,
+                           SystemControlPortB, Uart16550)
+from hvdbg.devices.debug_exit import DEBUG_EXIT_PORT
+from hvdbg.errors import GuestLoadError
+from hvdbg.memory import GuestMemory
+from hvdbg.symbols import SymbolTable
+from hvdbg.trace import ExitTrace
+from hvdbg.vcpu import Activity, Vcpu, flat_segments_32
+from hvdbg.vmm import Vmm
+
+MB1_HEADER_MAGIC = 0x1BADB002
+MB2_HEADER_MAGIC = 0xE85250D6
+
+
+@dataclass
+class Ending:
+    """How the run ended (set once, by the first thing that ends it)."""
+
+    outcome: str
+    status: int | None = None
+    detail: str = ""
+    at: float = field(default_factory=time.monotonic)
+
+
+class Machine:
+    """One VM.  Implements the VMM's Lifecycle (``vcpus``, ``end``, ``ended``)."""
+
+    def __init__(self, config: VmConfig) -> None:
+        self.config = config
+        self.ending: Ending | None = None
+        self._end_lock = threading.Lock()
+        self.ended_event = threading.Event()
+        self.trace = ExitTrace()
+        self.memory = GuestMemory(config["memory"], config["gpa_hpa_offset"])
+        self.bus = IoBus()
+        self.uart = Uart16550(sink=self._echo if config["output.echo_serial"] else None)
+        self.debug_exit = DebugExit(lambda status: self.end("exited", status=status,
+                                                            detail="guest wrote to the debug-exit port"))
+        self._register_devices()
+        self.vmm = Vmm(self, self.bus, self.trace,
+                       sipi_offset=config["gpa_hpa_offset"] if config["faults.sipi_uses_hpa"] else 0)
+        self.kernel_path = Path(config["kernel"])
+        self.kernel_image = self._read(self.kernel_path, "kernel")
+        self.symbols = SymbolTable(self.kernel_image)
+        n = config["vcpus"]
+        self.apic_ids = list(range(n))
+        self.acpi = install_acpi(self.memory, self.apic_ids)
+        self.boot = self._load_kernel()
+        msr_sites = self._scan_msr_sites()
+        self.vcpus: list[Vcpu] = []
+        for i in range(n):
+            cpuid_id = 0 if config["cpuid.apic_ids"] == "same" else self.apic_ids[i]
+            cpuid = CpuidModel(apic_id=cpuid_id, vcpu_count=n, x2apic=config["cpuid.x2apic"])
+            v = Vcpu(i, self.apic_ids[i], self.memory, self.vmm, cpuid, bsp=(i == 0),
+                     x2apic=config["cpuid.x2apic"], send_ipi=self.vmm.send_ipi, msr_sites=msr_sites)
+            v.vmcs.write("EXCEPTION_BITMAP", config["vmx.exception_bitmap"])
+            self.vcpus.append(v)
+        self._enter_multiboot(self.vcpus[0])
+
+    # -- construction ------------------------------------------------------------------
+    @staticmethod
+    def _read(path: Path, what: str) -> bytes:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise GuestLoadError(f"{what} {path}: no such file") from None
+        except OSError as e:
+            raise GuestLoadError(f"{what} {path}: cannot read: {e.strerror}") from None
+
+    def _echo(self, data: bytes) -> None:
+        import sys
+        sys.stdout.write(data.decode("utf-8", "replace"))
+        sys.stdout.flush()
+
+    def _register_devices(self) -> None:
+        bus = self.bus
+        bus.register(0x3F8, 8, self.uart)
+        bus.register(DEBUG_EXIT_PORT, 4, self.debug_exit)
+        pic = Pic8259()
+        bus.register(0x20, 2, pic)
+        bus.register(0xA0, 2, pic)
+        bus.register(0x40, 4, Pit8254())
+        bus.register(0x61, 1, SystemControlPortB())
+        bus.register(0x70, 2, Cmos(self.config["memory"]))
+        bus.register(0x80, 1, PostPort())
+        bus.register(0xCF8, 8, PciConfigAbsent())
+
+    def _load_kernel(self) -> multiboot.BootInfo:
+        cfg = self.config
+        modules = [(self._read(Path(p), "module"), Path(p).name) for p in cfg["modules"]]
+        magic = cfg["loader.magic"]
+        header = multiboot.find_header(self.kernel_image)
+        if magic == "header":
+            magic = MB2_HEADER_MAGIC if header is not None and header.version == 2 else MB1_HEADER_MAGIC
+        return multiboot.load(self.kernel_image, self.memory, cfg["memory"], cmdline=cfg["cmdline"],
+                              modules=modules, magic=magic, reserved=[(ACPI_BASE, ACPI_END)],
+                              name=self.kernel_path.name)
+
+    def _scan_msr_sites(self) -> list[int]:
+        """Addresses of RDMSR/WRMSR in the loaded image, at their physical and ELF
+        virtual addresses (where the VMM places its MSR-exit hooks; see docs)."""
+        sites: set[int] = set()
+        deltas = {0}
+        for lo, hi, d in self.symbols._phys_deltas:
+            deltas.add(d)
+        for paddr, filesz, _memsz in self.boot.segments:
+            data = self.memory.read(paddr, filesz)
+            for opcode in (b"\x0f\x30", b"\x0f\x32"):
+                pos = data.find(opcode)
+                while pos >= 0:
+                    for d in deltas:
+                        sites.add(paddr + pos + d)
+                    pos = data.find(opcode, pos + 1)
+        return sorted(a & 0xFFFFFFFFFFFFFFFF for a in sites)
+
+    def _enter_multiboot(self, bsp: Vcpu) -> None:
+        """The machine state of Multiboot 0.6.96 3.2 / Multiboot2 3.3 (i386)."""
+        boot = self.boot
+        bsp.set_guest_state(rip=boot.entry, cr0=0x11, segments=flat_segments_32(), rflags=0x2,
+                            gdtr=(0, 0), idtr=(0, 0), gprs={"rax": boot.eax, "rbx": boot.ebx})
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def end(self, outcome: str, status: int | None = None, detail: str = "") -> None:
+        with self._end_lock:
+            if self.ending is None:
+                self.ending = Ending(outcome, status, detail)
+        self.ended_event.set()
+        for v in self.vcpus:
+            v.kick()
+
+    @property
+    def ended(self) -> bool:
+        return self.ending is not None
+
+    # -- queries -----------------------------------------------------------------------
+    def total_instructions(self) -> int:
+        return sum(v.clock() - v.idle_ticks for v in self.vcpus)
+
+    def symbolize(self, addr: int) -> str:
+        s = self.symbols.symbolize(addr)
+        return f"{addr:#x} <{s}>" if s else f"{addr:#x}"
+
+    def disassemble(self, vcpu: Vcpu, addr: int, count: int = 1) -> list[str]:
+        out = []
+        for insn in vcpu.decode(addr, count):
+            out.append(f"{insn.address:#x}: {insn.mnemonic} {insn.op_str}".rstrip())
+        return out
+
+    def vcpu_summary(self, v: Vcpu) -> dict:
+        return {
+            "id": v.index,
+            "apic_id": v.apic_id,
+            "cpuid_apic_id": v.cpuid.apic_id,
+            "state": v.activity.label,
+            "rip": v.uc.reg_read(capstone_x86_rip()),
+            "symbol": self.symbols.symbolize(v.uc.reg_read(capstone_x86_rip())),
+            "started_by_sipi": v.started_by_sipi,
+            "instructions": v.instructions,
+            "exits": v.exit_count,
+            "interrupts_enabled": v.interrupts_enabled(),
+            "pcpu": v.pcpu,
+        }
+
+
+def capstone_x86_rip() -> int:
+    from unicorn import x86_const
+    return x86_const.UC_X86_REG_RIP
+
+
+_ = (capstone, Activity)
