@@ -84,6 +84,10 @@ def _plan_address(image: bytes, header: MultibootHeader, a: AddressFields, name:
     where = "address fields" if header.version == 1 else "address tag"
     if header.version == 2 and a.load_addr == LOAD_ADDR_FROM_FILE_START:
         load_offset, load_addr = 0, a.header_addr - header.offset
+        if load_addr < 0:
+            raise GuestLoadError(f"{name}: multiboot address tag header_addr"
+                                 f" {a.header_addr:#x} is below the header's file offset"
+                                 f" {header.offset:#x}, so the file cannot start at it")
     else:
         if a.load_addr > a.header_addr:
             raise GuestLoadError(f"{name}: multiboot {where} load_addr {a.load_addr:#x}"

@@ -99,8 +99,6 @@ MB2_HEADER_TAG_NAMES: dict[int, str] = {
     9: "EFI amd64 entry address",
     10: "relocatable",
 }
-# Header tags hvdbg understands (it may still only report some of them).
-MB2_UNDERSTOOD_HEADER_TAGS = frozenset(MB2_HEADER_TAG_NAMES)
 
 MB2_CONSOLE_FLAG_NAMES: dict[int, str] = {0: "console required", 1: "EGA text supported"}
 MB2_RELOC_PREFERENCE_NAMES: dict[int, str] = {0: "none", 1: "lowest", 2: "highest"}
