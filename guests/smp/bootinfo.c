@@ -52,6 +52,8 @@ static void apply_option(const char *word, uint64_t len, struct boot_options *op
         opt->work_entries = number * (1024 * 1024 / sizeof(uint64_t));
     else if (eq && word_is(word, key_len, "ap_wait") && parse_u64(value, value_len, &number) && number)
         opt->ap_wait_loops = number;
+    else if (eq && word_is(word, key_len, "max_aps") && parse_u64(value, value_len, &number))
+        opt->max_aps = number;
 }
 
 static void parse_cmdline(struct boot_options *opt)
@@ -75,6 +77,7 @@ void bootinfo_parse(uint32_t magic, uint32_t info_phys, struct boot_options *out
     out->magic = magic;
     out->work_entries = DEFAULT_WORK_ENTRIES;
     out->ap_wait_loops = DEFAULT_AP_WAIT_LOOPS;
+    out->max_aps = UINT64_MAX;
     if (info->flags & MBI_FLAG_MEM) {
         out->have_mem = true;
         out->mem_lower_kib = info->mem_lower;

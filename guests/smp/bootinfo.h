@@ -17,6 +17,7 @@ struct boot_options {
     uint64_t work_entries;       /* u64 entries of the workload array */
     bool selftest;
     uint64_t ap_wait_loops;      /* PAUSE loops to wait for each AP */
+    uint64_t max_aps;            /* start at most this many APs */
 };
 
 /*
@@ -24,6 +25,7 @@ struct boot_options {
  *   work_mib=N   workload array of N MiB (default DEFAULT_WORK_ENTRIES u64s)
  *   selftest     run the int3 / LAPIC timer / IPI self-tests
  *   ap_wait=N    PAUSE loops to wait for each AP (default DEFAULT_AP_WAIT_LOOPS)
+ *   max_aps=N    start at most N APs (default: all the MADT lists)
  * Other words (QEMU passes the kernel path first) are ignored.
  */
 void bootinfo_parse(uint32_t magic, uint32_t info_phys, struct boot_options *out);

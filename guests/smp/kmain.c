@@ -32,7 +32,7 @@ __attribute__((noreturn)) void kmain(uint32_t magic, uint32_t mb_info_phys)
     /* The bump allocator may overwrite the loader's multiboot info: parsed above. */
     work_prepare(&work, options.work_entries);
 
-    smp_start_aps(&madt_cpus, bsp_apic_id, options.ap_wait_loops, &started_aps);
+    smp_start_aps(&madt_cpus, bsp_apic_id, options.ap_wait_loops, options.max_aps, &started_aps);
     uint32_t online = 1 + started_aps.count;
     kprintf("smp: %u of %u CPUs online\n", online, madt_cpus.count);
     if (online < madt_cpus.count) {

@@ -24,15 +24,20 @@ static bool wait_online_above(uint32_t count, uint64_t wait_loops)
 }
 
 void smp_start_aps(const struct cpu_table *cpus, uint32_t bsp_apic_id, uint64_t wait_loops,
-                   struct cpu_table *started)
+                   uint64_t max_aps, struct cpu_table *started)
 {
     memcpy(phys_to_virt(TRAMPOLINE_PHYS), ap_trampoline_start,
            (size_t)(ap_trampoline_end - ap_trampoline_start));
     started->count = 0;
+    uint64_t attempted = 0;
     for (uint32_t i = 0; i < cpus->count; i++) {
         uint32_t apic_id = cpus->apic_id[i];
         if (apic_id == bsp_apic_id)
             continue;
+        if (attempted++ >= max_aps) {
+            kprintf("smp: APIC id %u not started (max_aps=%lu)\n", apic_id, max_aps);
+            continue;
+        }
         if (apic_id >= MAX_CPUS) {
             kprintf("smp: APIC id %u >= MAX_CPUS (%u), not started\n", apic_id, MAX_CPUS);
             continue;
