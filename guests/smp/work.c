@@ -2,7 +2,7 @@
 
 #include "console.h"
 
-#define BARRIER_BASE_SPINS 200000000ULL
+#define BARRIER_BASE_SPINS 20000000ULL
 
 extern char _kernel_end[];
 
