@@ -59,14 +59,16 @@ class PacketConnection:
     def next_event(self, timeout: float | None) -> Packet | Interrupt | Malformed | None:
         """The next packet, interrupt or malformed-packet notice; None on timeout.
 
-        Acknowledgments are handled here: good packets are acked with ``+`` and
-        bad checksums nak-ed with ``-`` (in ack mode); stray ``+``/``-`` are dropped.
+        Acknowledgments are sent here, when an event is consumed (not when it is
+        decoded), so that a packet arriving together with the ``+`` that ends ack
+        mode is not acknowledged: good packets get ``+`` and bad checksums ``-``
+        (in ack mode only); stray ``+``/``-`` are dropped.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             while self._pending:
-                event = self._pending.popleft()
-                if isinstance(event, (Packet, Interrupt, Malformed)):
+                event = self._acknowledge(self._pending.popleft())
+                if event is not None:
                     return event
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not self._receive(remaining):
@@ -84,24 +86,27 @@ class PacketConnection:
             raise ConnectionClosed(str(exc)) from exc
         if not data:
             raise ConnectionClosed("peer closed the connection")
-        for event in self._decoder.feed(data):
-            self._on_event(event)
+        self._pending.extend(self._decoder.feed(data))
         return True
 
-    def _on_event(self, event: Event) -> None:
+    def _acknowledge(self, event: Event) -> Packet | Interrupt | Malformed | None:
         if isinstance(event, Packet):
             if self.ack_mode:
                 self._send_raw(b"+")
-        elif isinstance(event, BadChecksum):
+            return event
+        if isinstance(event, BadChecksum):
             log.warning("bad checksum on packet %r", event.raw[:64])
             if self.ack_mode:
                 self._send_raw(b"-")
-            return
-        elif isinstance(event, Malformed):
+            return None
+        if isinstance(event, Malformed):
             log.warning("malformed packet dropped: %s", event.reason)
             if self.ack_mode and event.complete:
                 self._send_raw(b"+")  # a resend would be just as malformed
-        self._pending.append(event)
+            return event
+        if isinstance(event, Interrupt):
+            return event
+        return None  # stray '+' / '-'
 
     # ------------------------------------------------------------------ sending
 

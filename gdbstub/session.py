@@ -367,13 +367,13 @@ class GdbSession:
         try:
             return self._read_memory(address, length).hex().encode()
         except TargetError:
-            if length <= PARTIAL_READ_CHUNK:
+            if address // PARTIAL_READ_CHUNK == (address + length - 1) // PARTIAL_READ_CHUNK:
                 raise
-        # Return the readable prefix (GDB then asks for the rest and gets the error).
+        # Return the readable prefix, page by page (GDB then asks for the rest).
         data = bytearray()
-        pos = address
-        while pos < address + length:
-            chunk_end = min(address + length, (pos // PARTIAL_READ_CHUNK + 1) * PARTIAL_READ_CHUNK)
+        pos, end = address, address + length
+        while pos < end:
+            chunk_end = min(end, (pos // PARTIAL_READ_CHUNK + 1) * PARTIAL_READ_CHUNK)
             try:
                 data += self._read_memory(pos, chunk_end - pos)
             except TargetError:
