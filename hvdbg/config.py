@@ -226,3 +226,14 @@ def load_config(path: str | Path) -> VmConfig:
     cfg = config_from_dict(data, p.resolve().parent, str(p))
     cfg.path = p
     return cfg
+
+
+def schema_markdown() -> str:
+    """The configuration reference table (docs/config.md is generated from this)."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for o in SCHEMA:
+        default = "(required)" if o.default is None and o.key == "kernel" else repr(o.default)
+        if o.key == "memory":
+            default = "128M"
+        rows.append(f"| `{o.key}` | `{default}` | {o.doc} |")
+    return "\n".join(rows)

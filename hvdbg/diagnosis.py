@@ -140,7 +140,10 @@ def diagnose(vm: Machine) -> list[str]:
     out: list[str] = []
     if ending.detail:
         out.append(ending.detail)
-    out += _BY_OUTCOME.get(ending.outcome, lambda _vm: [])(vm)
+    try:
+        out += _BY_OUTCOME.get(ending.outcome, lambda _vm: [])(vm)
+    except Exception as e:  # noqa: BLE001 - a diagnosis must never take the report down
+        out.append(f"(diagnosis incomplete: hvdbg could not analyse this state: {type(e).__name__}: {e})")
     if ending.outcome == "exited":
         started = [v.index for v in vm.vcpus if v.started_by_sipi]
         if len(vm.vcpus) > 1:

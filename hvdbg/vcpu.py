@@ -18,6 +18,8 @@ engine is loaded from it at VM entry when the VMM changed it (:meth:`Vcpu.load_g
 from __future__ import annotations
 
 import enum
+import functools
+import traceback
 import threading
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -114,6 +116,24 @@ class RunEnd(enum.Enum):
     NOT_RUNNABLE = "idle"    # halted / waiting for SIPI / shutdown
 
 
+def _guarded(default):
+    """Hook wrapper: a bug in hvdbg inside a Unicorn callback must not vanish in the
+    binding (it would be swallowed); it stops the vCPU and is reported as an internal
+    error with the guest state intact."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def hook(self, uc, *args):
+            try:
+                return fn(self, uc, *args)
+            except Exception as e:  # noqa: BLE001 - reported, never lost
+                self.hook_error = (e, traceback.format_exc())
+                self._leave = True
+                uc.emu_stop()
+                return default
+        return hook
+    return wrap
+
+
 class Vcpu:
     """One vCPU.  Thread affinity: :meth:`run` is called by one executor thread at a time;
     :meth:`kick` and the APIC's interrupt acceptance may be called from any thread."""
@@ -135,6 +155,7 @@ class Vcpu:
         self.ipi_log: list = []        # (IcrCommand, [target vCPU indexes]) sent by this vCPU
         self.sipi_entry: int | None = None
         self.pending_event_rip = 0
+        self.hook_error: tuple[BaseException, str] | None = None
         self._in_run = False
         self.activity = Activity.ACTIVE if bsp else Activity.WAIT_FOR_SIPI
         self.started_by_sipi = False
@@ -210,11 +231,13 @@ class Vcpu:
             self.uc.emu_stop()
         return resume
 
+    @_guarded(1)
     def _on_cpuid(self, uc: Uc, _ud) -> int:
         rip = uc.reg_read(X.UC_X86_REG_RIP)
         self.vm_exit(ExitInfo(ExitReason.CPUID, rip=rip, instruction_length=2))
         return 1
 
+    @_guarded(0)
     def _on_in(self, uc: Uc, port: int, size: int, _ud) -> int:
         rip = uc.reg_read(X.UC_X86_REG_RIP)
         # I/O qualification (SDM Table 28-5): size-1, direction 1 = IN, port in 31:16
@@ -223,12 +246,14 @@ class Vcpu:
         self.vm_exit(info)
         return info.data & ((1 << (8 * size)) - 1)
 
+    @_guarded(None)
     def _on_out(self, uc: Uc, port: int, size: int, value: int, _ud) -> None:
         rip = uc.reg_read(X.UC_X86_REG_RIP)
         info = ExitInfo(ExitReason.IO_INSTRUCTION, qualification=(size - 1) | port << 16, rip=rip,
                         instruction_length=1, data=value)
         self.vm_exit(info)
 
+    @_guarded(0)
     def _apic_read(self, uc: Uc, offset: int, size: int, _ud) -> int:
         rip = uc.reg_read(X.UC_X86_REG_RIP)
         # APIC-access qualification (SDM Table 28-6): offset 11:0, type 15:12 (0 = linear read)
@@ -237,12 +262,14 @@ class Vcpu:
         self.vm_exit(info)
         return info.data
 
+    @_guarded(None)
     def _apic_write(self, uc: Uc, offset: int, size: int, value: int, _ud) -> None:
         rip = uc.reg_read(X.UC_X86_REG_RIP)
         info = ExitInfo(ExitReason.APIC_ACCESS, qualification=(offset & 0xFFF) | 1 << 12, rip=rip,
                         guest_physical=XAPIC_BASE + offset, data=value, extra={"size": size})
         self.vm_exit(info)
 
+    @_guarded(None)
     def _on_msr_site(self, uc: Uc, address: int, size: int, _ud) -> None:
         code = self.read_linear_safe(address, 2)
         if code not in (b"\x0f\x30", b"\x0f\x32"):
@@ -261,6 +288,7 @@ class Vcpu:
         if resume:
             uc.reg_write(X.UC_X86_REG_RIP, address + 2)
 
+    @_guarded(True)
     def _on_invalid(self, uc: Uc, _ud) -> bool:
         rip = uc.reg_read(X.UC_X86_REG_RIP)
         code = self.read_linear_safe(rip, 3)
@@ -273,6 +301,7 @@ class Vcpu:
         self._raise_exception(hardware_exception(6), rip)
         return True
 
+    @_guarded(None)
     def _on_interrupt(self, uc: Uc, intno: int, _ud) -> None:
         rip = uc.reg_read(X.UC_X86_REG_RIP)
         error = ucx.reset_pending_exception(uc)
@@ -305,6 +334,7 @@ class Vcpu:
         self._leave = True
         self.uc.emu_stop()
 
+    @_guarded(False)
     def _on_ept_fault(self, uc: Uc, access: int, address: int, size: int, value: int, _ud) -> bool:
         rip = uc.reg_read(X.UC_X86_REG_RIP)
         kind = {UC_MEM_WRITE_UNMAPPED: "write", UC_MEM_WRITE_PROT: "write",
@@ -347,6 +377,8 @@ class Vcpu:
 
     def page_walk(self, gva: int, access: str = "read") -> paging.PageWalk:
         r = self.control_regs()
+        wide = paging.paging_mode(r["cr0"], r["cr4"], r["efer"]) in (paging.PagingMode.LEVEL4, paging.PagingMode.LEVEL5)
+        gva &= 0xFFFFFFFFFFFFFFFF if wide else 0xFFFFFFFF
         return paging.walk(self.memory.read, r["cr0"], r["cr3"], r["cr4"], r["efer"], gva, access)
 
     def linear_to_physical(self, gva: int, access: str = "read") -> int:
@@ -406,6 +438,7 @@ class Vcpu:
         """The linear address behind a faulting GPA: decode the instruction and compute its
         memory operand's effective address (what a VMM's instruction emulator does), then
         keep it only if the guest's page tables really map it to the faulting page."""
+        mask = 0xFFFFFFFFFFFFFFFF if self.code_bits() == 64 else 0xFFFFFFFF
         if kind == "fetch":
             candidates = [rip]
         else:
@@ -422,14 +455,17 @@ class Vcpu:
                                 ea += insn.address + insn.size
                             else:
                                 ea += self._gpr_by_name(name) * scale
-                    candidates.append(ea & 0xFFFFFFFFFFFFFFFF)
+                    candidates.append(ea & mask)
                 if insn.mnemonic.startswith(("stos", "movs")):
                     candidates.append(self.uc.reg_read(X.UC_X86_REG_RDI))
                 if insn.mnemonic.startswith(("push", "call")):
                     candidates.append(self.uc.reg_read(X.UC_X86_REG_RSP) - 8)
         for cand in candidates:
             for off in range(0, 16):
-                w = self.page_walk(cand + off)
+                try:
+                    w = self.page_walk((cand + off) & mask)
+                except ValueError:
+                    break
                 if w.gpa is not None and (w.gpa >> 12) == (gpa >> 12):
                     return (cand + off) - (((cand + off) & 0xFFF) - (gpa & 0xFFF))
         return None
@@ -607,7 +643,13 @@ class Vcpu:
         natural = not self._leave and not self._kick.is_set() and counted <= budget and error is None
         executed = counted if natural else max(0, counted - 1)
         self.instructions += executed
-        if error is not None and error.errno not in _UC_MEM_ERRORS:
+        if self.hook_error is not None:
+            exc, tb = self.hook_error
+            self.hook_error = None
+            self.save_guest_state()
+            self.handler.internal_error(self, exc, tb)
+            return RunEnd.EXIT
+        if error is not None and (error.errno not in _UC_MEM_ERRORS or not self._leave):
             self._internal_error(error, rip)
         if natural:
             # emu_start returned by itself before the budget: the guest executed HLT

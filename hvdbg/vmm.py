@@ -54,6 +54,7 @@ class Vmm:
         self.sipi_offset = sipi_offset
         self.exception_exits = exception_exits
         self.exit_breakpoints: set[int] = set()
+        self.internal_errors: list[str] = []
         self.on_exit_breakpoint: Callable[[Vcpu, ExitInfo], None] | None = None
         self._handlers: dict[ExitReason, Callable[[Vcpu, ExitInfo], bool]] = {
             ExitReason.CPUID: self._cpuid,
@@ -80,6 +81,12 @@ class Vmm:
             self.on_exit_breakpoint(vcpu, exit)
             return False
         return resume and not self.life.ended
+
+    def internal_error(self, vcpu: Vcpu, exc: BaseException, tb: str) -> None:
+        """A bug in hvdbg itself while handling this vCPU: end the VM, keep the state."""
+        self.internal_errors.append(tb)
+        self.life.end("internal_error", detail=f"vCPU {vcpu.index}: hvdbg internal error "
+                      f"({type(exc).__name__}: {exc}); the guest state is preserved for inspection")
 
     def _unhandled(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
         exit.detail = f"no handler for exit reason {exit.reason.name}"

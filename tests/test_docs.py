@@ -1,0 +1,14 @@
+"""The configuration reference in docs/ is generated from the schema: keep them in sync."""
+
+from pathlib import Path
+
+from hvdbg.config import SCHEMA, schema_markdown
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "config.md"
+
+
+def test_config_doc_lists_every_key():
+    text = DOC.read_text()
+    assert schema_markdown() in text, "regenerate docs/config.md from hvdbg.config.schema_markdown()"
+    for opt in SCHEMA:
+        assert f"`{opt.key}`" in text
