@@ -44,11 +44,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg.set("output.echo_serial", True)
     vm = Machine(cfg)
     start = time.monotonic()
-    executor = make_executor(vm)
-    try:
-        executor.run()
-    except KeyboardInterrupt:
-        vm.end("stopped", detail="interrupted by the user")
+    if args.gdb is not None:
+        _run_with_gdb(vm, args)
+    else:
+        executor = make_executor(vm)
+        try:
+            executor.run()
+        except KeyboardInterrupt:
+            vm.end("stopped", detail="interrupted by the user")
     wall = time.monotonic() - start
     res = diagnosis.result(vm, wall)
     if args.json:
@@ -70,6 +73,47 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if res["outcome"] == "exited" and not res["exit_status"] else 1
 
 
+def start_gdb_servers(session, host: str, port: int, monitor=None) -> list:
+    """One stub with every vCPU as a thread on ``port``, one per vCPU i on port+1+i."""
+    from gdbstub import GdbServer
+    from hvdbg.gdbtarget import VmTarget
+
+    servers = [GdbServer(VmTarget(session, None, monitor), host=host, port=port)]
+    for v in session.vm.vcpus:
+        servers.append(GdbServer(VmTarget(session, frozenset({v.index}), monitor), host=host,
+                                 port=port + 1 + v.index))
+    try:
+        for s in servers:
+            s.start()
+    except OSError as e:
+        for s in servers:
+            s.stop()
+        raise HvdbgError(f"cannot listen on {host}:{port}..{port + len(servers) - 1}: {e.strerror}") from None
+    return servers
+
+
+def _run_with_gdb(vm, args: argparse.Namespace) -> None:
+    from hvdbg.commands import make_monitor
+    from hvdbg.debug import DebugSession
+
+    session = DebugSession(vm, start_paused=args.gdb_wait)
+    servers = start_gdb_servers(session, args.gdb_host, args.gdb, make_monitor(session))
+    n = len(vm.vcpus)
+    print(f"hvdbg: gdb stub for all {n} vCPUs on {args.gdb_host}:{args.gdb}; per-vCPU stubs on ports "
+          f"{args.gdb + 1}..{args.gdb + n}" + (" (guest held until gdb continues)" if args.gdb_wait else ""),
+          file=sys.stderr, flush=True)
+    session.start()
+    try:
+        while session.running:
+            session.join(0.2)
+    except KeyboardInterrupt:
+        vm.end("stopped", detail="interrupted by the user")
+        session.shutdown()
+    finally:
+        for s in servers:
+            s.stop()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hvdbg", description="Debug x86 VMX hypervisors and their SMP guests.")
     parser.add_argument("--version", action="version", version=f"hvdbg {__version__}")
@@ -79,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print one JSON object")
     run.add_argument("--compact", action="store_true", help="with --json: on one line")
     run.add_argument("--quiet", action="store_true", help="print the serial output only at the end")
+    run.add_argument("--gdb", type=int, metavar="PORT",
+                     help="serve GDB: all vCPUs as threads on PORT, vCPU i alone on PORT+1+i")
+    run.add_argument("--gdb-wait", action="store_true", help="hold the guest until gdb continues it")
+    run.add_argument("--gdb-host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     _add_overrides(run)
     run.set_defaults(func=cmd_run)
     return parser

@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from hvdbg.vcpu import Activity, RunEnd, Vcpu
 from hvdbg.vm import Machine
@@ -32,16 +33,20 @@ class VcpuProgress:
 
 
 class RunControl:
-    """Pause / resume of the whole VM or of single vCPUs, from any thread (debugger,
-    shell).  Executors call :meth:`wait_if_paused` between slices."""
+    """Pause / resume / single-step of the whole VM or of single vCPUs, from any thread
+    (debugger, shell).  Executor threads call :meth:`serve` for a paused vCPU they own:
+    it blocks until the vCPU is resumed and runs the step requests addressed to it."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self.paused_vm = False
         self.paused: set[int] = set()
         self.parked: set[int] = set()
+        self._steps: dict[int, int] = {}
+        self.on_step_done: Callable[[Vcpu], None] | None = None
 
     def pause(self, vcpus: list[Vcpu] | None = None, all_vcpus: list[Vcpu] | None = None) -> None:
+        """Stop the given vCPUs (or the whole VM) at their next instruction boundary."""
         with self._cond:
             if vcpus is None:
                 self.paused_vm = True
@@ -61,25 +66,52 @@ class RunControl:
                 self.paused.difference_update(v.index for v in vcpus)
             self._cond.notify_all()
 
+    def request_step(self, v: Vcpu, count: int = 1) -> None:
+        """Run ``count`` instructions on a paused vCPU, then park it again."""
+        with self._cond:
+            self._steps[v.index] = count
+            self.parked.discard(v.index)
+            self._cond.notify_all()
+
     def is_paused(self, v: Vcpu) -> bool:
         return self.paused_vm or v.index in self.paused
 
-    def wait_if_paused(self, v: Vcpu, stop: threading.Event) -> None:
-        with self._cond:
-            while (self.paused_vm or v.index in self.paused) and not stop.is_set():
-                self.parked.add(v.index)
-                self._cond.notify_all()
-                self._cond.wait(0.05)
-            self.parked.discard(v.index)
+    def any_paused(self) -> bool:
+        return self.paused_vm or bool(self.paused)
 
-    def wait_parked(self, indices: set[int], timeout: float = 5.0) -> bool:
+    def serve(self, owned: list[Vcpu], stop: threading.Event, run_step: Callable[[Vcpu, int], None]) -> None:
+        """Block while every vCPU of ``owned`` that is paused stays paused; run step requests."""
+        while not stop.is_set():
+            with self._cond:
+                todo = [(v, self._steps.pop(v.index)) for v in owned if v.index in self._steps]
+                if not todo:
+                    if not any(self.is_paused(v) for v in owned):
+                        for v in owned:
+                            self.parked.discard(v.index)
+                        return
+                    self.parked.update(v.index for v in owned if self.is_paused(v))
+                    self._cond.notify_all()
+                    self._cond.wait(0.05)
+                    continue
+            for v, count in todo:
+                run_step(v, count)
+                if self.on_step_done is not None:
+                    self.on_step_done(v)
+            with self._cond:
+                self.parked.update(v.index for v, _ in todo)
+                self._cond.notify_all()
+
+    def wait_parked(self, indices: set[int], timeout: float = 5.0, stop: threading.Event | None = None) -> bool:
+        """Wait until the given vCPUs sit in :meth:`serve` (or the executor stopped)."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while not indices <= self.parked:
+                if stop is not None and stop.is_set():
+                    return True
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self._cond.wait(left)
+                self._cond.wait(min(left, 0.05))
         return True
 
     def wake(self) -> None:
@@ -113,11 +145,11 @@ class VcpuLoop:
                 return True
         return False
 
-    def step(self, v: Vcpu) -> RunEnd:
+    def step(self, v: Vcpu, budget: int | None = None) -> RunEnd:
         self.vm.vmm.take_signals(v)
         if not self.wake_if_possible(v):
             return RunEnd.NOT_RUNNABLE
-        end = v.run(self.slice_len)
+        end = v.run(budget or self.slice_len)
         self._track_spin(v, end)
         return end
 
@@ -159,16 +191,21 @@ class Watchdog:
     def __init__(self, vm: Machine, loop: VcpuLoop) -> None:
         self.vm = vm
         self.loop = loop
-        self.started = time.monotonic()
+        self.last = time.monotonic()
+        self.running_seconds = 0.0
 
     def check(self) -> None:
+        """Called while the VM runs (not while a debugger holds it paused)."""
         vm = self.vm
+        now = time.monotonic()
+        self.running_seconds += min(now - self.last, 0.25)
+        self.last = now
         if vm.ended:
             return
         if vm.total_instructions() >= vm.config["budget.instructions"]:
             vm.end("budget", detail=f"instruction budget of {vm.config['budget.instructions']} used up")
             return
-        if time.monotonic() - self.started >= vm.config["budget.seconds"]:
+        if self.running_seconds >= vm.config["budget.seconds"]:
             vm.end("budget", detail=f"time budget of {vm.config['budget.seconds']} s used up")
             return
         reasons = [self.loop.stuck(v) for v in vm.vcpus]
@@ -191,13 +228,18 @@ class DeterministicExecutor:
         for v in vm.vcpus:
             v.pcpu = 0
         while not vm.ended and not self.stop_event.is_set():
+            if self.control.paused_vm or all(self.control.is_paused(v) for v in vm.vcpus):
+                self.control.serve(vm.vcpus, self.stop_event, self._single_step)
+                continue
             for v in vm.vcpus:
                 if vm.ended:
                     break
-                if self.control.is_paused(v):
-                    self.control.wait_if_paused(v, self.stop_event)
-                self.loop.step(v)
+                if not self.control.is_paused(v):
+                    self.loop.step(v)
             self.watchdog.check()
+
+    def _single_step(self, v: Vcpu, count: int) -> None:
+        self.loop.step(v, count)
 
 
 class PinnedExecutor:
@@ -216,7 +258,9 @@ class PinnedExecutor:
         vm = self.vm
         try:
             while not vm.ended and not self.stop_event.is_set():
-                self.control.wait_if_paused(v, self.stop_event)
+                if self.control.is_paused(v):
+                    self.control.serve([v], self.stop_event, lambda vc, n: self.loop.step(vc, n))
+                    continue
                 end = self.loop.step(v)
                 if end == RunEnd.NOT_RUNNABLE:
                     v.wait_for_kick(0.005)
@@ -234,7 +278,7 @@ class PinnedExecutor:
             t.start()
         while not vm.ended and not self.stop_event.is_set():
             vm.ended_event.wait(0.02)
-            if not any(self.control.is_paused(v) for v in vm.vcpus):
+            if not self.control.any_paused():
                 self.watchdog.check()
         self.stop_event.set()
         self.control.wake()

@@ -1,0 +1,254 @@
+"""hvdbg's implementation of the :mod:`gdbstub` target interface.
+
+One :class:`VmTarget` serves a *scope* of vCPUs over one :class:`~hvdbg.debug.DebugSession`:
+every vCPU (GDB threads 1..N, all-stop) or a single vCPU (a per-vCPU stub that stops and
+steps only its vCPU while the others keep running).  GDB thread id = vCPU index + 1.
+
+Registers are always exchanged in the 64-bit layout (16/32-bit state zero-extended), so
+one GDB session survives the guest's real -> protected -> long mode switches.
+"""
+
+from __future__ import annotations
+
+import queue
+import struct
+import threading
+from typing import Mapping, Sequence
+
+from unicorn import x86_const as X
+
+from gdbstub import (ConsoleOutput, DetachOps, HwBreakpointOps, KillOps, MemoryAccessError,
+                     MonitorOps, PhysicalMemoryOps, ResumeAction, ResumeKind, SingleStepFlagsOps,
+                     SstepFlags, StopEvent, SwBreakpointOps, Target, TargetError, ThreadExtraInfoOps,
+                     ThreadInfo, WatchKind, WatchpointOps)
+from gdbstub.arch.x86_64 import X86_64
+from gdbstub.target import SIGTRAP
+from hvdbg.debug import DebugSession, Stop, StopKind
+from hvdbg.errors import GuestMemoryError, HvdbgError
+from hvdbg.events import GuestFault
+from hvdbg.vcpu import Vcpu
+
+_GPR = {n: getattr(X, f"UC_X86_REG_{n.upper()}") for n in
+        ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11",
+         "r12", "r13", "r14", "r15", "rip")}
+_SEG = {n: getattr(X, f"UC_X86_REG_{n.upper()}") for n in ("cs", "ss", "ds", "es", "fs", "gs")}
+_MISC = {"eflags": X.UC_X86_REG_EFLAGS, "fs_base": X.UC_X86_REG_FS_BASE, "gs_base": X.UC_X86_REG_GS_BASE,
+         "cr0": X.UC_X86_REG_CR0, "cr2": X.UC_X86_REG_CR2, "cr3": X.UC_X86_REG_CR3,
+         "cr4": X.UC_X86_REG_CR4, "cr8": X.UC_X86_REG_CR8, "mxcsr": X.UC_X86_REG_MXCSR,
+         "fctrl": X.UC_X86_REG_FPCW, "fstat": X.UC_X86_REG_FPSW, "ftag": X.UC_X86_REG_FPTAG}
+_MSR = {"efer": 0xC0000080, "k_gs_base": 0xC0000102}
+_WATCH = {WatchKind.WRITE: "write", WatchKind.READ: "read", WatchKind.ACCESS: "access"}
+_WATCH_BACK = {v: k for k, v in _WATCH.items()}
+
+
+class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorOps, ThreadExtraInfoOps,
+               SingleStepFlagsOps, PhysicalMemoryOps, DetachOps, KillOps):
+    """GDB's view of some vCPUs of a VM."""
+
+    def __init__(self, session: DebugSession, scope: frozenset[int] | None = None,
+                 monitor=None) -> None:
+        self.session = session
+        self.vm = session.vm
+        self.scope = frozenset(v.index for v in session.vcpus_of(scope))
+        self.all_stop = len(self.scope) == len(self.vm.vcpus)
+        self.monitor = monitor
+        self._events: queue.Queue[Stop] | None = None
+        self._sstep = SstepFlags.ENABLE | SstepFlags.NOIRQ | SstepFlags.NOTIMER
+        self._current = min(self.scope)
+        self._lock = threading.Lock()
+
+    @property
+    def arch(self):
+        return X86_64
+
+    # -- helpers ---------------------------------------------------------------------
+    def _scope_arg(self) -> frozenset[int] | None:
+        return None if self.all_stop else self.scope
+
+    def _vcpu(self, tid: int) -> Vcpu:
+        index = tid - 1
+        if index not in self.scope:
+            raise TargetError(f"no thread {tid}")
+        return self.vm.vcpus[index]
+
+    def _ensure_events(self) -> queue.Queue[Stop]:
+        if self._events is None:
+            self._events = self.session.subscribe()
+        return self._events
+
+    # -- threads ---------------------------------------------------------------------
+    def threads(self) -> Sequence[ThreadInfo]:
+        return [ThreadInfo(v.index + 1, self._name(v)) for v in self.session.vcpus_of(self.scope)]
+
+    def _name(self, v: Vcpu) -> str:
+        return f"vCPU {v.index} (APIC id {v.apic_id}, {v.activity.label})"
+
+    def thread_extra_info(self, tid: int) -> str:
+        v = self._vcpu(tid)
+        rip = v.uc.reg_read(X.UC_X86_REG_RIP)
+        sym = self.vm.symbols.symbolize(rip)
+        return f"{self._name(v)} {v.code_bits()}-bit" + (f" in {sym}" if sym else "")
+
+    # -- registers -------------------------------------------------------------------
+    def read_registers(self, tid: int) -> Mapping[str, int | bytes]:
+        uc = self._vcpu(tid).uc
+        out: dict[str, int | bytes] = {n: uc.reg_read(r) for n, r in _GPR.items()}
+        out.update({n: uc.reg_read(r) for n, r in _SEG.items()})
+        out.update({n: uc.reg_read(r) for n, r in _MISC.items()})
+        out.update({n: uc.msr_read(m) for n, m in _MSR.items()})
+        for i in range(8):
+            mant, exp = uc.reg_read(getattr(X, f"UC_X86_REG_FP{i}"))
+            out[f"st{i}"] = struct.pack("<QH", mant & (2**64 - 1), exp & 0xFFFF)
+        for i in range(16):
+            out[f"xmm{i}"] = uc.reg_read(getattr(X, f"UC_X86_REG_XMM{i}")).to_bytes(16, "little")
+        return out
+
+    def write_registers(self, tid: int, values: Mapping[str, int | bytes]) -> None:
+        uc = self._vcpu(tid).uc
+        for name, value in values.items():
+            if name in _GPR:
+                uc.reg_write(_GPR[name], value)
+            elif name in _MISC and name not in ("fstat", "ftag"):
+                uc.reg_write(_MISC[name], value)
+            elif name in _MSR:
+                uc.msr_write(_MSR[name], value)
+            elif name.startswith("xmm") and isinstance(value, bytes):
+                uc.reg_write(getattr(X, f"UC_X86_REG_{name.upper()}"), int.from_bytes(value, "little"))
+            # segment selectors and x87 stack: read-only from GDB (their hidden parts
+            # would not follow a selector write)
+
+    # -- memory ----------------------------------------------------------------------
+    def read_memory(self, tid: int, address: int, length: int) -> bytes:
+        try:
+            return self._vcpu(tid).read_linear(address, length)
+        except (GuestFault, GuestMemoryError, ValueError) as e:
+            raise MemoryAccessError(str(e)) from None
+
+    def write_memory(self, tid: int, address: int, data: bytes) -> None:
+        v = self._vcpu(tid)
+        try:
+            v.write_linear(address, data)
+            gpa = v.linear_to_physical(address)
+        except (GuestFault, GuestMemoryError, ValueError) as e:
+            raise MemoryAccessError(str(e)) from None
+        for x in self.vm.vcpus:
+            x.uc.ctl_remove_cache(address, address + len(data))
+            x.uc.ctl_remove_cache(gpa, gpa + len(data))
+
+    def read_physical_memory(self, address: int, length: int) -> bytes:
+        try:
+            return self.vm.memory.read(address, length)
+        except GuestMemoryError as e:
+            raise MemoryAccessError(str(e)) from None
+
+    def write_physical_memory(self, address: int, data: bytes) -> None:
+        try:
+            self.vm.memory.write(address, data)
+        except GuestMemoryError as e:
+            raise MemoryAccessError(str(e)) from None
+        self.vm.memory.flush_code(address, len(data))
+
+    # -- run control -----------------------------------------------------------------
+    def attach(self) -> StopEvent:
+        self._ensure_events()
+        self.session.stop(self._scope_arg())
+        if self.vm.ended and not self.session.running:
+            return self._ended_event()
+        return StopEvent.signalled(self._current + 1, SIGTRAP)
+
+    def resume(self, actions: Mapping[int, ResumeAction]) -> None:
+        self._ensure_events()
+        steps = [tid for tid, a in actions.items() if a.kind == ResumeKind.STEP]
+        if steps:
+            # the stepped vCPU runs one instruction; the others stay stopped (like
+            # QEMU's NOIRQ|NOTIMER single step with scheduler locking)
+            v = self._vcpu(steps[0])
+            self._current = v.index
+            self.session.step(v)
+            return
+        self.session.resume(self._scope_arg())
+
+    def wait_for_stop(self, timeout: float | None) -> StopEvent | None:
+        events = self._ensure_events()
+        try:
+            stop = events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if stop.kind == StopKind.ENDED:
+            return self._ended_event()
+        if stop.vcpu is not None and stop.vcpu not in self.scope:
+            return None  # another stub's vCPU
+        self.session.stop(self._scope_arg())
+        if stop.vcpu is not None:
+            self._current = stop.vcpu
+        tid = self._current + 1
+        if stop.kind == StopKind.BREAKPOINT:
+            return StopEvent.sw_breakpoint(tid)
+        if stop.kind == StopKind.WATCHPOINT:
+            return StopEvent.watchpoint(tid, _WATCH_BACK[stop.watch or "write"], stop.address or 0)
+        if stop.kind == StopKind.STEP:
+            return StopEvent.step_done(tid)
+        if stop.kind == StopKind.INTERRUPT:
+            return StopEvent.interrupted(tid)
+        return StopEvent.signalled(tid, SIGTRAP)
+
+    def _ended_event(self) -> StopEvent:
+        ending = self.vm.ending
+        if ending is not None and ending.outcome == "exited":
+            return StopEvent.exited((ending.status or 0) & 0xFF)
+        return StopEvent.terminated()
+
+    def interrupt(self) -> None:
+        self.session.stop(self._scope_arg())
+        self.session.interrupted(self.vm.vcpus[self._current])
+
+    # -- breakpoints and watchpoints ---------------------------------------------------
+    def add_sw_breakpoint(self, address: int, kind: int) -> bool:
+        self.session.add_breakpoint(address, self._scope_arg())
+        return True
+
+    def remove_sw_breakpoint(self, address: int, kind: int) -> bool:
+        return self.session.remove_breakpoint(address, self._scope_arg())
+
+    add_hw_breakpoint = add_sw_breakpoint
+    remove_hw_breakpoint = remove_sw_breakpoint
+
+    def add_watchpoint(self, address: int, length: int, kind: WatchKind) -> bool:
+        try:
+            self.session.add_watchpoint(address, length, _WATCH[kind], self._scope_arg(),
+                                        translate_with=self.vm.vcpus[self._current])
+        except (GuestFault, GuestMemoryError, ValueError):
+            return False
+        return True
+
+    def remove_watchpoint(self, address: int, length: int, kind: WatchKind) -> bool:
+        return self.session.remove_watchpoint(address, length, _WATCH[kind], self._scope_arg())
+
+    # -- monitor, QEMU probes, detach, kill -------------------------------------------------
+    def monitor_command(self, command: str, out: ConsoleOutput) -> None:
+        if self.monitor is None:
+            raise TargetError("no monitor commands")
+        try:
+            text = self.monitor(command, self.vm.vcpus[self._current])
+        except HvdbgError as e:
+            text = f"error: {e}\n"
+        out.write(text if text.endswith("\n") else text + "\n")
+
+    def single_step_flags(self) -> SstepFlags:
+        return self._sstep
+
+    def set_single_step_flags(self, flags: SstepFlags) -> None:
+        self._sstep = flags
+
+    def detach(self) -> None:
+        for bp in list(self.session.breakpoints.values()):
+            if bp.vcpus == self.scope:
+                self.session.remove_breakpoint(bp.address, self._scope_arg())
+        self.session.resume(self._scope_arg())
+        if self._events is not None:
+            self.session.unsubscribe(self._events)
+            self._events = None
+
+    def kill(self) -> None:
+        self.vm.end("killed", detail="killed by the debugger")
+        self.session.resume()
