@@ -63,6 +63,8 @@ ALL_SSTEP_FLAGS = int(SstepFlags.ENABLE | SstepFlags.NOIRQ | SstepFlags.NOTIMER)
 RUN_POLL_SECONDS = 0.02
 #: How long to wait for a running target to stop when the debugger vanishes.
 DISCONNECT_STOP_TIMEOUT = 5.0
+#: Packets kept while the target runs (GDB sends none in all-stop mode).
+MAX_DEFERRED_PACKETS = 64
 #: Bytes of monitor output per ``O`` packet (hex doubles it).
 CONSOLE_CHUNK = 1024
 #: Memory is read in chunks of this size after a failed read, to return the readable prefix.
@@ -222,12 +224,15 @@ class GdbSession:
                 self._running = False
                 self._report_stop(event)
                 return
-            incoming = self.conn.next_event(timeout=0)
-            if isinstance(incoming, Interrupt):
-                log.debug("<- Ctrl-C")
-                self.target.interrupt()
-            elif isinstance(incoming, Packet):
-                self._deferred.append(incoming)  # not expected in all-stop mode
+            while (incoming := self.conn.next_event(timeout=0)) is not None:
+                if isinstance(incoming, Interrupt):
+                    log.debug("<- Ctrl-C")
+                    self.target.interrupt()
+                elif isinstance(incoming, Packet):  # not expected in all-stop mode
+                    if len(self._deferred) < MAX_DEFERRED_PACKETS:
+                        self._deferred.append(incoming)
+                    else:
+                        log.warning("dropping packet sent while running: %r", incoming.data[:40])
 
     def _report_stop(self, event: StopEvent) -> None:
         self.last_stop = event

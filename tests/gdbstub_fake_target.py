@@ -6,6 +6,7 @@ bytearray, physical address 0 mapped at virtual ``VIRT_BASE``. The instruction s
 * ``0xAA`` store: write ``rax`` (8 bytes) to ``[rbx]``, then ``rax += 1``
 * ``0xAB`` load: ``rcx = [rbx]`` (8 bytes)
 * ``0xEB rel8`` jump: ``rip += 2 + rel8``
+* ``0xF4`` halt: the machine exits with status ``rax & 0xff``
 * anything else: one-byte no-op
 
 ``resume`` runs the resumed CPUs round-robin, one instruction each, on a background
@@ -53,6 +54,13 @@ OP_STORE = 0xAA
 OP_LOAD = 0xAB
 OP_JMP = 0xEB
 OP_NOP = 0x90
+OP_HALT = 0xF4
+
+
+class MachineExit(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
 
 #: Program of every CPU, relative to its code base: nops, a store at +0x20, a load
 #: at +0x28, and a jump back to the start at +0x40 (an endless loop).
@@ -265,6 +273,8 @@ class FakeMachine(
                 access = self._execute(cpu)
             except MemoryAccessError:
                 return StopEvent.signalled(cpu.tid, SIGSEGV)
+            except MachineExit as exit_:
+                return StopEvent.exited(exit_.status)
             if access is not None:
                 address, size, is_write = access
                 for watch in self.watches:
@@ -287,6 +297,8 @@ class FakeMachine(
             regs["rcx"] = int.from_bytes(self.memory[self._physical(address, 8)], "little")
             regs["rip"] = rip + 1
             return address, 8, False
+        if opcode == OP_HALT:
+            raise MachineExit(regs["rax"] & 0xFF)
         if opcode == OP_JMP:
             rel = self.memory[self._physical(rip + 1, 1)][0]
             regs["rip"] = rip + 2 + (rel - 256 if rel >= 128 else rel)

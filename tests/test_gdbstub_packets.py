@@ -529,6 +529,26 @@ def test_kill_calls_kill_hook_and_ends_session(server, client, machine):
     assert not machine.running
 
 
+def test_exit_is_reported_with_W_and_target_is_not_resumed(server, client, machine):
+    machine.memory[code_base(0) - VIRT_BASE] = 0xF4  # halt -> exit(rax & 0xff)
+    machine.cpu(1).regs["rax"] = 0x12A
+    assert client.request(b"vCont;s:1") == b"W2a"
+    client.close()
+    assert server.wait_for_session_end(1, 5)
+    assert not machine.running
+
+
+def test_packets_flooded_while_running_are_bounded(client, machine):
+    client.send(b"vCont;c")
+    client.send_raw(frame(b"qC") * 500)
+    time.sleep(0.3)
+    client.send_raw(b"\x03")
+    assert client.recv() == b"T02thread:1;"
+    replies = [client.recv() for _ in range(64)]  # the deferred ones are answered
+    assert set(replies) == {b"QC1"}
+    assert client.request(b"qAttached") == b"1"
+
+
 def test_thread_subset_view(machine):
     view = ThreadSubsetTarget(machine, [7])
     with GdbServer(view, packet_size=PACKET_SIZE) as srv:
