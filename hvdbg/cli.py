@@ -73,6 +73,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if res["outcome"] == "exited" and not res["exit_status"] else 1
 
 
+def cmd_shell(args: argparse.Namespace) -> int:
+    from hvdbg.shell import run_shell
+
+    return run_shell(args)
+
+
 def start_gdb_servers(session, host: str, port: int, monitor=None) -> list:
     """One stub with every vCPU as a thread on ``port``, one per vCPU i on port+1+i."""
     from gdbstub import GdbServer
@@ -110,6 +116,10 @@ def _run_with_gdb(vm, args: argparse.Namespace) -> None:
         vm.end("stopped", detail="interrupted by the user")
         session.shutdown()
     finally:
+        # let a debugger that just killed or detached read its last reply
+        deadline = time.monotonic() + 2.0
+        while any(s.client_connected for s in servers) and time.monotonic() < deadline:
+            time.sleep(0.05)
         for s in servers:
             s.stop()
 
@@ -129,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gdb-host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     _add_overrides(run)
     run.set_defaults(func=cmd_run)
+    shell = sub.add_parser("shell", help="interactive shell on a VM (inspect, run, stop, step)")
+    shell.add_argument("config", help="VM configuration (TOML)")
+    shell.add_argument("--gdb", type=int, metavar="PORT", help="also serve GDB on PORT (and PORT+1+i)")
+    shell.add_argument("--gdb-host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    shell.add_argument("-c", "--command", action="append", default=[],
+                       help="run this shell command (repeatable) instead of the interactive prompt")
+    _add_overrides(shell)
+    shell.set_defaults(func=cmd_shell)
     return parser
 
 

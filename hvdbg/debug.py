@@ -159,6 +159,7 @@ class DebugSession:
             self.control.resume()
         else:
             self.control.resume(self.vcpus_of(scope))
+            self.control.release_hold()  # a --gdb-wait hold ends with the first continue
         self.start()
 
     def step(self, vcpu: Vcpu, count: int = 1) -> None:

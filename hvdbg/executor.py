@@ -66,6 +66,12 @@ class RunControl:
                 self.paused.difference_update(v.index for v in vcpus)
             self._cond.notify_all()
 
+    def release_hold(self) -> None:
+        """End a whole-VM pause without touching per-vCPU pauses."""
+        with self._cond:
+            self.paused_vm = False
+            self._cond.notify_all()
+
     def request_step(self, v: Vcpu, count: int = 1) -> None:
         """Run ``count`` instructions on a paused vCPU, then park it again."""
         with self._cond:
