@@ -114,7 +114,7 @@ SCHEMA: tuple[Option, ...] = (
     Option("pcpus", _int, 0, "number of pCPUs (host threads); 0 = one per vCPU"),
     Option("sched", _choice(*SCHED_POLICIES), "pinned", "vCPU scheduling policy"),
     Option("deterministic", _bool, False, "run every vCPU on one host thread in instruction-counted slices"),
-    Option("slice", _int, 20_000, "time slice in guest instructions"),
+    Option("slice", _int, 50_000, "time slice in guest instructions"),
     Option("affinity", _affinity, {}, "per-vCPU allowed pCPUs, e.g. { 0 = [0], 1 = [1] }"),
     Option("cpuid.x2apic", _bool, False, "report x2APIC support in CPUID.1:ECX[21]"),
     Option("cpuid.apic_ids", _choice("distinct", "same"), "distinct",

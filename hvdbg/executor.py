@@ -166,9 +166,7 @@ class VcpuLoop:
             p.last_states = ()
             p.last_exit_count = v.exit_count
             return
-        regs = v.registers()
-        state = tuple(regs[k] for k in ("rip", "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
-                                        "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"))
+        state = v.progress_state()
         if state in p.last_states:
             p.spin_slices += 1
         else:

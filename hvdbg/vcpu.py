@@ -654,8 +654,11 @@ class Vcpu:
         if natural:
             # emu_start returned by itself before the budget: the guest executed HLT
             self._on_hlt()
-        self.save_guest_state()
         if self._leave or natural or error is not None:
+            # an exit that leaves the engine: the VMCS guest area gets the whole state.
+            # (At slice ends and kicks the state stays in the engine; inspectors call
+            # save_guest_state() on a stopped vCPU.)
+            self.save_guest_state()
             self.runs_without_exit = 0
             return RunEnd.EXIT
         if self._kick.is_set():
@@ -675,12 +678,19 @@ class Vcpu:
         self.vm_exit(info)
 
     # -- register snapshot for users ------------------------------------------------------
+    _SNAPSHOT = GPRS + ("rip", "rflags", "cr0", "cr2", "cr3", "cr4", "cr8", "fs_base", "gs_base")
+    _SNAPSHOT_IDS = [REG_IDS[n] for n in _SNAPSHOT]
+
     def registers(self) -> dict[str, int]:
-        out = {n: self.uc.reg_read(REG_IDS[n]) for n in GPRS}
-        for n in ("rip", "rflags", "cr0", "cr2", "cr3", "cr4", "cr8", "fs_base", "gs_base"):
-            out[n] = self.uc.reg_read(REG_IDS[n])
+        out = dict(zip(self._SNAPSHOT, self.uc.reg_read_batch(self._SNAPSHOT_IDS)))
         out["efer"] = self.uc.msr_read(EFER)
         return out
+
+    _SPIN_IDS = [REG_IDS[n] for n in ("rip",) + GPRS]
+
+    def progress_state(self) -> tuple[int, ...]:
+        """RIP and the GPRs, for the hang detector's no-progress check."""
+        return tuple(self.uc.reg_read_batch(self._SPIN_IDS))
 
 
 def flat_segments_32() -> dict[str, Segment]:
