@@ -1,0 +1,196 @@
+"""``smp``: CFS made aware of what SMP guests do to each other.
+
+Two problems appear as soon as vCPUs outnumber pCPUs (docs/scheduling.md, "smp"):
+
+- *lock-holder preemption*: the host preempts a vCPU inside a guest spinlock; every
+  other vCPU that wants the lock then burns its whole slice spinning on PAUSE.
+- *IPI-target latency*: a vCPU sends an IPI (TLB shootdown, smp_call_function, INIT/
+  SIPI) and spins until the targets answer, but the targets wait in a run queue.
+
+The policy adds to CFS, as KVM does on top of Linux CFS (``kvm_vcpu_on_spin`` and
+``yield_to``), with two buddies per run queue:
+
+1. directed yield on a PAUSE-loop exit (SDM 25.1.3): the spinner is the *skip* buddy
+   of its queue (it runs again only if nothing else can), and a likely lock holder
+   becomes the *next* buddy: the executor's ``lock_holder`` hint if given, else a vCPU
+   the spinner just sent IPIs to, else, round robin from the last one boosted, a vCPU
+   that was preempted while runnable and was not spinning itself.  A candidate queued
+   behind a busy pCPU is pulled to the spinner's pCPU when its affinity allows (the
+   spinner donates its pCPU); otherwise its own pCPU is asked to reschedule.
+2. IPI boost: the target of an IPI that is runnable, or woken by it, becomes the next
+   buddy of its queue and its pCPU reschedules.
+
+Fairness stays bounded: buddies are only a choice of *order*.  Boosted vCPUs are
+charged vruntime like any other and a next buddy is honoured only while it leads the
+leftmost vCPU by less than ``boost_limit`` (default: one ``latency``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hvdbg.sched.cfs import CfsParams, CfsPolicy, RunQueue, order_key
+from hvdbg.sched.core import PcpuSched, RunFeedback, VcpuSched, VState
+
+IPI_REASONS = ("ipi", "init", "sipi", "nmi")
+"""``wake`` reasons that mean "another vCPU is waiting for this one"."""
+
+
+@dataclass(frozen=True)
+class SmpParams(CfsParams):
+    directed_yield: bool = True
+    ipi_boost: bool = True
+    lag_balance: bool = True
+    boost_limit: int = 0          # 0: one CFS latency
+    lag_limit: int = 0            # 0: one CFS latency
+
+
+class SmpAwarePolicy(CfsPolicy):
+    """CFS + directed yield on PAUSE-loop spinning + IPI-target boost."""
+
+    name = "smp"
+
+    def __init__(self, params: SmpParams | None = None) -> None:
+        super().__init__(params or SmpParams())
+        self.params: SmpParams
+        self.next_buddy: dict[int, VcpuSched] = {}
+        self.skip_buddy: dict[int, VcpuSched] = {}
+        self.spinning: dict[int, bool] = {}
+        self.ipi_targets: dict[int, tuple[int, ...]] = {}
+        self.last_boosted = -1
+
+    @property
+    def boost_limit(self) -> int:
+        return self.params.boost_limit or self.params.latency
+
+    @property
+    def lag_limit(self) -> int:
+        return self.params.lag_limit or self.params.latency
+
+    # -- balancing -----------------------------------------------------------------------
+    def _periodic_balance(self, rq: RunQueue, now: int) -> None:
+        due = now >= rq.next_balance
+        super()._periodic_balance(rq, now)
+        if due and self.params.lag_balance:
+            self._lag_balance(rq)
+
+    def _lag_balance(self, rq: RunQueue) -> None:
+        """Swap a waiting vCPU of this queue with a lagging one of a busier queue.
+
+        Per-queue fairness alone gives 3 vCPUs on 2 pCPUs shares of 1/2, 1/2 and 1 for
+        ever, and an SMP guest goes at the pace of its slowest vCPU.  Every vCPU
+        should take its turn on the lighter queues: when a waiting vCPU of a busier
+        queue is behind the most advanced waiting vCPU here by more than ``lag_limit``
+        of weighted run, the two trade places (loads do not get more unequal)."""
+        mine = self.load(rq)
+        here = [v for v in rq.queued]
+        best: tuple[int, int, int] | None = None
+        pair: tuple[VcpuSched, VcpuSched] | None = None
+        for src in self.rqs:
+            theirs = self.load(src)
+            if src is rq or theirs <= mine:
+                continue
+            for c in src.queued:
+                if not c.allows(rq.index):
+                    continue
+                for lead in here:
+                    if not lead.allows(src.index):
+                        continue
+                    gap = lead.weighted - c.weighted
+                    after = abs((theirs - c.weight + lead.weight) - (mine - lead.weight + c.weight))
+                    if gap > self.lag_limit and after <= theirs - mine:
+                        rank = (gap, -c.index, -lead.index)
+                        if best is None or rank > best:
+                            best, pair = rank, (c, lead)
+        if pair is not None:
+            laggard, lead = pair
+            src = self.rqs[laggard.pcpu]
+            self._migrate(laggard, rq)
+            self._migrate(lead, src)
+            laggard.count("lag_swaps")
+            lead.count("lag_swaps")
+
+    # -- picking -------------------------------------------------------------------------
+    def _choose(self, rq: RunQueue, p: PcpuSched) -> VcpuSched:
+        buddy = self.next_buddy.pop(rq.index, None)
+        skip = self.skip_buddy.pop(rq.index, None)
+        leftmost = min(rq.queued, key=order_key)
+        if buddy is not None and buddy in rq.queued and buddy.vruntime - leftmost.vruntime < self.boost_limit:
+            buddy.count("boosted_runs")
+            return buddy
+        choice = super()._choose(rq, p)
+        if choice is skip:
+            others = [v for v in rq.queued if v is not skip]
+            if others:
+                return min(others, key=order_key)
+        return choice
+
+    # -- feedback ------------------------------------------------------------------------
+    def _after_account(self, v: VcpuSched, p: PcpuSched, ran: int, now: int,
+                       feedback: RunFeedback, blocked: bool) -> None:
+        super()._after_account(v, p, ran, now, feedback, blocked)
+        if feedback.ipis_sent:
+            self.ipi_targets[v.index] = tuple(dict.fromkeys(feedback.ipis_sent))
+        elif not feedback.paused_spinning:
+            self.ipi_targets.pop(v.index, None)
+        self.spinning[v.index] = feedback.paused_spinning and not blocked
+        if self.params.ipi_boost:
+            for t in dict.fromkeys(feedback.ipis_sent):
+                target = self.vcpus.get(t)
+                if target is not None and target is not v and target.state == VState.QUEUED:
+                    self._boost(target, here=None)
+                    target.count("ipi_boosts")
+        if self.spinning[v.index] and self.params.directed_yield:
+            v.count("spin_yields")
+            self.skip_buddy[p.index] = v       # requeued on p (its last pCPU) right after
+            target = self._yield_target(v, feedback)
+            if target is not None:
+                v.count("directed_yields")
+                self._boost(target, here=p)
+
+    def _after_wake(self, v: VcpuSched, now: int, reason: str) -> None:
+        if self.params.ipi_boost and reason in IPI_REASONS and v.state == VState.QUEUED:
+            self._boost(v, here=None)
+            v.count("ipi_boosts")
+
+    # -- boosting ------------------------------------------------------------------------
+    def _yield_target(self, spinner: VcpuSched, feedback: RunFeedback) -> VcpuSched | None:
+        """The vCPU the spinner most likely waits for (kvm_vcpu_on_spin's candidate)."""
+        def eligible(c: VcpuSched) -> bool:
+            return c is not spinner and c.state == VState.QUEUED and not self.spinning.get(c.index, False)
+
+        def waiter(c: VcpuSched) -> bool:
+            # preempted while spinning: with ticket locks it may be next in line
+            return c is not spinner and c.state == VState.QUEUED
+
+        hint = self.vcpus.get(feedback.lock_holder) if feedback.lock_holder is not None else None
+        if hint is not None and hint is not spinner and hint.state == VState.QUEUED:
+            return hint
+        for t in self.ipi_targets.get(spinner.index, ()):
+            c = self.vcpus.get(t)
+            if c is not None and eligible(c):
+                return c
+        order = sorted(self.vcpus)
+        start = next((k for k, i in enumerate(order) if i > self.last_boosted), 0)
+        ring = [self.vcpus[i] for i in order[start:] + order[:start]]
+        for tier in (eligible, waiter):
+            for c in ring:
+                if c.preempted and tier(c):
+                    self.last_boosted = c.index
+                    return c
+        return None
+
+    def _boost(self, target: VcpuSched, here: PcpuSched | None) -> None:
+        """Make ``target`` the next vCPU of a queue: ``here``'s (pulled there if it waits
+        behind a busy pCPU and may run here) or its own, whose pCPU then reschedules."""
+        rq = self.rqs[target.pcpu]
+        if here is not None and rq.index != here.index and target.allows(here.index) \
+                and self.pcpus[rq.index].running is not None:
+            self._migrate(target, self.rqs[here.index])
+            target.count("yield_pulls")
+            rq = self.rqs[here.index]
+        self.next_buddy[rq.index] = target
+        target.count("boosts")
+        owner = self.pcpus[rq.index]
+        if (here is None or owner is not here) and owner.running is not None:
+            owner.need_resched = True
