@@ -1445,11 +1445,19 @@ def cmd_sched(call: Call, a: dict) -> str:
 
 
 def _format_stats(stats: Any, indent: str) -> list[str]:
+    """A policy's statistics: scalars as 'key: value', a dict of rows (per vCPU, per
+    pCPU) as a table."""
     if not isinstance(stats, dict):
         return [f"{indent}{stats}"]
     lines = []
     for key, value in stats.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and value and all(isinstance(r, dict) for r in value.values()):
+            columns = list(dict.fromkeys(k for r in value.values() for k in r))
+            rows = [(name, *(r.get(c, "") for c in columns)) for name, r in value.items()]
+            lines.append(f"{indent}{key}:")
+            lines += [indent + "  " + line for line in _table(rows, (str(key).rstrip("s"), *columns),
+                                                               right=set(range(len(columns) + 1)))]
+        elif isinstance(value, dict):
             lines.append(f"{indent}{key}:")
             lines += _format_stats(value, indent + "  ")
         else:
