@@ -5,6 +5,7 @@
 #define UART_LSR 5
 #define UART_LSR_THR_EMPTY 0x20
 #define PANIC_LOCK_SPINS 10000000ULL
+#define KPRINTF_LINE 192
 
 static spinlock_t console_lock;
 
@@ -15,16 +16,31 @@ void serial_putc(char c)
     outb(COM1_PORT + UART_THR, (uint8_t)c);
 }
 
-static void put_string(const char *s, int width, bool zero_pad)
+/* Formatted text goes to a sink: straight to the UART (panic path) or into a line
+ * buffer on the caller's stack, written out under the console lock in one go. */
+struct sink {
+    char *buf;      /* NULL: write to the UART directly */
+    size_t len, cap;
+};
+
+static void sink_putc(struct sink *out, char c)
+{
+    if (!out->buf)
+        serial_putc(c);
+    else if (out->len < out->cap)
+        out->buf[out->len++] = c;
+}
+
+static void put_string(struct sink *out, const char *s, int width, bool zero_pad)
 {
     int len = (int)strlen(s);
     for (int i = len; i < width; i++)
-        serial_putc(zero_pad ? '0' : ' ');
+        sink_putc(out, zero_pad ? '0' : ' ');
     while (*s)
-        serial_putc(*s++);
+        sink_putc(out, *s++);
 }
 
-static void put_unsigned(uint64_t value, unsigned base, int width, bool zero_pad)
+static void put_unsigned(struct sink *out, uint64_t value, unsigned base, int width, bool zero_pad)
 {
     static const char digits[] = "0123456789abcdef";
     char buf[24];
@@ -34,24 +50,24 @@ static void put_unsigned(uint64_t value, unsigned base, int width, bool zero_pad
         buf[--pos] = digits[value % base];
         value /= base;
     } while (value);
-    put_string(&buf[pos], width, zero_pad);
+    put_string(out, &buf[pos], width, zero_pad);
 }
 
-static void put_signed(int64_t value, int width, bool zero_pad)
+static void put_signed(struct sink *out, int64_t value, int width, bool zero_pad)
 {
     if (value < 0) {
-        serial_putc('-');
-        put_unsigned((uint64_t)0 - (uint64_t)value, 10, width > 0 ? width - 1 : 0, zero_pad);
+        sink_putc(out, '-');
+        put_unsigned(out, (uint64_t)0 - (uint64_t)value, 10, width > 0 ? width - 1 : 0, zero_pad);
     } else {
-        put_unsigned((uint64_t)value, 10, width, zero_pad);
+        put_unsigned(out, (uint64_t)value, 10, width, zero_pad);
     }
 }
 
-static void vprint(const char *fmt, va_list ap)
+static void vprint(struct sink *out, const char *fmt, va_list ap)
 {
     for (; *fmt; fmt++) {
         if (*fmt != '%') {
-            serial_putc(*fmt);
+            sink_putc(out, *fmt);
             continue;
         }
         fmt++;
@@ -69,35 +85,35 @@ static void vprint(const char *fmt, va_list ap)
         }
         switch (*fmt) {
         case 'c':
-            serial_putc((char)va_arg(ap, int));
+            sink_putc(out, (char)va_arg(ap, int));
             break;
         case 's': {
             const char *s = va_arg(ap, const char *);
-            put_string(s ? s : "(null)", width, false);
+            put_string(out, s ? s : "(null)", width, false);
             break;
         }
         case 'd':
         case 'i':
-            put_signed(longs ? va_arg(ap, int64_t) : va_arg(ap, int), width, zero_pad);
+            put_signed(out, longs ? va_arg(ap, int64_t) : va_arg(ap, int), width, zero_pad);
             break;
         case 'u':
-            put_unsigned(longs ? va_arg(ap, uint64_t) : va_arg(ap, unsigned), 10, width, zero_pad);
+            put_unsigned(out, longs ? va_arg(ap, uint64_t) : va_arg(ap, unsigned), 10, width, zero_pad);
             break;
         case 'x':
-            put_unsigned(longs ? va_arg(ap, uint64_t) : va_arg(ap, unsigned), 16, width, zero_pad);
+            put_unsigned(out, longs ? va_arg(ap, uint64_t) : va_arg(ap, unsigned), 16, width, zero_pad);
             break;
         case 'p':
-            put_string("0x", 0, false);
-            put_unsigned((uint64_t)va_arg(ap, void *), 16, width, zero_pad);
+            put_string(out, "0x", 0, false);
+            put_unsigned(out, (uint64_t)va_arg(ap, void *), 16, width, zero_pad);
             break;
         case '%':
-            serial_putc('%');
+            sink_putc(out, '%');
             break;
         case '\0':
             return;
         default:
-            serial_putc('%');
-            serial_putc(*fmt);
+            sink_putc(out, '%');
+            sink_putc(out, *fmt);
             break;
         }
     }
@@ -105,20 +121,25 @@ static void vprint(const char *fmt, va_list ap)
 
 void kprintf(const char *fmt, ...)
 {
+    char line[KPRINTF_LINE];            /* formatted outside the lock */
+    struct sink out = { line, 0, sizeof(line) };
     va_list ap;
     va_start(ap, fmt);
-    spin_lock(&console_lock);
-    vprint(fmt, ap);
-    spin_unlock(&console_lock);
+    vprint(&out, fmt, ap);
     va_end(ap);
+    spin_lock(&console_lock);
+    for (size_t i = 0; i < out.len; i++)
+        serial_putc(line[i]);
+    spin_unlock(&console_lock);
 }
 
 void kprintf_panic(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
+    struct sink out = { 0, 0, 0 };
     bool locked = spin_lock_bounded(&console_lock, PANIC_LOCK_SPINS);
-    vprint(fmt, ap);
+    vprint(&out, fmt, ap);
     if (locked)
         spin_unlock(&console_lock);
     va_end(ap);

@@ -26,7 +26,7 @@
 #define LAPIC_PHYS          UL(0xfee00000)
 
 /* ap_stacks[] is indexed by the CPUID initial APIC ID, so this bounds the APIC IDs. */
-#define MAX_CPUS            32
+#define MAX_CPUS            128
 #define AP_STACK_SIZE       16384
 #define BOOT_STACK_SIZE     16384
 

@@ -62,20 +62,41 @@ void smp_release(struct workload *work)
     __atomic_store_n(&released_work, work, __ATOMIC_RELEASE);
 }
 
+/* An AP parks two calls deep until the BSP releases the workload, like the idle loop
+ * of a real kernel.  If two APs share a stack (a hypervisor that gives every vCPU the
+ * same CPUID APIC ID), the next AP's kprintf line buffer lands on these frames and the
+ * parked AP later returns to whatever text was formatted there. */
+static __attribute__((noinline)) struct workload *ap_poll_release(void)
+{
+    struct workload *work;
+    while (!(work = __atomic_load_n(&released_work, __ATOMIC_ACQUIRE)))
+        cpu_pause();
+    return work;
+}
+
+static __attribute__((noinline)) struct workload *ap_park(uint32_t cpu_index)
+{
+    volatile uint64_t parked_at[26] = { cpu_index };  /* per-CPU idle bookkeeping */
+    struct workload *work = ap_poll_release();
+    parked_at[1] = (uint64_t)work;
+    return (struct workload *)parked_at[1];
+}
+
 void ap_entry(uint32_t cpuid_apic_id)
 {
     uint32_t cpu_index = ap_boot_index;
     idt_load();
     lapic_enable();
-    kprintf("CPU %u (APIC id %u) online\n", cpu_index, cpuid_apic_id);
+    kprintf("CPU %u (APIC id %u) online, stack %p\n", cpu_index, cpuid_apic_id,
+            __builtin_frame_address(0));
     __atomic_fetch_add(&ap_online, 1, __ATOMIC_SEQ_CST);
 
     /* Interrupts on (for the self-test IPI) while waiting to be released. */
     cpu_sti();
-    struct workload *work;
-    while (!(work = __atomic_load_n(&released_work, __ATOMIC_ACQUIRE)))
-        cpu_pause();
+    struct workload *work = ap_park(cpu_index);
     cpu_cli();
+    kprintf("CPU %u released: workload at %p, stack %p\n", cpu_index, (void *)work,
+            __builtin_frame_address(0));
     work_run(work, cpu_index);
     halt_forever();
 }
