@@ -233,7 +233,8 @@ class CfsPolicy(PolicyBase):
         if not rq.queued:
             return False
         leftmost = min(rq.queued, key=order_key)
-        return v.vruntime - leftmost.vruntime > self.wakeup_gran(leftmost)
+        current = v.vruntime_at(max(0, now - p.dispatched_at))   # update_curr, estimated
+        return current - leftmost.vruntime > self.wakeup_gran(leftmost)
 
     def _after_account(self, v, p, ran, now, feedback, blocked) -> None:
         self._update_min_vruntime(self.rqs[p.index], curr=v)

@@ -118,10 +118,16 @@ class VcpuSched:
     wakeups: int = 0
     blocks: int = 0
     preemptions: int = 0
+    exits: int = 0
+    spin_slices: int = 0
     extra: dict[str, int] = field(default_factory=dict)
 
     def allows(self, pcpu: int) -> bool:
         return self.affinity is None or pcpu in self.affinity
+
+    def vruntime_at(self, ran: int) -> int:
+        """vruntime after ``ran`` more instructions (estimate for a running vCPU)."""
+        return self.vruntime + (ran * NICE_0_WEIGHT + self._frac) // self.weight
 
     def count(self, what: str, n: int = 1) -> None:
         self.extra[what] = self.extra.get(what, 0) + n
@@ -141,6 +147,7 @@ class PcpuSched:
     idle_picks: int = 0
     switches: int = 0
     need_resched: bool = False
+    dispatched_at: int = 0             # `now` of the pick_next that started the running vCPU
 
 
 def weighted_delta(v: VcpuSched, ran: int) -> int:
@@ -224,6 +231,7 @@ class PolicyBase:
         elif v.state == VState.QUEUED:
             self._dequeue(v)
             v.state = VState.BLOCKED
+            v.pcpu = None
             v.blocks += 1
 
     def pick_next(self, pcpu: int, now: int) -> int | None:
@@ -263,6 +271,7 @@ class PolicyBase:
         v.pcpu = pcpu
         v.pending = None
         p.running = v.index
+        p.dispatched_at = now
         return v.index
 
     def slice_for(self, vcpu: int, pcpu: int) -> int:
@@ -282,6 +291,8 @@ class PolicyBase:
         v.run += ran
         v.slices += 1
         v.slice_ran += ran
+        v.exits += feedback.exits
+        v.spin_slices += feedback.paused_spinning
         p.busy += ran
         p.running = None
         p.last_vcpu = vcpu
@@ -314,7 +325,8 @@ class PolicyBase:
         for v in self._ordered():
             row = {"run": v.run, "slices": v.slices, "dispatches": v.dispatches,
                    "migrations": v.migrations, "wait": v.wait, "wakeups": v.wakeups,
-                   "blocks": v.blocks, "preemptions": v.preemptions, "vruntime": v.vruntime,
+                   "blocks": v.blocks, "preemptions": v.preemptions, "exits": v.exits,
+                   "spin_slices": v.spin_slices, "vruntime": v.vruntime,
                    "weighted_run": v.weighted, "weight": v.weight, "state": v.state.value,
                    "last_pcpu": v.last_pcpu}
             row.update(sorted(v.extra.items()))

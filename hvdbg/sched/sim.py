@@ -108,6 +108,7 @@ class _Vcpu:
     sleeping: bool = False
     done: bool = False
     finished_at: int | None = None
+    ready_at: int = 0                # virtual time it last stopped running or was woken
     run: int = 0
     spin: int = 0
     dispatches: int = 0
@@ -213,6 +214,9 @@ class Simulator:
         if v.done or v.halted or v.sleeping:
             raise SimError(f"{self.policy.name}: dispatched vCPU {index} that is not runnable")
         v.dispatches += 1
+        # Causality: a step's effects appear at its end, so a pCPU whose clock lags may
+        # pick a vCPU that became runnable "later"; it cannot start it before then.
+        p.clock = max(p.clock, v.ready_at)
         p.vcpu = index
         p.limit = min(self.policy.slice_for(index, p.index), self.cfg.cap)
         p.ran = p.spin_run = p.exits = 0
@@ -245,6 +249,7 @@ class Simulator:
         while self.timers and self.timers[0][0] <= now:
             when, _, index = heapq.heappop(self.timers)
             self.vcpus[index].sleeping = False
+            self.vcpus[index].ready_at = when
             self.policy.wake(index, when, "timer")
             self._changed(when)
 
@@ -275,6 +280,7 @@ class Simulator:
         feedback = RunFeedback(end=end, exits=p.exits, paused_spinning=p.spinning,
                                ipis_sent=tuple(p.ipis))
         index, p.vcpu = p.vcpu, None
+        self.vcpus[index].ready_at = p.clock
         self.policy.account(index, p.index, p.ran, p.clock, feedback)
         self._changed(p.clock)
 
@@ -393,6 +399,7 @@ class Simulator:
                     v.acks += 1
                 if target.halted:
                     target.halted = False
+                    target.ready_at = p.clock
                     self.policy.wake(t, p.clock, "ipi")
                     self._changed(p.clock)
             p.ipis.extend(op.targets)
@@ -435,6 +442,12 @@ def shootdowns(n_vcpus: int, rounds: int, work: int, background: int = 10**12) -
     others = tuple(range(1, n_vcpus))
     initiator = [Compute(work), SendIpi(others, wait=True)] * rounds
     return [initiator] + [[Compute(background)] for _ in others]
+
+
+def sleepy(n_hogs: int, rounds: int, work: int, sleep: int, hog: int = 10**12) -> list[list[Op]]:
+    """vCPU 0 computes ``work`` then sleeps ``sleep`` on a timer, ``rounds`` times (an
+    I/O-bound vCPU); the others are CPU hogs (run with ``stop_when_done=(0,)``)."""
+    return [[Compute(work), Sleep(sleep)] * rounds] + [[Compute(hog)] for _ in range(n_hogs)]
 
 
 def jain_index(values: list[float]) -> float:

@@ -42,6 +42,7 @@ class SmpParams(CfsParams):
     ipi_boost: bool = True
     lag_balance: bool = True
     boost_limit: int = 0          # 0: one CFS latency
+    boost_slice: int = 0          # 0: min_granularity
     lag_limit: int = 0            # 0: one CFS latency
 
 
@@ -58,10 +59,16 @@ class SmpAwarePolicy(CfsPolicy):
         self.spinning: dict[int, bool] = {}
         self.ipi_targets: dict[int, tuple[int, ...]] = {}
         self.last_boosted = -1
+        self.short: dict[int, bool] = {}    # vCPU runs a boosted (short) slice now
+        self.unhandled: dict[int, bool] = {}   # sent an IPI, not dispatched since
 
     @property
     def boost_limit(self) -> int:
         return self.params.boost_limit or self.params.latency
+
+    @property
+    def boost_slice(self) -> int:
+        return self.params.boost_slice or self.params.min_granularity
 
     @property
     def lag_limit(self) -> int:
@@ -111,12 +118,20 @@ class SmpAwarePolicy(CfsPolicy):
             lead.count("lag_swaps")
 
     # -- picking -------------------------------------------------------------------------
+    def _select(self, p: PcpuSched, now: int) -> VcpuSched | None:
+        v = super()._select(p, now)
+        if v is not None:
+            self.unhandled.pop(v.index, None)
+        return v
+
     def _choose(self, rq: RunQueue, p: PcpuSched) -> VcpuSched:
         buddy = self.next_buddy.pop(rq.index, None)
         skip = self.skip_buddy.pop(rq.index, None)
         leftmost = min(rq.queued, key=order_key)
         if buddy is not None and buddy in rq.queued and buddy.vruntime - leftmost.vruntime < self.boost_limit:
             buddy.count("boosted_runs")
+            buddy.fresh = True
+            self.short[buddy.index] = True
             return buddy
         choice = super()._choose(rq, p)
         if choice is skip:
@@ -125,30 +140,45 @@ class SmpAwarePolicy(CfsPolicy):
                 return min(others, key=order_key)
         return choice
 
+    def _slice(self, v: VcpuSched, p: PcpuSched) -> int:
+        normal = super()._slice(v, p)
+        if self.short.get(v.index):
+            return min(normal, self.boost_slice - v.slice_ran)
+        return normal
+
     # -- feedback ------------------------------------------------------------------------
     def _after_account(self, v: VcpuSched, p: PcpuSched, ran: int, now: int,
                        feedback: RunFeedback, blocked: bool) -> None:
         super()._after_account(v, p, ran, now, feedback, blocked)
+        if self.short.pop(v.index, False) and v.slice_ran >= self.boost_slice:
+            v.fresh = True       # the boost is over: back to vruntime order
         if feedback.ipis_sent:
             self.ipi_targets[v.index] = tuple(dict.fromkeys(feedback.ipis_sent))
         elif not feedback.paused_spinning:
             self.ipi_targets.pop(v.index, None)
         self.spinning[v.index] = feedback.paused_spinning and not blocked
-        if self.params.ipi_boost:
-            for t in dict.fromkeys(feedback.ipis_sent):
-                target = self.vcpus.get(t)
-                if target is not None and target is not v and target.state == VState.QUEUED:
-                    self._boost(target, here=None)
-                    target.count("ipi_boosts")
+        for t in dict.fromkeys(feedback.ipis_sent):
+            target = self.vcpus.get(t)
+            if target is None or target is v or target.state == VState.RUNNING:
+                continue                       # a running target takes it right away
+            self.unhandled[t] = True
+            if self.params.ipi_boost and target.state == VState.QUEUED:
+                self._boost(target, here=None)
+                target.count("ipi_boosts")
         if self.spinning[v.index] and self.params.directed_yield:
+            target = self._yield_target(v, feedback)
+            if target is None and v.index in self.ipi_targets:
+                v.count("ack_waits")           # its IPIs are being handled: keep spinning
+                return
             v.count("spin_yields")
             self.skip_buddy[p.index] = v       # requeued on p (its last pCPU) right after
-            target = self._yield_target(v, feedback)
             if target is not None:
                 v.count("directed_yields")
                 self._boost(target, here=p)
 
     def _after_wake(self, v: VcpuSched, now: int, reason: str) -> None:
+        if reason in IPI_REASONS and v.state != VState.RUNNING:
+            self.unhandled[v.index] = True
         if self.params.ipi_boost and reason in IPI_REASONS and v.state == VState.QUEUED:
             self._boost(v, here=None)
             v.count("ipi_boosts")
@@ -166,10 +196,13 @@ class SmpAwarePolicy(CfsPolicy):
         hint = self.vcpus.get(feedback.lock_holder) if feedback.lock_holder is not None else None
         if hint is not None and hint is not spinner and hint.state == VState.QUEUED:
             return hint
-        for t in self.ipi_targets.get(spinner.index, ()):
-            c = self.vcpus.get(t)
-            if c is not None and eligible(c):
-                return c
+        if spinner.index in self.ipi_targets:
+            # waiting for IPI answers: only a target that has not run since helps
+            for t in self.ipi_targets[spinner.index]:
+                c = self.vcpus[t]
+                if self.unhandled.get(t) and c.state == VState.QUEUED:
+                    return c
+            return None
         order = sorted(self.vcpus)
         start = next((k for k, i in enumerate(order) if i > self.last_boosted), 0)
         ring = [self.vcpus[i] for i in order[start:] + order[:start]]
