@@ -3,7 +3,6 @@ guest of hvdbg.sched.sim.  Every number below is virtual time in guest instructi
 
 from __future__ import annotations
 
-import hashlib
 import os
 import statistics
 import subprocess
@@ -15,8 +14,8 @@ import pytest
 from hvdbg.sched import (NICE_0_WEIGHT, POLICIES, UNLIMITED, CfsParams, RunFeedback, SchedError,
                          SchedPolicy, SliceEnd, make_policy)
 from hvdbg.sched.bench import SCENARIOS, VARIANTS, measure, table
-from hvdbg.sched.sim import (Acquire, Compute, Halt, Release, SendIpi, SimConfig, SimError, Simulator,
-                             cpu_bound, jain_index, lock_heavy, shootdowns, sleepy)
+from hvdbg.sched.sim import (Compute, Halt, SendIpi, SimConfig, SimError, Simulator, cpu_bound, jain_index,
+                             lock_heavy, shootdowns)
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL = list(POLICIES)

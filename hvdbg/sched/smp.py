@@ -1,28 +1,38 @@
 """``smp``: CFS made aware of what SMP guests do to each other.
 
-Two problems appear as soon as vCPUs outnumber pCPUs (docs/scheduling.md, "smp"):
+Three problems appear as soon as an SMP guest's vCPUs outnumber the pCPUs
+(docs/scheduling.md, "The smp policy"):
 
 - *lock-holder preemption*: the host preempts a vCPU inside a guest spinlock; every
-  other vCPU that wants the lock then burns its whole slice spinning on PAUSE.
-- *IPI-target latency*: a vCPU sends an IPI (TLB shootdown, smp_call_function, INIT/
-  SIPI) and spins until the targets answer, but the targets wait in a run queue.
+  other vCPU that wants the lock then burns its slice spinning on PAUSE;
+- *IPI-target latency*: a vCPU sends an IPI (TLB shootdown, smp_call_function) and
+  spins until the targets answer, while the targets wait in a run queue;
+- *uneven progress*: per-pCPU CFS queues split 3 vCPUs on 2 pCPUs 1/2, 1/2, 1 for
+  ever, and a guest that synchronises goes at the pace of its slowest vCPU.
 
-The policy adds to CFS, as KVM does on top of Linux CFS (``kvm_vcpu_on_spin`` and
-``yield_to``), with two buddies per run queue:
+The policy is CFS plus, per run queue, a *next* and a *skip* buddy (Linux's names), in
+the spirit of KVM's ``kvm_vcpu_on_spin`` / ``yield_to`` on top of Linux CFS:
 
-1. directed yield on a PAUSE-loop exit (SDM 25.1.3): the spinner is the *skip* buddy
-   of its queue (it runs again only if nothing else can), and a likely lock holder
-   becomes the *next* buddy: the executor's ``lock_holder`` hint if given, else a vCPU
-   the spinner just sent IPIs to, else, round robin from the last one boosted, a vCPU
-   that was preempted while runnable and was not spinning itself.  A candidate queued
-   behind a busy pCPU is pulled to the spinner's pCPU when its affinity allows (the
-   spinner donates its pCPU); otherwise its own pCPU is asked to reschedule.
-2. IPI boost: the target of an IPI that is runnable, or woken by it, becomes the next
-   buddy of its queue and its pCPU reschedules.
+1. directed yield on a PAUSE-loop exit (SDM 25.1.3, ``paused_spinning``): the spinner
+   becomes the skip buddy (it runs again only if nothing else can) and a likely lock
+   holder the next buddy: the executor's ``lock_holder`` hint if given; for a vCPU
+   waiting for answers to its IPIs, a target that has not run since the IPI (if every
+   target has run, the answers are on their way: it keeps spinning); otherwise, round
+   robin from the last vCPU boosted, one preempted while runnable and not spinning,
+   then one preempted while spinning (with ticket locks, the next owner).  A candidate
+   waiting behind a busy pCPU is pulled to the spinner's pCPU if its affinity allows
+   (the spinner donates its pCPU), else its own pCPU is asked to reschedule;
+2. IPI boost: the target of an IPI that is runnable (reported in ``ipis_sent``, or a
+   ``wake`` with an IPI reason) becomes the next buddy of its queue, and its pCPU
+   reschedules;
+3. lag swaps: at each periodic balance, a waiting vCPU of a busier queue that lags
+   (weighted run) the most advanced waiting vCPU of a lighter queue by more than
+   ``lag_limit`` trades places with it, so every vCPU takes its turn on light queues.
 
-Fairness stays bounded: buddies are only a choice of *order*.  Boosted vCPUs are
-charged vruntime like any other and a next buddy is honoured only while it leads the
-leftmost vCPU by less than ``boost_limit`` (default: one ``latency``).
+A boosted vCPU runs a short slice (``boost_slice``) and then the queue is back in
+vruntime order.  Fairness stays bounded: buddies only change the *order*, boosted
+vCPUs are charged like any other, and a next buddy is honoured only while it leads the
+leftmost vCPU by less than ``boost_limit``.
 """
 
 from __future__ import annotations
@@ -45,9 +55,15 @@ class SmpParams(CfsParams):
     boost_slice: int = 0          # 0: min_granularity
     lag_limit: int = 0            # 0: one CFS latency
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("boost_limit", "boost_slice", "lag_limit"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"smp: {name} must not be negative")
+
 
 class SmpAwarePolicy(CfsPolicy):
-    """CFS + directed yield on PAUSE-loop spinning + IPI-target boost."""
+    """CFS + directed yield on PAUSE-loop spinning + IPI-target boost + lag swaps."""
 
     name = "smp"
 
