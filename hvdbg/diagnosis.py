@@ -57,8 +57,10 @@ def _ept_violation(vm: Machine) -> list[str]:
         access = ex.extra.get("access", "?")
         gla = f"GLA {ex.guest_linear:#x}" if ex.guest_linear is not None else "no valid GLA"
         kind = "a paging-structure entry" if not (ex.qualification >> 8 & 1) and ex.guest_linear is not None else "the page"
+        where = vm.symbolize(ex.rip) if v.code_bits() == 64 else \
+            f"CS:IP {v.get_segment('cs').selector:#06x}:{ex.rip & 0xFFFF:04x} ({v.code_bits()}-bit code)"
         out.append(f"vCPU {v.index}: EPT violation: {access} of {kind} at GPA {ex.guest_physical:#x} ({gla}), "
-                   f"instruction at {vm.symbolize(ex.rip)}; exit qualification {ex.qualification:#x}")
+                   f"instruction at {where}; exit qualification {ex.qualification:#x}")
         ram = vm.config["memory"]
         if ex.guest_physical is not None and ex.guest_physical >= ram:
             out.append(f"the guest has {ram >> 20} MiB of RAM (GPA 0..{ram - 1:#x}); GPA {ex.guest_physical:#x} is "
@@ -117,8 +119,68 @@ def _exception(vm: Machine) -> list[str]:
     return out
 
 
-def _common(vm: Machine) -> list[str]:
+def sipi_findings(vm: Machine) -> list[str]:
+    """APs whose SIPI entry is not where hardware puts it (SDM 11.4.4.1: CS.base = V << 12)."""
     out = []
+    offset = vm.config["gpa_hpa_offset"]
+    for v in vm.vcpus:
+        if v.sipi_vector is None or v.sipi_entry is None:
+            continue
+        expected = v.sipi_vector << 12
+        if v.sipi_entry != expected:
+            delta = v.sipi_entry - expected
+            why = (f" = {expected:#x} + gpa_hpa_offset {offset:#x}: the VMM computed the AP entry from the "
+                   "host-physical address instead of the guest-physical one") if delta == offset else ""
+            out.append(f"vCPU {v.index} received SIPI vector {v.sipi_vector:#04x}: hardware starts the AP in real "
+                       f"mode at CS:IP {v.sipi_vector << 8:#06x}:0000, GPA {expected:#x}; the VMM started it at "
+                       f"GPA {v.sipi_entry:#x}{why}")
+            ex = v.last_exit
+            if ex is not None and ex.guest_physical == v.sipi_entry and ex.extra.get("access") == "fetch":
+                out.append(f"vCPU {v.index}'s very first instruction fetch, at GPA {v.sipi_entry:#x}, is the EPT violation")
+    return out
+
+
+def apic_id_findings(vm: Machine) -> list[str]:
+    """CPUID initial APIC IDs vs the local APICs' IDs, and what sharing one does."""
+    out = []
+    cpuid_ids = [v.cpuid.apic_id for v in vm.vcpus]
+    if len(set(cpuid_ids)) == len(cpuid_ids):
+        return out
+    table = ", ".join(f"vCPU {v.index}: CPUID {v.cpuid.apic_id} / LAPIC {v.apic_id}" for v in vm.vcpus)
+    out.append(f"CPUID.1:EBX[31:24] (initial APIC ID) is not unique: {table}. A kernel that picks its per-CPU "
+               "stack or data by the CPUID APIC ID (as ArceOS does) puts these vCPUs on the same stack")
+    stacks: dict[int, list[tuple[int, int]]] = {}
+    for v in vm.vcpus[1:]:
+        if not v.started_by_sipi:
+            continue
+        rsp = v.registers()["rsp"]
+        stacks.setdefault(rsp >> 14, []).append((v.index, rsp))
+    for group in stacks.values():
+        if len(group) > 1:
+            where = vm.symbols.symbolize(group[0][1])
+            out.append("stack collision: " + ", ".join(f"vCPU {i} RSP {rsp:#x}" for i, rsp in group)
+                       + f" lie in the same 16 KiB stack{f' ({where})' if where else ''}")
+    return out
+
+
+def wild_rip_findings(vm: Machine) -> list[str]:
+    """Exceptions taken at an RIP that is not code: a corrupted return address or jump."""
+    out = []
+    for v in vm.vcpus:
+        for ev, rip in v.delivered:
+            if ev.vector in (3, 4) or vm.symbols.symbolize(rip) is not None:
+                continue
+            text = "not canonical" if (rip >> 47) not in (0, 0x1FFFF) else "outside every ELF symbol"
+            ascii_ = rip.to_bytes(8, "little")
+            if all(32 <= b < 127 for b in ascii_):
+                text += f", and its bytes are ASCII text {ascii_.decode()!r}: a return address overwritten by a string"
+            out.append(f"vCPU {v.index} took {ev.describe()} at RIP {rip:#x}, which is not code ({text})")
+            break
+    return out
+
+
+def _common(vm: Machine) -> list[str]:
+    out = sipi_findings(vm) + apic_id_findings(vm) + wild_rip_findings(vm)
     if vm.bus.unhandled:
         ports = ", ".join(f"{p:#x}" for p in sorted(vm.bus.unhandled)[:12])
         out.append(f"the guest used I/O ports no device claims: {ports}")
@@ -145,6 +207,10 @@ def diagnose(vm: Machine) -> list[str]:
     except Exception as e:  # noqa: BLE001 - a diagnosis must never take the report down
         out.append(f"(diagnosis incomplete: hvdbg could not analyse this state: {type(e).__name__}: {e})")
     if ending.outcome == "exited":
+        if ending.status is not None and 0x80 <= ending.status < 0xA0:
+            from hvdbg.events import vector_name
+            out.append(f"exit status {ending.status:#x} = 0x80 + {ending.status - 0x80}: the guest's exception "
+                       f"handler reported {vector_name(ending.status - 0x80)} (hvdbg's test kernels use this convention)")
         started = [v.index for v in vm.vcpus if v.started_by_sipi]
         if len(vm.vcpus) > 1:
             out.append(f"{len(started)} of {len(vm.vcpus) - 1} APs were started by INIT-SIPI")

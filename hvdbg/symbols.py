@@ -61,11 +61,14 @@ class SymbolTable:
     def symbolize(self, addr: int) -> str | None:
         """'name+0xoff' for a virtual address, trying the physical alias too (code that
         runs before paging runs at its load address)."""
+        best: tuple[int, str] | None = None
         for cand in [addr] + [addr + d for lo, hi, d in self._phys_deltas if lo <= addr + d < hi]:
             s = self._find(cand)
             if s:
-                return s
-        return None
+                off = int(s.split("+")[1], 16) if "+" in s else 0
+                if best is None or off < best[0]:
+                    best = (off, s)
+        return best[1] if best else None
 
     def _find(self, addr: int) -> str | None:
         i = bisect.bisect_right(self._starts, addr) - 1

@@ -156,6 +156,7 @@ class Vcpu:
         self.sipi_entry: int | None = None
         self.pending_event_rip = 0
         self.hook_error: tuple[BaseException, str] | None = None
+        self.delivered: list[tuple[Event, int]] = []   # exceptions delivered to the guest (first 64)
         self._in_run = False
         self.activity = Activity.ACTIVE if bsp else Activity.WAIT_FOR_SIPI
         self.started_by_sipi = False
@@ -440,7 +441,8 @@ class Vcpu:
         keep it only if the guest's page tables really map it to the faulting page."""
         mask = 0xFFFFFFFFFFFFFFFF if self.code_bits() == 64 else 0xFFFFFFFF
         if kind == "fetch":
-            candidates = [rip]
+            cs_base = 0 if self.code_bits() == 64 else ucx.read_segments(self.uc)["cs"].base
+            candidates = [(cs_base + rip) & mask]
         else:
             candidates = []
             for insn in self.decode(rip):
@@ -610,6 +612,8 @@ class Vcpu:
     def _deliver(self, ev: Event, rip: int) -> None:
         try:
             self.last_delivery = deliver(self, ev, rip)
+            if ev.type != EventType.EXTERNAL and len(self.delivered) < 64:
+                self.delivered.append((self.last_delivery.event, rip))
         except Shutdown as sd:
             chain = "; ".join(f"{e.describe()}: {why}" for e, why in sd.chain)
             info = ExitInfo(ExitReason.TRIPLE_FAULT, rip=rip, detail=chain, extra={"chain": sd.chain, "event": ev})
