@@ -35,7 +35,7 @@ def run_shell(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     _apply_overrides(cfg, args)
     interactive = not args.command and sys.stdin.isatty() and sys.stdout.isatty()
-    cfg.set("output.echo_serial", interactive)
+    cfg.set("output.echo_serial", False)  # the interactive shell echoes whole lines itself
     vm = Machine(cfg)
     session = DebugSession(vm, start_paused=True)
     ctx = CommandContext(session, background=interactive)
@@ -167,6 +167,30 @@ class StopNotifier:
         return stop.kind is StopKind.BREAKPOINT and self.ctx.breakpoint_at(stop.vcpu, stop.address) is not None
 
 
+class SerialEcho:
+    """UART sink for the interactive shell: the guest's output, a whole line at a time
+    (written byte by byte it would be cut by every redraw of the prompt)."""
+
+    def __init__(self, emit: Callable[[str], None]) -> None:
+        self.emit = emit
+        self._buffer = bytearray()
+        self._lock = threading.Lock()
+
+    def __call__(self, data: bytes) -> None:
+        with self._lock:
+            self._buffer += data
+            while b"\n" in self._buffer:
+                line, _, rest = bytes(self._buffer).partition(b"\n")
+                self._buffer = bytearray(rest)
+                self.emit(line.decode("utf-8", "replace"))
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._buffer:
+                self.emit(self._buffer.decode("utf-8", "replace"))
+                self._buffer.clear()
+
+
 # --------------------------------------------------------------------------------------
 # The prompt_toolkit shell
 # --------------------------------------------------------------------------------------
@@ -206,8 +230,13 @@ def interactive_shell(ctx: CommandContext) -> int:
     def show(text: str, ok: bool = True) -> None:
         print_formatted_text(ANSI(colourize(text, ok)))
 
+    def background(text: str) -> None:
+        # from other threads: one write to the patched stdout (thread-safe), not a redraw
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
     def announce(text: str) -> None:
-        print_formatted_text(ANSI(_paint(f"[stop] {text}", "magenta")))
+        background(_paint(f"[stop] {text}", "magenta"))
 
     def message():
         state = ctx.vm_state()
@@ -217,7 +246,9 @@ def interactive_shell(ctx: CommandContext) -> int:
     vm = ctx.vm
     prompt = PromptSession(history=_history(), completer=_completer(ctx), complete_while_typing=False)
     notifier = StopNotifier(ctx, announce)
+    echo = SerialEcho(background)
     with patch_stdout(raw=True):
+        vm.uart.sink = echo
         show(f"hvdbg shell: {vm.kernel_path.name}, {len(vm.vcpus)} vCPUs, held at the multiboot entry "
              f"{vm.boot.entry:#x} on vCPU 0.  'continue' runs it, 'help' lists the commands.")
         notifier.start()
@@ -235,5 +266,7 @@ def interactive_shell(ctx: CommandContext) -> int:
                 if result.text:
                     show(result.text, result.ok)
         finally:
+            vm.uart.sink = None
+            echo.flush()
             notifier.close()
     return 0
