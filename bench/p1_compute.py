@@ -1,0 +1,62 @@
+"""P1: guest compute without VM exits.
+
+The ALU loop of bench/guests/loop.S (add; xor; sub; jnz) on hvdbg with 1 vCPU against
+the same bytes on a bare Unicorn engine - driven three ways: one emu_start without
+count, one emu_start with a count, and count-limited slices as hvdbg drives its vCPUs -
+and 2 / 4 vCPUs on the pinned executor (one host thread per vCPU, every vCPU runs its
+own copy of the loop) against 1 vCPU and against 4 bare engines on 4 threads.
+
+    python bench/p1_compute.py [--quick] [--repeats N] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import harness
+from guest_image import build
+from harness import GUEST_INSTRUCTIONS, Case
+from runners import RawMode, default_slice, hv_run, raw_single, raw_threads
+
+FULL_ITERATIONS = 10_000_000     # per vCPU: 40 M guest instructions
+QUICK_ITERATIONS = 200_000
+DEFAULT_REPEATS = 5
+
+
+def cases(iterations: int, workdir) -> list[Case]:
+    image = build("alu", iterations, workdir)
+    s = default_slice()
+    return [
+        Case("raw", "bare Unicorn, 1 emu_start, no count",
+             lambda: raw_single(image, RawMode.UNCOUNTED, s)),
+        Case("raw-count", "bare Unicorn, 1 emu_start with count",
+             lambda: raw_single(image, RawMode.COUNTED, s), ("raw",)),
+        Case("raw-sliced", f"bare Unicorn, emu_start(count={s}) slices (as hvdbg)",
+             lambda: raw_single(image, RawMode.SLICED, s), ("raw",)),
+        Case("hv-1", "hvdbg, 1 vCPU, pinned executor",
+             lambda: hv_run(image, 1, deterministic=False), ("raw-sliced", "raw"), target=0.8),
+        Case("raw-2t", f"2 bare engines, 2 threads, count={s} slices",
+             lambda: raw_threads(image, 2, s), ("raw-sliced",)),
+        Case("raw-4t", f"4 bare engines, 4 threads, count={s} slices",
+             lambda: raw_threads(image, 4, s), ("raw-sliced",)),
+        Case("hv-2", "hvdbg, 2 vCPUs, pinned executor",
+             lambda: hv_run(image, 2, deterministic=False), ("hv-1", "raw-2t")),
+        Case("hv-4", "hvdbg, 4 vCPUs on 4 pCPUs (pinned executor)",
+             lambda: hv_run(image, 4, deterministic=False), ("hv-1", "raw-4t"), target=1.6),
+    ]
+
+
+def main() -> None:
+    opts = harness.parse_args(__doc__.splitlines()[0], DEFAULT_REPEATS)
+    iterations = QUICK_ITERATIONS if opts.quick else FULL_ITERATIONS
+    harness.print_header("P1: guest compute, no VM exits", opts, {
+        "guest": f"bench/guests/loop.S workload alu, {iterations:,} iterations x 4 instructions per vCPU",
+        "hvdbg slice": f"{default_slice()} instructions",
+    })
+    cs = cases(iterations, opts.workdir)
+    runs = harness.measure(cs, opts.repeats, log=harness.log)
+    collected: list[dict] = []
+    harness.emit("P1 guest compute (ALU loop, no exits)", GUEST_INSTRUCTIONS, cs, runs, collected)
+    harness.finish(opts, collected)
+
+
+if __name__ == "__main__":
+    main()
