@@ -522,7 +522,8 @@ class CommandContext:
     def is_stopped(self, v: Vcpu) -> bool:
         """True when the vCPU's engine is not running (parked by the debugger, never
         started, or the VM is over)."""
-        return not self.session.running or v.index in self.session.control.parked
+        control = self.session.control
+        return not self.session.running or (v.index in control.parked and control.is_paused(v))
 
     def vm_state(self) -> str:
         if self.vm.ended:
