@@ -1,0 +1,94 @@
+"""Smoke runs of the benchmark scripts (bench/): each one, with --quick, must finish and
+print its table with a row per configuration and a numeric ratio against its baseline.
+Not a timed pass/fail test: the figures of a --quick run are not checked."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+
+pytestmark = pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("ld") is None,
+                                reason="the benchmark guest needs gcc and binutils")
+
+# script -> (table titles, row keys every table of that script must have)
+SCRIPTS = {
+    "p1_compute.py": (["P1 guest compute"], ["raw", "raw-count", "raw-sliced", "hv-1", "raw-2t", "raw-4t", "hv-2", "hv-4"]),
+    "p2_deterministic.py": (["P2 deterministic executor", "P2 slice-length sweep"], ["det-"]),
+    "p3_exits.py": (["P3 cpuid", "P3 out_unclaimed", "P3 out_uart", "P3 apic_read"],
+                    ["raw-hook", "hv-1", "det-1", "raw-hook-4t", "hv-4", "det-4"]),
+}
+
+
+def run_quick(script: str, tmp_path: Path) -> tuple[str, dict]:
+    out = tmp_path / "result.json"
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout, json.loads(out.read_text())
+
+
+def table_rows(stdout: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| case ")]
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_quick_run_prints_its_tables(script, tmp_path):
+    stdout, result = run_quick(script, tmp_path)
+    titles, keys = SCRIPTS[script]
+    for title in titles:
+        assert re.search(rf"^### {re.escape(title)}", stdout, re.M), f"table '{title}' missing"
+    assert "- nproc:" in stdout and "- python:" in stdout and "Command: `python bench/" in stdout
+
+    rows = table_rows(stdout)
+    printed = {r[0] for r in rows}
+    for key in keys:
+        assert any(p.startswith(key) for p in printed), f"row {key} missing"
+    for r in rows:
+        assert re.fullmatch(r"[\d.]+ [kMG]?", r[2]) or re.fullmatch(r"[\d.]+", r[2]), r
+        if r[4] != "-":
+            assert re.match(r"[\d.]+x of \S+", r[4]), r
+
+    # the JSON mirrors the printed tables, with one sample per round and positive rates
+    assert len(result["tables"]) == len(titles)
+    for table, title in zip(result["tables"], titles):
+        assert table["title"].startswith(title)
+    for table in result["tables"]:
+        for row in table["rows"]:
+            assert len(row["samples"]) == 1
+            assert row["median"] > 0 and row["cores"] > 0
+            for ratio in row["ratios"].values():
+                assert ratio > 0
+
+
+def test_ratio_is_the_median_of_per_round_ratios():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import harness
+    finally:
+        sys.path.remove(str(BENCH))
+    # round 2 is a slow moment of the host for both sides: the per-round ratio stays 0.5
+    base = [harness.Run(100, 0, 1.0, cpu_seconds=1.0), harness.Run(100, 0, 4.0, cpu_seconds=1.0),
+            harness.Run(100, 0, 1.0, cpu_seconds=1.0)]
+    case = [harness.Run(100, 0, 2.0, cpu_seconds=2.0), harness.Run(100, 0, 8.0, cpu_seconds=2.0),
+            harness.Run(100, 0, 2.5, cpu_seconds=2.5)]
+    runs = {"a": base, "b": case}
+    cases = [harness.Case("a", "A", lambda: base[0]), harness.Case("b", "B", lambda: case[0], ("a",), target=0.45)]
+    rows = harness.summarize(harness.GUEST_INSTRUCTIONS, cases, runs)
+    assert rows[0].median == 100.0 and rows[0].ratios == {}
+    assert rows[1].ratios == {"a": 0.5}
+    assert rows[1].met is True and rows[1].target == ">= 0.45x"
+    # rates 50, 12.5, 40: the median of rates is 40, the median of per-round ratios 0.5
+    assert rows[1].median == 40.0 and (rows[1].low, rows[1].high) == (12.5, 50.0)
+    assert rows[1].cores == 1.0 and rows[0].cores == 1.0  # round 2 got a quarter of a core
+    text = harness.render("T", harness.GUEST_INSTRUCTIONS, rows)
+    assert "| b | B | 40 | 12.5 .. 50 | 0.500x of a | 1.00 |" in text
