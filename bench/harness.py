@@ -90,8 +90,8 @@ class Row:
     low: float
     high: float
     ratios: dict[str, float]
+    cpu_ratios: dict[str, float]
     cores: float
-    per_cpu_second: float
     target: str
     met: bool | None
     note: str
@@ -124,6 +124,8 @@ def summarize(metric: Metric, cases: list[Case], runs: dict[str, list[Run]]) -> 
         rates = [metric.rate(r) for r in runs[c.key]]
         ratios = {b: median([metric.rate(x) / metric.rate(y) for x, y in zip(runs[c.key], runs[b])])
                   for b in c.baselines}
+        cpu_ratios = {b: median([per_cpu_second(metric, x) / per_cpu_second(metric, y)
+                                 for x, y in zip(runs[c.key], runs[b])]) for b in c.baselines}
         base_runs = runs[c.baselines[0]] if c.baselines else None
         target, met = "", None
         if c.target is not None and c.baselines:
@@ -131,25 +133,32 @@ def summarize(metric: Metric, cases: list[Case], runs: dict[str, list[Run]]) -> 
         elif c.target_rate is not None:
             target, met = f">= {_si(c.target_rate)}", median(rates) >= c.target_rate
         cores = median([r.cpu_seconds / r.seconds for r in runs[c.key]])
-        per_cpu = median([metric.rate(r) * r.seconds / r.cpu_seconds for r in runs[c.key]])
-        rows.append(Row(c.key, c.label, median(rates), min(rates), max(rates), ratios, cores, per_cpu, target, met,
+        rows.append(Row(c.key, c.label, median(rates), min(rates), max(rates), ratios, cpu_ratios, cores, target, met,
                         c.note(runs[c.key], base_runs) if c.note else "", rates))
     return rows
 
 
+def per_cpu_second(metric: Metric, run: Run) -> float:
+    """The metric per second of process CPU time (efficiency per host core used)."""
+    return metric.rate(run) * run.seconds / run.cpu_seconds
+
+
 def render(title: str, metric: Metric, rows: list[Row]) -> str:
     """A Markdown table (pasted as is into docs/performance.md)."""
-    header = ["case", "configuration", f"{metric.unit} (median)", "min .. max", "ratio (median of rounds)",
-              "CPU/wall", "per CPU-second", "target", "note"]
-    lines = [f"### {title}", "", f"Metric: {metric.title}; ratio = median over rounds of this row / the row named.", "",
-             "CPU/wall = process CPU time / wall time, the host cores the run really got (other load on the "
-             "machine lowers it); per CPU-second = the rate divided by that, i.e. efficiency per core used.", "",
+    header = ["case", "configuration", f"{metric.unit} (median)", "min .. max", "ratio", "CPU ratio", "CPU/wall",
+              "target", "note"]
+    lines = [f"### {title}", "",
+             f"Metric: {metric.title}. ratio = median over rounds of (this row's rate / the named row's rate in "
+             "the same round). CPU/wall = process CPU time / wall time: the host cores the run really got (other "
+             "load on the machine lowers it). CPU ratio = the same ratio per CPU-second (efficiency per core used, "
+             "less sensitive to that load).", "",
              "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in rows:
         ratio = "; ".join(f"{v:.3f}x of {k}" for k, v in r.ratios.items()) or "-"
+        cpu_ratio = "; ".join(f"{v:.3f}x" for v in r.cpu_ratios.values()) or "-"
         target = r.target + (" (met)" if r.met else " (NOT met)" if r.met is not None else "")
         lines.append("| " + " | ".join([r.key, r.label, _si(r.median), f"{_si(r.low)} .. {_si(r.high)}",
-                                        ratio, f"{r.cores:.2f}", _si(r.per_cpu_second), target, r.note]) + " |")
+                                        ratio, cpu_ratio, f"{r.cores:.2f}", target, r.note]) + " |")
     return "\n".join(lines)
 
 
@@ -161,13 +170,15 @@ def _si(value: float) -> str:
 
 
 def per_unit_overhead(unit: str, per: Callable[[Run], float]) -> Callable[[list[Run], list[Run] | None], str]:
-    """Note column: median over rounds of (seconds per unit here - seconds per unit in
-    the baseline), i.e. what this configuration adds to each exit / slice."""
+    """Note column: CPU time per unit (exit, slice), median over rounds; against a
+    baseline, the median over rounds of the difference, i.e. what this configuration
+    adds to each unit.  CPU time, not wall time: a moment when another process had the
+    core costs no CPU time, so the difference is hvdbg's own work."""
     def note(case: list[Run], base: list[Run] | None) -> str:
         if not base:
-            return f"{median([r.seconds / per(r) for r in case]) * 1e6:.2f} us per {unit}"
-        extra = median([a.seconds / per(a) - b.seconds / per(b) for a, b in zip(case, base)])
-        return f"{extra * 1e6:+.2f} us per {unit}"
+            return f"{median([r.cpu_seconds / per(r) for r in case]) * 1e6:.2f} us CPU per {unit}"
+        extra = median([a.cpu_seconds / per(a) - b.cpu_seconds / per(b) for a, b in zip(case, base)])
+        return f"{extra * 1e6:+.2f} us CPU per {unit}"
     return note
 
 

@@ -91,4 +91,7 @@ def test_ratio_is_the_median_of_per_round_ratios():
     assert rows[1].median == 40.0 and (rows[1].low, rows[1].high) == (12.5, 50.0)
     assert rows[1].cores == 1.0 and rows[0].cores == 1.0  # round 2 got a quarter of a core
     text = harness.render("T", harness.GUEST_INSTRUCTIONS, rows)
-    assert "| b | B | 40 | 12.5 .. 50 | 0.500x of a | 1.00 |" in text
+    assert rows[1].cpu_ratios == {"a": 0.5}
+    assert "| b | B | 40 | 12.5 .. 50 | 0.500x of a | 0.500x | 1.00 |" in text
+    # a run that got half a core: 40 instr/s of wall time is 80 per CPU-second
+    assert harness.per_cpu_second(harness.GUEST_INSTRUCTIONS, harness.Run(100, 0, 2.5, cpu_seconds=1.25)) == 80.0
