@@ -42,7 +42,7 @@ from hvdbg.exit_reasons import ExitReason, describe_exit
 from hvdbg.multiboot import spec as mb_spec
 from hvdbg.symbols import Symbol
 from hvdbg.trace import ExitRecord
-from hvdbg.vcpu import Vcpu
+from hvdbg.vcpu import Activity, Vcpu
 from hvdbg.vmcs import Vmcs
 from hvdbg.vmcs_fields import BY_NAME, GROUPS, FieldRef, FieldWidth, UnknownVmcsFieldError, resolve
 from hvdbg.vmx_controls import CONTROL_SETS, ControlSet, SegmentAccessRights, control_set
@@ -862,7 +862,7 @@ def cmd_ept_walk(call: Call, a: dict) -> str:
 def cmd_ept_map(call: Call, a: dict) -> str:
     ept = call.vm.memory.ept
     ranges = ept.mapped_ranges()
-    lines = [_eptp_line(ept), "GPA range                       -> HPA            perm type size"]
+    lines = [_eptp_line(ept), f"{'GPA range':<29} -> {'HPA':<14} perm type size"]
     lines += ept_mod.format_ranges(ranges)
     lines.append(f"{len(ranges)} mapped run{'s' if len(ranges) != 1 else ''}, "
                  f"{_size_text(sum(r.gpa_end - r.gpa_start for r in ranges))} mapped, "
@@ -970,7 +970,7 @@ def cmd_regs(call: Call, a: dict) -> str:
     call.require_stopped(v)
     r = v.registers()
     segs = ucx.read_segments(v.uc)
-    lines = [f"vCPU {v.index} (APIC id {v.apic_id}): {v.activity.label}, {v.code_bits()}-bit code, "
+    lines = [f"vCPU {v.index} (APIC id {v.apic_id}): activity {v.activity.label}, {v.code_bits()}-bit code, "
              f"CPL {v.cpl()}"]
     gprs = ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"]
@@ -1107,13 +1107,16 @@ def cmd_disas(call: Call, a: dict) -> str:
     if not insns:
         raise CommandError(f"cannot read code at {start:#x} on vCPU {v.index} "
                            f"(not mapped in its page tables, or not an instruction)")
-    lines = [f"vCPU {v.index}, {v.code_bits()}-bit code:"]
+    labels = []
     for insn in insns:
         sym = call.vm.symbols.symbolize(insn.address)
+        labels.append(f"{insn.address:#018x}" + (f" <{sym}>:" if sym else ":"))
+    width = max(len(label) for label in labels)
+    lines = [f"vCPU {v.index}, {v.code_bits()}-bit code:"]
+    for insn, label in zip(insns, labels):
         mark = "=>" if insn.address == rip else "  "
         text = f"{insn.mnemonic} {insn.op_str}".rstrip()
-        lines.append(f"{mark} {insn.address:#018x}{f' <{sym}>' if sym else ''}:  "
-                     f"{insn.bytes.hex(' '):<24} {text}{_annotate(call.vm, insn)}")
+        lines.append(f"{mark} {label:<{width}}  {insn.bytes.hex(' '):<30} {text}{_annotate(call.vm, insn)}")
     return "\n".join(lines)
 
 
@@ -1129,7 +1132,7 @@ def cmd_vcpus(call: Call, a: dict) -> str:
                      vm.symbolize(s["rip"]), s["instructions"], s["exits"],
                      f"SIPI {v.sipi_vector:#04x}" if v.started_by_sipi and v.sipi_vector is not None
                      else ("SIPI" if v.started_by_sipi else ("BSP" if v.bsp else ""))))
-    lines = _table(rows, ("vCPU", "APIC", "state", "pCPU", "debugger", "mode", "RIP", "instructions",
+    lines = _table(rows, ("vCPU", "APIC", "activity", "pCPU", "debugger", "mode", "RIP", "instructions",
                           "exits", "start"), right={0, 1, 3, 7, 8})
     if vm.ended:
         lines.append(describe_ending(vm))
@@ -1399,10 +1402,11 @@ def cmd_step(call: Call, a: dict) -> str:
     if stop.kind is StopKind.ENDED:
         return describe_stop(ctx, stop)
     done = v.instructions - before
-    lines = [f"vCPU {v.index}: {done} instruction{'s' if done != 1 else ''} executed, {v.activity.label}"]
+    lines = [f"vCPU {v.index}: {done} instruction{'s' if done != 1 else ''} executed, activity {v.activity.label}"]
     if stop.kind is not StopKind.STEP:
         lines.append(describe_stop(ctx, stop))
-    lines.append(_where(call, v))
+    if v.activity not in (Activity.WAIT_FOR_SIPI, Activity.SHUTDOWN):  # no meaningful RIP then
+        lines.append(_where(call, v))
     return "\n".join(lines)
 
 
@@ -1423,20 +1427,24 @@ def cmd_sched(call: Call, a: dict) -> str:
     vm = call.vm
     executor = call.session.executor
     cfg = vm.config
-    lines = [f"executor {type(executor).__name__}, policy {cfg['sched']!r}, {cfg['pcpus']} pCPUs, "
+    lines = [f"executor {type(executor).__name__}, policy {cfg['sched']!r}, "
+             f"{cfg['pcpus'] or len(vm.vcpus)} pCPUs, "
              f"slice {cfg['slice']} instructions" + (", deterministic" if cfg["deterministic"] else "")]
     rows = []
     for v in vm.vcpus:
         rows.append((v.index, v.activity.label, "-" if v.pcpu is None else v.pcpu,
                      "stopped" if call.ctx.is_stopped(v) else "running",
                      "yes" if v.runnable() else "no", v.instructions, v.exit_count, len(v.ipi_log)))
-    lines += _table(rows, ("vCPU", "state", "pCPU", "debugger", "runnable", "instructions", "exits",
+    lines += _table(rows, ("vCPU", "activity", "pCPU", "debugger", "runnable", "instructions", "exits",
                            "IPIs sent"), right={0, 2, 5, 6, 7})
-    policy = getattr(executor, "policy", None)
+    # the scheduling policy, on the executor or on its scheduler core (hvdbg.sched)
+    owner = executor if getattr(executor, "policy", None) is not None else getattr(executor, "sched", None)
+    policy = getattr(owner, "policy", None)
     stats_fn = getattr(policy, "stats", None)
     if callable(stats_fn):
         try:
-            stats = stats_fn()
+            with getattr(owner, "lock", None) or contextlib.nullcontext():  # policies are not thread-safe
+                stats = stats_fn()
         except Exception as e:  # noqa: BLE001 - a scheduler bug must not break the shell
             lines.append(f"policy statistics unavailable: {type(e).__name__}: {e}")
         else:
@@ -1570,7 +1578,9 @@ COMMANDS: tuple[Command, ...] = (
             "Default: 12 instructions from RIP.  'disas SYMBOL' disassembles the whole function.\n"
             "The current instruction is marked with =>.", "CPU state"),
     Command("vcpus", (), "every vCPU: activity state, pCPU, debugger state, mode, RIP", cmd_vcpus,
-            category="CPU state"),
+            "'activity' is the guest activity state (SDM 25.4.2: running = active, halted,\n"
+            "wait-for-SIPI, shutdown); 'debugger' says whether hvdbg holds the vCPU stopped.",
+            "CPU state"),
     Command("cpuid", (_V, Param("leaf", "number", optional=True), Param("sub", "number", optional=True)),
             "CPUID leaves as the VMM answers the vCPU's CPUID exits, decoded", cmd_cpuid,
             "One number is a LEAF, two are VCPU LEAF, three VCPU LEAF SUB.  No LEAF: an overview.",

@@ -379,7 +379,10 @@ def test_sched_shows_vcpus_and_a_policy_s_statistics(debugger):
 
     ctx = debugger()
     text = ok(ctx, "sched")
-    assert re.search(r"^\s+0\s+running\s+0\s+stopped\s+yes\s+0\s+0\s+0$", text, re.M), text
+    v0 = ctx.vm.vcpus[0]
+    pcpu = "-" if v0.pcpu is None else str(v0.pcpu)
+    assert re.search(rf"^\s+0\s+running\s+{pcpu}\s+stopped\s+yes\s+0\s+0\s+0$", text, re.M), text
+    assert re.search(r"^\s+3\s+wait-for-SIPI\s+\S+\s+stopped\s+no\s+0\s+0\s+0$", text, re.M), text
     policy = make_policy("cfs")
     for i in range(4):
         policy.add_vcpu(i)
@@ -450,7 +453,7 @@ def test_monitor_serves_inspection_but_not_run_control(debugger):
     ctx = debugger()
     monitor = make_monitor(ctx.session)
     v0 = ctx.vm.vcpus[0]
-    assert monitor("regs", v0).startswith("vCPU 0 (APIC id 0): running, 32-bit code")
+    assert monitor("regs", v0).startswith("vCPU 0 (APIC id 0): activity running, 32-bit code")
     assert monitor("vmcs GUEST_RIP", v0).splitlines()[2] == f"  = {ctx.vm.boot.entry:#018x}"
     for line in ("continue", "step", "stop", "quit"):
         text = monitor(line, v0)

@@ -357,3 +357,20 @@ def test_independent_boot_state_matches_the_shell(make_config, guest_kernels):
     assert f"mem_lower {mem_lower} KiB, mem_upper {mem_upper} KiB" in p.stdout
     assert mem_upper == (64 << 10) - 1024
     assert "cmdline 'a b c'" in p.stdout
+
+
+def test_every_command_has_a_docs_page_with_an_example():
+    """docs/commands/ has a page per registry command, with its usage and an example."""
+    from pathlib import Path
+
+    from hvdbg.commands import COMMANDS
+
+    docs = Path(__file__).resolve().parent.parent / "docs" / "commands"
+    index = (docs / "README.md").read_text()
+    for cmd in COMMANDS:
+        page = docs / f"{cmd.name.replace(' ', '-')}.md"
+        assert page.exists(), f"no page for {cmd.name!r}"
+        text = page.read_text()
+        assert text.startswith(f"# {cmd.name}\n"), page
+        assert cmd.usage.split(" [")[0].split(" ")[0] in text and "## Example" in text and "```" in text, page
+        assert f"]({page.name})" in index, f"{page.name} not linked from README.md"
