@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -30,7 +31,9 @@ class Run:
     """What one timed run did.  ``seconds`` covers only the guest execution (engine
     and VM construction are outside the timed region, for raw Unicorn and hvdbg alike);
     ``cpu_seconds`` is the process CPU time (all threads) in the same region, so
-    ``cpu_seconds / seconds`` is the number of host cores the run really got."""
+    ``cpu_seconds / seconds`` is the number of host cores the run really got;
+    ``switches`` counts the process's context switches (voluntary + involuntary, all
+    threads) in the region: GIL hand-offs between vCPU threads show up there."""
 
     instructions: int
     exits: int
@@ -38,12 +41,14 @@ class Run:
     vcpus: int = 1
     slices: int = 0
     cpu_seconds: float = 0.0
+    switches: int = 0
 
 
 class Timer:
     """Wall-clock and process CPU time of a region: ``with Timer() as t: ...``."""
 
     def __enter__(self) -> "Timer":
+        self._switches = _context_switches()
         self._wall = time.perf_counter()
         self._cpu = time.process_time()
         return self
@@ -51,6 +56,12 @@ class Timer:
     def __exit__(self, *exc) -> None:
         self.seconds = time.perf_counter() - self._wall
         self.cpu_seconds = time.process_time() - self._cpu
+        self.switches = _context_switches() - self._switches
+
+
+def _context_switches() -> int:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_nvcsw + usage.ru_nivcsw
 
 
 @dataclass(frozen=True)
@@ -180,6 +191,18 @@ def per_unit_overhead(unit: str, per: Callable[[Run], float]) -> Callable[[list[
         extra = median([a.cpu_seconds / per(a) - b.cpu_seconds / per(b) for a, b in zip(case, base)])
         return f"{extra * 1e6:+.2f} us CPU per {unit}"
     return note
+
+
+def switches_per(unit: str, per: Callable[[Run], float]) -> Callable[[list[Run], list[Run] | None], str]:
+    """Note column: host context switches per unit (exit), median over rounds."""
+    def note(case: list[Run], base: list[Run] | None) -> str:
+        return f"{median([r.switches / per(r) for r in case]):.2f} context switches per {unit}"
+    return note
+
+
+def joined(*notes: Callable[[list[Run], list[Run] | None], str]) -> Callable[[list[Run], list[Run] | None], str]:
+    """Several note columns in one."""
+    return lambda case, base: "; ".join(n(case, base) for n in notes)
 
 
 # -- machine description ------------------------------------------------------------------

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import harness
 from guest_image import build
-from harness import GUEST_INSTRUCTIONS, Case
+from harness import GUEST_INSTRUCTIONS, Case, per_unit_overhead, switches_per
 from runners import RawMode, default_slice, hv_run, raw_single, raw_threads
 
 FULL_ITERATIONS = 10_000_000     # per vCPU: 40 M guest instructions
 QUICK_ITERATIONS = 200_000
 DEFAULT_REPEATS = 5
+
+per_slice = per_unit_overhead("slice", lambda r: r.slices)
+switches = switches_per("slice", lambda r: r.slices)
 
 
 def cases(iterations: int, workdir) -> list[Case]:
@@ -30,17 +33,19 @@ def cases(iterations: int, workdir) -> list[Case]:
         Case("raw-count", "bare Unicorn, 1 emu_start with count",
              lambda: raw_single(image, RawMode.COUNTED, s), ("raw",)),
         Case("raw-sliced", f"bare Unicorn, emu_start(count={s}) slices (as hvdbg)",
-             lambda: raw_single(image, RawMode.SLICED, s), ("raw",)),
+             lambda: raw_single(image, RawMode.SLICED, s), ("raw",), note=per_slice),
         Case("hv-1", "hvdbg, 1 vCPU, pinned executor",
-             lambda: hv_run(image, 1, deterministic=False), ("raw-sliced", "raw"), target=0.8),
+             lambda: hv_run(image, 1, deterministic=False), ("raw-sliced", "raw"), target=0.8,
+             note=per_slice),
         Case("raw-2t", f"2 bare engines, 2 threads, count={s} slices",
-             lambda: raw_threads(image, 2, s), ("raw-sliced",)),
+             lambda: raw_threads(image, 2, s), ("raw-sliced",), note=switches),
         Case("raw-4t", f"4 bare engines, 4 threads, count={s} slices",
-             lambda: raw_threads(image, 4, s), ("raw-sliced",)),
+             lambda: raw_threads(image, 4, s), ("raw-sliced",), note=switches),
         Case("hv-2", "hvdbg, 2 vCPUs, pinned executor",
-             lambda: hv_run(image, 2, deterministic=False), ("hv-1", "raw-2t")),
+             lambda: hv_run(image, 2, deterministic=False), ("hv-1", "raw-2t"), note=switches),
         Case("hv-4", "hvdbg, 4 vCPUs on 4 pCPUs (pinned executor)",
-             lambda: hv_run(image, 4, deterministic=False), ("hv-1", "raw-4t"), target=1.6),
+             lambda: hv_run(image, 4, deterministic=False), ("hv-1", "raw-4t"), target=1.6,
+             note=switches),
     ]
 
 

@@ -15,7 +15,7 @@ import argparse
 
 import harness
 from guest_image import WORKLOADS, build
-from harness import EXITS_PER_VCPU, Case, per_unit_overhead
+from harness import EXITS_PER_VCPU, Case, joined, per_unit_overhead, switches_per
 from runners import RawMode, default_slice, hv_run, raw_single, raw_threads
 
 EXIT_WORKLOADS = ("cpuid", "out_unclaimed", "out_uart", "apic_read")
@@ -24,7 +24,8 @@ QUICK_ITERATIONS = (1_000, 300)
 DEFAULT_REPEATS = 5
 TARGET_EXITS_PER_SECOND = 200_000
 
-per_exit = per_unit_overhead("exit", lambda r: r.exits / r.vcpus)
+per_exit = per_unit_overhead("exit", lambda r: r.exits)
+per_exit_threads = joined(per_exit, switches_per("exit", lambda r: r.exits))
 
 
 def cases(workload: str, iterations: tuple[int, int], workdir) -> list[Case]:
@@ -41,10 +42,10 @@ def cases(workload: str, iterations: tuple[int, int], workdir) -> list[Case]:
              lambda: hv_run(one, 1, deterministic=True), ("raw-hook",),
              target_rate=TARGET_EXITS_PER_SECOND, note=per_exit),
         Case("raw-hook-4t", "4 bare engines, 4 threads, empty Python hook",
-             lambda: raw_threads(four, 4, s, hook=True), ("raw-hook",), note=per_exit),
+             lambda: raw_threads(four, 4, s, hook=True), ("raw-hook",), note=per_exit_threads),
         Case("hv-4", "hvdbg, 4 vCPUs, pinned",
              lambda: hv_run(four, 4, deterministic=False), ("raw-hook-4t", "hv-1"),
-             target_rate=TARGET_EXITS_PER_SECOND, note=per_exit),
+             target_rate=TARGET_EXITS_PER_SECOND, note=per_exit_threads),
         Case("det-4", "hvdbg, 4 vCPUs, deterministic",
              lambda: hv_run(four, 4, deterministic=True), ("raw-hook", "det-1"),
              target_rate=TARGET_EXITS_PER_SECOND, note=per_exit),

@@ -105,7 +105,7 @@ def raw_single(image: GuestImage, mode: RawMode, slice_len: int, hook: bool = Fa
     uc = raw_engine(image, hook)
     with Timer() as t:
         slices = _drive(uc, image, mode, slice_len)
-    return Run(image.loop_instructions(), _raw_exits(image, hook, 1), t.seconds, 1, slices, t.cpu_seconds)
+    return Run(image.loop_instructions(), _raw_exits(image, hook, 1), t.seconds, 1, slices, t.cpu_seconds, t.switches)
 
 
 def raw_threads(image: GuestImage, engines: int, slice_len: int, hook: bool = False) -> Run:
@@ -132,7 +132,7 @@ def raw_threads(image: GuestImage, engines: int, slice_len: int, hook: bool = Fa
     if errors:
         raise errors[0]
     return Run(image.loop_instructions() * engines, _raw_exits(image, hook, engines), timer.seconds, engines,
-               sum(slices), timer.cpu_seconds)
+               sum(slices), timer.cpu_seconds, timer.switches)
 
 
 def raw_round_robin(image: GuestImage, engines: int, slice_len: int, hook: bool = False) -> Run:
@@ -150,7 +150,7 @@ def raw_round_robin(image: GuestImage, engines: int, slice_len: int, hook: bool 
                     pcs[i] = uc.reg_read(X.UC_X86_REG_RIP)
                     slices += 1
     return Run(image.loop_instructions() * engines, _raw_exits(image, hook, engines), t.seconds, engines, slices,
-               t.cpu_seconds)
+               t.cpu_seconds, t.switches)
 
 
 # -- hvdbg ------------------------------------------------------------------------------
@@ -178,7 +178,7 @@ def hv_run(image: GuestImage, vcpus: int, deterministic: bool, slice_len: int | 
     reason = image.workload.exit_reason
     exits = vm.trace.counts.get(reason, 0) if reason else 0
     slices = sum(-(-v.instructions // vm.config["slice"]) for v in vm.vcpus)
-    return Run(vm.total_instructions(), exits, t.seconds, vcpus, slices, t.cpu_seconds)
+    return Run(vm.total_instructions(), exits, t.seconds, vcpus, slices, t.cpu_seconds, t.switches)
 
 
 def check_hv_run(vm: Machine, image: GuestImage) -> None:
