@@ -32,8 +32,8 @@ from unicorn import x86_const as X
 
 from hvdbg import ept as ept_mod
 from hvdbg import multiboot, paging, ucx
-from hvdbg.apic import IA32_APIC_BASE_MSR, LVT_MASKED, TIMER_MODES, Reg
-from hvdbg.apic import APIC_BASE_BSP, APIC_BASE_EN, APIC_BASE_EXTD
+from hvdbg.apic import (APIC_BASE_BSP, APIC_BASE_EN, APIC_BASE_EXTD, IA32_APIC_BASE_MSR, LVT_MASKED,
+                        TIMER_MODES, Reg)
 from hvdbg.cpuid import ECX1, ECX_EXT, EDX1, EDX_EXT
 from hvdbg.debug import DebugSession, Stop, StopKind
 from hvdbg.errors import GuestMemoryError, HvdbgError
@@ -548,9 +548,9 @@ class CommandContext:
 
     def wait_for_stop(self, timeout: float, want: Callable[[Stop], bool] = lambda s: True) -> Stop | None:
         q = self.events()
-        deadline = _now() + timeout
+        deadline = time.monotonic() + timeout
         while True:
-            left = deadline - _now()
+            left = deadline - time.monotonic()
             if left <= 0:
                 return None
             try:
@@ -669,10 +669,6 @@ class CommandContext:
 def make_monitor(session: DebugSession) -> Callable[[str, Vcpu], str]:
     """The function the GDB stub calls for ``monitor LINE`` (qRcmd)."""
     return CommandContext(session).monitor
-
-
-def _now() -> float:
-    return time.monotonic()
 
 
 def _snapshot_boot_info(vm) -> tuple[dict | None, bool]:
@@ -1145,7 +1141,8 @@ def cmd_vcpus(call: Call, a: dict) -> str:
 
 def _exit_line(vm, rec: ExitRecord) -> str:
     text = rec.detail or describe_exit(rec.reason, rec.qualification)
-    return f"{rec.seq:>7} {rec.vcpu:>4}  {rec.reason_name:<18} {vm.symbolize(rec.rip):<42} {rec.qualification:#10x}  {text}"
+    return (f"{rec.seq:>7} {rec.vcpu:>4}  {rec.reason_name:<18} {vm.symbolize(rec.rip):<42} "
+            f"{rec.qualification:#10x}  {text}")
 
 
 def cmd_exits(call: Call, a: dict) -> str:

@@ -374,3 +374,16 @@ def test_every_command_has_a_docs_page_with_an_example():
         assert text.startswith(f"# {cmd.name}\n"), page
         assert cmd.usage.split(" [")[0].split(" ")[0] in text and "## Example" in text and "```" in text, page
         assert f"]({page.name})" in index, f"{page.name} not linked from README.md"
+
+
+def test_colourize_marks_errors_headings_symbols_and_the_current_instruction():
+    from hvdbg.shell import colourize
+
+    assert colourize("error: no vCPU 9", ok=False) == "\x1b[31merror: no vCPU 9\x1b[0m"
+    assert colourize("*** Guest State ***") == "\x1b[1m*** Guest State ***\x1b[0m"
+    line = colourize("=> 0xffffff80001021a0 <work_run>:  push rbp")
+    assert line.startswith("\x1b[32m=>\x1b[0m")
+    assert "\x1b[33m<work_run>\x1b[0m" in line and "\x1b[36m0xffffff80001021a0\x1b[0m" in line
+    assert "\x1b[31mnot present" in colourize("  PML4E[256] @GPA 0x103800 = 0x0  not present")
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", colourize("GVA 0x1 <a+0x2> -> GPA 0x3"))
+    assert plain == "GVA 0x1 <a+0x2> -> GPA 0x3"  # colour never changes the text
