@@ -180,13 +180,15 @@ def _si(value: float) -> str:
     return f"{value:.3g}"
 
 
-def per_unit_overhead(unit: str, per: Callable[[Run], float]) -> Callable[[list[Run], list[Run] | None], str]:
+def per_unit_overhead(unit: str, per: Callable[[Run], float], absolute: bool = False
+                      ) -> Callable[[list[Run], list[Run] | None], str]:
     """Note column: CPU time per unit (exit, slice), median over rounds; against a
     baseline, the median over rounds of the difference, i.e. what this configuration
-    adds to each unit.  CPU time, not wall time: a moment when another process had the
-    core costs no CPU time, so the difference is hvdbg's own work."""
+    adds to each unit (``absolute``: never against the baseline).  CPU time, not wall
+    time: a moment when another process had the core costs no CPU time, so the
+    difference is hvdbg's own work."""
     def note(case: list[Run], base: list[Run] | None) -> str:
-        if not base:
+        if not base or absolute:
             return f"{median([r.cpu_seconds / per(r) for r in case]) * 1e6:.2f} us CPU per {unit}"
         extra = median([a.cpu_seconds / per(a) - b.cpu_seconds / per(b) for a, b in zip(case, base)])
         return f"{extra * 1e6:+.2f} us CPU per {unit}"

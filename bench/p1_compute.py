@@ -21,6 +21,7 @@ QUICK_ITERATIONS = 200_000
 DEFAULT_REPEATS = 5
 
 per_slice = per_unit_overhead("slice", lambda r: r.slices)
+cpu_per_slice = per_unit_overhead("slice", lambda r: r.slices, absolute=True)
 switches = switches_per("slice", lambda r: r.slices)
 
 
@@ -33,7 +34,7 @@ def cases(iterations: int, workdir) -> list[Case]:
         Case("raw-count", "bare Unicorn, 1 emu_start with count",
              lambda: raw_single(image, RawMode.COUNTED, s), ("raw",)),
         Case("raw-sliced", f"bare Unicorn, emu_start(count={s}) slices (as hvdbg)",
-             lambda: raw_single(image, RawMode.SLICED, s), ("raw",), note=per_slice),
+             lambda: raw_single(image, RawMode.SLICED, s), ("raw",), note=cpu_per_slice),
         Case("hv-1", "hvdbg, 1 vCPU, pinned executor",
              lambda: hv_run(image, 1, deterministic=False), ("raw-sliced", "raw"), target=0.8,
              note=per_slice),

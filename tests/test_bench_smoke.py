@@ -70,6 +70,18 @@ def test_quick_run_prints_its_tables(script, tmp_path):
                 assert ratio > 0
 
 
+def test_micro_costs_prints_each_pair(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH / "micro_costs.py"), "--quick"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and not line.startswith("| operation")]
+    names = [r.split("|")[1].strip() for r in rows]
+    assert any(n.startswith("uc.reg_read") for n in names) and any(n.startswith("ExitTrace.record") for n in names)
+    for r in rows:
+        cells = [c.strip() for c in r.strip("|").split("|")]
+        assert float(cells[1]) > 0 and float(cells[3]) > 0
+
+
 def test_ratio_is_the_median_of_per_round_ratios():
     sys.path.insert(0, str(BENCH))
     try:
