@@ -89,16 +89,18 @@ def _tool(name: str) -> str:
     return path
 
 
-def build(workload: str, iterations: int, outdir: Path) -> GuestImage:
-    """Assemble and link loop.S for ``workload`` with ``iterations`` per CPU into ``outdir``."""
+def build(workload: str, iterations: int, outdir: Path, msr_sites: int = 0) -> GuestImage:
+    """Assemble and link loop.S for ``workload`` with ``iterations`` per CPU into ``outdir``;
+    ``msr_sites`` never-executed RDMSR instructions are placed after the code."""
     w = WORKLOADS[workload]
     if not 1 <= iterations < 2**32:
         raise ValueError("iterations must fit in 32 bits")
     outdir.mkdir(parents=True, exist_ok=True)
-    obj = outdir / f"{workload}-{iterations}.o"
-    elf = outdir / f"{workload}-{iterations}.elf"
+    stem = f"{workload}-{iterations}-msr{msr_sites}"
+    obj = outdir / f"{stem}.o"
+    elf = outdir / f"{stem}.elf"
     _run([_tool("gcc"), "-m32", "-c", "-Wall", "-Werror", f"-DITERATIONS={iterations}",
-          f"-DWORKLOAD={w.number}", str(SOURCE), "-o", str(obj)])
+          f"-DWORKLOAD={w.number}", f"-DMSR_SITES={msr_sites}", str(SOURCE), "-o", str(obj)])
     _run([_tool("ld"), "-m", "elf_i386", "-nostdlib", "-static", "-z", "max-page-size=0x1000",
           "-z", "noexecstack", "--no-warn-rwx-segments", "-T", str(LINKER_SCRIPT), "-o", str(elf), str(obj)])
     return load(elf, w, iterations)

@@ -293,6 +293,7 @@ def emit(title: str, metric: Metric, cases: list[Case], runs: dict[str, list[Run
 
 
 def finish(opts: Options, collected: list[dict]) -> None:
+    print("- load average at the end: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     if opts.json is not None:
         opts.json.write_text(json.dumps({"machine": machine_description(), "tables": collected}, indent=2))
     import shutil

@@ -3,7 +3,9 @@
 The ALU loop of bench/guests/loop.S (add; xor; sub; jnz) on hvdbg with 1 vCPU against
 the same bytes on a bare Unicorn engine - driven three ways: one emu_start without
 count, one emu_start with a count, and count-limited slices as hvdbg drives its vCPUs -
-and 2 / 4 vCPUs on the pinned executor (one host thread per vCPU, every vCPU runs its
+the same with an image holding 8 never-executed RDMSR instructions (hvdbg hooks each
+MSR site with a UC_HOOK_CODE hook, as in the SMP test kernel), and 2 / 4 vCPUs on the
+pinned executor (one host thread per vCPU, every vCPU runs its
 own copy of the loop) against 1 vCPU and against 4 bare engines on 4 threads.
 
     python bench/p1_compute.py [--quick] [--repeats N] [--json FILE]
@@ -16,6 +18,7 @@ from guest_image import build
 from harness import GUEST_INSTRUCTIONS, Case, per_unit_overhead, switches_per
 from runners import RawMode, default_slice, hv_run, raw_single, raw_threads
 
+SMP_KERNEL_MSR_SITES = 8        # RDMSR/WRMSR sites hvdbg finds in guests/build/smp.elf
 FULL_ITERATIONS = 10_000_000     # per vCPU: 40 M guest instructions
 QUICK_ITERATIONS = 200_000
 DEFAULT_REPEATS = 5
@@ -27,6 +30,7 @@ switches = switches_per("slice", lambda r: r.slices)
 
 def cases(iterations: int, workdir) -> list[Case]:
     image = build("alu", iterations, workdir)
+    with_msr_sites = build("alu", iterations, workdir, msr_sites=SMP_KERNEL_MSR_SITES)
     s = default_slice()
     return [
         Case("raw", "bare Unicorn, 1 emu_start, no count",
@@ -38,6 +42,8 @@ def cases(iterations: int, workdir) -> list[Case]:
         Case("hv-1", "hvdbg, 1 vCPU, pinned executor",
              lambda: hv_run(image, 1, deterministic=False), ("raw-sliced", "raw"), target=0.8,
              note=per_slice),
+        Case("hv-1-msr", f"hvdbg, 1 vCPU, same loop, image with {SMP_KERNEL_MSR_SITES} RDMSR sites (as smp.elf)",
+             lambda: hv_run(with_msr_sites, 1, deterministic=False), ("raw-sliced", "hv-1"), note=per_slice),
         Case("raw-2t", f"2 bare engines, 2 threads, count={s} slices",
              lambda: raw_threads(image, 2, s), ("raw-sliced",), note=switches),
         Case("raw-4t", f"4 bare engines, 4 threads, count={s} slices",

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("ld"
 
 # script -> (table titles, row keys every table of that script must have)
 SCRIPTS = {
-    "p1_compute.py": (["P1 guest compute"], ["raw", "raw-count", "raw-sliced", "hv-1", "raw-2t", "raw-4t", "hv-2", "hv-4"]),
+    "p1_compute.py": (["P1 guest compute"], ["raw", "raw-count", "raw-sliced", "hv-1", "hv-1-msr", "raw-2t", "raw-4t", "hv-2", "hv-4"]),
     "p2_deterministic.py": (["P2 deterministic executor", "P2 slice-length sweep"], ["det-"]),
     "p3_exits.py": (["P3 cpuid", "P3 out_unclaimed", "P3 out_uart", "P3 apic_read"],
                     ["raw-hook", "hv-1", "det-1", "raw-hook-4t", "hv-4", "det-4"]),

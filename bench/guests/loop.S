@@ -6,6 +6,9 @@
  *   -DITERATIONS=<n>         loop iterations per CPU
  *   -DWORKLOAD=<k>           0 alu, 1 cpuid, 2 out to an unclaimed port,
  *                            3 out to the UART, 4 xAPIC MMIO read (APIC ID register)
+ *   -DMSR_SITES=<n>          n never-executed RDMSR instructions after the code (hvdbg
+ *                            puts an MSR-exit code hook on each RDMSR/WRMSR of the image;
+ *                            the SMP test kernel has 8 such sites)
  *
  * Machine contract: Multiboot 1 (0.6.96, 3.2): 32-bit protected mode, flat segments,
  * paging off, IF=0.  The number of CPUs is CPUID.1:EBX[23:16] (SDM Vol. 2A, CPUID).
@@ -39,6 +42,9 @@
 #endif
 #ifndef WORKLOAD
 #error "WORKLOAD must be defined"
+#endif
+#ifndef MSR_SITES
+#define MSR_SITES 0
 #endif
 
     .section .multiboot, "a"
@@ -111,6 +117,13 @@ park:
     cli
     hlt
     jmp     park
+
+#if MSR_SITES > 0
+msr_sites:                                  /* never executed: only their bytes matter */
+    .rept MSR_SITES
+    rdmsr
+    .endr
+#endif
 
 ap_pm32:
     movw    $DATA32_SEL, %ax
