@@ -1,6 +1,7 @@
 """Per-call cost of the building blocks of an hvdbg VM exit and slice, each next to the
 cheaper way of doing the same thing (the evidence behind docs/performance.md, "Open
-findings").  Every pair is timed side by side with timeit (best of 5 repeats).
+findings").  Every pair is timed side by side with timeit in process CPU time (best of
+5 repeats).
 
     python bench/micro_costs.py [--quick]
 """
@@ -11,6 +12,7 @@ import argparse
 import ctypes
 import struct
 import tempfile
+import time
 import timeit
 from collections import Counter
 from pathlib import Path
@@ -92,7 +94,8 @@ class LeanTrace:
 
 
 def per_call_us(fn: Callable[[], object], number: int) -> float:
-    return min(timeit.repeat(fn, number=number, repeat=5)) / number * 1e6
+    """CPU microseconds per call (process time, so other load on the host costs nothing)."""
+    return min(timeit.repeat(fn, number=number, repeat=5, timer=time.process_time)) / number * 1e6
 
 
 def main() -> None:
@@ -136,7 +139,7 @@ def main() -> None:
          "4 dict stores by resolved encoding (no name lookup, mask or lock)", lambda: _dict_stores(store)),
         ("Vcpu.save_guest_state()", v.save_guest_state, "(reference: one uc.context_save())", uc.context_save),
     ]
-    print("## Building blocks of an exit and a slice (us per call, best of 5)")
+    print("## Building blocks of an exit and a slice (CPU us per call, best of 5)")
     print()
     print("| operation | us | cheaper equivalent | us | ratio |")
     print("|---|---|---|---|---|")
