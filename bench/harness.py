@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -143,7 +144,7 @@ def summarize(metric: Metric, cases: list[Case], runs: dict[str, list[Run]]) -> 
             target, met = f">= {c.target:g}x", ratios[c.baselines[0]] >= c.target
         elif c.target_rate is not None:
             target, met = f">= {_si(c.target_rate)}", median(rates) >= c.target_rate
-        cores = median([r.cpu_seconds / r.seconds for r in runs[c.key]])
+        cores = median([r.cpu_seconds / max(r.seconds, 1e-9) for r in runs[c.key]])
         rows.append(Row(c.key, c.label, median(rates), min(rates), max(rates), ratios, cpu_ratios, cores, target, met,
                         c.note(runs[c.key], base_runs) if c.note else "", rates))
     return rows
@@ -151,7 +152,7 @@ def summarize(metric: Metric, cases: list[Case], runs: dict[str, list[Run]]) -> 
 
 def per_cpu_second(metric: Metric, run: Run) -> float:
     """The metric per second of process CPU time (efficiency per host core used)."""
-    return metric.rate(run) * run.seconds / run.cpu_seconds
+    return metric.rate(run) * run.seconds / max(run.cpu_seconds, 1e-9)
 
 
 def render(title: str, metric: Metric, rows: list[Row]) -> str:
@@ -296,7 +297,6 @@ def finish(opts: Options, collected: list[dict]) -> None:
     print("- load average at the end: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     if opts.json is not None:
         opts.json.write_text(json.dumps({"machine": machine_description(), "tables": collected}, indent=2))
-    import shutil
     shutil.rmtree(opts.workdir, ignore_errors=True)
 
 
