@@ -30,6 +30,13 @@ IA32_TSC = 0x10
 IA32_MISC_ENABLE = 0x1A0
 IA32_TSC_DEADLINE = 0x6E0
 IA32_PAT = 0x277
+VMM_MSRS = frozenset({IA32_APIC_BASE_MSR, IA32_TSC, IA32_MISC_ENABLE, IA32_TSC_DEADLINE, IA32_PAT})
+
+
+def vmm_keeps_msr(msr: int, x2apic: bool = True) -> bool:
+    """True if RDMSR/WRMSR of ``msr`` needs the VMM (its MSR-bitmap bit would be set): the
+    MSRs above and, with x2APIC offered, the x2APIC range (SDM 11.12.1)."""
+    return msr in VMM_MSRS or (x2apic and X2APIC_MSR_BASE <= msr <= X2APIC_MSR_END)
 
 
 class Lifecycle(Protocol):
@@ -146,7 +153,20 @@ class Vmm:
             return True
         exit.detail = f"write {_reg_name(reg)} <- {value:#x}"
         vcpu.apic.write(reg, value)
+        self._complete_write(vcpu, exit)
         return not self.life.ended
+
+    @staticmethod
+    def _complete_write(vcpu: Vcpu, exit: ExitInfo) -> None:
+        """An APIC-access exit is fault-like: the VMM emulates the access and moves RIP past
+        the instruction (SDM 29.4.2, 28.2.1).  Doing so here matters when the write makes
+        this vCPU leave the engine (a self-IPI or self-NMI, an EOI that unmasks a pending
+        interrupt, the end of the VM): Unicorn would otherwise resume at the store and
+        replay it, so a self-NMI would be sent again after every IRET."""
+        insns = vcpu.decode(exit.rip, 1)
+        if insns:
+            exit.instruction_length = insns[0].size
+            vcpu.uc.reg_write(X.UC_X86_REG_RIP, exit.rip + insns[0].size)
 
     # -- RDMSR / WRMSR (exit reasons 31, 32) ------------------------------------------------
     def _msr_read(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
