@@ -2,9 +2,14 @@
 port 0x61, POST port 0x80, and an empty PCI configuration space.
 
 They hold state so that read-back works; they raise no interrupts (hvdbg guests take
-their timer from the local APIC)."""
+their timer from the local APIC).  The PIT and the RTC's update flag follow a clock
+(host time by default, like the TSC Unicorn gives the guest)."""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 
 class Pic8259:
@@ -48,87 +53,208 @@ class Pic8259:
             self.imr[chip] = value
 
 
+PIT_HZ = 1_193_182               # the 8254's input clock (14.31818 MHz / 12)
+NS_PER_S = 1_000_000_000
+REFRESH_NS = 15_085              # port 0x61 bit 4 toggles every 15.085 us (DRAM refresh)
+
+
+@dataclass
+class _PitChannel:
+    """One 8254 counter (Intel 8254 data sheet: modes 0-5, counter latch, r/w modes)."""
+
+    reload: int = 0x10000        # count register (0 means 65536)
+    mode: int = 0
+    access: int = 3              # 1 = LSB only, 2 = MSB only, 3 = LSB then MSB
+    write_msb: bool = False      # next write of an LSB/MSB pair is the MSB
+    read_msb: bool = False
+    latched: int | None = None   # counter-latch command output, held until read
+    status: int | None = None    # read-back status, held until read
+    gate: bool = True
+    loaded: bool = False         # a count was written since the last control word
+    start_ns: int = 0            # when counting started from ``reload``
+    frozen: int | None = None    # count held while the gate is low
+
+    def ticks(self, now_ns: int) -> int:
+        return (now_ns - self.start_ns) * PIT_HZ // NS_PER_S
+
+    def count(self, now_ns: int) -> int:
+        """The counting element: modes 0/1/4/5 count down through 0 and wrap (mode 0 keeps
+        decrementing after terminal count); modes 2/3 reload at the end of each period."""
+        if self.frozen is not None:
+            return self.frozen
+        if not self.loaded:
+            return self.reload & 0xFFFF
+        t = self.ticks(now_ns)
+        if self.mode in (2, 3):
+            step = 2 if self.mode == 3 else 1
+            return (self.reload - (t * step) % self.reload) & 0xFFFF
+        return (self.reload - t) & 0xFFFF
+
+    def out(self, now_ns: int) -> bool:
+        """The OUT pin: mode 0 goes high at terminal count; mode 2 is low for one clock per
+        period; mode 3 is high for the first half of each period."""
+        if not self.loaded:
+            return self.mode != 0
+        if self.frozen is not None and self.mode == 0:
+            return False
+        t = self.ticks(now_ns)
+        if self.mode == 2:
+            return t % self.reload != self.reload - 1
+        if self.mode == 3:
+            return t % self.reload < (self.reload + 1) // 2
+        return t >= self.reload
+
+
 class Pit8254:
-    """8254 PIT at 0x40-0x43: mode/reload registers with lo/hi byte access; counters read
-    back their reload value (time does not advance: hvdbg time is guest instructions)."""
+    """8254 PIT at 0x40-0x43, counting at 1.193182 MHz on ``clock`` (nanoseconds).
+
+    The clock is the host's monotonic clock by default, the time base of the TSC that
+    Unicorn gives the guest, so a kernel that calibrates its TSC or local-APIC timer
+    against the PIT (Xen, GRUB, Linux) gets consistent numbers.  Channel 2's gate is
+    port 0x61 bit 0 (:class:`SystemControlPortB`).  No interrupt is raised on IRQ 0."""
 
     name = "pit8254"
 
-    def __init__(self) -> None:
-        self.reload = [0x10000, 0x10000, 0x10000]
-        self.mode = [0, 0, 0]
-        self.access = [3, 3, 3]
-        self.flip = [False, False, False]
-        self.latched: list[int | None] = [None, None, None]
+    def __init__(self, clock: Callable[[], int] = time.monotonic_ns) -> None:
+        self.clock = clock
+        self.channels = [_PitChannel() for _ in range(3)]
+        self.channels[2].gate = False
+
+    @property
+    def reload(self) -> list[int]:
+        return [ch.reload for ch in self.channels]
 
     def io_read(self, port: int, size: int) -> int:
-        ch = port - 0x40
-        if ch == 3:
+        index = port - 0x40
+        if index == 3:
             return 0xFF
-        value = self.latched[ch] if self.latched[ch] is not None else self.reload[ch] & 0xFFFF
-        if self.access[ch] == 1:
+        ch = self.channels[index]
+        if ch.status is not None:
+            value, ch.status = ch.status, None
+            return value
+        value = ch.latched if ch.latched is not None else ch.count(self.clock())
+        if ch.access == 1:
+            ch.latched = None
             return value & 0xFF
-        if self.access[ch] == 2:
+        if ch.access == 2:
+            ch.latched = None
             return value >> 8 & 0xFF
-        self.flip[ch] = not self.flip[ch]
-        if not self.flip[ch]:
-            self.latched[ch] = None
-            return value >> 8 & 0xFF
-        return value & 0xFF
+        ch.read_msb = not ch.read_msb
+        if ch.read_msb:
+            return value & 0xFF
+        ch.latched = None
+        return value >> 8 & 0xFF
 
     def io_write(self, port: int, size: int, value: int) -> None:
-        ch = port - 0x40
+        index = port - 0x40
         value &= 0xFF
-        if ch == 3:
-            sel = value >> 6
-            if sel == 3:
-                return  # read-back command: ignored
-            access = (value >> 4) & 3
-            if access == 0:
-                self.latched[sel] = self.reload[sel] & 0xFFFF
-                return
-            self.access[sel] = access
-            self.mode[sel] = (value >> 1) & 7
-            self.flip[sel] = False
+        now = self.clock()
+        if index == 3:
+            self._control(value, now)
             return
-        if self.access[ch] == 1:
-            self.reload[ch] = (self.reload[ch] & 0xFF00) | value
-        elif self.access[ch] == 2:
-            self.reload[ch] = (self.reload[ch] & 0xFF) | value << 8
+        ch = self.channels[index]
+        if ch.access == 1:
+            ch.reload = (ch.reload & 0xFF00) | value
+        elif ch.access == 2:
+            ch.reload = (ch.reload & 0xFF) | value << 8
+        elif not ch.write_msb:
+            ch.reload = (ch.reload & 0xFF00) | value
+            ch.write_msb = True
+            return                       # counting starts once the MSB is written
         else:
-            if not self.flip[ch]:
-                self.reload[ch] = (self.reload[ch] & 0xFF00) | value
-            else:
-                self.reload[ch] = (self.reload[ch] & 0xFF) | value << 8
-            self.flip[ch] = not self.flip[ch]
+            ch.reload = (ch.reload & 0xFF) | value << 8
+            ch.write_msb = False
+        ch.reload = ch.reload & 0xFFFF or 0x10000
+        ch.loaded = True
+        ch.start_ns = now
+        ch.frozen = None if ch.gate else ch.reload & 0xFFFF
+
+    def _control(self, value: int, now: int) -> None:
+        sel = value >> 6
+        if sel == 3:                     # read-back: bit 5 = 0 latch counts, bit 4 = 0 latch status
+            for i in range(3):
+                if value & (2 << i):
+                    ch = self.channels[i]
+                    if not value & 0x20 and ch.latched is None:
+                        ch.latched = ch.count(now)
+                    if not value & 0x10 and ch.status is None:
+                        ch.status = (ch.out(now) << 7) | (ch.access << 4) | (ch.mode << 1)
+            return
+        ch = self.channels[sel]
+        access = (value >> 4) & 3
+        if access == 0:                  # counter latch command
+            if ch.latched is None:
+                ch.latched = ch.count(now)
+            return
+        ch.access = access
+        ch.mode = (value >> 1) & 7
+        if ch.mode > 5:
+            ch.mode -= 4                 # 6 and 7 are aliases of 2 and 3
+        ch.write_msb = ch.read_msb = False
+        ch.latched = None
+        ch.loaded = False
+
+    def set_gate(self, index: int, high: bool) -> None:
+        """GATE input: low stops counting; a rising edge restarts modes 1/2/3/5 and resumes
+        mode 0 where it stopped."""
+        ch = self.channels[index]
+        if high == ch.gate:
+            return
+        now = self.clock()
+        if not high:
+            ch.frozen = ch.count(now)
+        else:
+            held = ch.frozen if ch.frozen is not None else ch.reload & 0xFFFF
+            ch.frozen = None
+            if ch.loaded:
+                elapsed = (ch.reload - (held or 0x10000)) if ch.mode in (0, 4) else 0
+                ch.start_ns = now - elapsed * NS_PER_S // PIT_HZ
+        ch.gate = high
+
+    def out(self, index: int) -> bool:
+        return self.channels[index].out(self.clock())
 
 
 class SystemControlPortB:
-    """Port 0x61: PIT channel 2 gate/speaker; bit 5 (OUT2) toggles on every read so that
-    delay loops polling it terminate."""
+    """Port 0x61: bit 0 = PIT channel 2 gate, bit 1 = speaker data (both writable); bit 4 =
+    refresh toggle (every 15 us), bit 5 = PIT channel 2 OUT.  Kernels time delays with it:
+    gate channel 2, load a count, poll bit 5 (Xen's and GRUB's TSC calibration)."""
 
     name = "port61"
 
-    def __init__(self) -> None:
+    def __init__(self, pit: Pit8254 | None = None) -> None:
+        self.pit = pit or Pit8254()
         self.value = 0
-        self._toggle = False
 
     def io_read(self, port: int, size: int) -> int:
-        self._toggle = not self._toggle
-        return (self.value & 0x0F) | (0x20 if self._toggle else 0) | 0x10
+        now = self.pit.clock()
+        refresh = 0x10 if (now // REFRESH_NS) & 1 else 0
+        out2 = 0x20 if self.pit.out(2) else 0
+        return (self.value & 0x0F) | refresh | out2
 
     def io_write(self, port: int, size: int, value: int) -> None:
         self.value = value & 0x0F
+        self.pit.set_gate(2, bool(value & 1))
+
+
+RTC_REG_A = 0x0A
+RTC_UIP = 0x80
+RTC_UPDATE_NS = 244_000          # UIP is set 244 us before each once-a-second update
 
 
 class Cmos:
-    """CMOS RAM and RTC at 0x70/0x71 with a fixed, deterministic date (BCD, 24 h)."""
+    """CMOS RAM and RTC at 0x70/0x71 with a fixed, deterministic date (BCD, 24 h).
+
+    Register A's update-in-progress flag rises for the last 244 us of every second of
+    ``clock`` (MC146818A data sheet), so a kernel that reads the RTC "on the falling edge of
+    UIP" (Xen's get_cmos_time) sees one instead of polling for a second."""
 
     name = "cmos"
     FIXED_TIME = {0x00: 0x00, 0x02: 0x00, 0x04: 0x12, 0x06: 0x04, 0x07: 0x01, 0x08: 0x01, 0x09: 0x26,
                   0x0A: 0x26, 0x0B: 0x02, 0x0C: 0x00, 0x0D: 0x80, 0x32: 0x20}
 
-    def __init__(self, ram_size: int = 0) -> None:
+    def __init__(self, ram_size: int = 0, clock: Callable[[], int] = time.monotonic_ns) -> None:
+        self.clock = clock
         self.index = 0
         self.nmi_disabled = False
         self.ram = bytearray(128)
@@ -144,6 +270,9 @@ class Cmos:
     def io_read(self, port: int, size: int) -> int:
         if port == 0x70:
             return self.index
+        if self.index == RTC_REG_A:
+            updating = self.clock() % NS_PER_S >= NS_PER_S - RTC_UPDATE_NS
+            return (self.ram[RTC_REG_A] & ~RTC_UIP) | (RTC_UIP if updating else 0)
         return self.ram[self.index & 0x7F]
 
     def io_write(self, port: int, size: int, value: int) -> None:
