@@ -12,18 +12,24 @@ from pathlib import Path
 import capstone
 
 from hvdbg import multiboot
+from hvdbg.multiboot import image_scan
 from hvdbg.acpi import ACPI_BASE, ACPI_END, install_acpi
 from hvdbg.config import VmConfig
 from hvdbg.cpuid import CpuidModel
 from hvdbg.devices import (Cmos, DebugExit, IoBus, PciConfigAbsent, Pic8259, Pit8254, PostPort,
-                           SystemControlPortB, Uart16550)
+                           SystemControlPortB)
+from hvdbg.devices.bda import VGA_WINDOW, install_bda
+from hvdbg.devices.coreboot import Range, install_coreboot_table
 from hvdbg.devices.debug_exit import DEBUG_EXIT_PORT
+from hvdbg.devices.uart_loopback import Uart16550Loopback
+from hvdbg.devices.vga import CRTC_INDEX, VgaCrtc
 from hvdbg.errors import GuestLoadError
 from hvdbg.memory import GuestMemory
+from hvdbg.multiboot.memmap import LOW_MEMORY_END
 from hvdbg.symbols import SymbolTable
 from hvdbg.trace import ExitTrace
 from hvdbg.vcpu import Activity, Vcpu, flat_segments_32
-from hvdbg.vmm import Vmm
+from hvdbg.vmm import Vmm, vmm_keeps_msr
 
 MB1_HEADER_MAGIC = 0x1BADB002
 MB2_HEADER_MAGIC = 0xE85250D6
@@ -50,7 +56,7 @@ class Machine:
         self.trace = ExitTrace()
         self.memory = GuestMemory(config["memory"], config["gpa_hpa_offset"])
         self.bus = IoBus()
-        self.uart = Uart16550(sink=self._echo if config["output.echo_serial"] else None)
+        self.uart = Uart16550Loopback(sink=self._echo if config["output.echo_serial"] else None)
         self.debug_exit = DebugExit(lambda status: self.end("exited", status=status,
                                                             detail="guest wrote to the debug-exit port"))
         self._register_devices()
@@ -62,7 +68,10 @@ class Machine:
         n = config["vcpus"]
         self.apic_ids = list(range(n))
         self.acpi = install_acpi(self.memory, self.apic_ids)
+        self.bda = install_bda(self.memory, LOW_MEMORY_END, VGA_WINDOW)
         self.boot = self._load_kernel()
+        self.cbtable = install_coreboot_table(
+            self.memory, [Range(r.base, r.length, r.type) for r in self.boot.memory_map])
         msr_sites = self._scan_msr_sites()
         self.vcpus: list[Vcpu] = []
         for i in range(n):
@@ -96,11 +105,14 @@ class Machine:
         pic = Pic8259()
         bus.register(0x20, 2, pic)
         bus.register(0xA0, 2, pic)
-        bus.register(0x40, 4, Pit8254())
-        bus.register(0x61, 1, SystemControlPortB())
+        self.pit = Pit8254()
+        bus.register(0x40, 4, self.pit)
+        bus.register(0x61, 1, SystemControlPortB(self.pit))
         bus.register(0x70, 2, Cmos(self.config["memory"]))
         bus.register(0x80, 1, PostPort())
         bus.register(0xCF8, 8, PciConfigAbsent())
+        self.vga = VgaCrtc()
+        bus.register(CRTC_INDEX, 2, self.vga)
 
     def _load_kernel(self) -> multiboot.BootInfo:
         cfg = self.config
@@ -114,21 +126,19 @@ class Machine:
                               name=self.kernel_path.name)
 
     def _scan_msr_sites(self) -> list[int]:
-        """Addresses of RDMSR/WRMSR in the loaded image, at their physical and ELF
-        virtual addresses (where the VMM places its MSR-exit hooks; see docs)."""
-        sites: set[int] = set()
-        deltas = {0}
-        for lo, hi, d in self.symbols._phys_deltas:
-            deltas.add(d)
-        for paddr, filesz, _memsz in self.boot.segments:
-            data = self.memory.read(paddr, filesz)
-            for opcode in (b"\x0f\x30", b"\x0f\x32"):
-                pos = data.find(opcode)
-                while pos >= 0:
-                    for d in deltas:
-                        sites.add(paddr + pos + d)
-                    pos = data.find(opcode, pos + 1)
-        return sorted(a & 0xFFFFFFFFFFFFFFFF for a in sites)
+        """Addresses of the RDMSR/WRMSR the VMM hooks (its MSR exits), at their physical
+        address and at every virtual alias of the image: the ELF symbol table's, or the
+        higher-half alias inferred from the image (see hvdbg.multiboot.image_scan)."""
+        segments = [(paddr, self.memory.read(paddr, filesz)) for paddr, filesz, _ in self.boot.segments]
+        x2apic = self.config["cpuid.x2apic"]
+        sites = image_scan.select_sites(segments, lambda msr: vmm_keeps_msr(msr, x2apic))
+        deltas = {0} | {d for _lo, _hi, d in self.symbols._phys_deltas}
+        if deltas == {0}:
+            alias = image_scan.higher_half_alias(segments)
+            if alias is not None:
+                deltas.add(alias)
+        self.image_aliases = sorted(deltas)
+        return sorted({(a + d) & 0xFFFFFFFFFFFFFFFF for a in sites for d in deltas})
 
     def _enter_multiboot(self, bsp: Vcpu) -> None:
         """The machine state of Multiboot 0.6.96 3.2 / Multiboot2 3.3 (i386)."""
