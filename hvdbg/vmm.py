@@ -163,6 +163,8 @@ class Vmm:
         this vCPU leave the engine (a self-IPI or self-NMI, an EOI that unmasks a pending
         interrupt, the end of the VM): Unicorn would otherwise resume at the store and
         replay it, so a self-NMI would be sent again after every IRET."""
+        if vcpu.code_bits() != 64 and vcpu.get_segment("cs").base:
+            return  # Vcpu.decode reads at RIP, not CS.base + RIP: leave such code alone
         insns = vcpu.decode(exit.rip, 1)
         if insns:
             exit.instruction_length = insns[0].size
