@@ -18,7 +18,7 @@ from hvdbg.config import VmConfig
 from hvdbg.cpuid import CpuidModel
 from hvdbg.devices import (Cmos, DebugExit, IoBus, PciConfigAbsent, Pic8259, Pit8254, PostPort,
                            SystemControlPortB)
-from hvdbg.devices.bda import VGA_WINDOW, install_bda
+from hvdbg.devices.bda import VGA_WINDOW, install_bda, install_ivt
 from hvdbg.devices.coreboot import Range, install_coreboot_table
 from hvdbg.devices.debug_exit import DEBUG_EXIT_PORT
 from hvdbg.devices.uart_loopback import Uart16550Loopback
@@ -69,6 +69,7 @@ class Machine:
         self.apic_ids = list(range(n))
         self.acpi = install_acpi(self.memory, self.apic_ids)
         self.bda = install_bda(self.memory, LOW_MEMORY_END, VGA_WINDOW)
+        self.bios_stub = install_ivt(self.memory)
         self.boot = self._load_kernel()
         self.cbtable = install_coreboot_table(
             self.memory, [Range(r.base, r.length, r.type) for r in self.boot.memory_map])
