@@ -67,6 +67,14 @@ def xen_image() -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def invaders_image() -> dict[str, Path]:
+    try:
+        return fetch.build_invaders(fetch.DEFAULT_CACHE)
+    except fetch.FetchError as e:
+        pytest.skip(f"grub-invaders from Debian's archive is not available here: {e}")
+
+
+@pytest.fixture(scope="session")
 def grub_image(guest_kernels) -> dict[str, Path]:
     try:
         return fetch.build_grub(fetch.DEFAULT_CACHE, guest_kernels / "hello.elf")
@@ -137,6 +145,36 @@ def run_qemu(tmp_path: Path, kernel: Path, *, append: str = "", initrd: Path | N
     return QemuRun(text, rc, time.monotonic() - start)
 
 
+def qemu_screen(tmp_path: Path, kernel: Path, after: float = 3.0) -> list[str]:
+    """Boot ``kernel`` under QEMU, wait ``after`` seconds, save the VGA text buffer through
+    the monitor (pmemsave) and decode it like hvdbg's screen."""
+    import socket
+    sock, dump = tmp_path / "monitor.sock", tmp_path / "vga.bin"
+    proc = subprocess.Popen([QEMU, "-kernel", str(kernel), "-m", "32", "-display", "none",
+                             "-serial", "none", "-no-reboot", "-monitor", f"unix:{sock},server,nowait"],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(after)
+        with socket.socket(socket.AF_UNIX) as mon:
+            mon.connect(str(sock))
+            mon.sendall(f'pmemsave {vga.TEXT_BUFFER:#x} {vga.COLUMNS * vga.ROWS * 2:#x} "{dump.name}"\n'.encode())
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not (dump.exists() and dump.stat().st_size == 4000):
+                time.sleep(0.1)
+            mon.sendall(b"quit\n")
+    finally:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    mem = RegionMemory()
+    backing = bytearray(vga.TEXT_BUFFER + 4000)
+    backing[vga.TEXT_BUFFER:] = dump.read_bytes()
+    mem.add_region(0, backing)
+    return vga.screen_lines(mem)
+
+
 def in_order(text: str, milestones: list[str]) -> list[str]:
     """The milestones missing from ``text`` or out of order (empty when all are there)."""
     missing, pos = [], 0
@@ -177,6 +215,16 @@ def test_bios_data_area_gives_ebda_base_memory_and_com1():
     assert struct.unpack_from("<4H", mem.read(bda.COM_PORTS, 8)) == (0x3F8, 0, 0, 0)
     assert struct.unpack_from("<H", mem.read(bda.EQUIPMENT, 2))[0] >> bda.EQUIP_SERIAL_SHIFT & 7 == 1
     assert struct.unpack_from("<H", mem.read(0x9FC00, 2))[0] == 1          # EBDA size: 1 KiB
+
+
+def test_ivt_points_every_vector_at_the_not_supported_stub():
+    mem = RegionMemory()
+    mem.add_region(0, bytearray(0x100000))
+    stub = bda.install_ivt(mem)
+    assert stub == 0xFFF53
+    vectors = set(struct.iter_unpack("<HH", mem.read(0, 1024)))
+    assert vectors == {(0xFF53, 0xF000)}
+    assert mem.read(stub, len(bda.UNSUPPORTED_STUB))[-1] == 0xCF          # ends in IRET
 
 
 class FakeClock:
@@ -330,6 +378,32 @@ def test_grub_coreboot_image_cannot_run_under_qemu_kernel(grub_image, tmp_path):
     assert vm.boot.info_range[0] >= vm.boot.image_end > QEMU_MULTIBOOT_STRUCT_ADDR
 
 
+# -- grub-invaders ----------------------------------------------------------------------------
+SHIP = ["                                        _", "                                       / \\"]
+
+
+@pytest.fixture(scope="module")
+def invaders_run(invaders_image) -> HvdbgRun:
+    return run_hvdbg(EXAMPLES / "invaders.toml", budget__seconds=6)
+
+
+def test_invaders_draws_its_screen_and_waits_for_the_keyboard(invaders_run):
+    screen = vga.screen_lines(invaders_run.vm.memory)
+    assert screen[-2:] == SHIP, screen
+    assert sum("-*-" in row for row in screen) >= 3       # rows of invaders (a snapshot mid-redraw)
+    assert invaders_run.serial == ""
+    assert invaders_run.result["outcome"] == "budget"
+    assert "the guest used I/O ports no device claims: 0x60, 0x64" in invaders_run.result["diagnosis"]
+    assert invaders_run.vm.boot.loaded_by == "address fields"
+
+
+@needs_qemu
+def test_invaders_draws_the_same_screen_under_qemu(invaders_image, invaders_run, tmp_path):
+    screen = qemu_screen(tmp_path, invaders_image["kernel"])
+    assert screen[-2:] == SHIP, screen
+    assert sum("-*-" in row for row in screen) >= 3
+
+
 # -- Xen ---------------------------------------------------------------------------------------
 XEN_MILESTONES = [
     "(XEN) Xen version 4.17",
@@ -399,3 +473,14 @@ def test_xen_without_a_bios_data_area_faults_where_the_diagnosis_says(xen_image)
     text = "\n".join(run.result["diagnosis"])
     assert "write of the page at GPA 0xffffe" in text
     assert "past its end, so the EPT has no mapping for it" in text
+
+
+def test_xen_real_mode_bios_calls_fail_politely_without_no_real_mode(xen_image):
+    """Without ``no-real-mode`` Xen's trampoline asks the BIOS for video modes, disks and
+    the e820 map; hvdbg's IVT stub answers CF=1 and Xen carries on with the multiboot map."""
+    cmdline = "xen.gz " + XEN_ARGS.replace(" no-real-mode", "")
+    run = run_hvdbg(EXAMPLES / "xen.toml", cmdline=cmdline)
+    assert in_order(run.serial, ["(XEN) Video information:", "(XEN)  No VGA detected",
+                                 "(XEN)  Found 0 MBR signatures", "(XEN) Multiboot-e820 RAM map:",
+                                 "(XEN) Brought up 1 CPUs", "(XEN) Could not construct domain 0"]) == [], \
+        run.serial[-3000:]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fetch third-party multiboot kernels from Debian's archive and build what hvdbg boots.
 
-    python examples/third-party/fetch.py [--cache DIR] [xen] [grub]
+    python examples/third-party/fetch.py [--cache DIR] [xen] [grub] [invaders]
 
 Everything lands in the cache (default guests/build/third-party/, git-ignored):
 
@@ -15,6 +15,8 @@ Everything lands in the cache (default guests/build/third-party/, git-ignored):
   multiboot 1 header (GRUB's own ``i386-multiboot`` platform is not packaged by Debian),
   takes its memory map from the firmware's coreboot table, and gets a memdisk holding
   ``boot/grub/grub.cfg`` (examples/third-party/grub/) and hvdbg's ``hello.elf`` guest.
+* ``invaders/invaders.exec``: ``grub-invaders``, a multiboot 1 game that only uses the VGA
+  text screen and the PS/2 keyboard.
 
 Packages are fetched with ``apt-get download`` and unpacked with ``dpkg-deb -x`` into the
 cache: nothing is installed on the system except ``grub-common`` (for ``grub-mkimage``)
@@ -160,7 +162,19 @@ def build_grub(cache: Path, hello: Path = HELLO_ELF) -> dict[str, Path]:
     return {"kernel": image}
 
 
-BUILDERS = {"xen": build_xen, "grub": build_grub}
+def build_invaders(cache: Path) -> dict[str, Path]:
+    """invaders/invaders.exec: grub-invaders, a multiboot 1 game (a.out kludge at 1 MiB)
+    that draws on the VGA text screen and reads the PS/2 keyboard."""
+    out = cache / "invaders"
+    image = out / "invaders.exec"
+    if not image.exists():
+        root = fetch_package("grub-invaders", cache)
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / "boot" / "invaders.exec", image)
+    return {"kernel": image}
+
+
+BUILDERS = {"xen": build_xen, "grub": build_grub, "invaders": build_invaders}
 
 
 def main(argv: list[str] | None = None) -> int:
