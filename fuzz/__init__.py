@@ -1,0 +1,1 @@
+"""Long-running fuzzing and torture harnesses for hvdbg (see docs/reliability.md)."""

@@ -1,0 +1,143 @@
+"""Bugs the harnesses found in hvdbg/ and gdbstub/ that are still open, as data.
+
+Each entry names the code at fault, what goes wrong, and the suggested fix; its
+``matches`` predicate recognises inputs that trigger it, so a long run can skip a
+known bug (``--skip-known``) and keep looking for new ones. The xfail tests in
+tests/test_hardening_*.py reproduce each of them; docs/reliability.md lists them.
+When one is fixed, its xfail test starts passing (strict) and the entry goes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from gdbstub.packet import Packet, PacketDecoder
+
+INT_STR_DIGITS = 4300  # Python's default limit for int <-> decimal str conversion
+
+
+@dataclass(frozen=True)
+class KnownBug:
+    key: str
+    where: str
+    what: str
+    fix: str
+    #: Recognises an input that triggers the bug (packet payloads as the stub decodes them).
+    matches: Callable[[list[bytes]], bool] = lambda packets: False
+    #: Regexes matched against a finding's diagnosis text (state-dependent bugs).
+    signatures: tuple[str, ...] = ()
+
+    def explains(self, detail: str) -> bool:
+        return any(re.search(p, detail) for p in self.signatures)
+
+
+def packets_of(raw: bytes) -> list[bytes]:
+    """The payloads of the well-formed packets in a raw input (as the stub decodes them)."""
+    return [e.data for e in PacketDecoder(1 << 22).feed(raw) if isinstance(e, Packet)]
+
+
+def _hex_prefix_value(text: bytes) -> int | None:
+    digits = bytearray()
+    for c in text:
+        if chr(c) not in "0123456789abcdefABCDEF":
+            break
+        digits.append(c)
+    return int(digits, 16) if digits else None
+
+
+def _huge_regnum(packets: list[bytes]) -> bool:
+    for p in packets:
+        if p[:1] in (b"p", b"P"):
+            value = _hex_prefix_value(p[1:].split(b"=", 1)[0])
+            if value is not None and value.bit_length() > INT_STR_DIGITS * 3:
+                return True
+    return False
+
+
+def _huge_watch(packets: list[bytes]) -> bool:
+    for p in packets:
+        if p[:1] in (b"Z", b"z"):
+            fields = p[1:].split(b";", 1)[0].split(b",")
+            if len(fields) == 3 and _hex_prefix_value(fields[0]) in (2, 3, 4):
+                length = _hex_prefix_value(fields[2])
+                if length is not None and length > 1 << 20:
+                    return True
+    return False
+
+
+KNOWN_BUGS: tuple[KnownBug, ...] = (
+    KnownBug(
+        key="regnum-decimal-limit",
+        where="gdbstub/session.py:335 (GdbSession._register_number)",
+        what="A p/P packet whose register number has more than ~3570 hex digits makes the error message "
+             "f\"no register {regnum}\" convert the number to decimal, which Python refuses beyond 4300 "
+             "digits (ValueError 'Exceeds the limit for integer string conversion'). The session logs an "
+             "internal error and answers E01 instead of E16.",
+        fix="Format the number in hex (f\"no register {regnum:#x}\") or report the text (text[:32]); "
+            "hex formatting has no digit limit.",
+        matches=_huge_regnum,
+        signatures=(r"_register_number[\s\S]*Exceeds the limit \(4300 digits\)",),
+    ),
+    KnownBug(
+        key="watchpoint-length-unbounded",
+        where="hvdbg/debug.py:476-484 (DebugSession.add_watchpoint), reached from "
+              "hvdbg/gdbtarget.py:216 (VmTarget.add_watchpoint)",
+        what="Z2/Z3/Z4 with a huge length (e.g. Z2,ffffff8000100000,8000000000000000) walks the guest "
+             "page tables once per 4 KiB page of the range and adds one Unicorn hook per page: 2^51 "
+             "iterations, so the GDB session thread never answers again (0x10000000 bytes already take "
+             "~23 s to add and ~30 s to remove). Nothing bounds the length.",
+        fix="Reject lengths GDB cannot mean (x86 debug registers watch 1, 2, 4 or 8 bytes; accept up to a "
+            "page or a small cap such as 64 KiB) in VmTarget.add_watchpoint (return False -> E28) or "
+            "raise ValueError in DebugSession.add_watchpoint; merge contiguous GPA pages into one hook range.",
+        matches=_huge_watch,
+        signatures=(r"add_watchpoint",),
+    ),
+    KnownBug(
+        key="breakpoint-at-top-of-address-space",
+        where="hvdbg/debug.py:194 (DebugSession.add_breakpoint) and :205 (remove_breakpoint)",
+        what="Z0/Z1 at address 0xffffffffffffffff: after hook_add, ctl_remove_cache(address, address + 1) "
+             "gets end = 2^64 and Unicorn raises UcError(UC_ERR_ARG). The session answers E01 (internal "
+             "error logged), and the code hook just added stays installed on the vCPU's engine but is not "
+             "recorded in DebugSession.breakpoints, so it can never be removed (z0 answers E02).",
+        fix="Clamp the flushed range to the 64-bit space (min(address + 1, 2**64 - 1)) or skip the flush "
+            "for the last byte; add the hook only after the flush succeeds, or record it first.",
+        matches=lambda packets: any(p[:1] in (b"Z", b"z") and (_hex_prefix_value(
+            p[1:].split(b",")[1] if p.count(b",") >= 2 else b"") or 0) >= (1 << 64) - 1 for p in packets),
+        signatures=(r"add_breakpoint[\s\S]*ctl_remove_cache[\s\S]*UC_ERR_ARG",
+                    r"remove_breakpoint[\s\S]*ctl_remove_cache[\s\S]*UC_ERR_ARG"),
+    ),
+    KnownBug(
+        key="wide-values-in-narrow-mode",
+        where="hvdbg/vcpu.py:379 (Vcpu._ept_violation -> ept.walk) and hvdbg/vcpu.py:398 "
+              "(Vcpu._paging_structure_ept_violation -> paging.walk); the values come from "
+              "hvdbg/gdbtarget.py:106 (VmTarget.write_registers, no architectural checks)",
+        what="A debugger can give a vCPU a state the CPU cannot be in: RIP above 4 GiB in 32-bit code, or "
+             "EFER.LMA set with paging off (P/G packets). Unicorn then reports a fetch at a GPA of more "
+             "than 48 bits (ept.walk_ept raises ValueError 'guest-physical address ... exceeds 48 bits') "
+             "or a #PF whose CR2 has more than 32 bits in 32-bit paging (paging.walk raises ValueError "
+             "'linear address ... exceeds 32 bits'). Both end the VM as internal_error instead of a "
+             "classified outcome.",
+        fix="In VmTarget.write_registers, refuse what mov-to-CR/WRMSR would refuse (CR0/CR4 reserved "
+            "bits, CR3 above MAXPHYADDR, EFER.LMA is read-only, RIP wider than the current code size) with "
+            "TargetError(EINVAL) -> E16. Defensively, in Vcpu._ept_violation treat a GPA >= 2^48 as an EPT "
+            "violation without a walk, and in _paging_structure_ept_violation truncate CR2 to 32 bits "
+            "outside long mode (as the CPU does), so any impossible state still ends classified.",
+        signatures=(r"guest-physical address 0x[0-9a-f]+ exceeds 48 bits",
+                    r"linear address 0x[0-9a-f]+ exceeds 32 bits in"),
+    ),
+)
+
+
+def explaining_bug(detail: str) -> KnownBug | None:
+    """The known bug whose signature matches a finding's diagnosis text, if any."""
+    return next((b for b in KNOWN_BUGS if b.explains(detail)), None)
+
+
+def known_bug_of(raw: bytes) -> KnownBug | None:
+    packets = packets_of(raw)
+    for bug in KNOWN_BUGS:
+        if bug.matches(packets):
+            return bug
+    return None
