@@ -67,6 +67,14 @@ def xen_image() -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def grub_xen_image(xen_image) -> dict[str, Path]:
+    try:
+        return fetch.build_grub_xen(fetch.DEFAULT_CACHE)
+    except fetch.FetchError as e:
+        pytest.skip(f"GRUB's coreboot image cannot be built here: {e}")
+
+
+@pytest.fixture(scope="session")
 def invaders_image() -> dict[str, Path]:
     try:
         return fetch.build_invaders(fetch.DEFAULT_CACHE)
@@ -484,3 +492,18 @@ def test_xen_real_mode_bios_calls_fail_politely_without_no_real_mode(xen_image):
                                  "(XEN)  Found 0 MBR signatures", "(XEN) Multiboot-e820 RAM map:",
                                  "(XEN) Brought up 1 CPUs", "(XEN) Could not construct domain 0"]) == [], \
         run.serial[-3000:]
+
+
+def test_grub_boots_xen_with_two_vcpus(grub_xen_image):
+    """The whole chain from Debian's archive: GRUB's multiboot loader starts Xen, which
+    brings up the second vCPU and stops at dom0, all inside hvdbg."""
+    run = run_hvdbg(EXAMPLES / "grub-xen.toml")
+    milestones = ["hvdbg-grub: multiboot (memdisk)/xen.elf", "(XEN) Xen version 4.17",
+                  "(XEN) Bootloader: GRUB 2.06"] + XEN_MILESTONES[1:]
+    assert in_order(run.serial, milestones) == [], run.serial[-3000:]
+    res = run.result
+    assert res["outcome"] == "hang" and [v["state"] for v in res["vcpus"]] == ["halted", "halted"]
+    assert res["vcpus"][1]["started_by_sipi"]
+    # MSR sites are hooked in the image hvdbg loads (GRUB's), so the Xen that GRUB moves into
+    # place runs its RDMSR/WRMSR natively: no MSR exits in this chain
+    assert "MSR_READ" not in res["exits"]

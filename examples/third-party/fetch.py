@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fetch third-party multiboot kernels from Debian's archive and build what hvdbg boots.
 
-    python examples/third-party/fetch.py [--cache DIR] [xen] [grub] [invaders]
+    python examples/third-party/fetch.py [--cache DIR] [xen] [grub] [grub-xen] [invaders]
 
 Everything lands in the cache (default guests/build/third-party/, git-ignored):
 
@@ -15,6 +15,8 @@ Everything lands in the cache (default guests/build/third-party/, git-ignored):
   multiboot 1 header (GRUB's own ``i386-multiboot`` platform is not packaged by Debian),
   takes its memory map from the firmware's coreboot table, and gets a memdisk holding
   ``boot/grub/grub.cfg`` (examples/third-party/grub/) and hvdbg's ``hello.elf`` guest.
+* ``grub/grub-xen.elf``: the same GRUB with Xen and its module in the memdisk: GRUB's
+  multiboot loader boots Xen (a boot loader and a hypervisor nobody on the team wrote).
 * ``invaders/invaders.exec``: ``grub-invaders``, a multiboot 1 game that only uses the VGA
   text screen and the PS/2 keyboard.
 
@@ -137,29 +139,44 @@ def _grub_mkimage() -> str:
     return tool
 
 
-def build_grub(cache: Path, hello: Path = HELLO_ELF) -> dict[str, Path]:
-    """grub/grub-coreboot.elf: GRUB i386-coreboot core image with an embedded config and a
-    memdisk (grub.cfg + hello.elf)."""
+def _coreboot_image(cache: Path, name: str, config: Path, files: dict[str, Path]) -> Path:
+    """grub/<name>: a GRUB i386-coreboot core image with the embedded serial-console config
+    and a memdisk holding ``config`` as boot/grub/grub.cfg plus ``files`` (arcname -> path);
+    rebuilt when any input is newer."""
     out = cache / "grub"
-    image = out / "grub-coreboot.elf"
-    sources = [HERE / "grub" / "embedded.cfg", HERE / "grub" / "grub.cfg", hello]
+    image = out / name
+    sources = [HERE / "grub" / "embedded.cfg", config, *files.values()]
     if image.exists() and all(image.stat().st_mtime >= s.stat().st_mtime for s in sources):
-        return {"kernel": image}
-    if not hello.exists():
-        raise FetchError(f"{hello} is missing: build the guests first (make -C guests)")
+        return image
     root = fetch_package("grub-coreboot-bin", cache)
     modules_dir = root / "usr" / "lib" / "grub" / "i386-coreboot"
     out.mkdir(parents=True, exist_ok=True)
-    memdisk = out / "memdisk.tar"
+    memdisk = out / f"{image.stem}-memdisk.tar"
     with tarfile.open(memdisk, "w", format=tarfile.USTAR_FORMAT) as tar:
-        tar.add(HERE / "grub" / "grub.cfg", arcname="boot/grub/grub.cfg")
-        tar.add(hello, arcname="hello.elf")
+        tar.add(config, arcname="boot/grub/grub.cfg")
+        for arcname, path in files.items():
+            tar.add(path, arcname=arcname)
     r = _run([_grub_mkimage(), "-O", "i386-coreboot", "-d", str(modules_dir), "-o", str(image),
               "-c", str(HERE / "grub" / "embedded.cfg"), "-m", str(memdisk),
               "-p", "(memdisk)/boot/grub", *GRUB_MODULES])
     if r.returncode:
         raise FetchError(f"grub-mkimage failed: {r.stderr.strip()[-400:]}")
-    return {"kernel": image}
+    return image
+
+
+def build_grub(cache: Path, hello: Path = HELLO_ELF) -> dict[str, Path]:
+    """grub/grub-coreboot.elf: GRUB running grub/grub.cfg, which boots hvdbg's hello.elf."""
+    if not hello.exists():
+        raise FetchError(f"{hello} is missing: build the guests first (make -C guests)")
+    return {"kernel": _coreboot_image(cache, "grub-coreboot.elf", HERE / "grub" / "grub.cfg",
+                                      {"hello.elf": hello})}
+
+
+def build_grub_xen(cache: Path) -> dict[str, Path]:
+    """grub/grub-xen.elf: GRUB running grub/grub-xen.cfg, which boots Xen and its module."""
+    xen = build_xen(cache)
+    return {"kernel": _coreboot_image(cache, "grub-xen.elf", HERE / "grub" / "grub-xen.cfg",
+                                      {"xen.elf": xen["kernel"], "dom0-placeholder": xen["module"]})}
 
 
 def build_invaders(cache: Path) -> dict[str, Path]:
@@ -174,7 +191,7 @@ def build_invaders(cache: Path) -> dict[str, Path]:
     return {"kernel": image}
 
 
-BUILDERS = {"xen": build_xen, "grub": build_grub, "invaders": build_invaders}
+BUILDERS = {"xen": build_xen, "grub": build_grub, "grub-xen": build_grub_xen, "invaders": build_invaders}
 
 
 def main(argv: list[str] | None = None) -> int:
