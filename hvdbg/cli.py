@@ -18,6 +18,7 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pcpus", type=int, help="number of pCPUs (host threads)")
     p.add_argument("--memory", help="guest RAM, e.g. 16M")
     p.add_argument("--cmdline", help="kernel command line")
+    p.add_argument("--sched", help="scheduling policy: pinned, fifo, rr, cfs, smp")
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="one host thread, instruction-counted slices: same config, same trace")
     p.add_argument("--budget", type=int, help="instruction budget")
@@ -26,6 +27,7 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
 
 def _apply_overrides(cfg, args: argparse.Namespace) -> None:
     for key, value in (("vcpus", args.vcpus), ("pcpus", args.pcpus), ("memory", args.memory),
+                       ("sched", args.sched),
                        ("cmdline", args.cmdline), ("deterministic", args.deterministic),
                        ("budget.instructions", args.budget), ("budget.seconds", args.seconds)):
         if value is not None:
@@ -44,6 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg.set("output.echo_serial", True)
     vm = Machine(cfg)
     start = time.monotonic()
+    executor = None
     if args.gdb is not None:
         _run_with_gdb(vm, args)
     else:
@@ -53,7 +56,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             vm.end("stopped", detail="interrupted by the user")
     wall = time.monotonic() - start
-    res = diagnosis.result(vm, wall)
+    stats = executor.stats() if executor is not None and hasattr(executor, "stats") else None
+    res = diagnosis.result(vm, wall, stats)
     if args.json:
         print(json.dumps(res, indent=None if args.compact else 2))
     else:

@@ -16,7 +16,7 @@ from hvdbg.errors import ConfigError
 
 MiB = 1 << 20
 MAGIC_CHOICES = {"bootloader": None, "header": "header"}
-SCHED_POLICIES = ("pinned", "fifo", "rr", "cfs", "spin-aware")
+SCHED_POLICIES = ("pinned", "fifo", "rr", "cfs", "smp")
 
 
 def _size(value: Any) -> int:
@@ -95,6 +95,18 @@ def _affinity(value: Any) -> dict[int, list[int]]:
     return out
 
 
+def _affinity_weights(value: Any) -> dict[int, int]:
+    if not isinstance(value, dict):
+        raise ValueError("expected a table such as { 0 = 2048 }")
+    out = {}
+    for k, v in value.items():
+        w = _int(v)
+        if not 1 <= w <= 1 << 20:
+            raise ValueError(f"vCPU {k}: weight must be between 1 and 1048576")
+        out[_int(k)] = w
+    return out
+
+
 @dataclass(frozen=True)
 class Option:
     key: str                 # "vcpus" or "cpuid.x2apic"
@@ -112,7 +124,8 @@ SCHEMA: tuple[Option, ...] = (
     Option("gpa_hpa_offset", _int, 0, "host-physical address of guest-physical 0 (EPT maps GPA -> GPA + offset)"),
     Option("vcpus", _int, 1, "number of vCPUs (1 .. 64)"),
     Option("pcpus", _int, 0, "number of pCPUs (host threads); 0 = one per vCPU"),
-    Option("sched", _choice(*SCHED_POLICIES), "pinned", "vCPU scheduling policy"),
+    Option("sched", _choice(*SCHED_POLICIES), "pinned", "vCPU scheduling policy when vCPUs share pCPUs: pinned, fifo, rr, cfs or smp (CFS + spin/IPI awareness, docs/scheduling.md)"),
+    Option("weights", _affinity_weights, {}, "per-vCPU CFS weights, e.g. { 0 = 2048 } (default 1024)"),
     Option("deterministic", _bool, False, "run every vCPU on one host thread in instruction-counted slices"),
     Option("slice", _int, 50_000, "time slice in guest instructions"),
     Option("affinity", _affinity, {}, "per-vCPU allowed pCPUs, e.g. { 0 = [0], 1 = [1] }"),

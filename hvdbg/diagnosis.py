@@ -220,10 +220,10 @@ def diagnose(vm: Machine) -> list[str]:
     return out
 
 
-def result(vm: Machine, wall_seconds: float) -> dict:
-    """The JSON object of ``hvdbg run --json``."""
+def result(vm: Machine, wall_seconds: float, sched: dict | None = None) -> dict:
+    """The JSON object of ``hvdbg run --json``; ``sched`` is the executor's statistics."""
     ending = vm.ending
-    return {
+    out = {
         "outcome": ending.outcome if ending else "running",
         "exit_status": ending.status if ending else None,
         "serial": vm.uart.text(),
@@ -234,3 +234,16 @@ def result(vm: Machine, wall_seconds: float) -> dict:
         "instructions": vm.total_instructions(),
         "wall_seconds": round(wall_seconds, 3),
     }
+    if sched is not None:
+        out["sched"] = _jsonable(sched)
+    return out
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    return str(value)

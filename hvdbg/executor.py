@@ -217,35 +217,6 @@ class Watchdog:
             vm.end("hang", detail="; ".join(f"vCPU {v.index}: {r}" for v, r in zip(vm.vcpus, reasons)))
 
 
-class DeterministicExecutor:
-    """All vCPUs on one host thread, round robin, slices counted in guest instructions."""
-
-    def __init__(self, vm: Machine, control: RunControl | None = None) -> None:
-        self.vm = vm
-        self.control = control or RunControl()
-        self.loop = VcpuLoop(vm, vm.config["slice"])
-        self.watchdog = Watchdog(vm, self.loop)
-        self.stop_event = threading.Event()
-
-    def run(self) -> None:
-        vm = self.vm
-        for v in vm.vcpus:
-            v.pcpu = 0
-        while not vm.ended and not self.stop_event.is_set():
-            if self.control.paused_vm or all(self.control.is_paused(v) for v in vm.vcpus):
-                self.control.serve(vm.vcpus, self.stop_event, self._single_step)
-                continue
-            for v in vm.vcpus:
-                if vm.ended:
-                    break
-                if not self.control.is_paused(v):
-                    self.loop.step(v)
-            self.watchdog.check()
-
-    def _single_step(self, v: Vcpu, count: int) -> None:
-        self.loop.step(v, count)
-
-
 class PinnedExecutor:
     """One host thread per vCPU (pCPU i runs vCPU i)."""
 
@@ -292,7 +263,267 @@ class PinnedExecutor:
             raise self.errors[0]
 
 
+class SchedCore:
+    """The bridge between a scheduling policy (hvdbg.sched) and the vCPUs: runnability,
+    wake-ups from IPIs/signals (through ``Vcpu.on_kick``), slice feedback and statistics.
+    Every policy call goes through here, under one lock."""
+
+    def __init__(self, vm: Machine, loop: VcpuLoop, pcpus: int, policy_name: str) -> None:
+        from hvdbg.sched import make_policy
+
+        self.vm = vm
+        self.loop = loop
+        self.pcpus = pcpus
+        self.policy = make_policy(policy_name)
+        self.policy.set_pcpus(pcpus)
+        self.lock = threading.RLock()
+        self.running: dict[int, int] = {}          # pCPU -> vCPU index
+        self.blocked: set[int] = set()
+        self.switches = {v.index: 0 for v in vm.vcpus}
+        self.last_on: dict[int, int | None] = {p: None for p in range(pcpus)}
+        self.clock = [0] * pcpus
+        self.changed = threading.Condition(self.lock)
+        affinity = vm.config["affinity"]
+        weights = vm.config["weights"]
+        for v in vm.vcpus:
+            allowed = affinity.get(v.index)
+            self.policy.add_vcpu(v.index, weight=weights.get(v.index, 1024),
+                                 affinity=frozenset(p for p in allowed if p < pcpus) if allowed else None)
+            self.blocked.add(v.index)
+            v.on_kick = self._on_kick
+        if pcpus < len(vm.vcpus) and policy_name in self.PLE_POLICIES:
+            self._enable_pause_loop_exiting()
+        with self.lock:
+            for v in vm.vcpus:
+                if self.runnable(v):
+                    self._wake(v, "start")
+
+    PLE_WINDOW = 64
+    # policies that act on spinning: run-to-block ones must yield a spinning vCPU or the
+    # lock holder never runs; "smp" does directed yields.  rr/cfs preempt by time anyway,
+    # and the PAUSE hooks cost a Python call per PAUSE.
+    PLE_POLICIES = ("pinned", "fifo", "smp")
+
+    def _enable_pause_loop_exiting(self) -> None:
+        """Overcommitted pCPUs: spinning vCPUs must give way (like KVM's PLE)."""
+        from hvdbg.codescan import PAUSE, find_sites
+
+        deltas = [d for _lo, _hi, d in self.vm.symbols._phys_deltas]
+        sites = find_sites(self.vm.memory, self.vm.boot.segments, deltas, [PAUSE])
+        for v in self.vm.vcpus:
+            v.enable_pause_exiting(sites, self.PLE_WINDOW)
+
+    def runnable(self, v: Vcpu) -> bool:
+        """Can this vCPU use a pCPU now (or make progress when picked)?"""
+        if v.pending_init or v.pending_sipi is not None:
+            return True
+        if v.activity == Activity.ACTIVE:
+            return True
+        if v.activity == Activity.HLT:
+            if v.apic.nmi_pending:
+                return True
+            if v.interrupts_enabled() and (v.apic.pending_vector() is not None or v.apic.next_event() is not None):
+                return True
+        return False
+
+    def _on_kick(self, v: Vcpu) -> None:
+        with self.lock:
+            if v.index in self.blocked and v.index not in self.running.values() and self.runnable(v):
+                reason = "sipi" if v.pending_sipi is not None else "init" if v.pending_init else "ipi"
+                self._wake(v, reason)
+
+    def _wake(self, v: Vcpu, reason: str) -> None:
+        self.blocked.discard(v.index)
+        now = max(self.clock)
+        self.policy.wake(v.index, now, reason)
+        self._after_event(now)
+        self.changed.notify_all()
+
+    def _after_event(self, now: int) -> None:
+        for p, vi in list(self.running.items()):
+            if self.policy.should_preempt(p, vi, now):
+                self.vm.vcpus[vi].kick()
+
+    def pick(self, p: int) -> Vcpu | None:
+        with self.lock:
+            vi = self.policy.pick_next(p, self.clock[p])
+            if vi is None:
+                return None
+            self.running[p] = vi
+            if self.last_on[p] != vi:
+                self.switches[vi] += 1
+                self.last_on[p] = vi
+            v = self.vm.vcpus[vi]
+            v.pcpu = p
+            return v
+
+    def budget(self, v: Vcpu, p: int) -> int:
+        with self.lock:
+            return max(1, min(self.policy.slice_for(v.index, p), self.loop.slice_len))
+
+    def finish(self, v: Vcpu, p: int, end: RunEnd, ran: int, exits: int, ipis: tuple[int, ...]) -> None:
+        from hvdbg.sched import RunFeedback, SliceEnd
+
+        with self.lock:
+            self.clock[p] += ran
+            self.running.pop(p, None)
+            still = self.runnable(v)
+            if end == RunEnd.NOT_RUNNABLE or not still:
+                kind = SliceEnd.BLOCKED
+                self.blocked.add(v.index)
+            elif end == RunEnd.EXIT:
+                kind = SliceEnd.EXIT
+            elif end == RunEnd.KICKED:
+                kind = SliceEnd.KICKED
+            else:
+                kind = SliceEnd.SLICE
+            spinning = v.spin_exit or self.loop.progress[v.index].spin_slices > 0
+            self.policy.account(v.index, p, ran, self.clock[p],
+                                RunFeedback(kind, exits=exits, paused_spinning=spinning, ipis_sent=ipis))
+            if kind == SliceEnd.BLOCKED and still:
+                # woken while it ran (an IPI raced with its HLT): runnable again
+                self._wake(v, "ipi")
+            self._after_event(self.clock[p])
+            self.changed.notify_all()
+
+    def run_one(self, v: Vcpu, p: int) -> None:
+        """Run one slice of ``v`` on pCPU ``p`` (caller does not hold the lock)."""
+        before_i = v.instructions + v.idle_ticks
+        before_exits = v.exit_count
+        before_ipis = len(v.ipi_log)
+        end = self.loop.step(v, self.budget(v, p))
+        ran = (v.instructions + v.idle_ticks) - before_i
+        ipis = tuple(t for _cmd, targets in v.ipi_log[before_ipis:] for t in targets)
+        self.finish(v, p, end, ran, v.exit_count - before_exits, ipis)
+
+    def stats(self) -> dict:
+        with self.lock:
+            st = self.policy.stats()
+        st["switches"] = dict(self.switches)
+        return st
+
+
+class DeterministicExecutor:
+    """Every vCPU on one host thread, M virtual pCPUs, slices counted in guest
+    instructions, decisions by the policy: the same config gives the same exit trace.
+
+    The pCPU with the smallest clock runs next (a discrete-event simulation of M CPUs),
+    so the interleaving depends only on guest instruction counts."""
+
+    def __init__(self, vm: Machine, control: RunControl | None = None) -> None:
+        self.vm = vm
+        self.control = control or RunControl()
+        self.loop = VcpuLoop(vm, vm.config["slice"])
+        self.watchdog = Watchdog(vm, self.loop)
+        self.stop_event = threading.Event()
+        self.pcpus = vm.config["pcpus"] or len(vm.vcpus)
+        self.sched = SchedCore(vm, self.loop, self.pcpus, vm.config["sched"])
+
+    def run(self) -> None:
+        vm = self.vm
+        sched = self.sched
+        idle: set[int] = set()
+        while not vm.ended and not self.stop_event.is_set():
+            if self.control.any_paused():
+                self.control.serve(vm.vcpus, self.stop_event, self._single_step)
+                continue
+            busy = [p for p in range(self.pcpus) if p not in idle]
+            if not busy:
+                idle.clear()
+                self.watchdog.check()
+                if all(self.loop.stuck(v) for v in vm.vcpus):
+                    continue  # the watchdog ends the VM
+                busy = list(range(self.pcpus))
+            p = min(busy, key=lambda q: (sched.clock[q], q))
+            v = sched.pick(p)
+            if v is None:
+                idle.add(p)
+                others = [sched.clock[q] for q in range(self.pcpus) if q != p and q not in idle]
+                if others:
+                    sched.clock[p] = max(sched.clock[p], min(others))
+                continue
+            idle.clear()
+            sched.run_one(v, p)
+            self.watchdog.check()
+
+    def _single_step(self, v: Vcpu, count: int) -> None:
+        self.loop.step(v, count)
+
+    def stats(self) -> dict:
+        return self.sched.stats()
+
+
+class ThreadedSchedExecutor:
+    """M host threads (pCPUs) sharing N vCPUs under a policy.  Not deterministic."""
+
+    def __init__(self, vm: Machine, control: RunControl | None = None) -> None:
+        self.vm = vm
+        self.control = control or RunControl()
+        self.loop = VcpuLoop(vm, vm.config["slice"])
+        self.watchdog = Watchdog(vm, self.loop)
+        self.stop_event = threading.Event()
+        self.pcpus = vm.config["pcpus"] or len(vm.vcpus)
+        self.sched = SchedCore(vm, self.loop, self.pcpus, vm.config["sched"])
+        self.errors: list[BaseException] = []
+        self.busy = [0.0] * self.pcpus
+
+    def _pcpu(self, p: int) -> None:
+        vm = self.vm
+        sched = self.sched
+        try:
+            while not vm.ended and not self.stop_event.is_set():
+                if self.control.any_paused():
+                    if p == 0:
+                        self.control.serve(vm.vcpus, self.stop_event, lambda v, n: self.loop.step(v, n))
+                    else:
+                        time.sleep(0.01)
+                    continue
+                v = sched.pick(p)
+                if v is None:
+                    with sched.lock:
+                        sched.changed.wait(0.01)
+                        sched.clock[p] = max(sched.clock[p], max(sched.clock))
+                    continue
+                t0 = time.perf_counter()
+                sched.run_one(v, p)
+                self.busy[p] += time.perf_counter() - t0
+        except BaseException as e:  # noqa: BLE001 - reported as the VM's ending
+            self.errors.append(e)
+            vm.end("internal_error", detail=f"pCPU {p} thread crashed: {type(e).__name__}: {e}")
+
+    def run(self) -> None:
+        vm = self.vm
+        threads = [threading.Thread(target=self._pcpu, args=(p,), name=f"pcpu{p}", daemon=True)
+                   for p in range(self.pcpus)]
+        self.started = time.perf_counter()
+        for t in threads:
+            t.start()
+        while not vm.ended and not self.stop_event.is_set():
+            vm.ended_event.wait(0.02)
+            if not self.control.any_paused():
+                self.watchdog.check()
+        self.stop_event.set()
+        self.control.wake()
+        for t in threads:
+            t.join(timeout=10)
+        self.wall = time.perf_counter() - self.started
+        if self.errors:
+            raise self.errors[0]
+
+    def stats(self) -> dict:
+        st = self.sched.stats()
+        wall = getattr(self, "wall", 0.0) or 1e-9
+        st["pcpu_utilisation"] = {p: round(self.busy[p] / wall, 3) for p in range(self.pcpus)}
+        return st
+
+
 def make_executor(vm: Machine, control: RunControl | None = None):
-    if vm.config["deterministic"]:
+    """Deterministic: one thread, M virtual pCPUs.  Otherwise one thread per vCPU when
+    every vCPU has its own pCPU and the policy is 'pinned', else M pCPU threads."""
+    cfg = vm.config
+    if cfg["deterministic"]:
         return DeterministicExecutor(vm, control)
-    return PinnedExecutor(vm, control)
+    pcpus = cfg["pcpus"] or len(vm.vcpus)
+    if cfg["sched"] == "pinned" and pcpus >= len(vm.vcpus):
+        return PinnedExecutor(vm, control)
+    return ThreadedSchedExecutor(vm, control)

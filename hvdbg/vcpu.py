@@ -147,7 +147,8 @@ class Vcpu:
         self.handler = handler
         self.cpuid = cpuid
         self.bsp = bsp
-        self.vmcs = Vmcs()
+        self._vmcs = Vmcs()
+        self._guest_stale = False       # the engine holds newer guest state than the VMCS
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         self.counter = ucx.InstructionCounter(self.uc)
         self.instructions = 0          # retired in finished runs
@@ -156,6 +157,10 @@ class Vcpu:
         self.sipi_entry: int | None = None
         self.pending_event_rip = 0
         self.hook_error: tuple[BaseException, str] | None = None
+        self.on_kick: Callable[["Vcpu"], None] | None = None   # the executor's wake-up hook
+        self.ple_window = 0
+        self.pauses_in_run = 0
+        self.spin_exit = False          # the last run ended in a PAUSE-loop exit
         self.delivered: list[tuple[Event, int]] = []   # exceptions delivered to the guest (first 64)
         self._in_run = False
         self.activity = Activity.ACTIVE if bsp else Activity.WAIT_FOR_SIPI
@@ -184,6 +189,15 @@ class Vcpu:
             md.detail = True
         self._install_hooks(msr_sites)
 
+    @property
+    def vmcs(self) -> Vmcs:
+        """The software VMCS.  Its guest-state area is written lazily: the first read after
+        an exit that left the engine saves the engine's state into it (SDM 28.3)."""
+        if self._guest_stale and not self._in_run:
+            self._guest_stale = False
+            self.save_guest_state()
+        return self._vmcs
+
     # -- identity --------------------------------------------------------------------
     @property
     def apic_id(self) -> int:
@@ -211,7 +225,7 @@ class Vcpu:
 
     def vm_exit(self, info: ExitInfo) -> bool:
         """Record a VM exit in the VMCS and hand it to the VMM (SDM 28.2)."""
-        v = self.vmcs
+        v = self._vmcs
         v.write("VM_EXIT_REASON", int(info.reason))
         v.write("EXIT_QUALIFICATION", info.qualification)
         v.write("GUEST_RIP", info.rip)
@@ -289,6 +303,23 @@ class Vcpu:
         if resume:
             uc.reg_write(X.UC_X86_REG_RIP, address + 2)
 
+    def enable_pause_exiting(self, sites: list[int], window: int) -> None:
+        """PAUSE-loop exiting (SDM 25.1.3): after ``window`` PAUSEs in one run the vCPU
+        exits with reason 40 so that the scheduler can run someone else (KVM's PLE)."""
+        self.ple_window = window
+        for site in sites:
+            self.uc.hook_add(UC_HOOK_CODE, self._on_pause_site, None, site, site)
+
+    @_guarded(None)
+    def _on_pause_site(self, uc: Uc, address: int, size: int, _ud) -> None:
+        if size != 2:
+            return  # not an instruction boundary at this site (the F3 90 bytes were data)
+        self.pauses_in_run += 1
+        if self.pauses_in_run == self.ple_window:
+            self.spin_exit = True
+            self.vm_exit(ExitInfo(ExitReason.PAUSE_INSTRUCTION, rip=address, instruction_length=2,
+                                  detail=f"{self.ple_window} PAUSEs in one run: spinning"))
+
     @_guarded(True)
     def _on_invalid(self, uc: Uc, _ud) -> bool:
         rip = uc.reg_read(X.UC_X86_REG_RIP)
@@ -322,7 +353,7 @@ class Vcpu:
         """An exception in the guest: a VM exit if its exception-bitmap bit is set
         (SDM 26.2), otherwise delivered through the guest IDT at the next entry."""
         if ev.vector < 32 and ev.type != EventType.SOFTWARE_INTERRUPT and \
-                self.vmcs.read("EXCEPTION_BITMAP") >> ev.vector & 1:
+                self._vmcs.read("EXCEPTION_BITMAP") >> ev.vector & 1:
             info = ExitInfo(ExitReason.EXCEPTION_NMI, qualification=ev.cr2 or 0, rip=rip,
                             instruction_length=length, interruption_info=ev.interruption_info(),
                             interruption_error=ev.error_code, extra={"event": ev})
@@ -506,23 +537,28 @@ class Vcpu:
         return ucx.current_cpl(self.uc)
 
     # -- VMCS guest-state area ---------------------------------------------------------
+    _SAVE_REGS = ("rip", "rsp", "rflags", "cr0", "cr3", "cr4", "dr7")
+    _SAVE_IDS = [REG_IDS[n] for n in _SAVE_REGS]
+    _SAVE_FIELDS = [_GUEST_REG_FIELDS[n] for n in _SAVE_REGS]
+    _SEG_FIELDS = {name: tuple(f"GUEST_{fld}_{part}" for part in ("SELECTOR", "BASE", "LIMIT", "AR_BYTES"))
+                   for name, fld in _GUEST_SEG_FIELDS.items()}
+
     def save_guest_state(self) -> None:
         """Copy the engine's state into the VMCS guest-state area (SDM 28.3)."""
-        v = self.vmcs
-        for reg, fld in _GUEST_REG_FIELDS.items():
-            v.write(fld, self.get_reg(reg))
-        v.write("GUEST_IA32_EFER", self.uc.msr_read(EFER))
+        values = dict(zip(self._SAVE_FIELDS, self.uc.reg_read_batch(self._SAVE_IDS)))
+        values["GUEST_IA32_EFER"] = self.uc.msr_read(EFER)
         for name, seg in ucx.read_segments(self.uc).items():
-            pre = f"GUEST_{_GUEST_SEG_FIELDS[name]}"
-            v.write(f"{pre}_SELECTOR", seg.selector)
-            v.write(f"{pre}_BASE", seg.base)
-            v.write(f"{pre}_LIMIT", seg.limit)
-            v.write(f"{pre}_AR_BYTES", seg.access_rights)
-        for name in ("gdtr", "idtr"):
-            base, limit = self.get_table(name)
-            v.write(f"GUEST_{name.upper()}_BASE", base)
-            v.write(f"GUEST_{name.upper()}_LIMIT", limit)
-        v.write("GUEST_ACTIVITY_STATE", int(self.activity))
+            sel, base, limit, ar = self._SEG_FIELDS[name]
+            values[sel] = seg.selector
+            values[base] = seg.base
+            values[limit] = seg.limit
+            values[ar] = seg.access_rights
+        for name, reg in (("GDTR", X.UC_X86_REG_GDTR), ("IDTR", X.UC_X86_REG_IDTR)):
+            _sel, base, limit, _flags = self.uc.reg_read(reg)
+            values[f"GUEST_{name}_BASE"] = base
+            values[f"GUEST_{name}_LIMIT"] = limit
+        values["GUEST_ACTIVITY_STATE"] = int(self.activity)
+        self._vmcs.update(values)
 
     def load_guest_state(self) -> None:
         """Load the engine from the VMCS guest-state area (VM entry, SDM 27.3.2)."""
@@ -579,6 +615,8 @@ class Vcpu:
         self._kick.set()
         if self._in_run:
             self.uc.emu_stop()
+        if self.on_kick is not None:
+            self.on_kick(self)
 
     def wait_for_kick(self, timeout: float) -> None:
         """Block a not-runnable vCPU's thread until something is sent to it."""
@@ -626,9 +664,11 @@ class Vcpu:
             return RunEnd.NOT_RUNNABLE
         self._kick.clear()
         self._leave = False
+        self.pauses_in_run = 0
+        self.spin_exit = False
         self._inject_pending()
         if self.activity != Activity.ACTIVE or self._leave:
-            self.save_guest_state()
+            self._guest_stale = True
             return RunEnd.EXIT
         deadline = self.apic.next_event()
         budget = max_instructions
@@ -650,7 +690,7 @@ class Vcpu:
         if self.hook_error is not None:
             exc, tb = self.hook_error
             self.hook_error = None
-            self.save_guest_state()
+            self._guest_stale = True
             self.handler.internal_error(self, exc, tb)
             return RunEnd.EXIT
         if error is not None and (error.errno not in _UC_MEM_ERRORS or not self._leave):
@@ -659,10 +699,9 @@ class Vcpu:
             # emu_start returned by itself before the budget: the guest executed HLT
             self._on_hlt()
         if self._leave or natural or error is not None:
-            # an exit that leaves the engine: the VMCS guest area gets the whole state.
-            # (At slice ends and kicks the state stays in the engine; inspectors call
-            # save_guest_state() on a stopped vCPU.)
-            self.save_guest_state()
+            # an exit that leaves the engine: the VMCS guest area gets the whole state
+            # (lazily, on the next read of the VMCS: see the vmcs property)
+            self._guest_stale = True
             self.runs_without_exit = 0
             return RunEnd.EXIT
         if self._kick.is_set():

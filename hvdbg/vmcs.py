@@ -113,6 +113,9 @@ _FIELD_NOTES: dict[str, Callable[[int], str]] = {
 }
 
 
+_FAST: dict[str, object] = {}   # field name -> resolved reference (full-width names only)
+
+
 class Vmcs:
     """A software VMCS: revision identifier, launch state and every Appendix B field."""
 
@@ -176,9 +179,24 @@ class Vmcs:
                 self._values[encoding] = value & ref.field.mask
 
     def update(self, values: Mapping[FieldSpec, int]) -> None:
-        """Write several fields."""
+        """Write several fields (one lock, resolved names cached): the guest-state save
+        at every VM exit goes through here."""
+        plan = []
         for field, value in values.items():
-            self.write(field, value)
+            ref = _FAST.get(field) if isinstance(field, str) else None
+            if ref is None:
+                ref = resolve(field)
+                if isinstance(field, str) and not ref.high:
+                    _FAST[field] = ref
+            plan.append((ref, value))
+        with self._lock:
+            for ref, value in plan:
+                encoding = ref.field.encoding
+                if ref.high:
+                    low = self._values.get(encoding, 0) & 0xFFFFFFFF
+                    self._values[encoding] = low | (value & 0xFFFFFFFF) << 32
+                else:
+                    self._values[encoding] = value & ref.field.mask
 
     __getitem__ = read
     __setitem__ = write

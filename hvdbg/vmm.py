@@ -77,6 +77,7 @@ class Vmm:
             ExitReason.EPT_MISCONFIG: self._fatal("ept_misconfig"),
             ExitReason.TRIPLE_FAULT: self._fatal("triple_fault"),
             ExitReason.EXCEPTION_NMI: self._exception,
+            ExitReason.PAUSE_INSTRUCTION: self._pause_loop,
         }
 
     # -- dispatch ---------------------------------------------------------------------
@@ -224,6 +225,12 @@ class Vmm:
             return False
         vcpu.activity = Activity.HLT
         exit.detail = "IF=1, waiting for an interrupt" if vcpu.interrupts_enabled() else "IF=0: halted for good unless NMI/INIT/SIPI"
+        return False
+
+    # -- PAUSE-loop exiting (exit reason 40) --------------------------------------------------
+    def _pause_loop(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
+        """The vCPU spins on PAUSE: leave the engine so the scheduler can run another
+        vCPU (the lock holder, with luck); the guest resumes at the next PAUSE."""
         return False
 
     # -- VMCALL (exit reason 18) -------------------------------------------------------------

@@ -120,6 +120,8 @@ class PinnedPolicy(PolicyBase):
 
     def _requeue(self, v: VcpuSched, p: PcpuSched, now: int, feedback: RunFeedback) -> None:
         self._make_queued(v, now, wakeup=False)
+        if feedback.paused_spinning:
+            return  # a PAUSE-loop exit yields: it waits behind the others of its pCPU
         queue = self.queues[v.pcpu]
         queue.remove(v)
         queue.insert(0, v)
