@@ -56,19 +56,58 @@ class ChaosGuest:
         h.update(json.dumps(self.config, sort_keys=True).encode())
         return h.hexdigest()[:12]
 
-    def save(self, verdict: str, detail: str, directory: Path = GUEST_CORPUS) -> Path:
+    def save(self, verdict: str, detail: str, directory: Path = GUEST_CORPUS, known_bug: str | None = None) -> Path:
+        """Write ``<verdict>-<key>.json`` (and ``.bin`` unless the image is a small patch of
+        smp.elf, which is then stored as byte runs: the base is built from source)."""
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{verdict}-{self.key}.bin"
-        path.write_bytes(self.image)
-        path.with_suffix(".json").write_text(json.dumps(
-            {"verdict": verdict, "recipe": self.recipe, "config": self.config, "detail": detail[-4000:]},
-            indent=1) + "\n")
+        path = directory / f"{verdict}-{self.key}.json"
+        meta = {"verdict": verdict, "recipe": self.recipe, "config": self.config, "known_bug": known_bug,
+                "detail": detail[-4000:]}
+        patch = smp_patch(self.image)
+        if patch is not None:
+            meta["smp_elf_patch"] = patch
+        else:
+            path.with_suffix(".bin").write_bytes(self.image)
+        path.write_text(json.dumps(meta, indent=1) + "\n")
         return path
 
     @classmethod
     def load(cls, path: Path) -> ChaosGuest:
         meta = json.loads(path.with_suffix(".json").read_text())
-        return cls(path.read_bytes(), meta["recipe"], meta["config"])
+        if "smp_elf_patch" in meta:
+            image = apply_smp_patch(meta["smp_elf_patch"])
+        else:
+            image = path.with_suffix(".bin").read_bytes()
+        return cls(image, meta["recipe"], meta["config"])
+
+
+def smp_patch(image: bytes, limit: int = 8192) -> dict | None:
+    """``image`` as changes to smp.elf (truncation + differing byte runs), if small."""
+    base = SMP_ELF.read_bytes()
+    if len(image) > len(base):
+        return None
+    runs: list[list] = []
+    i = 0
+    while i < len(image):
+        if image[i] != base[i]:
+            j = i
+            while j < len(image) and image[j] != base[j]:
+                j += 1
+            runs.append([i, image[i:j].hex()])
+            i = j
+        else:
+            i += 1
+    if sum(len(h) // 2 for _, h in runs) > limit:
+        return None
+    return {"length": len(image), "runs": runs}
+
+
+def apply_smp_patch(patch: dict) -> bytes:
+    data = bytearray(SMP_ELF.read_bytes()[: patch["length"]])
+    for offset, hexed in patch["runs"]:
+        chunk = bytes.fromhex(hexed)
+        data[offset : offset + len(chunk)] = chunk
+    return bytes(data)
 
 
 @dataclass
@@ -89,9 +128,17 @@ class ChaosResult:
 def flat_kernel(code: bytes, *, flags: int = 1 << 16, load: int = LOAD, entry_offset: int = 0x20,
                 bss: int = 0) -> bytes:
     """Multiboot 1 a.out-kludge image: header then 32-bit code at ``load + 0x20``."""
-    header = struct.pack("<8I", MB1_MAGIC, flags, (-(MB1_MAGIC + flags)) & 0xFFFFFFFF,
-                         load, load, 0, bss, load + entry_offset)
+    m = 0xFFFFFFFF
+    header = struct.pack("<8I", MB1_MAGIC, flags & m, (-(MB1_MAGIC + flags)) & m,
+                         load & m, load & m, 0, bss & m, (load + entry_offset) & m)
     return header + code
+
+
+#: The kinds of damage, and how often each is picked.
+RECIPE_WEIGHTS: dict[str, int] = {
+    "random_code": 3, "random_file": 1, "flip_bytes": 3, "code_bytes": 2, "elf_header": 2,
+    "program_header": 2, "multiboot_header": 2, "truncate": 1, "splice": 1, "random_header_fields": 1,
+}
 
 
 class GuestMutator:
@@ -101,11 +148,7 @@ class GuestMutator:
         self.rng = rng
         self.base = base if base is not None else SMP_ELF.read_bytes()
         self._code = self._code_range(self.base)
-        self._recipes = (
-            (3, self.random_code), (1, self.random_file), (3, self.flip_bytes), (2, self.code_bytes),
-            (2, self.elf_header), (2, self.program_header), (2, self.multiboot_header),
-            (1, self.truncate), (1, self.splice), (1, self.random_header_fields),
-        )
+        self._recipes = [(weight, getattr(self, name)) for name, weight in RECIPE_WEIGHTS.items()]
 
     @staticmethod
     def _code_range(image: bytes) -> tuple[int, int]:

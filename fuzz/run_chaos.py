@@ -68,7 +68,7 @@ def main() -> int:
         runner = GuestRunner(args.timeout)
         failing = 0
         try:
-            for path in sorted(args.replay.glob("*.bin")):
+            for path in sorted(args.replay.glob("*.json")):
                 result = runner.run(ChaosGuest.load(path))
                 failing += result.is_bug
                 print(f"{path.name}: {result.verdict} ({result.outcome})")
