@@ -152,7 +152,8 @@ class VcpuLoop:
         return False
 
     def step(self, v: Vcpu, budget: int | None = None) -> RunEnd:
-        self.vm.vmm.take_signals(v)
+        if self.vm.vmm.take_signals(v):
+            return RunEnd.EXIT  # an exit breakpoint: park before running
         if not self.wake_if_possible(v):
             return RunEnd.NOT_RUNNABLE
         end = v.run(budget or self.slice_len)

@@ -157,7 +157,9 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
         return StopEvent.signalled(self._current + 1, SIGTRAP)
 
     def resume(self, actions: Mapping[int, ResumeAction]) -> None:
-        self._ensure_events()
+        events = self._ensure_events()
+        while not events.empty():  # stops seen while gdb was stopped (e.g. a shell step)
+            events.get_nowait()
         steps = [tid for tid, a in actions.items() if a.kind == ResumeKind.STEP]
         if steps:
             # the stepped vCPU runs one instruction; the others stay stopped (like

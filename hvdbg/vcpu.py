@@ -300,7 +300,7 @@ class Vcpu:
         if not write:
             uc.reg_write(X.UC_X86_REG_RAX, info.data & 0xFFFFFFFF)
             uc.reg_write(X.UC_X86_REG_RDX, (info.data >> 32) & 0xFFFFFFFF)
-        if resume:
+        if resume or info.extra.get("completed"):
             uc.reg_write(X.UC_X86_REG_RIP, address + 2)
 
     def enable_pause_exiting(self, sites: list[int], window: int) -> None:

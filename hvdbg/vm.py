@@ -81,10 +81,30 @@ class Machine:
             v = Vcpu(i, self.apic_ids[i], self.memory, self.vmm, cpuid, bsp=(i == 0),
                      x2apic=config["cpuid.x2apic"], send_ipi=self.vmm.send_ipi, msr_sites=msr_sites)
             v.vmcs.write("EXCEPTION_BITMAP", config["vmx.exception_bitmap"])
+            v.vmcs.update(self._vmx_controls(config))
             self.vcpus.append(v)
         self._enter_multiboot(self.vcpus[0])
 
     # -- construction ------------------------------------------------------------------
+    def _vmx_controls(self, config: VmConfig) -> dict[str, int]:
+        """The VM-execution, exit and entry controls of what the model does (SDM 25.6-25.8):
+        HLT and all I/O exit, EPT and APIC-access exits, EFER saved/loaded."""
+        from hvdbg.apic import XAPIC_BASE
+        from hvdbg.vmx_controls import (PRIMARY_PROCESSOR_BASED, SECONDARY_PROCESSOR_BASED, VM_ENTRY,
+                                        VM_EXIT)
+        secondary = SECONDARY_PROCESSOR_BASED.mask("VIRTUALIZE_APIC_ACCESSES", "ENABLE_EPT")
+        if config["vmx.unrestricted_guest"]:
+            secondary |= SECONDARY_PROCESSOR_BASED.mask("UNRESTRICTED_GUEST")
+        return {
+            "CPU_BASED_VM_EXEC_CONTROL": PRIMARY_PROCESSOR_BASED.mask(
+                "HLT_EXITING", "UNCONDITIONAL_IO_EXITING", "ACTIVATE_SECONDARY_CONTROLS"),
+            "SECONDARY_VM_EXEC_CONTROL": secondary,
+            "VM_EXIT_CONTROLS": VM_EXIT.mask("HOST_ADDRESS_SPACE_SIZE", "SAVE_EFER", "LOAD_EFER"),
+            "VM_ENTRY_CONTROLS": VM_ENTRY.mask("LOAD_EFER"),
+            "EPT_POINTER": self.memory.ept.eptp,
+            "APIC_ACCESS_ADDR": XAPIC_BASE,
+        }
+
     @staticmethod
     def _read(path: Path, what: str) -> bytes:
         try:

@@ -84,6 +84,7 @@ class Vmm:
     def handle_exit(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
         handler = self._handlers.get(exit.reason, self._unhandled)
         resume = handler(vcpu, exit)
+        exit.extra.setdefault("completed", resume)
         self.trace.record(vcpu.index, exit.reason, exit.qualification, exit.rip, vcpu.clock(), exit.detail)
         if int(exit.reason) in self.exit_breakpoints and self.on_exit_breakpoint is not None:
             self.on_exit_breakpoint(vcpu, exit)
@@ -315,18 +316,22 @@ class Vmm:
             elif cmd.delivery_mode in (DeliveryMode.FIXED, DeliveryMode.LOWEST_PRIORITY):
                 t.apic.accept(cmd.vector)
 
-    def take_signals(self, vcpu: Vcpu) -> None:
+    def take_signals(self, vcpu: Vcpu) -> bool:
         """INIT / SIPI delivered to ``vcpu`` become its INIT-signal and SIPI exits, taken
-        on its own executor (the target of an IPI sees the exit, SDM 26.2)."""
+        on its own executor (the target of an IPI sees the exit, SDM 26.2).  Returns True
+        when an exit asked the vCPU to leave (e.g. a break on that exit reason)."""
+        leave = False
         if vcpu.pending_init:
             vcpu.pending_init = False
             vcpu.vm_exit(ExitInfo(ExitReason.INIT_SIGNAL, rip=vcpu.uc.reg_read(X.UC_X86_REG_RIP)))
+            leave |= int(ExitReason.INIT_SIGNAL) in self.exit_breakpoints
         if vcpu.pending_sipi is not None:
             vector = vcpu.pending_sipi
             vcpu.pending_sipi = None
             if vcpu.activity == Activity.WAIT_FOR_SIPI:
-                vcpu.vm_exit(ExitInfo(ExitReason.SIPI, qualification=vector,
-                                    rip=vcpu.uc.reg_read(X.UC_X86_REG_RIP)))
+                leave |= not vcpu.vm_exit(ExitInfo(ExitReason.SIPI, qualification=vector,
+                                                   rip=vcpu.uc.reg_read(X.UC_X86_REG_RIP)))
+        return leave
 
 
 def _reg_name(offset: int) -> str:

@@ -403,9 +403,6 @@ def test_sched_shows_vcpus_and_a_policy_s_statistics(debugger):
     assert "policy statistics unavailable: RuntimeError: boom" in ok(ctx, "sched")
 
 
-@pytest.mark.xfail(strict=False, reason="hvdbg core: an exit breakpoint on an INIT/SIPI exit (taken in "
-                   "Vmm.take_signals before Vcpu.run) does not stop the vCPU: run() clears the kick "
-                   "and the AP usually executes a whole slice first (timing-dependent; see the command-layer report)")
 def test_break_on_sipi_exit_stops_before_the_ap_runs(debugger):
     ctx = debugger(vcpus=2)
     ok(ctx, "break exit SIPI")
