@@ -218,8 +218,8 @@ class Watchdog:
             vm.end("hang", detail="; ".join(f"vCPU {v.index}: {r}" for v, r in zip(vm.vcpus, reasons)))
 
 
-class PinnedExecutor:
-    """One host thread per vCPU (pCPU i runs vCPU i)."""
+class ExecutorBase:
+    """What every executor has: the VM, its run control, the vCPU loop, the watchdog."""
 
     def __init__(self, vm: Machine, control: RunControl | None = None) -> None:
         self.vm = vm
@@ -227,8 +227,27 @@ class PinnedExecutor:
         self.loop = VcpuLoop(vm, vm.config["slice"])
         self.watchdog = Watchdog(vm, self.loop)
         self.stop_event = threading.Event()
-        self.threads: list[threading.Thread] = []
         self.errors: list[BaseException] = []
+
+    def _supervise(self, threads: list[threading.Thread]) -> None:
+        """Start host threads, check budgets and hangs until the VM ends, join them."""
+        vm = self.vm
+        for t in threads:
+            t.start()
+        while not vm.ended and not self.stop_event.is_set():
+            vm.ended_event.wait(0.02)
+            if not self.control.any_paused():
+                self.watchdog.check()
+        self.stop_event.set()
+        self.control.wake()
+        for t in threads:
+            t.join(timeout=10)
+        if self.errors:
+            raise self.errors[0]
+
+
+class PinnedExecutor(ExecutorBase):
+    """One host thread per vCPU (pCPU i runs vCPU i)."""
 
     def _thread(self, v: Vcpu) -> None:
         vm = self.vm
@@ -245,23 +264,10 @@ class PinnedExecutor:
             vm.end("fatal", detail=f"vCPU {v.index} thread crashed: {type(e).__name__}: {e}")
 
     def run(self) -> None:
-        vm = self.vm
-        for v in vm.vcpus:
+        for v in self.vm.vcpus:
             v.pcpu = v.index
-            t = threading.Thread(target=self._thread, args=(v,), name=f"vcpu{v.index}", daemon=True)
-            self.threads.append(t)
-        for t in self.threads:
-            t.start()
-        while not vm.ended and not self.stop_event.is_set():
-            vm.ended_event.wait(0.02)
-            if not self.control.any_paused():
-                self.watchdog.check()
-        self.stop_event.set()
-        self.control.wake()
-        for t in self.threads:
-            t.join(timeout=10)
-        if self.errors:
-            raise self.errors[0]
+        self._supervise([threading.Thread(target=self._thread, args=(v,), name=f"vcpu{v.index}", daemon=True)
+                         for v in self.vm.vcpus])
 
 
 class SchedCore:
@@ -404,7 +410,7 @@ class SchedCore:
         return st
 
 
-class DeterministicExecutor:
+class DeterministicExecutor(ExecutorBase):
     """Every vCPU on one host thread, M virtual pCPUs, slices counted in guest
     instructions, decisions by the policy: the same config gives the same exit trace.
 
@@ -412,11 +418,7 @@ class DeterministicExecutor:
     so the interleaving depends only on guest instruction counts."""
 
     def __init__(self, vm: Machine, control: RunControl | None = None) -> None:
-        self.vm = vm
-        self.control = control or RunControl()
-        self.loop = VcpuLoop(vm, vm.config["slice"])
-        self.watchdog = Watchdog(vm, self.loop)
-        self.stop_event = threading.Event()
+        super().__init__(vm, control)
         self.pcpus = vm.config["pcpus"] or len(vm.vcpus)
         self.sched = SchedCore(vm, self.loop, self.pcpus, vm.config["sched"])
 
@@ -454,18 +456,13 @@ class DeterministicExecutor:
         return self.sched.stats()
 
 
-class ThreadedSchedExecutor:
+class ThreadedSchedExecutor(ExecutorBase):
     """M host threads (pCPUs) sharing N vCPUs under a policy.  Not deterministic."""
 
     def __init__(self, vm: Machine, control: RunControl | None = None) -> None:
-        self.vm = vm
-        self.control = control or RunControl()
-        self.loop = VcpuLoop(vm, vm.config["slice"])
-        self.watchdog = Watchdog(vm, self.loop)
-        self.stop_event = threading.Event()
+        super().__init__(vm, control)
         self.pcpus = vm.config["pcpus"] or len(vm.vcpus)
         self.sched = SchedCore(vm, self.loop, self.pcpus, vm.config["sched"])
-        self.errors: list[BaseException] = []
         self.busy = [0.0] * self.pcpus
 
     def _pcpu(self, p: int) -> None:
@@ -493,23 +490,12 @@ class ThreadedSchedExecutor:
             vm.end("internal_error", detail=f"pCPU {p} thread crashed: {type(e).__name__}: {e}")
 
     def run(self) -> None:
-        vm = self.vm
-        threads = [threading.Thread(target=self._pcpu, args=(p,), name=f"pcpu{p}", daemon=True)
-                   for p in range(self.pcpus)]
         self.started = time.perf_counter()
-        for t in threads:
-            t.start()
-        while not vm.ended and not self.stop_event.is_set():
-            vm.ended_event.wait(0.02)
-            if not self.control.any_paused():
-                self.watchdog.check()
-        self.stop_event.set()
-        self.control.wake()
-        for t in threads:
-            t.join(timeout=10)
-        self.wall = time.perf_counter() - self.started
-        if self.errors:
-            raise self.errors[0]
+        try:
+            self._supervise([threading.Thread(target=self._pcpu, args=(p,), name=f"pcpu{p}", daemon=True)
+                             for p in range(self.pcpus)])
+        finally:
+            self.wall = time.perf_counter() - self.started
 
     def stats(self) -> dict:
         st = self.sched.stats()
