@@ -166,6 +166,8 @@ def apic_id_findings(vm: Machine) -> list[str]:
 def wild_rip_findings(vm: Machine) -> list[str]:
     """Exceptions taken at an RIP that is not code: a corrupted return address or jump."""
     out = []
+    if not len(vm.symbols):
+        return out  # a stripped kernel: every RIP is "outside every symbol"
     for v in vm.vcpus:
         for ev, rip in v.delivered:
             if ev.vector in (3, 4) or vm.symbols.symbolize(rip) is not None:
@@ -184,7 +186,18 @@ def _common(vm: Machine) -> list[str]:
     if vm.bus.unhandled:
         ports = ", ".join(f"{p:#x}" for p in sorted(vm.bus.unhandled)[:12])
         out.append(f"the guest used I/O ports no device claims: {ports}")
+    out += screen_findings(vm)
     return out
+
+
+def screen_findings(vm: Machine) -> list[str]:
+    """Text a kernel left on the VGA text screen (GRUB's and Xen's fatal errors go there)."""
+    from hvdbg.devices.vga import screen_lines
+    try:
+        lines = [line.strip() for line in screen_lines(vm.memory) if line.strip()]
+    except Exception:  # noqa: BLE001 - no RAM at 0xB8000
+        return []
+    return ["the VGA text screen reads: " + " | ".join(lines[-4:])] if lines else []
 
 
 _BY_OUTCOME = {

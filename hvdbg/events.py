@@ -191,7 +191,8 @@ def _deliver_once(cpu: EventCpu, ev: Event, rip: int) -> int:
     if not cr0 & 1:
         return _deliver_real(cpu, ev, rip)
     efer = cpu.get_reg("efer")
-    if efer & (1 << 10):
+    # IA-32e mode is EFER.LMA with CR0.PG (SDM 2.2.1); Unicorn reports LMA in 32-bit code too
+    if efer & (1 << 10) and cr0 & (1 << 31):
         return _deliver_long(cpu, ev, rip)
     return _deliver_protected(cpu, ev, rip)
 

@@ -337,7 +337,7 @@ class Vcpu:
     def _on_interrupt(self, uc: Uc, intno: int, _ud) -> None:
         rip = uc.reg_read(X.UC_X86_REG_RIP)
         error = ucx.reset_pending_exception(uc)
-        if intno == 3 or intno == 4 or intno >= 32:
+        if intno == 3 or intno == 4 or intno >= 32 or self._is_int_n(rip, intno):
             # INT3 / INTO / INT n: trap-like, RIP already points past the instruction
             length = 1 if intno in (3, 4) else 2
             ev = Event(intno, EventType.SOFTWARE_EXCEPTION if intno in (3, 4) else EventType.SOFTWARE_INTERRUPT)
@@ -348,6 +348,12 @@ class Vcpu:
         if intno == PF and self._paging_structure_ept_violation(cr2 or 0, error):
             return
         self._raise_exception(ev, rip)
+
+    def _is_int_n(self, rip: int, intno: int) -> bool:
+        """INT n with n < 32 (BIOS INT 10h/13h/15h) reaches the interrupt hook like an
+        exception; it is a software interrupt if the bytes before RIP are CD n."""
+        base = 0 if self.code_bits() == 64 else ucx.read_segments(self.uc)["cs"].base
+        return self.read_linear_safe(base + rip - 2, 2) == bytes((0xCD, intno))
 
     def _raise_exception(self, ev: Event, rip: int, length: int = 0) -> None:
         """An exception in the guest: a VM exit if its exception-bitmap bit is set

@@ -19,7 +19,7 @@ class FakeCpu:
         self.mem = RegionMemory()
         self.mem.add_region(0, bytearray(0x100000))
         self.regs = {"rip": 0x1234, "rsp": 0x9000, "rflags": 0x202, "cr2": 0,
-                     "cr0": 0x10 if mode == "real" else 0x11, "cr4": 0,
+                     "cr0": {"real": 0x10, "protected": 0x11, "long": 0x80000011}[mode], "cr4": 0,
                      "efer": 0x500 if mode == "long" else 0}
         code = {"real": Segment(0x0800, 0x8000, 0xFFFF, 0x9B),
                 "protected": Segment(0x08, 0, 0xFFFFFFFF, 0xC09B),
