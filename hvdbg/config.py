@@ -67,6 +67,12 @@ def _str_list(value: Any) -> list[str]:
     raise ValueError("expected a list of strings")
 
 
+def _int_list(value: Any) -> list[int]:
+    if isinstance(value, list):
+        return [_int(v) for v in value]
+    raise ValueError("expected a list of integers")
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if isinstance(value, str) and value in choices:
@@ -137,6 +143,8 @@ SCHEMA: tuple[Option, ...] = (
     Option("budget.seconds", _int, 120, "stop after this many host seconds"),
     Option("budget.idle_slices", _int, 200, "a vCPU spinning this many slices without a VM exit counts as hung"),
     Option("vmx.exception_bitmap", _int, 0, "VMCS exception bitmap: exceptions whose vector bit is set cause a VM exit (bit 14 = #PF)"),
+    Option("vmx.preemption_timer", _int, 0, "VMX-preemption timer value (counts down every 32 guest instructions; 0 = off): a timer exit (reason 52) each time it expires"),
+    Option("vmx.io_passthrough", _int_list, [], "I/O ports whose I/O-bitmap bit is clear: the guest reaches the device without a VM exit"),
     Option("vmx.unrestricted_guest", _bool, True, "secondary control 'unrestricted guest' (real-mode APs)"),
     Option("faults.sipi_uses_hpa", _bool, False, "VMM bug: compute the SIPI entry from the host-physical address (adds gpa_hpa_offset)"),
     Option("output.echo_serial", _bool, False, "copy guest serial output to stdout while running"),

@@ -159,6 +159,8 @@ class Vcpu:
         self.hook_error: tuple[BaseException, str] | None = None
         self.on_kick: Callable[["Vcpu"], None] | None = None   # the executor's wake-up hook
         self.ple_window = 0
+        self.io_bitmaps = None          # hvdbg.bitmaps.IoBitmaps (set by the VMM)
+        self.msr_bitmap = None          # hvdbg.bitmaps.MsrBitmap
         self.pauses_in_run = 0
         self.spin_exit = False          # the last run ended in a PAUSE-loop exit
         self.delivered: list[tuple[Event, int]] = []   # exceptions delivered to the guest (first 64)
@@ -254,6 +256,8 @@ class Vcpu:
 
     @_guarded(0)
     def _on_in(self, uc: Uc, port: int, size: int, _ud) -> int:
+        if self.io_bitmaps is not None and not self.io_bitmaps.exits(port, size):
+            return self.handler.bus.read(port, size)  # I/O-bitmap bit clear: no VM exit
         rip = uc.reg_read(X.UC_X86_REG_RIP)
         # I/O qualification (SDM Table 28-5): size-1, direction 1 = IN, port in 31:16
         info = ExitInfo(ExitReason.IO_INSTRUCTION, qualification=(size - 1) | 1 << 3 | port << 16,
@@ -263,6 +267,9 @@ class Vcpu:
 
     @_guarded(None)
     def _on_out(self, uc: Uc, port: int, size: int, value: int, _ud) -> None:
+        if self.io_bitmaps is not None and not self.io_bitmaps.exits(port, size):
+            self.handler.bus.write(port, size, value)
+            return
         rip = uc.reg_read(X.UC_X86_REG_RIP)
         info = ExitInfo(ExitReason.IO_INSTRUCTION, qualification=(size - 1) | port << 16, rip=rip,
                         instruction_length=1, data=value)
@@ -291,6 +298,8 @@ class Vcpu:
             return
         write = code == b"\x0f\x30"
         ecx = uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF
+        if self.msr_bitmap is not None and not self.msr_bitmap.exits(ecx, write):
+            return  # MSR-bitmap bit clear: the engine executes it, no VM exit
         value = (uc.reg_read(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 | (uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF)
         info = ExitInfo(ExitReason.MSR_WRITE if write else ExitReason.MSR_READ, rip=address,
                         instruction_length=2, data=value if write else 0, extra={"msr": ecx})
@@ -678,6 +687,9 @@ class Vcpu:
             return RunEnd.EXIT
         deadline = self.apic.next_event()
         budget = max_instructions
+        timer = self._preemption_timer()
+        if timer is not None:
+            budget = min(budget, max(1, timer << 5))
         if deadline is not None:
             budget = max(1, min(budget, deadline - self.instructions))
         rip = self.uc.reg_read(X.UC_X86_REG_RIP)
@@ -693,6 +705,8 @@ class Vcpu:
         natural = not self._leave and not self._kick.is_set() and counted <= budget and error is None
         executed = counted if natural else max(0, counted - 1)
         self.instructions += executed
+        if timer is not None:
+            self._tick_preemption_timer(timer, executed)
         if self.hook_error is not None:
             exc, tb = self.hook_error
             self.hook_error = None
@@ -714,6 +728,21 @@ class Vcpu:
             return RunEnd.KICKED
         self.runs_without_exit += 1
         return RunEnd.SLICE
+
+    def _preemption_timer(self) -> int | None:
+        """VMX-preemption timer value if the pin-based control is set (SDM 26.5.1); it counts
+        down once every 2^5 guest instructions (our TSC), like IA32_VMX_MISC[4:0] = 5."""
+        if not self._vmcs.read("PIN_BASED_VM_EXEC_CONTROL") >> 6 & 1:
+            return None
+        return self._vmcs.read("VMX_PREEMPTION_TIMER_VALUE")
+
+    def _tick_preemption_timer(self, value: int, executed: int) -> None:
+        left = value - (executed >> 5)
+        if left > 0:
+            self._vmcs.write("VMX_PREEMPTION_TIMER_VALUE", left)
+            return
+        self._vmcs.write("VMX_PREEMPTION_TIMER_VALUE", 0)
+        self.vm_exit(ExitInfo(ExitReason.PREEMPTION_TIMER, rip=self.uc.reg_read(X.UC_X86_REG_RIP)))
 
     def _on_hlt(self) -> None:
         rip = self.uc.reg_read(X.UC_X86_REG_RIP)

@@ -13,6 +13,7 @@ import capstone
 
 from hvdbg import multiboot
 from hvdbg.multiboot import image_scan
+from hvdbg.bitmaps import IoBitmaps, MsrBitmap
 from hvdbg.acpi import ACPI_BASE, ACPI_END, install_acpi
 from hvdbg.config import VmConfig
 from hvdbg.cpuid import CpuidModel
@@ -30,6 +31,11 @@ from hvdbg.symbols import SymbolTable
 from hvdbg.trace import ExitTrace
 from hvdbg.vcpu import Activity, Vcpu, flat_segments_32
 from hvdbg.vmm import Vmm, vmm_keeps_msr
+
+# MSRs whose MSR-bitmap bits are set: those the VMM emulates (TSC, APIC base, MISC_ENABLE,
+# PAT, TSC deadline, the x2APIC range) and EFER, whose writes switch the guest's mode (the
+# VMM traces them, then lets the engine execute them).  Every other MSR runs natively.
+VMM_MSRS = (0x10, 0x1B, 0x1A0, 0x277, 0x6E0, 0xC0000080, *range(0x800, 0x900))
 
 MB1_HEADER_MAGIC = 0x1BADB002
 MB2_HEADER_MAGIC = 0xE85250D6
@@ -62,6 +68,7 @@ class Machine:
         self._register_devices()
         self.vmm = Vmm(self, self.bus, self.trace,
                        sipi_offset=config["gpa_hpa_offset"] if config["faults.sipi_uses_hpa"] else 0)
+        self.vmm.preemption_timer = config["vmx.preemption_timer"]
         self.kernel_path = Path(config["kernel"])
         self.kernel_image = self._read(self.kernel_path, "kernel")
         self.symbols = SymbolTable(self.kernel_image)
@@ -74,12 +81,18 @@ class Machine:
         self.cbtable = install_coreboot_table(
             self.memory, [Range(r.base, r.length, r.type) for r in self.boot.memory_map])
         msr_sites = self._scan_msr_sites()
+        self.io_bitmaps = IoBitmaps(self.memory.host, self.memory.alloc_page)   # every port exits
+        self.io_bitmaps.set(config["vmx.io_passthrough"], exiting=False)
+        self.msr_bitmap = MsrBitmap(self.memory.host, self.memory.alloc_page)   # the VMM's MSRs exit
+        self.msr_bitmap.set(VMM_MSRS, exiting=True)
         self.vcpus: list[Vcpu] = []
         for i in range(n):
             cpuid_id = 0 if config["cpuid.apic_ids"] == "same" else self.apic_ids[i]
             cpuid = CpuidModel(apic_id=cpuid_id, vcpu_count=n, x2apic=config["cpuid.x2apic"])
             v = Vcpu(i, self.apic_ids[i], self.memory, self.vmm, cpuid, bsp=(i == 0),
                      x2apic=config["cpuid.x2apic"], send_ipi=self.vmm.send_ipi, msr_sites=msr_sites)
+            v.io_bitmaps = self.io_bitmaps
+            v.msr_bitmap = self.msr_bitmap
             v.vmcs.write("EXCEPTION_BITMAP", config["vmx.exception_bitmap"])
             v.vmcs.update(self._vmx_controls(config))
             self.vcpus.append(v)
@@ -90,14 +103,20 @@ class Machine:
         """The VM-execution, exit and entry controls of what the model does (SDM 25.6-25.8):
         HLT and all I/O exit, EPT and APIC-access exits, EFER saved/loaded."""
         from hvdbg.apic import XAPIC_BASE
-        from hvdbg.vmx_controls import (PRIMARY_PROCESSOR_BASED, SECONDARY_PROCESSOR_BASED, VM_ENTRY,
-                                        VM_EXIT)
+        from hvdbg.vmx_controls import (PIN_BASED, PRIMARY_PROCESSOR_BASED, SECONDARY_PROCESSOR_BASED,
+                                        VM_ENTRY, VM_EXIT)
         secondary = SECONDARY_PROCESSOR_BASED.mask("VIRTUALIZE_APIC_ACCESSES", "ENABLE_EPT")
         if config["vmx.unrestricted_guest"]:
             secondary |= SECONDARY_PROCESSOR_BASED.mask("UNRESTRICTED_GUEST")
+        pin = PIN_BASED.mask("PREEMPTION_TIMER") if config["vmx.preemption_timer"] else 0
         return {
+            "PIN_BASED_VM_EXEC_CONTROL": pin,
+            "VMX_PREEMPTION_TIMER_VALUE": config["vmx.preemption_timer"],
             "CPU_BASED_VM_EXEC_CONTROL": PRIMARY_PROCESSOR_BASED.mask(
-                "HLT_EXITING", "UNCONDITIONAL_IO_EXITING", "ACTIVATE_SECONDARY_CONTROLS"),
+                "HLT_EXITING", "USE_IO_BITMAPS", "USE_MSR_BITMAPS", "ACTIVATE_SECONDARY_CONTROLS"),
+            "IO_BITMAP_A": self.io_bitmaps.a,
+            "IO_BITMAP_B": self.io_bitmaps.b,
+            "MSR_BITMAP": self.msr_bitmap.page,
             "SECONDARY_VM_EXEC_CONTROL": secondary,
             "VM_EXIT_CONTROLS": VM_EXIT.mask("HOST_ADDRESS_SPACE_SIZE", "SAVE_EFER", "LOAD_EFER"),
             "VM_ENTRY_CONTROLS": VM_ENTRY.mask("LOAD_EFER"),

@@ -62,6 +62,7 @@ class Vmm:
         self.exception_exits = exception_exits
         self.exit_breakpoints: set[int] = set()
         self.internal_errors: list[str] = []
+        self.preemption_timer = 0
         self.on_exit_breakpoint: Callable[[Vcpu, ExitInfo], None] | None = None
         self._handlers: dict[ExitReason, Callable[[Vcpu, ExitInfo], bool]] = {
             ExitReason.CPUID: self._cpuid,
@@ -78,6 +79,7 @@ class Vmm:
             ExitReason.TRIPLE_FAULT: self._fatal("triple_fault"),
             ExitReason.EXCEPTION_NMI: self._exception,
             ExitReason.PAUSE_INSTRUCTION: self._pause_loop,
+            ExitReason.PREEMPTION_TIMER: self._preemption_timer,
         }
 
     # -- dispatch ---------------------------------------------------------------------
@@ -232,6 +234,13 @@ class Vmm:
     def _pause_loop(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
         """The vCPU spins on PAUSE: leave the engine so the scheduler can run another
         vCPU (the lock holder, with luck); the guest resumes at the next PAUSE."""
+        return False
+
+    # -- VMX-preemption timer (exit reason 52) ------------------------------------------------
+    def _preemption_timer(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
+        """Re-arm the timer (the VMM's time slice tick) and go on."""
+        vcpu.vmcs.write("VMX_PREEMPTION_TIMER_VALUE", self.preemption_timer)
+        exit.detail = f"re-armed with {self.preemption_timer}"
         return False
 
     # -- VMCALL (exit reason 18) -------------------------------------------------------------
