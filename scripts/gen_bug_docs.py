@@ -42,6 +42,19 @@ def run(cmd):
     return (out.stdout + out.stderr).rstrip()
 
 
+def gdb_session() -> str:
+    port = 5711
+    hv = subprocess.Popen(HV + ["run", "examples/bugs/05-shared-apic-id.toml", "--gdb", str(port), "--gdb-wait"],
+                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    hv.stderr.readline()  # the stubs are listening
+    cmd = ["gdb", "-nx", "-q", "-batch", "-ex", "file guests/build/smp.elf", "-ex", f"target remote 127.0.0.1:{port}",
+           "-ex", "break ap_poll_release", "-ex", "continue", "-ex", "p/x $rsp", "-ex", "continue",
+           "-ex", "p/x $rsp", "-ex", "info threads", "-ex", "delete", "-ex", "continue"]
+    out = run(cmd)
+    hv.wait(60)
+    return "\n".join(ln for ln in out.splitlines() if ln.strip())
+
+
 def main():
     parts = ["# The five SMP bring-up bugs, replayed and explained",
              "",
@@ -64,11 +77,16 @@ def main():
                   f"    $ hvdbg shell examples/bugs/{name}.toml {shown}", ""]
         parts += ["    " + ln for ln in run(cmd).splitlines()]
         parts += [""]
-    parts += ["## With gdb", "",
-              "Any scenario can be debugged live: `hvdbg run examples/bugs/05-shared-apic-id.toml "
-              "--gdb 1234 --gdb-wait`, then in gdb `file guests/build/smp.elf`, `target remote :1234`, "
-              "`break ap_poll_release`, `continue`: every AP stops there with the same `$rsp` "
-              "(`info threads`, `thread 3`, `p $rsp`), which is the shared stack. See docs/gdb.md.", ""]
+    parts += ["## With gdb: two APs on one stack", "",
+              "Any scenario can be debugged live. Bug 5 with real gdb: both APs stop in "
+              "`ap_poll_release` with the same `$rsp`, and the guest then dies with status 0x8d "
+              "(gdb prints it in octal). See docs/gdb.md.", "",
+              "    $ hvdbg run examples/bugs/05-shared-apic-id.toml --gdb 1234 --gdb-wait &",
+              "    $ gdb -batch guests/build/smp.elf -ex 'target remote :1234' -ex 'break ap_poll_release' \\",
+              "          -ex continue -ex 'p/x $rsp' -ex continue -ex 'p/x $rsp' -ex 'info threads' -ex delete -ex continue",
+              ""]
+    parts += ["    " + ln for ln in gdb_session().splitlines()]
+    parts += [""]
     (ROOT / "docs" / "bugs.md").write_text("\n".join(parts))
 
 
