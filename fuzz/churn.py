@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from gdbstub.packet import frame
+from gdbstub.packet import decode_payload, frame
 
 from fuzz.common import SMP_ELF
 
@@ -48,7 +48,7 @@ class RawDebugger:
         return self.reply(timeout)
 
     def reply(self, timeout: float = 30.0) -> bytes:
-        """The next packet's payload (raw, RLE not expanded: enough for prefixes)."""
+        """The next packet's payload (escapes and run-length encoding undone)."""
         deadline = time.monotonic() + timeout
         buf = bytearray()
         while True:
@@ -56,7 +56,7 @@ class RawDebugger:
             end = buf.find(b"#", start + 1) if start >= 0 else -1
             if start >= 0 and end >= 0 and len(buf) >= end + 3:
                 self.sock.sendall(b"+")
-                return bytes(buf[start + 1 : end])
+                return decode_payload(bytes(buf[start + 1 : end]))
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ChurnError(f"no reply within {timeout} s (got {bytes(buf)[:100]!r})")
