@@ -207,15 +207,18 @@ class Watchdog:
         self.last = now
         if vm.ended:
             return
+        reasons = [self.loop.stuck(v) for v in vm.vcpus]
+        if all(reasons):
+            # a hang says more than "budget": check it first (the vCPU threads may have used
+            # the whole budget between two checks)
+            vm.end("hang", detail="; ".join(f"vCPU {v.index}: {r}" for v, r in zip(vm.vcpus, reasons)))
+            return
         if vm.total_instructions() >= vm.config["budget.instructions"]:
             vm.end("budget", detail=f"instruction budget of {vm.config['budget.instructions']} used up")
             return
         if self.running_seconds >= vm.config["budget.seconds"]:
             vm.end("budget", detail=f"time budget of {vm.config['budget.seconds']} s used up")
             return
-        reasons = [self.loop.stuck(v) for v in vm.vcpus]
-        if all(reasons):
-            vm.end("hang", detail="; ".join(f"vCPU {v.index}: {r}" for v, r in zip(vm.vcpus, reasons)))
 
 
 class ExecutorBase:
