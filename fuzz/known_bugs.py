@@ -82,7 +82,7 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
     ),
     KnownBug(
         key="watchpoint-length-unbounded",
-        where="hvdbg/debug.py:476-484 (DebugSession.add_watchpoint), reached from "
+        where="hvdbg/debug.py:218-231 (DebugSession.add_watchpoint, the loop at line 225), reached from "
               "hvdbg/gdbtarget.py:216 (VmTarget.add_watchpoint)",
         what="Z2/Z3/Z4 with a huge length (e.g. Z2,ffffff8000100000,8000000000000000) walks the guest "
              "page tables once per 4 KiB page of the range and adds one Unicorn hook per page: 2^51 "
@@ -110,7 +110,7 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
     ),
     KnownBug(
         key="wide-values-in-narrow-mode",
-        where="hvdbg/vcpu.py:379 (Vcpu._ept_violation -> ept.walk) and hvdbg/vcpu.py:398 "
+        where="hvdbg/vcpu.py:394 (Vcpu._ept_violation -> ept.walk) and hvdbg/vcpu.py:413 "
               "(Vcpu._paging_structure_ept_violation -> paging.walk); the values come from "
               "hvdbg/gdbtarget.py:106 (VmTarget.write_registers, no architectural checks)",
         what="A debugger can give a vCPU a state the CPU cannot be in: RIP above 4 GiB in 32-bit code, or "
@@ -132,6 +132,26 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
 
 #: Bugs found by the chaos guests (recognised by their diagnosis text only).
 GUEST_BUGS: tuple[KnownBug, ...] = (
+    KnownBug(
+        key="efer-lma-at-reset",
+        where="hvdbg/ucx.py:197-207 (set_control_registers), used by Vcpu.load_guest_state "
+              "(hvdbg/vcpu.py:578); the crash itself is hvdbg/vcpu.py:394 (_ept_violation -> ept.walk)",
+        what="Unicorn's UC_MODE_64 engine starts with CR0=0x11, CR4=0x50200 and EFER=0x500 (LMA set with "
+             "paging off). set_control_registers toggles CR0.PG through 0 to make QEMU recompute LMA, but "
+             "PG is already 0, so LMA stays 1: the BSP reads EFER=0x400 at the multiboot entry and APs "
+             "in wait-for-SIPI show EFER=0x500, CR4=0x50200 (SDM Vol. 3A 9.1.1 / Table 9-1: EFER = 0 and "
+             "CR4 = 0 after INIT). A guest whose CR4.PAE write is lost (smp.elf with the byte at file "
+             "offset 0x1061 changed 0x22 -> 0x46: 'mov cr4, eax' becomes 'cmovbe esp, eax') then far-jumps "
+             "to its 64-bit code segment and runs 64-bit code with paging off; the fetch of "
+             "0xffffff800010009b reaches the EPT-fault hook as GPA 0xfff800010009b and ept.walk_ept "
+             "raises ValueError: the VM ends as internal_error. On hardware the guest would fault.",
+        fix="In set_control_registers, when the engine has LMA=1 and the state to load has LMA=0, pass "
+            "through real long mode first (CR4.PAE=1, EFER.LME=1, CR0=PE|PG, then CR0.PG=0: QEMU clears "
+            "LMA on that transition), then load CR0/CR3/CR4/EFER; reset APs' CR4/EFER the same way at "
+            "INIT. Independently, make Vcpu._ept_violation treat a GPA >= 2^48 as an EPT violation "
+            "without a walk so no guest state can end as internal_error.",
+        signatures=(r"guest-physical address 0x[0-9a-f]+ exceeds 48 bits",),
+    ),
     KnownBug(
         key="elf-header-offset-overflow",
         where="hvdbg/symbols.py:48 (SymbolTable._load); the same pattern in hvdbg/multiboot/kernel.py:137 "
