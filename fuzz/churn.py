@@ -200,18 +200,28 @@ def wait_for_stub(port: int, timeout: float = 30.0) -> None:
         dbg.close()
 
 
-def churn(ports: list[int], cycles: int, seed: int = 0, log: Callable[[str], None] = lambda _s: None
-          ) -> dict[str, int]:
-    """Run ``cycles`` debugger lifetimes over ``ports``; returns counts per action."""
+def churn(ports: list[int], cycles: int, seed: int = 0, log: Callable[[str], None] = lambda _s: None,
+          alive: Callable[[], bool] = lambda: True) -> dict[str, int]:
+    """Run up to ``cycles`` debugger lifetimes over ``ports``; returns counts per action
+    (and ``cycles``). Stops early, without error, once ``alive()`` says the guest ended."""
     rng = random.Random(seed)
-    counts: dict[str, int] = {}
+    counts: dict[str, int] = {"cycles": 0}
     for i in range(cycles):
+        if not alive():
+            break
         port = rng.choice(ports)
-        wait_for_stub(port)
         action = rng.choice(ACTIONS)
-        what = action(port, rng)
+        try:
+            wait_for_stub(port)
+            what = action(port, rng)
+        except (ChurnError, OSError):
+            deadline = time.monotonic() + 10  # the guest may be finishing: its stubs go away
+            while alive() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if alive():
+                raise
+            break
         counts[action.__name__] = counts.get(action.__name__, 0) + 1
+        counts["cycles"] += 1
         log(f"{i}: port {port}: {what}")
-    for port in ports:
-        wait_for_stub(port)
     return counts
