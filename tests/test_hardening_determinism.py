@@ -6,8 +6,8 @@ examples/bugs scripts print identical diagnoses. The long run is
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -57,24 +57,17 @@ def test_every_policy_is_deterministic_in_process(guest_kernels, sched):
 
 
 def test_host_load_does_not_change_the_trace(guest_kernels):
-    """A busy host thread competing for the GIL changes timing, not the result."""
+    """Busy host processes change timing, not the result. (Busy *threads* in the same
+    process would starve the executor of the GIL until the wall-clock budget.seconds ends
+    the run - a budget outcome is host-dependent by design; see docs/reliability.md.)"""
     quiet = strip(scenario.run(SMP_CONFIG, deterministic=True, vcpus=4, pcpus=2)[1])
-    stop = threading.Event()
-
-    def burn() -> None:
-        x = 0
-        while not stop.is_set():
-            x = (x * 31 + 7) % 1000003
-
-    burners = [threading.Thread(target=burn, daemon=True) for _ in range(2)]
-    for t in burners:
-        t.start()
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
     try:
         loaded = strip(scenario.run(SMP_CONFIG, deterministic=True, vcpus=4, pcpus=2)[1])
     finally:
-        stop.set()
-        for t in burners:
-            t.join()
+        for b in burners:
+            b.kill()
+            b.wait(10)
     assert quiet == loaded, first_difference(quiet, loaded)
 
 
