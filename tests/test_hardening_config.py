@@ -219,7 +219,7 @@ def test_bad_config_paths(tmp_path, capsys, what):
     assert "kernel" in err or "config" in err or "cannot read" in err
 
 
-@pytest.mark.xfail(strict=True, reason="hvdbg/config.py:387 load_config: read_text() raises UnicodeDecodeError "
+@pytest.mark.xfail(strict=True, reason="hvdbg/config.py:238 load_config: read_text() raises UnicodeDecodeError "
                    "(a ValueError, not OSError) for a non-UTF-8 file: traceback instead of one line")
 def test_binary_config_file_is_one_line(tmp_path):
     cfg = tmp_path / "vm.toml"
@@ -255,7 +255,7 @@ def test_malformed_options_are_argparse_errors(tmp_path, args):
     assert args[0] in proc.stderr or "unrecognized" in proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="hvdbg/cli.py:91-97 start_gdb_servers catches OSError only; "
+@pytest.mark.xfail(strict=True, reason="hvdbg/cli.py:86-100 start_gdb_servers catches OSError only; "
                    "socket.bind raises OverflowError for ports outside 0-65535 (gdbstub/server.py:85): traceback")
 @pytest.mark.parametrize("port", ["70000", "-1", "65535"])
 def test_gdb_port_out_of_range_is_one_line(guest_kernels, tmp_path, port):
@@ -278,7 +278,7 @@ def test_memory_overlapping_the_apic_page_is_refused(tmp_path, capsys, guest_ker
     assert_one_line_naming(err, "memory")
 
 
-@pytest.mark.xfail(strict=True, reason="hvdbg/config.py:356 checks gpa_hpa_offset < 2^46 but not offset + "
+@pytest.mark.xfail(strict=True, reason="hvdbg/config.py:211 checks gpa_hpa_offset < 2^46 but not offset + "
                    "memory (+ the EPT page pool): ValueError traceback from HostMemory for 0x3fffff000000")
 def test_gpa_hpa_offset_plus_memory_beyond_46_bits_is_refused(tmp_path, capsys, guest_kernels):
     cfg = write_toml(tmp_path / "vm.toml", small_run(guest_kernels, gpa_hpa_offset=0x3FFFFF000000))
