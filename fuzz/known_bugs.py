@@ -15,8 +15,6 @@ from typing import Callable
 
 from gdbstub.packet import Packet, PacketDecoder
 
-INT_STR_DIGITS = 4300  # Python's default limit for int <-> decimal str conversion
-
 
 @dataclass(frozen=True)
 class KnownBug:
@@ -47,15 +45,6 @@ def _hex_prefix_value(text: bytes) -> int | None:
     return int(digits, 16) if digits else None
 
 
-def _huge_regnum(packets: list[bytes]) -> bool:
-    for p in packets:
-        if p[:1] in (b"p", b"P"):
-            value = _hex_prefix_value(p[1:].split(b"=", 1)[0])
-            if value is not None and value.bit_length() > INT_STR_DIGITS * 3:
-                return True
-    return False
-
-
 def _huge_watch(packets: list[bytes]) -> bool:
     for p in packets:
         if p[:1] in (b"Z", b"z"):
@@ -68,18 +57,6 @@ def _huge_watch(packets: list[bytes]) -> bool:
 
 
 KNOWN_BUGS: tuple[KnownBug, ...] = (
-    KnownBug(
-        key="regnum-decimal-limit",
-        where="gdbstub/session.py:335 (GdbSession._register_number)",
-        what="A p/P packet whose register number has more than ~3570 hex digits makes the error message "
-             "f\"no register {regnum}\" convert the number to decimal, which Python refuses beyond 4300 "
-             "digits (ValueError 'Exceeds the limit for integer string conversion'). The session logs an "
-             "internal error and answers E01 instead of E16.",
-        fix="Format the number in hex (f\"no register {regnum:#x}\") or report the text (text[:32]); "
-            "hex formatting has no digit limit.",
-        matches=_huge_regnum,
-        signatures=(r"_register_number[\s\S]*Exceeds the limit \(4300 digits\)",),
-    ),
     KnownBug(
         key="watchpoint-length-unbounded",
         where="hvdbg/debug.py:218-231 (DebugSession.add_watchpoint, the loop at line 225), reached from "

@@ -332,7 +332,9 @@ class GdbSession:
     def _register_number(self, text: bytes) -> int:
         regnum = parse_hex(text)
         if regnum >= len(self.arch.registers):
-            raise ProtocolError(f"no register {regnum}")
+            # hex, never decimal: int -> decimal str is refused beyond 4300 digits
+            shown = f"{regnum:#x}" if regnum.bit_length() <= 64 else f"of {regnum.bit_length()} bits"
+            raise ProtocolError(f"no register {shown}")
         return regnum
 
     def _cmd_read_register(self, args: bytes) -> Reply:

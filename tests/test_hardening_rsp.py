@@ -177,8 +177,6 @@ def test_corpus_has_one_input_per_open_bug():
 # ===================================================================== bugs, one precise test each
 
 
-@pytest.mark.xfail(strict=True, reason="regnum-decimal-limit: gdbstub/session.py:335 formats the register "
-                   "number in decimal; > 4300 digits raises ValueError -> E01 + logged internal error")
 def test_huge_register_number_is_einval_not_internal_error():
     fuzzer = RspFuzzer(FakeTargetStub(), seed=0)
     try:
