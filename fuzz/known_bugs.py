@@ -36,55 +36,7 @@ def packets_of(raw: bytes) -> list[bytes]:
     return [e.data for e in PacketDecoder(1 << 22).feed(raw) if isinstance(e, Packet)]
 
 
-def _hex_prefix_value(text: bytes) -> int | None:
-    digits = bytearray()
-    for c in text:
-        if chr(c) not in "0123456789abcdefABCDEF":
-            break
-        digits.append(c)
-    return int(digits, 16) if digits else None
-
-
-def _huge_watch(packets: list[bytes]) -> bool:
-    for p in packets:
-        if p[:1] in (b"Z", b"z"):
-            fields = p[1:].split(b";", 1)[0].split(b",")
-            if len(fields) == 3 and _hex_prefix_value(fields[0]) in (2, 3, 4):
-                length = _hex_prefix_value(fields[2])
-                if length is not None and length > 1 << 20:
-                    return True
-    return False
-
-
 KNOWN_BUGS: tuple[KnownBug, ...] = (
-    KnownBug(
-        key="watchpoint-length-unbounded",
-        where="hvdbg/debug.py:218-231 (DebugSession.add_watchpoint, the loop at line 225), reached from "
-              "hvdbg/gdbtarget.py:216 (VmTarget.add_watchpoint)",
-        what="Z2/Z3/Z4 with a huge length (e.g. Z2,ffffff8000100000,8000000000000000) walks the guest "
-             "page tables once per 4 KiB page of the range and adds one Unicorn hook per page: 2^51 "
-             "iterations, so the GDB session thread never answers again (0x10000000 bytes already take "
-             "~23 s to add and ~30 s to remove). Nothing bounds the length.",
-        fix="Reject lengths GDB cannot mean (x86 debug registers watch 1, 2, 4 or 8 bytes; accept up to a "
-            "page or a small cap such as 64 KiB) in VmTarget.add_watchpoint (return False -> E28) or "
-            "raise ValueError in DebugSession.add_watchpoint; merge contiguous GPA pages into one hook range.",
-        matches=_huge_watch,
-        signatures=(r"add_watchpoint",),
-    ),
-    KnownBug(
-        key="breakpoint-at-top-of-address-space",
-        where="hvdbg/debug.py:194 (DebugSession.add_breakpoint) and :205 (remove_breakpoint)",
-        what="Z0/Z1 at address 0xffffffffffffffff: after hook_add, ctl_remove_cache(address, address + 1) "
-             "gets end = 2^64 and Unicorn raises UcError(UC_ERR_ARG). The session answers E01 (internal "
-             "error logged), and the code hook just added stays installed on the vCPU's engine but is not "
-             "recorded in DebugSession.breakpoints, so it can never be removed (z0 answers E02).",
-        fix="Clamp the flushed range to the 64-bit space (min(address + 1, 2**64 - 1)) or skip the flush "
-            "for the last byte; add the hook only after the flush succeeds, or record it first.",
-        matches=lambda packets: any(p[:1] in (b"Z", b"z") and (_hex_prefix_value(
-            p[1:].split(b",")[1] if p.count(b",") >= 2 else b"") or 0) >= (1 << 64) - 1 for p in packets),
-        signatures=(r"add_breakpoint[\s\S]*ctl_remove_cache[\s\S]*UC_ERR_ARG",
-                    r"remove_breakpoint[\s\S]*ctl_remove_cache[\s\S]*UC_ERR_ARG"),
-    ),
     KnownBug(
         key="wide-values-in-narrow-mode",
         where="hvdbg/vcpu.py:394 (Vcpu._ept_violation -> ept.walk) and hvdbg/vcpu.py:413 "

@@ -25,6 +25,27 @@ from hvdbg.vcpu import Vcpu
 from hvdbg.vm import Machine
 
 
+#: One past the last linear address (64-bit).
+ADDRESS_SPACE_END = 1 << 64
+#: Longest range one watchpoint may cover. x86 debug registers watch 1, 2, 4 or 8 bytes
+#: (SDM Vol. 3B 18.2.4); GDB asks a remote stub for a whole expression (an array, a
+#: structure), so a generous bound: 64 KiB is 17 hooks per vCPU at most.
+MAX_WATCH_LENGTH = 0x10000
+
+
+def _flush_translations(uc, address: int) -> None:
+    """Drop Unicorn's translated blocks holding ``address``, so that adding or removing a
+    code hook there takes effect (hooks are looked up when a block is translated).
+
+    ``ctl_remove_cache`` takes an exclusive end, which cannot name the last byte of the
+    64-bit space: for that byte the whole translation cache is flushed instead.
+    """
+    if address + 1 < ADDRESS_SPACE_END:
+        uc.ctl_remove_cache(address, address + 1)
+    else:
+        uc.ctl_flush_tb()
+
+
 class StopKind(enum.Enum):
     BREAKPOINT = "breakpoint"
     WATCHPOINT = "watchpoint"
@@ -183,16 +204,28 @@ class DebugSession:
 
     # -- breakpoints ---------------------------------------------------------------------
     def add_breakpoint(self, address: int, scope: frozenset[int] | None = None) -> None:
+        if not 0 <= address < ADDRESS_SPACE_END:
+            raise ValueError(f"breakpoint address {address:#x} is not a 64-bit linear address")
         scope = frozenset(v.index for v in self.vcpus_of(scope))
         key = (address, scope)
         with self._lock:
             if key in self.breakpoints:
                 return
             bp = _Breakpoint(address, scope)
-            for v in self.vcpus_of(scope):
-                bp.hooks[v.index] = v.uc.hook_add(UC_HOOK_CODE, self._on_breakpoint, bp, address, address)
-                v.uc.ctl_remove_cache(address, address + 1)
+            try:
+                for v in self.vcpus_of(scope):
+                    bp.hooks[v.index] = v.uc.hook_add(UC_HOOK_CODE, self._on_breakpoint, bp, address, address)
+                    _flush_translations(v.uc, address)
+            except BaseException:
+                self._delete_hooks(bp)  # nothing half-installed and unrecorded stays behind
+                raise
             self.breakpoints[key] = bp
+
+    def _delete_hooks(self, bp: _Breakpoint) -> None:
+        for index, handle in bp.hooks.items():
+            uc = self.vm.vcpus[index].uc
+            uc.hook_del(handle)
+            _flush_translations(uc, bp.address)
 
     def remove_breakpoint(self, address: int, scope: frozenset[int] | None = None) -> bool:
         scope = frozenset(v.index for v in self.vcpus_of(scope))
@@ -200,9 +233,7 @@ class DebugSession:
             bp = self.breakpoints.pop((address, scope), None)
             if bp is None:
                 return False
-            for v in self.vcpus_of(scope):
-                v.uc.hook_del(bp.hooks[v.index])
-                v.uc.ctl_remove_cache(address, address + 1)
+            self._delete_hooks(bp)
             return True
 
     def _on_breakpoint(self, uc, address: int, size: int, bp: _Breakpoint) -> None:
@@ -217,24 +248,41 @@ class DebugSession:
     # -- watchpoints ---------------------------------------------------------------------
     def add_watchpoint(self, gva: int, length: int, kind: str, scope: frozenset[int] | None = None,
                        translate_with: Vcpu | None = None) -> None:
-        """Watch a linear range (translated now with ``translate_with``'s page tables)."""
+        """Watch a linear range (translated now with ``translate_with``'s page tables).
+
+        Raises ValueError for an empty range, one longer than :data:`MAX_WATCH_LENGTH` or
+        one that runs past the end of the 64-bit space; GuestFault if a page is unmapped.
+        """
+        if not 1 <= length <= MAX_WATCH_LENGTH:
+            raise ValueError(f"watchpoint length {length:#x} is not between 1 and {MAX_WATCH_LENGTH:#x}")
+        if not 0 <= gva <= ADDRESS_SPACE_END - length:
+            raise ValueError(f"watched range {gva:#x}+{length:#x} is not inside the 64-bit space")
         scope = frozenset(v.index for v in self.vcpus_of(scope))
         cpu = translate_with or self.vcpus_of(scope)[0]
-        ranges = []
-        addr, left = gva, length
-        while left > 0:
-            n = min(left, 0x1000 - (addr & 0xFFF))
-            gpa = cpu.linear_to_physical(addr, "read")
-            ranges.append((gpa, gpa + n - 1))
-            addr += n
-            left -= n
-        wp = _Watchpoint(gva, length, kind, scope, ranges)
+        wp = _Watchpoint(gva, length, kind, scope, self._physical_ranges(cpu, gva, length))
         types = {"write": UC_HOOK_MEM_WRITE, "read": UC_HOOK_MEM_READ,
                  "access": UC_HOOK_MEM_WRITE | UC_HOOK_MEM_READ}[kind]
         with self._lock:
             for v in self.vm.vcpus:
-                wp.hooks[v.index] = [v.uc.hook_add(types, self._on_watch, wp, lo, hi) for lo, hi in ranges]
+                wp.hooks[v.index] = [v.uc.hook_add(types, self._on_watch, wp, lo, hi) for lo, hi in wp.ranges]
             self.watchpoints.append(wp)
+
+    @staticmethod
+    def _physical_ranges(cpu: Vcpu, gva: int, length: int) -> list[tuple[int, int]]:
+        """The inclusive GPA ranges behind a linear range, page by page, with pages that
+        are contiguous in guest-physical memory merged into one range (one hook each)."""
+        ranges: list[tuple[int, int]] = []
+        addr, left = gva, length
+        while left > 0:
+            n = min(left, 0x1000 - (addr & 0xFFF))
+            gpa = cpu.linear_to_physical(addr, "read")
+            if ranges and ranges[-1][1] + 1 == gpa:
+                ranges[-1] = (ranges[-1][0], gpa + n - 1)
+            else:
+                ranges.append((gpa, gpa + n - 1))
+            addr += n
+            left -= n
+        return ranges
 
     def remove_watchpoint(self, gva: int, length: int, kind: str, scope: frozenset[int] | None = None) -> bool:
         scope = frozenset(v.index for v in self.vcpus_of(scope))

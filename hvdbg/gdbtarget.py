@@ -10,6 +10,7 @@ one GDB session survives the guest's real -> protected -> long mode switches.
 
 from __future__ import annotations
 
+import errno
 import queue
 import struct
 import threading
@@ -206,7 +207,10 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
 
     # -- breakpoints and watchpoints ---------------------------------------------------
     def add_sw_breakpoint(self, address: int, kind: int) -> bool:
-        self.session.add_breakpoint(address, self._scope_arg())
+        try:
+            self.session.add_breakpoint(address, self._scope_arg())
+        except ValueError as e:  # not a 64-bit address
+            raise TargetError(str(e), errno.EINVAL) from None
         return True
 
     def remove_sw_breakpoint(self, address: int, kind: int) -> bool:
@@ -216,6 +220,8 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
     remove_hw_breakpoint = remove_sw_breakpoint
 
     def add_watchpoint(self, address: int, length: int, kind: WatchKind) -> bool:
+        """False (E28) for a range that cannot be watched: unmapped, empty, or longer than
+        :data:`hvdbg.debug.MAX_WATCH_LENGTH`."""
         try:
             self.session.add_watchpoint(address, length, _WATCH[kind], self._scope_arg(),
                                         translate_with=self.vm.vcpus[self._current])

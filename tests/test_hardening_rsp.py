@@ -189,8 +189,6 @@ def test_huge_register_number_is_einval_not_internal_error():
         fuzzer.close()
 
 
-@pytest.mark.xfail(strict=True, reason="breakpoint-at-top-of-address-space: hvdbg/debug.py:194 "
-                   "ctl_remove_cache(address, address + 1) with address + 1 == 2**64 -> UC_ERR_ARG")
 def test_breakpoint_at_last_address_inserts_and_removes(guest_kernels):
     stub = VmStub(vcpus=1)
     fuzzer = RspFuzzer(stub, seed=0)
@@ -222,8 +220,6 @@ import os; os._exit(0)
 """
 
 
-@pytest.mark.xfail(strict=True, reason="watchpoint-length-unbounded: hvdbg/debug.py:225 loops once per "
-                   "4 KiB page of the watched range (2^51 times for Z2,...,8000000000000000)")
 def test_watchpoint_of_absurd_length_is_refused_promptly(guest_kernels):
     out = subprocess.run([sys.executable, "-c", WATCH_CHILD.format(root=str(ROOT))], capture_output=True,
                          text=True, timeout=120).stdout
