@@ -27,6 +27,7 @@ DEFAULT_FEATURES = (
 )
 
 HYPERVISOR_SIGNATURE = b"hvdbghvdbghv"
+_MAX_ANSWERS = 256   # a guest probing every leaf must not grow the memo without bound
 
 
 def _bits(names: tuple[str, ...] | list[str], table: dict[str, int]) -> int:
@@ -50,8 +51,22 @@ class CpuidModel:
     x2apic: bool = False
     features: tuple[str, ...] = DEFAULT_FEATURES
 
+    def __setattr__(self, name: str, value) -> None:
+        # any change of the model invalidates the answers computed so far
+        object.__setattr__(self, name, value)
+        object.__setattr__(self, "_answers", {})
+
     def query(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
-        """(eax, ebx, ecx, edx) for CPUID.leaf.subleaf."""
+        """(eax, ebx, ecx, edx) for CPUID.leaf.subleaf (memoized: CPUID exits are hot)."""
+        key = (leaf, subleaf) if leaf == 0xB else leaf   # only leaf 0xB depends on ECX here
+        answer = self._answers.get(key)
+        if answer is None:
+            answer = self._compute(leaf, subleaf)
+            if len(self._answers) < _MAX_ANSWERS:
+                self._answers[key] = answer
+        return answer
+
+    def _compute(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
         feats = list(self.features) + (["x2apic"] if self.x2apic else [])
         if leaf == 0:
             ebx, edx, ecx = _regs_from_text(b"GenuineIntel")

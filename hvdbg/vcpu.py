@@ -42,6 +42,7 @@ from hvdbg.events import (PF, Delivery, Event, EventType, GuestFault, Shutdown, 
                           hardware_exception)
 from hvdbg.exit_reasons import ExitReason
 from hvdbg.memory import GuestMemory
+from hvdbg.ucregs import RegisterBatch, RegisterFile
 from hvdbg.ucx import Segment
 from hvdbg.vmcs import Vmcs
 
@@ -72,6 +73,10 @@ REG_IDS = {
 GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
 EFER = 0xC0000080
+# the same registers as 64-bit scalars for hvdbg.ucregs (RFLAGS, not the 32-bit EFLAGS)
+_FULL_IDS = {**REG_IDS, "rflags": X.UC_X86_REG_RFLAGS}
+_RIP = X.UC_X86_REG_RIP
+_RFLAGS = X.UC_X86_REG_RFLAGS
 
 # VMCS guest-state fields saved/loaded at exit/entry (SDM 25.4.1, 27.3.1, 28.3.2)
 _GUEST_REG_FIELDS = {"rip": "GUEST_RIP", "rsp": "GUEST_RSP", "rflags": "GUEST_RFLAGS",
@@ -82,7 +87,7 @@ _UC_MEM_ERRORS = {UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_ERR_FETCH_UNMA
                   UC_ERR_READ_PROT, UC_ERR_WRITE_PROT, UC_ERR_FETCH_PROT}
 
 
-@dataclass
+@dataclass(slots=True)
 class ExitInfo:
     """One VM exit as the VMM sees it; ``data`` carries the value of an IN / RDMSR /
     APIC read back into the guest."""
@@ -150,6 +155,8 @@ class Vcpu:
         self._vmcs = Vmcs()
         self._guest_stale = False       # the engine holds newer guest state than the VMCS
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        self.regs = RegisterFile(self.uc)   # hot-path register access (hvdbg.ucregs)
+        self._batches: dict[tuple[int, ...], RegisterBatch] = {}
         self.counter = ucx.InstructionCounter(self.uc)
         self.instructions = 0          # retired in finished runs
         self.idle_ticks = 0            # virtual time skipped while halted
@@ -191,6 +198,13 @@ class Vcpu:
             md.detail = True
         self._install_hooks(msr_sites)
 
+    def batch(self, reg_ids: tuple[int, ...]) -> RegisterBatch:
+        """A register batch on this vCPU's engine (built once per register list)."""
+        b = self._batches.get(reg_ids)
+        if b is None:
+            b = self._batches[reg_ids] = RegisterBatch(self.uc, reg_ids)
+        return b
+
     @property
     def vmcs(self) -> Vmcs:
         """The software VMCS.  Its guest-state area is written lazily: the first read after
@@ -225,13 +239,12 @@ class Vcpu:
         for site in sorted(set(msr_sites)):
             uc.hook_add(UC_HOOK_CODE, self._on_msr_site, None, site, site)
 
+    _EXIT_FIELDS = Vmcs.plan(("VM_EXIT_REASON", "EXIT_QUALIFICATION", "GUEST_RIP", "VM_EXIT_INSTRUCTION_LEN"))
+
     def vm_exit(self, info: ExitInfo) -> bool:
         """Record a VM exit in the VMCS and hand it to the VMM (SDM 28.2)."""
         v = self._vmcs
-        v.write("VM_EXIT_REASON", int(info.reason))
-        v.write("EXIT_QUALIFICATION", info.qualification)
-        v.write("GUEST_RIP", info.rip)
-        v.write("VM_EXIT_INSTRUCTION_LEN", info.instruction_length)
+        v.write_planned(self._EXIT_FIELDS, (info.reason, info.qualification, info.rip, info.instruction_length))
         if info.guest_physical is not None:
             v.write("GUEST_PHYSICAL_ADDRESS", info.guest_physical)
         if info.guest_linear is not None:
@@ -250,7 +263,7 @@ class Vcpu:
 
     @_guarded(1)
     def _on_cpuid(self, uc: Uc, _ud) -> int:
-        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        rip = self.regs.read(_RIP)
         self.vm_exit(ExitInfo(ExitReason.CPUID, rip=rip, instruction_length=2))
         return 1
 
@@ -258,7 +271,7 @@ class Vcpu:
     def _on_in(self, uc: Uc, port: int, size: int, _ud) -> int:
         if self.io_bitmaps is not None and not self.io_bitmaps.exits(port, size):
             return self.handler.bus.read(port, size)  # I/O-bitmap bit clear: no VM exit
-        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        rip = self.regs.read(_RIP)
         # I/O qualification (SDM Table 28-5): size-1, direction 1 = IN, port in 31:16
         info = ExitInfo(ExitReason.IO_INSTRUCTION, qualification=(size - 1) | 1 << 3 | port << 16,
                         rip=rip, instruction_length=1)
@@ -270,14 +283,14 @@ class Vcpu:
         if self.io_bitmaps is not None and not self.io_bitmaps.exits(port, size):
             self.handler.bus.write(port, size, value)
             return
-        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        rip = self.regs.read(_RIP)
         info = ExitInfo(ExitReason.IO_INSTRUCTION, qualification=(size - 1) | port << 16, rip=rip,
                         instruction_length=1, data=value)
         self.vm_exit(info)
 
     @_guarded(0)
     def _apic_read(self, uc: Uc, offset: int, size: int, _ud) -> int:
-        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        rip = self.regs.read(_RIP)
         # APIC-access qualification (SDM Table 28-6): offset 11:0, type 15:12 (0 = linear read)
         info = ExitInfo(ExitReason.APIC_ACCESS, qualification=offset & 0xFFF, rip=rip,
                         guest_physical=XAPIC_BASE + offset, extra={"size": size})
@@ -286,7 +299,7 @@ class Vcpu:
 
     @_guarded(None)
     def _apic_write(self, uc: Uc, offset: int, size: int, value: int, _ud) -> None:
-        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        rip = self.regs.read(_RIP)
         info = ExitInfo(ExitReason.APIC_ACCESS, qualification=(offset & 0xFFF) | 1 << 12, rip=rip,
                         guest_physical=XAPIC_BASE + offset, data=value, extra={"size": size})
         self.vm_exit(info)
@@ -331,7 +344,7 @@ class Vcpu:
 
     @_guarded(True)
     def _on_invalid(self, uc: Uc, _ud) -> bool:
-        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        rip = self.regs.read(_RIP)
         code = self.read_linear_safe(rip, 3)
         if code == b"\x0f\x01\xc1":
             info = ExitInfo(ExitReason.VMCALL, rip=rip, instruction_length=3)
@@ -344,7 +357,7 @@ class Vcpu:
 
     @_guarded(None)
     def _on_interrupt(self, uc: Uc, intno: int, _ud) -> None:
-        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        rip = self.regs.read(_RIP)
         error = ucx.reset_pending_exception(uc)
         if intno == 3 or intno == 4 or intno >= 32 or self._is_int_n(rip, intno):
             # INT3 / INTO / INT n: trap-like, RIP already points past the instruction
@@ -383,7 +396,7 @@ class Vcpu:
 
     @_guarded(False)
     def _on_ept_fault(self, uc: Uc, access: int, address: int, size: int, value: int, _ud) -> bool:
-        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        rip = self.regs.read(_RIP)
         kind = {UC_MEM_WRITE_UNMAPPED: "write", UC_MEM_WRITE_PROT: "write",
                 UC_MEM_FETCH_UNMAPPED: "fetch", UC_MEM_FETCH_PROT: "fetch"}.get(access, "read")
         gla = self._guess_linear_address(rip, address, kind)
@@ -403,6 +416,8 @@ class Vcpu:
         if not resume:
             self._leave = True
             self.uc.emu_stop()
+            if not walk.levels:  # no entry used: bits 6:3 (the entries' permissions) are 0
+                qual &= ~int(EptQual.READABLE | EptQual.WRITABLE | EptQual.EXECUTABLE | EptQual.USER_EXECUTABLE)
         return resume
 
     def _paging_structure_ept_violation(self, cr2: int, error: int) -> bool:
@@ -553,14 +568,14 @@ class Vcpu:
 
     # -- VMCS guest-state area ---------------------------------------------------------
     _SAVE_REGS = ("rip", "rsp", "rflags", "cr0", "cr3", "cr4", "dr7")
-    _SAVE_IDS = [REG_IDS[n] for n in _SAVE_REGS]
+    _SAVE_IDS = tuple(_FULL_IDS[n] for n in _SAVE_REGS)
     _SAVE_FIELDS = [_GUEST_REG_FIELDS[n] for n in _SAVE_REGS]
     _SEG_FIELDS = {name: tuple(f"GUEST_{fld}_{part}" for part in ("SELECTOR", "BASE", "LIMIT", "AR_BYTES"))
                    for name, fld in _GUEST_SEG_FIELDS.items()}
 
     def save_guest_state(self) -> None:
         """Copy the engine's state into the VMCS guest-state area (SDM 28.3)."""
-        values = dict(zip(self._SAVE_FIELDS, self.uc.reg_read_batch(self._SAVE_IDS)))
+        values = dict(zip(self._SAVE_FIELDS, self.batch(self._SAVE_IDS).read()))
         values["GUEST_IA32_EFER"] = self.uc.msr_read(EFER)
         for name, seg in ucx.read_segments(self.uc).items():
             sel, base, limit, ar = self._SEG_FIELDS[name]
@@ -642,7 +657,7 @@ class Vcpu:
         return self.activity == Activity.ACTIVE
 
     def interrupts_enabled(self) -> bool:
-        return bool(self.uc.reg_read(X.UC_X86_REG_EFLAGS) & (1 << 9))
+        return bool(self.regs.read(_RFLAGS) & (1 << 9))
 
     def _inject_pending(self) -> None:
         """VM entry event injection (SDM 27.6): a pending exception first, then the highest
@@ -692,7 +707,7 @@ class Vcpu:
             budget = min(budget, max(1, timer << 5))
         if deadline is not None:
             budget = max(1, min(budget, deadline - self.instructions))
-        rip = self.uc.reg_read(X.UC_X86_REG_RIP)
+        rip = self.regs.read(_RIP)
         error = None
         self._in_run = True
         try:
@@ -745,7 +760,7 @@ class Vcpu:
         self.vm_exit(ExitInfo(ExitReason.PREEMPTION_TIMER, rip=self.uc.reg_read(X.UC_X86_REG_RIP)))
 
     def _on_hlt(self) -> None:
-        rip = self.uc.reg_read(X.UC_X86_REG_RIP)
+        rip = self.regs.read(_RIP)
         info = ExitInfo(ExitReason.HLT, rip=rip - 1, instruction_length=1)
         self.vm_exit(info)
 
@@ -757,18 +772,18 @@ class Vcpu:
 
     # -- register snapshot for users ------------------------------------------------------
     _SNAPSHOT = GPRS + ("rip", "rflags", "cr0", "cr2", "cr3", "cr4", "cr8", "fs_base", "gs_base")
-    _SNAPSHOT_IDS = [REG_IDS[n] for n in _SNAPSHOT]
+    _SNAPSHOT_IDS = tuple(_FULL_IDS[n] for n in _SNAPSHOT)
 
     def registers(self) -> dict[str, int]:
-        out = dict(zip(self._SNAPSHOT, self.uc.reg_read_batch(self._SNAPSHOT_IDS)))
+        out = dict(zip(self._SNAPSHOT, self.batch(self._SNAPSHOT_IDS).read()))
         out["efer"] = self.uc.msr_read(EFER)
         return out
 
-    _SPIN_IDS = [REG_IDS[n] for n in ("rip",) + GPRS]
+    _SPIN_IDS = tuple(_FULL_IDS[n] for n in ("rip",) + GPRS)
 
     def progress_state(self) -> tuple[int, ...]:
         """RIP and the GPRs, for the hang detector's no-progress check."""
-        return tuple(self.uc.reg_read_batch(self._SPIN_IDS))
+        return self.batch(self._SPIN_IDS).read()
 
 
 def flat_segments_32() -> dict[str, Segment]:

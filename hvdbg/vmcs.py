@@ -198,6 +198,22 @@ class Vmcs:
                 else:
                     self._values[encoding] = value & ref.field.mask
 
+    @staticmethod
+    def plan(names: Iterable[str]) -> tuple[tuple[int, int], ...]:
+        """Resolve full-width fields once for :meth:`write_planned`: (encoding, mask) pairs."""
+        refs = [resolve(name) for name in names]
+        if any(ref.high for ref in refs):
+            raise ValueError("a write plan takes full-width fields only")
+        return tuple((ref.field.encoding, ref.field.mask) for ref in refs)
+
+    def write_planned(self, plan: tuple[tuple[int, int], ...], values: Iterable[int]) -> None:
+        """VMWRITE of the planned fields, in order, under one lock: the exit-information
+        fields written at every VM exit (SDM 28.2.1) go through here."""
+        store = self._values
+        with self._lock:
+            for (encoding, mask), value in zip(plan, values):
+                store[encoding] = value & mask
+
     __getitem__ = read
     __setitem__ = write
 

@@ -30,6 +30,8 @@ IA32_TSC = 0x10
 IA32_MISC_ENABLE = 0x1A0
 IA32_TSC_DEADLINE = 0x6E0
 IA32_PAT = 0x277
+_CPUID_IN = (X.UC_X86_REG_RAX, X.UC_X86_REG_RCX)
+_CPUID_OUT = (X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX)
 VMM_MSRS = frozenset({IA32_APIC_BASE_MSR, IA32_TSC, IA32_MISC_ENABLE, IA32_TSC_DEADLINE, IA32_PAT})
 
 
@@ -112,16 +114,13 @@ class Vmm:
 
     # -- CPUID (exit reason 10) -----------------------------------------------------------
     def _cpuid(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
-        uc = vcpu.uc
-        leaf = uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF
-        sub = uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF
+        rax, rcx = vcpu.batch(_CPUID_IN).read()
+        leaf = rax & 0xFFFFFFFF
+        sub = rcx & 0xFFFFFFFF
         eax, ebx, ecx, edx = vcpu.cpuid.query(leaf, sub)
         if leaf == 1 and not (vcpu.apic.base_msr & (1 << 11)):
             edx &= ~(1 << 9)  # APIC globally disabled: CPUID.1:EDX.APIC = 0 (SDM 11.4.3)
-        uc.reg_write(X.UC_X86_REG_RAX, eax)
-        uc.reg_write(X.UC_X86_REG_RBX, ebx)
-        uc.reg_write(X.UC_X86_REG_RCX, ecx)
-        uc.reg_write(X.UC_X86_REG_RDX, edx)
+        vcpu.batch(_CPUID_OUT).write((eax, ebx, ecx, edx))
         exit.detail = f"leaf {leaf:#x}.{sub:#x}"
         return True
 
