@@ -53,7 +53,11 @@ DESC_B_MASK = 1 << 22
 DESC_L_MASK = 1 << 21
 
 EFER_MSR = 0xC0000080
+EFER_LME = 1 << 8
 EFER_LMA = 1 << 10
+CR0_PE = 1 << 0
+CR0_PG = 1 << 31
+CR4_PAE = 1 << 5
 
 
 class UnicornLayoutError(RuntimeError):
@@ -197,14 +201,43 @@ def _compute_hflags(blob: _Blob, old: int, cr0: int, cr4: int, efer: int, eflags
 def set_control_registers(uc: Uc, cr0: int, cr3: int, cr4: int, efer: int) -> None:
     """Load CR0/CR3/CR4/EFER so that QEMU's LMA tracking follows EFER (SDM 27.3.2.1).
 
-    QEMU only changes EFER.LMA on a CR0.PG transition, so PG is toggled through 0.
+    QEMU only changes EFER.LMA on a CR0.PG transition (WRMSR cannot write it), so PG is
+    toggled through 0. An engine with LMA set while PG is clear (Unicorn's 64-bit engine
+    starts so, a state no CPU can be in: SDM Vol. 3A 2.2.1) first leaves long mode for real.
     """
-    uc.reg_write(X.UC_X86_REG_CR0, cr0 & ~(1 << 31))
+    if uc.msr_read(EFER_MSR) & EFER_LMA and not uc.reg_read(X.UC_X86_REG_CR0) & CR0_PG:
+        _leave_long_mode(uc)
+    uc.reg_write(X.UC_X86_REG_CR0, cr0 & ~CR0_PG)
     uc.msr_write(EFER_MSR, efer & ~EFER_LMA)
     uc.reg_write(X.UC_X86_REG_CR4, cr4)
     uc.reg_write(X.UC_X86_REG_CR3, cr3)
-    if cr0 & (1 << 31):
+    if cr0 & CR0_PG:
         uc.reg_write(X.UC_X86_REG_CR0, cr0)
+
+
+#: Registers whose value after INIT/RESET Unicorn's 64-bit engine does not have (SDM Vol. 3A
+#: 9.1.1, Table 9-1); CR0/CR3/CR4/EFER go through :func:`set_control_registers`.
+RESET_CONTROL = {"cr0": 0x60000010, "cr3": 0, "cr4": 0, "efer": 0}
+RESET_REGISTERS = {X.UC_X86_REG_MXCSR: 0x1F80}
+
+
+def load_reset_state(uc: Uc) -> None:
+    """Give a new engine the processor state after RESET/INIT where Unicorn differs:
+    it starts with CR0 = 11H, CR4 = 50200H, EFER = 500H (LMA with paging off) and
+    MXCSR = 0; Table 9-1 has CR0 = 60000010H, CR4 = 0, EFER = 0, MXCSR = 1F80H."""
+    set_control_registers(uc, **RESET_CONTROL)
+    for reg, value in RESET_REGISTERS.items():
+        uc.reg_write(reg, value)
+
+
+def _leave_long_mode(uc: Uc) -> None:
+    """Clear a stale EFER.LMA the way the CPU does (SDM Vol. 3A 10.8.5.4): enter IA-32e
+    mode (CR4.PAE, EFER.LME, CR0.PE|PG), then clear CR0.PG, the transition on which QEMU
+    clears LMA. The caller loads the real CR0/CR3/CR4/EFER (and RIP) afterwards."""
+    uc.reg_write(X.UC_X86_REG_CR4, uc.reg_read(X.UC_X86_REG_CR4) | CR4_PAE)
+    uc.msr_write(EFER_MSR, EFER_LME)
+    uc.reg_write(X.UC_X86_REG_CR0, CR0_PE | CR0_PG)
+    uc.reg_write(X.UC_X86_REG_CR0, CR0_PE)
 
 
 def reset_pending_exception(uc: Uc) -> int:

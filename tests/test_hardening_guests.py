@@ -140,9 +140,9 @@ def test_huge_e_phoff_is_a_one_line_load_error(tmp_path, guest_kernels):
     assert proc.returncode in (0, 1, 2)
 
 
-@pytest.mark.xfail(strict=True, reason="efer-lma-at-reset: hvdbg/ucx.py:197-207 set_control_registers cannot "
-                   "clear the LMA bit Unicorn's 64-bit engine starts with (PG is already 0): EFER reads 0x400 at "
-                   "the multiboot entry, 0x500 (and CR4 0x50200) on APs waiting for SIPI")
+@pytest.mark.xfail(strict=True, reason="ap-reset-state: APs keep Unicorn's initial EFER=0x500, CR4=0x50200, "
+                   "MXCSR=0 until their SIPI: Vcpu.__init__ (hvdbg/vcpu.py, outside the hardening task's files) "
+                   "does not call hvdbg.ucx.load_reset_state on its new engine")
 def test_reset_state_has_no_long_mode_bits(guest_kernels):
     """SDM Vol. 3A 9.1.1 (Table 9-1): after INIT, EFER = 0 and CR4 = 0; LMA is only ever set by
     the CPU when CR0.PG = 1 with EFER.LME = 1 (2.2.1). Multiboot enters with paging off."""
@@ -154,3 +154,49 @@ def test_reset_state_has_no_long_mode_bits(guest_kernels):
     assert bsp["cr0"] & (1 << 31) == 0
     assert bsp["efer"] & (1 << 10) == 0, f"BSP EFER {bsp['efer']:#x} at the multiboot entry"
     assert ap["efer"] == 0 and ap["cr4"] == 0, f"AP EFER {ap['efer']:#x} CR4 {ap['cr4']:#x} in wait-for-SIPI"
+
+
+def test_engine_reset_state_is_table_9_1():
+    """hvdbg.ucx.load_reset_state: SDM Vol. 3A Table 9-1 where Unicorn's engine differs, and
+    set_control_registers clears the LMA Unicorn's engine starts with (efer-lma-at-reset)."""
+    from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
+    from unicorn import x86_const as X
+
+    from hvdbg import ucx
+
+    fresh = Uc(UC_ARCH_X86, UC_MODE_64)
+    assert fresh.msr_read(ucx.EFER_MSR) & ucx.EFER_LMA  # what Unicorn gives: LMA with paging off
+    ucx.set_control_registers(fresh, 0x11, 0, 0, 0)  # the multiboot entry state
+    assert fresh.msr_read(ucx.EFER_MSR) == 0 and fresh.reg_read(X.UC_X86_REG_CR0) == 0x11
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    ucx.load_reset_state(uc)
+    got = (uc.reg_read(X.UC_X86_REG_CR0), uc.reg_read(X.UC_X86_REG_CR3), uc.reg_read(X.UC_X86_REG_CR4),
+           uc.msr_read(ucx.EFER_MSR), uc.reg_read(X.UC_X86_REG_MXCSR))
+    assert got == (0x60000010, 0, 0, 0, 0x1F80), [hex(x) for x in got]
+    # and long mode still works after it: PAE, LME, PG set LMA
+    ucx.set_control_registers(uc, 0x80000011, 0x1000, 0x20, 0x100)
+    assert uc.msr_read(ucx.EFER_MSR) == 0x500
+
+
+def test_bsp_enters_multiboot_without_long_mode_bits(guest_kernels):
+    from hvdbg.config import config_from_dict
+    from hvdbg.vm import Machine
+
+    bsp = Machine(config_from_dict({"kernel": str(guest_kernels / "smp.elf"), "vcpus": 1})).vcpus[0].registers()
+    assert (bsp["cr0"], bsp["cr4"], bsp["efer"]) == (0x11, 0, 0), bsp
+
+
+def test_guest_physical_address_beyond_the_ept_is_a_violation(guest_kernels):
+    """A GPA of more than 48 bits (only an impossible engine state makes one) ends the VM as
+    an EPT violation with no EPT entry used, not as internal_error (hvdbg/vcpu.py:_ept_violation)."""
+    from hvdbg.config import config_from_dict
+    from hvdbg.vm import Machine
+
+    vm = Machine(config_from_dict({"kernel": str(guest_kernels / "smp.elf"), "vcpus": 1}))
+    v = vm.vcpus[0]
+    assert v._ept_violation(0xFFF800010009B, "fetch", 0x100000, None, translated=True) is False
+    assert vm.ending is not None and vm.ending.outcome == "ept_violation", vm.ending
+    exit = v.last_exit
+    assert exit.guest_physical == 0xFFF800010009B
+    assert exit.qualification == 0x4  # a fetch; bits 5:3 clear (no entry); no valid GLA
+    assert "48 bits" in exit.extra["walk"].reason

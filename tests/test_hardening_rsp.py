@@ -226,8 +226,6 @@ def test_watchpoint_of_absurd_length_is_refused_promptly(guest_kernels):
     assert out.startswith("b'E"), f"reply and seconds: {out.strip()}"
 
 
-@pytest.mark.xfail(strict=True, reason="wide-values-in-narrow-mode: a 64-bit RIP/EFER.LMA written by the "
-                   "debugger reaches hvdbg/vcpu.py:394/413 walkers that raise ValueError -> internal_error")
 @pytest.mark.parametrize("registers", [
     {"efer": 0x500, "rip": 0xFFFFFF800010F000},
     {"cr0": 0x80000011, "cr3": 0x1000, "rip": 0xB9FA67A05C0EB5C1},
@@ -248,6 +246,43 @@ def test_impossible_register_state_is_refused_or_classified(guest_kernels, regis
         assert ending is None or ending.outcome not in ("internal_error", "fatal"), ending
     finally:
         fuzzer.close()
+
+
+LONG = dict(cr0=0x80000011, cr3=0x1000, cr4=0x20, efer=0x500, rip=0xFFFFFF8000100000, cs_long=True)
+PROTECTED = dict(cr0=0x11, cr3=0, cr4=0, efer=0, rip=0x100000, cs_long=False)
+
+
+@pytest.mark.parametrize("start, change, refused", [
+    (PROTECTED, {"efer": 0x500}, "LMA is read-only"),
+    (PROTECTED, {"rip": 1 << 32}, "RIP"),
+    (PROTECTED, {"cr0": 0x80000010}, "PG without PE"),
+    (PROTECTED, {"cr0": 0x20000011}, "NW without CD"),
+    (PROTECTED, {"cr0": 1 << 32 | 0x11}, "63:32"),
+    (PROTECTED, {"cr4": 1 << 15}, "reserved"),
+    (PROTECTED, {"efer": 1 << 20}, "reserved"),
+    (PROTECTED, {"cr3": 1 << 32}, "wider than 32"),
+    (PROTECTED, {"efer": 0x100, "cr0": 0x80000011}, "needs CR4.PAE"),
+    (LONG, {"rip": 0x0000800000000000}, "canonical"),
+    (LONG, {"cr0": 0x11}, "64-bit code"),
+    (LONG, {"cr4": 0}, "PAE"),
+    (LONG, {"efer": 0x400}, "LME cannot change"),
+    (LONG, {"cr3": 1 << 46}, "wider than 46"),
+    (PROTECTED, {"efer": 0x100}, None),                               # LME before paging: fine
+    (PROTECTED, {"cr4": 0x20, "efer": 0x500, "cr0": 0x80000011}, None),  # the whole switch at once (G)
+    (PROTECTED, {"cr0": 0x80000011, "cr3": 0x1000}, None),             # 32-bit paging
+    (LONG, {"rip": 0xFFFF800000000000, "cr3": 0x2000}, None),
+    (LONG, {"efer": 0x500, "cr0": 0x80000011, "rip": LONG["rip"]}, None),  # unchanged values
+], ids=lambda x: "" if isinstance(x, dict) else str(x))
+def test_register_writes_the_cpu_would_refuse(start, change, refused):
+    """wide-values-in-narrow-mode: VmTarget.write_registers refuses (E16) what MOV to CR /
+    WRMSR / a jump could not produce (SDM Vol. 3A 2.5, 2.2.1, 10.8.5)."""
+    from dataclasses import replace
+
+    from hvdbg.gdbtarget import ControlState, control_state_problem
+
+    old = ControlState(**start)
+    problem = control_state_problem(old, replace(old, **change))
+    assert (problem is None) if refused is None else (problem is not None and refused in problem), problem
 
 
 @pytest.mark.xfail(strict=True, reason="gdbstub/server.py:143-150 decides 'busy' at accept time: a debugger "
