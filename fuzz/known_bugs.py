@@ -54,19 +54,6 @@ GUEST_BUGS: tuple[KnownBug, ...] = (
         fix="Call ucx.load_reset_state(self.uc) right after the engine is created in Vcpu.__init__ (and on "
             "INIT in Vmm._init_signal).",
     ),
-    KnownBug(
-        key="elf-header-offset-overflow",
-        where="hvdbg/symbols.py:48 (SymbolTable._load); the same pattern in hvdbg/multiboot/kernel.py:137 "
-              "and :152 (_elf_file / _plan_elf catch only ELFError)",
-        what="A kernel whose ELF e_phoff is beyond 2^63 makes pyelftools seek there: "
-             "OverflowError 'Python int too large to convert to C ssize_t', which SymbolTable._load does "
-             "not catch (it catches ELFError, ValueError, KeyError). Machine() raises it, so `hvdbg run` "
-             "prints a Python traceback (exit status 1) instead of a one-line load error.",
-        fix="In SymbolTable._load catch every Exception from pyelftools (symbols are optional: start "
-            "over with an empty table), and in multiboot/kernel.py turn (ELFError, OverflowError, "
-            "ValueError, struct.error) from ELFFile / iter_segments into GuestLoadError.",
-        signatures=(r"symbols\.py[\s\S]*OverflowError", r"multiboot/kernel\.py[\s\S]*OverflowError"),
-    ),
 )
 
 

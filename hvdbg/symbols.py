@@ -6,7 +6,6 @@ import bisect
 import io
 from dataclasses import dataclass
 
-from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
@@ -45,8 +44,8 @@ class SymbolTable:
                         s = Symbol(sym.name, sym["st_value"], sym["st_size"])
                         self._syms.append(s)
                         self._by_name.setdefault(sym.name, s)
-        except (ELFError, ValueError, KeyError):
-            self._syms = []
+        except Exception:  # noqa: BLE001 - symbols are optional: a damaged file has none
+            self._syms, self._by_name = [], {}
         self._syms.sort(key=lambda s: (s.address, -s.size))
 
     def __len__(self) -> int:

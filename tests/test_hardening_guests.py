@@ -123,8 +123,6 @@ def test_corpus_guest_is_classified(runner, path):
     assert not result.is_bug, f"{result.verdict}: {result.detail[-1500:]}"
 
 
-@pytest.mark.xfail(strict=True, reason="elf-header-offset-overflow: hvdbg/symbols.py:48 does not catch the "
-                   "OverflowError pyelftools raises for e_phoff >= 2^63 -> traceback from `hvdbg run`")
 def test_huge_e_phoff_is_a_one_line_load_error(tmp_path, guest_kernels):
     import struct
 

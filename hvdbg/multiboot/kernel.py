@@ -10,9 +10,11 @@ Three ways to load (MB1 3.1.3, MB2 3.1.5):
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass, field
 
 from elftools.common.exceptions import ELFError
+from elftools.construct import ConstructError
 from elftools.elf.elffile import ELFFile
 
 from hvdbg.errors import GuestLoadError
@@ -131,10 +133,15 @@ def _plan_address(image: bytes, header: MultibootHeader, a: AddressFields, name:
     return KernelLayout([segment], entry, klass is not None, klass, where)
 
 
+#: What pyelftools raises for a damaged file: its own errors, its parser's, and Python's for
+#: offsets or sizes it cannot seek to or read (e_phoff >= 2^63 is an OverflowError).
+ELF_PARSE_ERRORS = (ELFError, ConstructError, OverflowError, ValueError, struct.error, EOFError)
+
+
 def _elf_file(image: bytes, name: str) -> ELFFile:
     try:
         return ELFFile(io.BytesIO(image))
-    except ELFError as exc:
+    except ELF_PARSE_ERRORS as exc:
         raise GuestLoadError(f"{name}: broken ELF file: {exc}") from None
 
 
@@ -150,8 +157,8 @@ def _plan_elf(image: bytes, header: MultibootHeader, name: str, klass: int) -> K
     vaddrs: list[int] = []
     try:
         phdrs = list(elf.iter_segments())
-    except ELFError as exc:
-        raise GuestLoadError(f"{name}: broken ELF program headers: {exc}") from None
+    except ELF_PARSE_ERRORS as exc:
+        raise GuestLoadError(f"{name}: broken ELF program headers: {type(exc).__name__}: {exc}") from None
     for index, ph in enumerate(phdrs):
         if ph["p_type"] != "PT_LOAD" or ph["p_memsz"] == 0:
             continue
