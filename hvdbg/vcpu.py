@@ -26,15 +26,15 @@ from typing import Callable, Protocol
 
 import capstone
 from unicorn import (UC_ARCH_X86, UC_ERR_FETCH_PROT, UC_ERR_FETCH_UNMAPPED, UC_ERR_READ_PROT,
-                     UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_PROT, UC_ERR_WRITE_UNMAPPED, UC_HOOK_CODE,
-                     UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UC_HOOK_MEM_FETCH_PROT,
+                     UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_PROT, UC_ERR_WRITE_UNMAPPED,
+                     UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UC_HOOK_MEM_FETCH_PROT,
                      UC_HOOK_MEM_FETCH_UNMAPPED, UC_HOOK_MEM_READ_PROT, UC_HOOK_MEM_READ_UNMAPPED,
                      UC_HOOK_MEM_WRITE_PROT, UC_HOOK_MEM_WRITE_UNMAPPED, UC_MEM_FETCH_PROT,
                      UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_PROT, UC_MEM_WRITE_UNMAPPED, UC_MODE_64, Uc,
                      UcError)
 from unicorn import x86_const as X
 
-from hvdbg import paging, ucx
+from hvdbg import paging, uchooks, ucx
 from hvdbg.apic import XAPIC_BASE, XAPIC_SIZE, LocalApic
 from hvdbg.cpuid import CpuidModel
 from hvdbg.errors import GuestMemoryError
@@ -228,16 +228,16 @@ class Vcpu:
     # -- hooks -----------------------------------------------------------------------
     def _install_hooks(self, msr_sites: list[int]) -> None:
         uc = self.uc
-        uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
-        uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
-        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        uchooks.add_cpuid_hook(uc, self._on_cpuid)
+        uchooks.add_in_hook(uc, self._on_in)
+        uchooks.add_out_hook(uc, self._on_out)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED
                     | UC_HOOK_MEM_READ_PROT | UC_HOOK_MEM_WRITE_PROT | UC_HOOK_MEM_FETCH_PROT,
                     self._on_ept_fault)
         for site in sorted(set(msr_sites)):
-            uc.hook_add(UC_HOOK_CODE, self._on_msr_site, None, site, site)
+            uchooks.add_code_hook(uc, self._on_msr_site, site, site)
 
     _EXIT_FIELDS = Vmcs.plan(("VM_EXIT_REASON", "EXIT_QUALIFICATION", "GUEST_RIP", "VM_EXIT_INSTRUCTION_LEN"))
 
@@ -330,7 +330,7 @@ class Vcpu:
         exits with reason 40 so that the scheduler can run someone else (KVM's PLE)."""
         self.ple_window = window
         for site in sites:
-            self.uc.hook_add(UC_HOOK_CODE, self._on_pause_site, None, site, site)
+            uchooks.add_code_hook(self.uc, self._on_pause_site, site, site)
 
     @_guarded(None)
     def _on_pause_site(self, uc: Uc, address: int, size: int, _ud) -> None:
