@@ -54,6 +54,20 @@ static void apply_option(const char *word, uint64_t len, struct boot_options *op
         opt->ap_wait_loops = number;
     else if (eq && word_is(word, key_len, "max_aps") && parse_u64(value, value_len, &number))
         opt->max_aps = number;
+    else if (eq && word_is(word, key_len, "workload") && word_is(value, value_len, "lock"))
+        opt->workload = WORKLOAD_LOCK;
+    else if (eq && word_is(word, key_len, "workload") && word_is(value, value_len, "sum"))
+        opt->workload = WORKLOAD_SUM;
+    else if (eq && word_is(word, key_len, "lock") && word_is(value, value_len, "tas"))
+        opt->lock_tas = true;
+    else if (eq && word_is(word, key_len, "lock") && word_is(value, value_len, "ticket"))
+        opt->lock_tas = false;
+    else if (eq && word_is(word, key_len, "lock_iters") && parse_u64(value, value_len, &number))
+        opt->lock_iters = number;
+    else if (eq && word_is(word, key_len, "lock_inside") && parse_u64(value, value_len, &number))
+        opt->lock_inside = number;
+    else if (eq && word_is(word, key_len, "lock_outside") && parse_u64(value, value_len, &number))
+        opt->lock_outside = number;
 }
 
 static void parse_cmdline(struct boot_options *opt)
@@ -78,6 +92,9 @@ void bootinfo_parse(uint32_t magic, uint32_t info_phys, struct boot_options *out
     out->work_entries = DEFAULT_WORK_ENTRIES;
     out->ap_wait_loops = DEFAULT_AP_WAIT_LOOPS;
     out->max_aps = UINT64_MAX;
+    out->lock_iters = DEFAULT_LOCK_ITERS;
+    out->lock_inside = DEFAULT_LOCK_INSIDE;
+    out->lock_outside = DEFAULT_LOCK_OUTSIDE;
     if (info->flags & MBI_FLAG_MEM) {
         out->have_mem = true;
         out->mem_lower_kib = info->mem_lower;

@@ -7,6 +7,11 @@
 #define CMDLINE_MAX 256
 #define DEFAULT_WORK_ENTRIES 65536ULL
 #define DEFAULT_AP_WAIT_LOOPS 20000000ULL
+#define DEFAULT_LOCK_ITERS 1000ULL
+#define DEFAULT_LOCK_INSIDE 20ULL
+#define DEFAULT_LOCK_OUTSIDE 100ULL
+
+enum workload_kind { WORKLOAD_SUM, WORKLOAD_LOCK };
 
 struct boot_options {
     uint32_t magic;
@@ -18,6 +23,11 @@ struct boot_options {
     bool selftest;
     uint64_t ap_wait_loops;      /* PAUSE loops to wait for each AP */
     uint64_t max_aps;            /* start at most this many APs */
+    enum workload_kind workload; /* workload=sum (default) or workload=lock */
+    bool lock_tas;               /* lock=tas: test-and-test-and-set instead of a ticket lock */
+    uint64_t lock_iters;         /* critical sections per CPU */
+    uint64_t lock_inside;        /* work steps inside the critical section */
+    uint64_t lock_outside;       /* work steps outside */
 };
 
 /*
@@ -26,6 +36,8 @@ struct boot_options {
  *   selftest     run the int3 / LAPIC timer / IPI self-tests
  *   ap_wait=N    PAUSE loops to wait for each AP (default DEFAULT_AP_WAIT_LOOPS)
  *   max_aps=N    start at most N APs (default: all the MADT lists)
+ *   workload=lock  the lock-heavy workload (lock.h) instead of the parallel sum
+ *   lock=tas|ticket, lock_iters=N, lock_inside=N, lock_outside=N  its parameters
  * Other words (QEMU passes the kernel path first) are ignored.
  */
 void bootinfo_parse(uint32_t magic, uint32_t info_phys, struct boot_options *out);

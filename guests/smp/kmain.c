@@ -3,11 +3,15 @@
 #include "bootinfo.h"
 #include "console.h"
 #include "lapic.h"
+#include "lock.h"
 #include "selftest.h"
 #include "smp.h"
 #include "trap.h"
 #include "work.h"
 
+/* gcc places these in .bss in reverse order: lock_work (added last) goes behind the
+ * others, which keep their addresses (the APs print &work). */
+static struct lock_workload lock_work;
 static struct boot_options options;
 static struct cpu_table madt_cpus;
 static struct cpu_table started_aps;
@@ -30,7 +34,13 @@ __attribute__((noreturn)) void kmain(uint32_t magic, uint32_t mb_info_phys)
         debug_exit(EXIT_ACPI_ERROR);
 
     /* The bump allocator may overwrite the loader's multiboot info: parsed above. */
-    work_prepare(&work, options.work_entries);
+    if (options.workload == WORKLOAD_LOCK) {
+        lock_prepare(&lock_work, options.lock_tas ? LOCK_TAS : LOCK_TICKET, options.lock_iters,
+                     options.lock_inside, options.lock_outside);
+        work.lock = &lock_work;
+    } else {
+        work_prepare(&work, options.work_entries);
+    }
 
     smp_start_aps(&madt_cpus, bsp_apic_id, options.ap_wait_loops, options.max_aps, &started_aps);
     uint32_t online = 1 + started_aps.count;
@@ -45,6 +55,10 @@ __attribute__((noreturn)) void kmain(uint32_t magic, uint32_t mb_info_phys)
 
     work_set_cpus(&work, online);
     smp_release(&work);
+    if (work.lock) {
+        lock_run(&work, 0);
+        lock_finish(work.lock, online);
+    }
     work_run(&work, 0);
 
     uint64_t expected = work_expected(work.entries);

@@ -55,6 +55,7 @@
 #define EXIT_BARRIER_TIMEOUT 3
 #define EXIT_SELFTEST_FAILED 4
 #define EXIT_ACPI_ERROR     5
+#define EXIT_LOCK_BAD       6
 #define EXIT_EXCEPTION_BASE 0x80
 
 #endif

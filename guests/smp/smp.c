@@ -2,6 +2,7 @@
 
 #include "console.h"
 #include "lapic.h"
+#include "lock.h"
 #include "trap.h"
 
 extern const uint8_t ap_trampoline_start[], ap_trampoline_end[];
@@ -97,6 +98,9 @@ void ap_entry(uint32_t cpuid_apic_id)
     cpu_cli();
     kprintf("CPU %u released: workload at %p, stack %p\n", cpu_index, (void *)work,
             __builtin_frame_address(0));
-    work_run(work, cpu_index);
+    if (work->lock)
+        lock_run(work, cpu_index);
+    else
+        work_run(work, cpu_index);
     halt_forever();
 }

@@ -56,13 +56,19 @@ static bool barrier_wait(struct sense_barrier *b, uint32_t *local_sense, uint64_
     return false;
 }
 
-static void barrier_or_exit(struct workload *work, uint32_t *local_sense, uint32_t cpu_index,
+/* Inlined, as it was before work_barrier() existed: work_run's code stays the same. */
+static inline __attribute__((always_inline)) void barrier_or_exit(struct workload *work, uint32_t *local_sense, uint32_t cpu_index,
                             const char *which)
 {
     if (!barrier_wait(&work->barrier, local_sense, work->barrier_spin_limit)) {
         kprintf_panic("barrier timeout (%s) on CPU %u\n", which, cpu_index);
         debug_exit(EXIT_BARRIER_TIMEOUT);
     }
+}
+
+void work_barrier(struct workload *work, uint32_t *local_sense, uint32_t cpu_index, const char *which)
+{
+    barrier_or_exit(work, local_sense, cpu_index, which);
 }
 
 void work_run(struct workload *work, uint32_t cpu_index)

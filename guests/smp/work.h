@@ -24,6 +24,8 @@ struct sense_barrier {
     uint32_t participants;
 };
 
+struct lock_workload;
+
 struct workload {
     uint64_t *array;
     uint64_t entries;
@@ -31,6 +33,7 @@ struct workload {
     volatile uint64_t total;         /* sum of partial sums, lock-added */
     struct sense_barrier barrier;
     uint64_t barrier_spin_limit;
+    struct lock_workload *lock;      /* set: the lock-heavy workload (lock.h) runs instead */
 };
 
 /* BSP: allocate and fill the array (print where it lives). */
@@ -46,6 +49,9 @@ void work_set_cpus(struct workload *work, uint32_t ncpus);
  * EXIT_BARRIER_TIMEOUT.
  */
 void work_run(struct workload *work, uint32_t cpu_index);
+
+/* The barrier of work_run, for other workloads (prints and exits on timeout). */
+void work_barrier(struct workload *work, uint32_t *local_sense, uint32_t cpu_index, const char *which);
 
 /* The expected total, computed serially from work_value(). */
 uint64_t work_expected(uint64_t entries);
