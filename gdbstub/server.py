@@ -5,6 +5,12 @@ waits (briefly) for its first packet, answers it with
 ``E.gdbstub: another debugger is already connected`` (GDB prints this as
 "Remote failure reply") and closes the connection. After the active debugger
 detaches, kills or disconnects, the server accepts the next one.
+
+"Busy" is decided when the previous session has really ended, not at accept time: a
+debugger that connects while the previous session is ending (after the ``OK`` to
+``D``, while breakpoints are removed and the target resumed) waits for that cleanup;
+one that connects while a session is live is refused after a short grace period (the
+previous peer may have vanished without its session having noticed yet).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import logging
 import select
 import socket
 import threading
+import time
 
 from .connection import ConnectionClosed, PacketConnection
 from .packet import Packet
@@ -24,6 +31,11 @@ log = logging.getLogger(__name__)
 DEFAULT_PACKET_SIZE = 0x20000
 ACCEPT_POLL_SECONDS = 0.1
 REFUSAL_READ_TIMEOUT = 5.0
+#: How long a newcomer waits for a live session to end before it is refused (below
+#: GDB's default 2 s ``remotetimeout`` for the reply to its first packet).
+BUSY_GRACE_SECONDS = 0.5
+#: How long a newcomer waits for a session that is already ending to finish its cleanup.
+ENDING_WAIT_SECONDS = 20.0
 BUSY_REPLY = b"E.gdbstub: another debugger is already connected"
 
 
@@ -54,6 +66,7 @@ class GdbServer:
         self._acceptor: threading.Thread | None = None
         self._session_thread: threading.Thread | None = None
         self._active: PacketConnection | None = None
+        self._session: GdbSession | None = None  # the active connection's, once created
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._session_done = threading.Condition(self._lock)
@@ -99,8 +112,9 @@ class GdbServer:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting, end the active session (as a disconnect) and join threads."""
         self._stopping.set()
-        with self._lock:
+        with self._session_done:
             active = self._active
+            self._session_done.notify_all()  # newcomers waiting for a free slot give up
         if active is not None:
             try:
                 active.sock.shutdown(socket.SHUT_RDWR)
@@ -142,24 +156,53 @@ class GdbServer:
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = PacketConnection(sock, self.packet_size, rle=self.rle)
-            with self._lock:
-                busy = self._active is not None
-                if not busy:
-                    self._active = conn
-            if busy:
-                log.warning("refusing debugger from %s: one is already connected", peer)
-                threading.Thread(target=self._refuse, args=(conn,), daemon=True).start()
-                continue
-            log.info("debugger connected from %s", peer)
-            self._session_thread = threading.Thread(
-                target=self._run_session, args=(conn,), name="gdbstub-session", daemon=True
-            )
-            self._session_thread.start()
+            if self._claim(conn, wait=False):
+                self._start_session(conn, peer)
+            else:
+                threading.Thread(target=self._wait_or_refuse, args=(conn, peer), daemon=True,
+                                 name="gdbstub-newcomer").start()
+
+    def _claim(self, conn: PacketConnection, wait: bool) -> bool:
+        """Make ``conn`` the active connection if none is, waiting (if ``wait``) for the
+        active session to end: up to :data:`ENDING_WAIT_SECONDS` once it is ending, else
+        :data:`BUSY_GRACE_SECONDS`."""
+        start = time.monotonic()
+        with self._session_done:
+            while self._active is not None and not self._stopping.is_set():
+                ending = self._session is not None and self._session.ending
+                left = start + (ENDING_WAIT_SECONDS if ending else BUSY_GRACE_SECONDS) - time.monotonic()
+                if not wait or left <= 0:
+                    return False
+                self._session_done.wait(min(left, 0.05))  # 'ending' is polled, the end notified
+            if self._stopping.is_set():
+                return False
+            self._active = conn
+            self._session = None
+            return True
+
+    def _wait_or_refuse(self, conn: PacketConnection, peer) -> None:
+        if self._claim(conn, wait=True):
+            self._start_session(conn, peer)
+        elif self._stopping.is_set():
+            conn.close()
+        else:
+            log.warning("refusing debugger from %s: one is already connected", peer)
+            self._refuse(conn)
+
+    def _start_session(self, conn: PacketConnection, peer) -> None:
+        log.info("debugger connected from %s", peer)
+        self._session_thread = threading.Thread(
+            target=self._run_session, args=(conn,), name="gdbstub-session", daemon=True
+        )
+        self._session_thread.start()
 
     def _run_session(self, conn: PacketConnection) -> None:
         end: SessionEnd | None = None
         try:
-            end = GdbSession(self.target, conn, self.packet_size).serve()
+            session = GdbSession(self.target, conn, self.packet_size)
+            with self._lock:
+                self._session = session
+            end = session.serve()
             log.info("debugger session ended: %s", end.value)
         except Exception:
             log.exception("debugger session failed")
@@ -167,6 +210,7 @@ class GdbServer:
         finally:
             with self._session_done:
                 self._active = None
+                self._session = None
                 self.last_session_end = end
                 self.sessions_served += 1
                 self._session_done.notify_all()

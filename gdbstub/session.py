@@ -153,6 +153,12 @@ class GdbSession:
 
     # ------------------------------------------------------------------ main loop
 
+    @property
+    def ending(self) -> bool:
+        """The session has decided to end (D, k, vKill or a closed connection) and is
+        cleaning up or done; set before the reply to D is sent."""
+        return self._end is not None
+
     def serve(self) -> SessionEnd:
         """Run until the session ends; always leaves the target cleaned up."""
         try:

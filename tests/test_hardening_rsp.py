@@ -285,8 +285,6 @@ def test_register_writes_the_cpu_would_refuse(start, change, refused):
     assert (problem is None) if refused is None else (problem is not None and refused in problem), problem
 
 
-@pytest.mark.xfail(strict=True, reason="gdbstub/server.py:143-150 decides 'busy' at accept time: a debugger "
-                   "that connects while the previous one's session is still cleaning up after D is refused")
 def test_reconnect_right_after_detach_is_accepted():
     machine = FakeMachine((1, 2))
     refused = 0
