@@ -225,26 +225,6 @@ def _fake_machine_module():
     return gdbstub_fake_target
 
 
-def _drained_fake_machine(fake):
-    """The test fake machine, minus a stale-stop bug of its ``attach``.
-
-    ``FakeMachine.attach`` returns a fresh stop without draining the stop queue when
-    the runner already stopped on its own (a fault or exit after a detach resumed
-    it), so the next ``wait_for_stop`` returns that stale event and then joins the
-    new runner forever. That is a bug of the test helper, not of gdbstub (see
-    docs/reliability.md), so the fuzzer drains the queue itself.
-    """
-
-    class DrainedFakeMachine(fake.FakeMachine):
-        def attach(self):
-            if not self.running:
-                while not self._stops.empty():
-                    self._stops.get_nowait()
-            return super().attach()
-
-    return DrainedFakeMachine
-
-
 class FakeTargetStub:
     """GdbSession over a socketpair, serving the fake 3-CPU machine (in-process, fast)."""
 
@@ -252,7 +232,7 @@ class FakeTargetStub:
 
     def __init__(self, packet_size: int = 0x4000, rng: random.Random | None = None) -> None:
         fake = _fake_machine_module()
-        self.machine = _drained_fake_machine(fake)((1, 2, 7))
+        self.machine = fake.FakeMachine((1, 2, 7))
         self.packet_size = packet_size
         self.rng = rng or random.Random(0)
         self.profile = TargetProfile(

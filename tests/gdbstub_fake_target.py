@@ -239,6 +239,10 @@ class FakeMachine(
             event = self.wait_for_stop(5.0)
             assert event is not None
             return event
+        # The runner stopped on its own while nobody waited (a fault after a detach
+        # resumed it): that stop was never reported and is not the new debugger's.
+        while not self._stops.empty():
+            self._stops.get_nowait()
         return StopEvent.signalled(self._last_tid, 5)
 
     # ------------------------------------------------------------------ execution

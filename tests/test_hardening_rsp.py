@@ -303,8 +303,6 @@ def test_reconnect_right_after_detach_is_accepted():
     assert refused == 0, f"{refused} of 20 immediate reconnects refused"
 
 
-@pytest.mark.xfail(strict=True, reason="tests/gdbstub_fake_target.py:236 FakeMachine.attach does not drain a "
-                   "stop queued while nobody waited; the next wait_for_stop returns it, then joins forever")
 def test_fake_machine_attach_discards_stale_stops():
     machine = FakeMachine((1,))
     machine.write_registers(1, {"rip": 0x10})  # unmapped: the run faults at once
