@@ -83,11 +83,18 @@ def cmd_shell(args: argparse.Namespace) -> int:
     return run_shell(args)
 
 
+MAX_TCP_PORT = 65535
+
+
 def start_gdb_servers(session, host: str, port: int, monitor=None) -> list:
     """One stub with every vCPU as a thread on ``port``, one per vCPU i on port+1+i."""
     from gdbstub import GdbServer
     from hvdbg.gdbtarget import VmTarget
 
+    last = port + len(session.vm.vcpus)
+    if not 1 <= port or last > MAX_TCP_PORT:
+        raise HvdbgError(f"--gdb {port}: the stubs need TCP ports {port}..{last} (one for all vCPUs, one per "
+                         f"vCPU); ports are 1..{MAX_TCP_PORT}")
     servers = [GdbServer(VmTarget(session, None, monitor), host=host, port=port)]
     for v in session.vm.vcpus:
         servers.append(GdbServer(VmTarget(session, frozenset({v.index}), monitor), host=host,

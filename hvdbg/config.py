@@ -12,9 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from hvdbg.apic import XAPIC_BASE
+from hvdbg.ept import DEFAULT_CAPS
 from hvdbg.errors import ConfigError
+from hvdbg.memory import GuestMemory
 
 MiB = 1 << 20
+#: Guest RAM starts at GPA 0 and must end below the local APIC page (SDM Vol. 3A 11.4.1).
+MAX_MEMORY = XAPIC_BASE
+#: The EPT maps host-physical addresses of up to MAXPHYADDR bits (CPUID.80000008H:EAX[7:0]).
+HOST_ADDRESS_LIMIT = 1 << DEFAULT_CAPS.maxphyaddr
+#: Longest scheduling slice: Unicorn counts a run's instructions, keep it a sane 32-bit count.
+MAX_SLICE = 1 << 32
 MAGIC_CHOICES = {"bootloader": None, "header": "header"}
 SCHED_POLICIES = ("pinned", "fifo", "rr", "cfs", "smp")
 
@@ -126,14 +135,15 @@ SCHEMA: tuple[Option, ...] = (
     Option("kernel", _str, None, "guest kernel (multiboot 1 or 2 image); relative to the config file"),
     Option("cmdline", _str, "", "kernel command line passed in the multiboot information"),
     Option("modules", _str_list, [], "multiboot modules (paths; relative to the config file)"),
-    Option("memory", _size, 128 * MiB, "guest RAM size (16M .. 4G)"),
-    Option("gpa_hpa_offset", _int, 0, "host-physical address of guest-physical 0 (EPT maps GPA -> GPA + offset)"),
+    Option("memory", _size, 128 * MiB, "guest RAM size (16M .. 4078M: RAM ends below the local APIC page at 0xFEE00000)"),
+    Option("gpa_hpa_offset", _int, 0, "host-physical address of guest-physical 0 (EPT maps GPA -> GPA + offset); "
+           "RAM and the hypervisor's 4 MiB page pool after it must fit in 46 bits"),
     Option("vcpus", _int, 1, "number of vCPUs (1 .. 64)"),
     Option("pcpus", _int, 0, "number of pCPUs (host threads); 0 = one per vCPU"),
     Option("sched", _choice(*SCHED_POLICIES), "pinned", "vCPU scheduling policy when vCPUs share pCPUs: pinned, fifo, rr, cfs or smp (CFS + spin/IPI awareness, docs/scheduling.md)"),
     Option("weights", _affinity_weights, {}, "per-vCPU CFS weights, e.g. { 0 = 2048 } (default 1024)"),
     Option("deterministic", _bool, False, "run every vCPU on one host thread in instruction-counted slices"),
-    Option("slice", _int, 50_000, "time slice in guest instructions"),
+    Option("slice", _int, 50_000, "time slice in guest instructions (100 .. 2^32)"),
     Option("affinity", _affinity, {}, "per-vCPU allowed pCPUs, e.g. { 0 = [0], 1 = [1] }"),
     Option("cpuid.x2apic", _bool, False, "report x2APIC support in CPUID.1:ECX[21]"),
     Option("cpuid.apic_ids", _choice("distinct", "same"), "distinct",
@@ -141,7 +151,7 @@ SCHEMA: tuple[Option, ...] = (
     Option("loader.magic", _magic, None, "EAX at entry: \"bootloader\" (correct), \"header\" (the header magic: a bug scenario) or a number"),
     Option("budget.instructions", _int, 4_000_000_000, "stop after this many guest instructions in total"),
     Option("budget.seconds", _int, 120, "stop after this many host seconds"),
-    Option("budget.idle_slices", _int, 200, "a vCPU spinning this many slices without a VM exit counts as hung"),
+    Option("budget.idle_slices", _int, 200, "a vCPU spinning this many slices without a VM exit counts as hung (at least 1)"),
     Option("vmx.exception_bitmap", _int, 0, "VMCS exception bitmap: exceptions whose vector bit is set cause a VM exit (bit 14 = #PF)"),
     Option("vmx.preemption_timer", _int, 0, "VMX-preemption timer value (counts down every 32 guest instructions; 0 = off): a timer exit (reason 52) each time it expires"),
     Option("vmx.io_passthrough", _int_list, [], "I/O ports whose I/O-bitmap bit is clear: the guest reaches the device without a VM exit"),
@@ -199,21 +209,37 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _host_end(memory: int, offset: int) -> int:
+    """End of the host-physical range a VM uses: guest RAM at ``offset``, then the page pool
+    of the EPT tables at the next 2 MiB boundary (as hvdbg.memory.GuestMemory places them)."""
+    pool = (offset + memory + 2 * MiB - 1) & ~(2 * MiB - 1)
+    return pool + GuestMemory.POOL_SIZE
+
+
 def _cross_check(values: dict[str, Any], source: str) -> None:
     mem = values["memory"]
-    if not (16 * MiB <= mem <= 4096 * MiB) or mem % (1 << 12):
-        raise ConfigError(f"{source}: 'memory': must be a multiple of 4 KiB between 16M and 4G (got {mem:#x})")
+    if not (16 * MiB <= mem <= MAX_MEMORY) or mem % (1 << 12):
+        raise ConfigError(f"{source}: 'memory': must be a multiple of 4 KiB between 16M and {MAX_MEMORY >> 20}M "
+                          f"(RAM ends below the local APIC page at {XAPIC_BASE:#x}) (got {mem:#x})")
     if not 1 <= values["vcpus"] <= 64:
         raise ConfigError(f"{source}: 'vcpus': must be between 1 and 64 (got {values['vcpus']})")
     if not 0 <= values["pcpus"] <= 64:
         raise ConfigError(f"{source}: 'pcpus': must be between 0 and 64 (got {values['pcpus']})")
     off = values["gpa_hpa_offset"]
-    if off < 0 or off % (1 << 12) or off >= 1 << 46:
-        raise ConfigError(f"{source}: 'gpa_hpa_offset': must be a 4 KiB-aligned address below 2^46 (got {off:#x})")
-    if values["slice"] < 100:
-        raise ConfigError(f"{source}: 'slice': must be at least 100 guest instructions (got {values['slice']})")
-    if values["budget.instructions"] <= 0 or values["budget.seconds"] <= 0:
-        raise ConfigError(f"{source}: 'budget': instructions and seconds must be positive")
+    if off < 0 or off % (1 << 12) or _host_end(mem, off) > HOST_ADDRESS_LIMIT:
+        raise ConfigError(f"{source}: 'gpa_hpa_offset': must be a 4 KiB-aligned address such that guest RAM and "
+                          f"the hypervisor's pages after it end below 2^{DEFAULT_CAPS.maxphyaddr} (got {off:#x} "
+                          f"with {mem >> 20}M of RAM)")
+    if not 100 <= values["slice"] <= MAX_SLICE:
+        raise ConfigError(f"{source}: 'slice': must be between 100 and 2^32 guest instructions (got {values['slice']})")
+    for key in ("budget.instructions", "budget.seconds"):
+        if values[key] <= 0:
+            raise ConfigError(f"{source}: '{key}': must be positive (got {values[key]})")
+    for key in ("loader.magic", "vmx.exception_bitmap"):  # EAX at entry; a 32-bit VMCS field (SDM 25.6.3)
+        if isinstance(values[key], int) and not 0 <= values[key] < 1 << 32:
+            raise ConfigError(f"{source}: '{key}': must be a 32-bit value (got {values[key]:#x})")
+    if values["budget.idle_slices"] < 1:
+        raise ConfigError(f"{source}: 'budget.idle_slices': must be at least 1 (got {values['budget.idle_slices']})")
     for v, cpus in values["affinity"].items():
         if not 0 <= v < values["vcpus"]:
             raise ConfigError(f"{source}: 'affinity': no vCPU {v}")
@@ -235,11 +261,13 @@ def config_from_dict(data: dict[str, Any], base_dir: Path | None = None, source:
 def load_config(path: str | Path) -> VmConfig:
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")  # TOML files are UTF-8 (TOML 1.0, "Spec")
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such config file") from None
     except OSError as e:
         raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: not UTF-8 (byte {e.object[e.start]:#04x} at offset {e.start})") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
