@@ -403,31 +403,37 @@ class Vcpu:
         return self._ept_violation(address, kind, rip, gla, translated=True)
 
     def _ept_violation(self, gpa: int, kind: str, rip: int, gla: int | None, translated: bool) -> bool:
-        from hvdbg.ept import violation_qualification
-        walk = self.memory.ept.walk(gpa)
+        from hvdbg.ept import GPA_WIDTH, EptQual, EptStatus, EptWalk, violation_qualification
+        if gpa >> GPA_WIDTH:
+            # Wider than a 4-level EPT translates (only an impossible engine state, such as
+            # EFER.LMA with paging off, produces one): no EPT entry maps it.
+            walk = EptWalk(gpa, self.memory.ept.pml4_hpa, (), EptStatus.NOT_PRESENT,
+                           f"GPA wider than the {GPA_WIDTH} bits the EPT translates", None)
+        else:
+            walk = self.memory.ept.walk(gpa)
         if walk.is_misconfig:
             info = ExitInfo(ExitReason.EPT_MISCONFIG, rip=rip, guest_physical=gpa,
                             extra={"walk": walk, "access": kind})
         else:
             qual = violation_qualification(kind, walk, gla_valid=gla is not None, translated_access=translated)
+            if not walk.levels:  # no entry used: bits 6:3 (the entries' permissions) are 0
+                qual &= ~int(EptQual.READABLE | EptQual.WRITABLE | EptQual.EXECUTABLE | EptQual.USER_EXECUTABLE)
             info = ExitInfo(ExitReason.EPT_VIOLATION, qualification=qual, rip=rip, guest_physical=gpa,
                             guest_linear=gla, extra={"walk": walk, "access": kind})
         resume = self.vm_exit(info)
         if not resume:
             self._leave = True
             self.uc.emu_stop()
-            if not walk.levels:  # no entry used: bits 6:3 (the entries' permissions) are 0
-                qual &= ~int(EptQual.READABLE | EptQual.WRITABLE | EptQual.EXECUTABLE | EptQual.USER_EXECUTABLE)
         return resume
 
     def _paging_structure_ept_violation(self, cr2: int, error: int) -> bool:
         """A guest page walk through a GPA the EPT does not map reaches Unicorn as a #PF;
         on hardware it is an EPT violation on a paging-structure access (bit 8 = 0)."""
-        regs = self.control_regs()
         access = "fetch" if error & 0x10 else "write" if error & 2 else "read"
-        w = paging.walk(self.memory.read, regs["cr0"], regs["cr3"], regs["cr4"], regs["efer"], cr2, access)
+        w = self.page_walk(cr2, access)  # CR2 holds 32 bits outside IA-32e paging, as on the CPU
         if w.fault is not None and w.fault.kind == paging.FaultKind.READ_ERROR and w.fault.entry_gpa is not None:
-            self._ept_violation(w.fault.entry_gpa, "read", self.uc.reg_read(X.UC_X86_REG_RIP), cr2, translated=False)
+            self._ept_violation(w.fault.entry_gpa, "read", self.uc.reg_read(X.UC_X86_REG_RIP), w.gva,
+                                translated=False)
             return True
         return False
 
