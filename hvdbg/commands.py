@@ -1437,7 +1437,8 @@ def cmd_sched(call: Call, a: dict) -> str:
     # the scheduling policy, on the executor or on its scheduler core (hvdbg.sched)
     owner = executor if getattr(executor, "policy", None) is not None else getattr(executor, "sched", None)
     policy = getattr(owner, "policy", None)
-    stats_fn = getattr(policy, "stats", None)
+    # a scheduler core adds per-vCPU waiting reasons and times to the policy's statistics
+    stats_fn = getattr(owner, "stats", None) if hasattr(owner, "waiting") else getattr(policy, "stats", None)
     if callable(stats_fn):
         try:
             with getattr(owner, "lock", None) or contextlib.nullcontext():  # policies are not thread-safe

@@ -22,6 +22,19 @@ from hvdbg.vm import Machine
 
 SPIN_HISTORY = 4
 
+WAITING_REASONS: dict[str, str] = {
+    "running": "on a pCPU now",
+    "queued": "runnable, waiting in a run queue (woken, preempted, or its slice ended)",
+    "pause-yield": "runnable, gave its pCPU away after a PAUSE-loop exit (SDM 25.1.3; smp: directed yield)",
+    "halted": "HLT, waiting for an interrupt (SDM 25.4.2 activity state 1)",
+    "wait-for-SIPI": "never started or INIT received: waits for a start-up IPI (SDM 25.4.2 state 3)",
+    "debugger": "held by the debugger (pause or breakpoint stop)",
+    "finished": "HLT with IF=0 and no NMI/INIT pending, shutdown, or the VM has ended",
+}
+"""Why a vCPU is (not) running: the ``waiting`` column of the scheduler statistics.
+Time per reason (``waited``) is virtual time in guest instructions (the latest pCPU clock),
+which stands still while the debugger holds the VM, so ``debugger`` has no time."""
+
 
 @dataclass
 class VcpuProgress:
@@ -278,12 +291,14 @@ class SchedCore:
     wake-ups from IPIs/signals (through ``Vcpu.on_kick``), slice feedback and statistics.
     Every policy call goes through here, under one lock."""
 
-    def __init__(self, vm: Machine, loop: VcpuLoop, pcpus: int, policy_name: str) -> None:
+    def __init__(self, vm: Machine, loop: VcpuLoop, pcpus: int, policy_name: str,
+                 control: RunControl | None = None) -> None:
         from hvdbg.sched import make_policy
 
         self.vm = vm
         self.loop = loop
         self.pcpus = pcpus
+        self.control = control
         self.policy = make_policy(policy_name)
         self.policy.set_pcpus(pcpus)
         self.lock = threading.RLock()
@@ -293,6 +308,9 @@ class SchedCore:
         self.last_on: dict[int, int | None] = {p: None for p in range(pcpus)}
         self.clock = [0] * pcpus
         self.changed = threading.Condition(self.lock)
+        self.reason: dict[int, str] = {}                  # vCPU -> key of WAITING_REASONS
+        self.reason_since: dict[int, int] = {}            # virtual time it entered it
+        self.waited = {v.index: dict.fromkeys(WAITING_REASONS, 0) for v in vm.vcpus}
         affinity = vm.config["affinity"]
         weights = vm.config["weights"]
         for v in vm.vcpus:
@@ -300,6 +318,7 @@ class SchedCore:
             self.policy.add_vcpu(v.index, weight=weights.get(v.index, 1024),
                                  affinity=frozenset(p for p in allowed if p < pcpus) if allowed else None)
             self.blocked.add(v.index)
+            self._set_reason(v.index, self.blocked_reason(v))
             v.on_kick = self._on_kick
         if pcpus < len(vm.vcpus) and policy_name in self.PLE_POLICIES:
             self._enable_pause_loop_exiting()
@@ -336,6 +355,36 @@ class SchedCore:
                 return True
         return False
 
+    def blocked_reason(self, v: Vcpu) -> str:
+        """The waiting reason of a vCPU that is not runnable (from its activity state)."""
+        if v.activity == Activity.WAIT_FOR_SIPI:
+            return "wait-for-SIPI"
+        if v.activity == Activity.SHUTDOWN:
+            return "finished"
+        if v.activity == Activity.HLT and not v.interrupts_enabled() \
+                and not v.apic.nmi_pending and not v.pending_init:
+            return "finished"
+        return "halted"
+
+    def _set_reason(self, index: int, reason: str) -> None:
+        """Close the current waiting period of vCPU ``index`` and open one for ``reason``."""
+        now = max(self.clock)
+        old = self.reason.get(index)
+        if old is not None:
+            self.waited[index][old] += max(0, now - self.reason_since[index])
+        self.reason[index] = reason
+        self.reason_since[index] = now
+
+    def waiting(self, index: int) -> str:
+        """Why vCPU ``index`` is (not) running now: a key of :data:`WAITING_REASONS`."""
+        with self.lock:
+            if self.control is not None and self.control.is_paused(self.vm.vcpus[index]):
+                return "debugger"
+            reason = self.reason.get(index, "queued")
+            if self.vm.ended and reason in ("running", "queued", "pause-yield"):
+                return "finished"
+            return reason
+
     def _on_kick(self, v: Vcpu) -> None:
         with self.lock:
             if v.index in self.blocked and v.index not in self.running.values() and self.runnable(v):
@@ -344,6 +393,7 @@ class SchedCore:
 
     def _wake(self, v: Vcpu, reason: str) -> None:
         self.blocked.discard(v.index)
+        self._set_reason(v.index, "queued")
         now = max(self.clock)
         self.policy.wake(v.index, now, reason)
         self._after_event(now)
@@ -360,6 +410,7 @@ class SchedCore:
             if vi is None:
                 return None
             self.running[p] = vi
+            self._set_reason(vi, "running")
             if self.last_on[p] != vi:
                 self.switches[vi] += 1
                 self.last_on[p] = vi
@@ -388,6 +439,10 @@ class SchedCore:
             else:
                 kind = SliceEnd.SLICE
             spinning = v.spin_exit or self.loop.progress[v.index].spin_slices > 0
+            if kind == SliceEnd.BLOCKED:
+                self._set_reason(v.index, self.blocked_reason(v))
+            else:
+                self._set_reason(v.index, "pause-yield" if v.spin_exit else "queued")
             self.policy.account(v.index, p, ran, self.clock[p],
                                 RunFeedback(kind, exits=exits, paused_spinning=spinning, ipis_sent=ipis))
             if kind == SliceEnd.BLOCKED and still:
@@ -407,8 +462,17 @@ class SchedCore:
         self.finish(v, p, end, ran, v.exit_count - before_exits, ipis)
 
     def stats(self) -> dict:
+        """The policy's statistics, plus per vCPU ``waiting`` (reason now, see
+        :data:`WAITING_REASONS`) and ``waited_<reason>`` (virtual time spent so far in
+        each reason other than running), and ``switches``."""
         with self.lock:
             st = self.policy.stats()
+            now = max(self.clock)
+            for index, row in st["vcpus"].items():
+                row["waiting"] = self.waiting(index)
+                waited = dict(self.waited[index])
+                waited[self.reason[index]] += max(0, now - self.reason_since[index])
+                row.update((f"waited_{r}", t) for r, t in waited.items() if r not in ("running", "debugger"))
         st["switches"] = dict(self.switches)
         return st
 
@@ -423,7 +487,7 @@ class DeterministicExecutor(ExecutorBase):
     def __init__(self, vm: Machine, control: RunControl | None = None) -> None:
         super().__init__(vm, control)
         self.pcpus = vm.config["pcpus"] or len(vm.vcpus)
-        self.sched = SchedCore(vm, self.loop, self.pcpus, vm.config["sched"])
+        self.sched = SchedCore(vm, self.loop, self.pcpus, vm.config["sched"], self.control)
 
     def run(self) -> None:
         vm = self.vm
@@ -465,7 +529,7 @@ class ThreadedSchedExecutor(ExecutorBase):
     def __init__(self, vm: Machine, control: RunControl | None = None) -> None:
         super().__init__(vm, control)
         self.pcpus = vm.config["pcpus"] or len(vm.vcpus)
-        self.sched = SchedCore(vm, self.loop, self.pcpus, vm.config["sched"])
+        self.sched = SchedCore(vm, self.loop, self.pcpus, vm.config["sched"], self.control)
         self.busy = [0.0] * self.pcpus
 
     def _pcpu(self, p: int) -> None:

@@ -233,6 +233,25 @@ def test_rr_rotates_every_quantum():
     assert pol.stats()["vcpus"][0]["preemptions"] == 1
 
 
+def test_rr_quantum_survives_the_executor_cap_on_several_pcpus():
+    """Regression: with an executor cap below the quantum, the vCPU that keeps its pCPU
+    sits at the head of the global queue; another pCPU must not take it (a migration
+    starts a new slice, so its quantum never ran out and vCPU 1 starved for ever on the
+    real SMP kernel with slice=2000, 4 vCPUs on 2 pCPUs)."""
+    pol = started("rr", 2, 2, quantum=1000)
+    pol.block(1, 0, "test")
+    assert pol.pick_next(0, 0) == 0
+    pol.account(0, 0, 200, 200, SLICE)                 # the cap: vCPU 0 keeps pCPU 0
+    pol.wake(1, 200, "ipi")
+    assert pol.pick_next(1, 200) == 1                  # not vCPU 0, reserved for pCPU 0
+    assert pol.pick_next(0, 200) == 0 and pol.slice_for(0, 0) == 800
+    for now in (400, 600, 800):
+        pol.account(0, 0, 200, now, SLICE)
+        assert pol.pick_next(0, now) == 0
+    pol.account(0, 0, 200, 1000, SLICE)                # quantum used up: to the tail
+    assert pol.stats()["vcpus"][0]["migrations"] == 0
+
+
 def test_fifo_and_pinned_run_to_block():
     for name in ("fifo", "pinned"):
         pol = started(name, 2, 1)

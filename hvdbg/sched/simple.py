@@ -15,7 +15,10 @@ from hvdbg.sched.core import UNLIMITED, PcpuSched, PolicyBase, RunFeedback, Slic
 class GlobalQueuePolicy(PolicyBase):
     """One FIFO queue for the whole machine; a pCPU takes the first vCPU its affinity
     allows.  A vCPU that keeps its pCPU goes back to the head, one that gives it up to
-    the tail (subclasses say which by :meth:`_keeps_pcpu`)."""
+    the tail (subclasses say which by :meth:`_keeps_pcpu`).  A vCPU at the head that
+    keeps its pCPU is reserved for that pCPU: another pCPU taking it would start a new
+    slice (a migration resets ``slice_ran``), so with an executor cap below the quantum
+    it would never use its quantum up and the vCPUs behind it would starve."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -41,11 +44,11 @@ class GlobalQueuePolicy(PolicyBase):
 
     def _select(self, p: PcpuSched, now: int) -> VcpuSched | None:
         last = self.vcpus.get(p.last_vcpu) if p.last_vcpu is not None else None
-        if last is not None and last in self.queue and not last.fresh and last.allows(p.index):
+        if last is not None and last in self.queue and not last.fresh and last.last_pcpu == p.index:
             self.queue.remove(last)        # it keeps the pCPU it had
             return last
         for v in self.queue:
-            if v.allows(p.index):
+            if v.allows(p.index) and (v.fresh or v.last_pcpu == p.index):
                 self.queue.remove(v)
                 return v
         return None
