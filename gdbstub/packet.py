@@ -36,6 +36,11 @@ RLE_MIN_REPEAT = 3  # count character ' ' (0x20): the first printable one
 RLE_MAX_REPEAT = 126 - RLE_OFFSET
 RLE_FORBIDDEN_REPEATS = frozenset({END - RLE_OFFSET, START - RLE_OFFSET})
 
+#: The encoder compresses only runs of at least this many equal bytes: shorter runs
+#: save a byte or two on the wire but cost a Python-level step each (a kernel image
+#: read as hex has a run of 4+ every ~30 characters, a run of 16+ every few KiB).
+RLE_ENCODE_MIN_RUN = 16
+
 #: Bytes that must be escaped in an outgoing payload.
 BYTES_TO_ESCAPE = frozenset({START, END, ESCAPE, RLE_MARK})
 
@@ -56,8 +61,9 @@ def _escaped(match: re.Match[bytes]) -> bytes:
 
 
 def _escaped_or_run(match: re.Match[bytes]) -> bytes:
-    """One regex match of :data:`_RUN_OR_SPECIAL`: a byte to escape, or a run of 4..98
-    equal plain bytes, sent as the byte, ``*`` and the count of further repeats."""
+    """One regex match of :data:`_RUN_OR_SPECIAL`: a byte to escape, or a run of
+    RLE_ENCODE_MIN_RUN..98 equal plain bytes, sent as the byte, ``*`` and the count of
+    further repeats."""
     text = match[0]
     if len(text) == 1:
         return bytes((ESCAPE, text[0] ^ ESCAPE_XOR))
@@ -71,9 +77,9 @@ def _escaped_or_run(match: re.Match[bytes]) -> bytes:
 _SPECIAL_CLASS = b"[" + b"".join(b"\\x%02x" % b for b in sorted(BYTES_TO_ESCAPE)) + b"]"
 _SPECIAL = re.compile(_SPECIAL_CLASS)
 #: Scanning left to right, a match is either a byte to escape or the longest run
-#: (at most 1 + RLE_MAX_REPEAT) of one plain byte with at least RLE_MIN_REPEAT repeats.
+#: (at most 1 + RLE_MAX_REPEAT) of one plain byte, at least RLE_ENCODE_MIN_RUN long.
 _RUN_OR_SPECIAL = re.compile(
-    b"([^" + _SPECIAL_CLASS[1:-1] + b"])\\1{%d,%d}|" % (RLE_MIN_REPEAT, RLE_MAX_REPEAT) + _SPECIAL_CLASS,
+    b"([^" + _SPECIAL_CLASS[1:-1] + b"])\\1{%d,%d}|" % (RLE_ENCODE_MIN_RUN - 1, RLE_MAX_REPEAT) + _SPECIAL_CLASS,
     re.DOTALL)
 
 
@@ -83,7 +89,8 @@ def escape(data: bytes) -> bytes:
 
 
 def rle_encode(data: bytes) -> bytes:
-    """Escape ``data`` and run-length encode runs of plain (unescaped) bytes.
+    """Escape ``data`` and run-length encode runs of at least RLE_ENCODE_MIN_RUN plain
+    (unescaped) bytes.
 
     The Python-level work is per run, not per byte (a 64 KiB memory read is a 128 KiB
     hex payload): runs are found by C-level searches, see :func:`_rle_plain`.
@@ -95,20 +102,20 @@ def rle_encode(data: bytes) -> bytes:
 
 _SPECIAL_BYTES = tuple(bytes((b,)) for b in sorted(BYTES_TO_ESCAPE))
 _NONZERO = re.compile(b"[^\\x00]")
-_RUN_START = b"\x00" * RLE_MIN_REPEAT
+_RUN_START = b"\x00" * (RLE_ENCODE_MIN_RUN - 1)
 
 
 def _rle_plain(data: bytes) -> bytes:
     """:func:`rle_encode` of a payload with nothing to escape (hex replies, ``g``/``m``).
 
     ``diff[i] = data[i] ^ data[i + 1]`` is zero where two neighbours are equal, so a run of
-    ``RLE_MIN_REPEAT + 1`` equal bytes starts where ``diff`` holds ``RLE_MIN_REPEAT`` zeros:
-    ``bytes.find`` locates it and a regex search finds its end.  Same output as the
-    byte-by-byte definition: the first run of 4+ from the left, cut into counts of at most
-    RLE_MAX_REPEAT, a forbidden count shortened and the rest of the run sent plain.
+    ``RLE_ENCODE_MIN_RUN`` equal bytes starts where ``diff`` holds one zero fewer:
+    ``bytes.find`` locates it and a regex search finds its end.  Same output as the regex
+    path: the first long run from the left, cut into counts of at most RLE_MAX_REPEAT
+    (a tail of RLE_ENCODE_MIN_RUN or more gets its own count, a shorter one goes plain).
     """
     n = len(data)
-    if n <= RLE_MIN_REPEAT:
+    if n < RLE_ENCODE_MIN_RUN:
         return data
     diff = (int.from_bytes(data[:-1], "big") ^ int.from_bytes(data[1:], "big")).to_bytes(n - 1, "big")
     out: list[bytes] = []
@@ -120,7 +127,7 @@ def _rle_plain(data: bytes) -> bytes:
         byte = data[start]
         full, left = divmod(end - start, RLE_MAX_REPEAT + 1)  # (a full count is never forbidden)
         out.append(bytes((byte, RLE_MARK, RLE_MAX_REPEAT + RLE_OFFSET)) * full)
-        while left > RLE_MIN_REPEAT:
+        if left >= RLE_ENCODE_MIN_RUN:
             repeat = left - 1
             while repeat in RLE_FORBIDDEN_REPEATS:
                 repeat -= 1
