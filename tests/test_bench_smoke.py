@@ -25,6 +25,15 @@ SCRIPTS = {
     "p2_deterministic.py": (["P2 deterministic executor", "P2 slice-length sweep"], ["det-"]),
     "p3_exits.py": (["P3 cpuid", "P3 out_unclaimed", "P3 out_uart", "P3 apic_read"],
                     ["raw-hook", "hv-1", "det-1", "raw-hook-4t", "hv-4", "det-4"]),
+    "p4_gdb.py": (["P4 stepi in 32-bit entry code", "P4 stepi in 64-bit code", "P4 dump binary memory",
+                   "P4 per-packet round trips"],
+                  ["qemu-step32", "hv-step32", "qemu-step64", "hv-step64", "qemu-dump", "hv-dump", "qemu-g", "hv-g",
+                   "qemu-m64", "hv-m64", "qemu-vcont-s", "hv-vcont-s"]),
+}
+
+# what a script needs besides gcc/binutils: P4 drives a real gdb against QEMU and hvdbg
+REQUIRES = {
+    "p4_gdb.py": {"gdb": shutil.which("gdb"), "qemu-system-x86_64": shutil.which("qemu-system-x86_64")},
 }
 
 
@@ -43,6 +52,9 @@ def table_rows(stdout: str) -> list[list[str]]:
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_quick_run_prints_its_tables(script, tmp_path):
+    missing = [tool for tool, path in REQUIRES.get(script, {}).items() if path is None]
+    if missing:
+        pytest.skip(f"{script} needs {', '.join(missing)} (scripts/setup.sh installs them)")
     stdout, result = run_quick(script, tmp_path)
     titles, keys = SCRIPTS[script]
     for title in titles:
@@ -68,6 +80,30 @@ def test_quick_run_prints_its_tables(script, tmp_path):
             assert row["median"] > 0 and row["cores"] > 0
             for ratio in row["ratios"].values():
                 assert ratio > 0
+
+
+def test_p5_scale_quick_run_boots_and_replays_every_bug(tmp_path):
+    stdout, result = run_quick("p5_scale.py", tmp_path)
+    assert re.search(r"^### P5 scaling", stdout, re.M)
+    rows = {r[0]: r for r in table_rows(stdout)}
+    bugs = sorted(p.stem[:2] for p in (ROOT / "examples" / "bugs").glob("0*.toml"))
+    expected = {"boot-1", "pinned-2", "det-1", "det-2"} | {f"bug-{b}" for b in set(bugs)}
+    if shutil.which("qemu-system-x86_64"):
+        expected |= {"qemu-1", "qemu-2"}
+    assert expected <= set(rows), sorted(rows)
+    for key in ("boot-1", "pinned-2", "det-1", "det-2"):
+        n = key.split("-")[1]
+        assert rows[key][-1] == f"{n} of {n} CPUs online, sum ok"
+    assert re.fullmatch(r"[\d.]+x of boot-1", rows["pinned-2"][4]), rows["pinned-2"]
+
+    samples = {row["key"]: row["samples"] for row in result["tables"][0]["rows"]}
+    assert all(len(s) == 1 for s in samples.values())
+    # one vCPU executes the same guest instructions on the pinned and the deterministic executor
+    assert samples["boot-1"][0]["instructions"] == samples["det-1"][0]["instructions"] > 1_000_000
+    # two vCPUs: the AP's instructions come on top
+    assert samples["det-2"][0]["instructions"] > samples["det-1"][0]["instructions"]
+    outcomes = {key: s[0]["outcome"] for key, s in samples.items() if key.startswith("bug-")}
+    assert outcomes["bug-01"] == "hang" and outcomes["bug-02"] == "ept_violation"
 
 
 def test_micro_costs_prints_each_pair(tmp_path):
