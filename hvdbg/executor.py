@@ -318,7 +318,7 @@ class SchedCore:
             self.policy.add_vcpu(v.index, weight=weights.get(v.index, 1024),
                                  affinity=frozenset(p for p in allowed if p < pcpus) if allowed else None)
             self.blocked.add(v.index)
-            self._set_reason(v.index, self.blocked_reason(v))
+            self._set_reason(v.index, self.blocked_reason(v), 0)
             v.on_kick = self._on_kick
         if pcpus < len(vm.vcpus) and policy_name in self.PLE_POLICIES:
             self._enable_pause_loop_exiting()
@@ -366,9 +366,11 @@ class SchedCore:
             return "finished"
         return "halted"
 
-    def _set_reason(self, index: int, reason: str) -> None:
-        """Close the current waiting period of vCPU ``index`` and open one for ``reason``."""
-        now = max(self.clock)
+    def _set_reason(self, index: int, reason: str, now: int) -> None:
+        """Close the current waiting period of vCPU ``index`` and open one for ``reason``
+        at ``now``, on the clock the policy is told (the pCPU's own clock for a pick or a
+        slice end, the latest clock for a wake-up), so that queued time matches the
+        policy's ``wait``."""
         old = self.reason.get(index)
         if old is not None:
             self.waited[index][old] += max(0, now - self.reason_since[index])
@@ -393,8 +395,8 @@ class SchedCore:
 
     def _wake(self, v: Vcpu, reason: str) -> None:
         self.blocked.discard(v.index)
-        self._set_reason(v.index, "queued")
         now = max(self.clock)
+        self._set_reason(v.index, "queued", now)
         self.policy.wake(v.index, now, reason)
         self._after_event(now)
         self.changed.notify_all()
@@ -410,7 +412,7 @@ class SchedCore:
             if vi is None:
                 return None
             self.running[p] = vi
-            self._set_reason(vi, "running")
+            self._set_reason(vi, "running", self.clock[p])
             if self.last_on[p] != vi:
                 self.switches[vi] += 1
                 self.last_on[p] = vi
@@ -440,9 +442,9 @@ class SchedCore:
                 kind = SliceEnd.SLICE
             spinning = v.spin_exit or self.loop.progress[v.index].spin_slices > 0
             if kind == SliceEnd.BLOCKED:
-                self._set_reason(v.index, self.blocked_reason(v))
+                self._set_reason(v.index, self.blocked_reason(v), self.clock[p])
             else:
-                self._set_reason(v.index, "pause-yield" if v.spin_exit else "queued")
+                self._set_reason(v.index, "pause-yield" if v.spin_exit else "queued", self.clock[p])
             self.policy.account(v.index, p, ran, self.clock[p],
                                 RunFeedback(kind, exits=exits, paused_spinning=spinning, ipis_sent=ipis))
             if kind == SliceEnd.BLOCKED and still:
