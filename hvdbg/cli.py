@@ -21,6 +21,8 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sched", help="scheduling policy: pinned, fifo, rr, cfs, smp")
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="one host thread, instruction-counted slices: same config, same trace")
+    p.add_argument("--spin-skip", action="store_true", default=None, dest="spin_skip",
+                   help="deterministic mode: PAUSE loops without progress skip to the end of their slice")
     p.add_argument("--budget", type=int, help="instruction budget")
     p.add_argument("--seconds", type=int, help="time budget in seconds")
 
@@ -29,6 +31,7 @@ def _apply_overrides(cfg, args: argparse.Namespace) -> None:
     for key, value in (("vcpus", args.vcpus), ("pcpus", args.pcpus), ("memory", args.memory),
                        ("sched", args.sched),
                        ("cmdline", args.cmdline), ("deterministic", args.deterministic),
+                       ("spin_skip", args.spin_skip),
                        ("budget.instructions", args.budget), ("budget.seconds", args.seconds)):
         if value is not None:
             cfg.set(key, value)

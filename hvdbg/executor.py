@@ -21,6 +21,9 @@ from hvdbg.vcpu import Activity, RunEnd, Vcpu
 from hvdbg.vm import Machine
 
 SPIN_HISTORY = 4
+# spin_skip: the length of a probe run of a vCPU caught spinning; 840 = lcm(1..8), so a
+# poll loop of up to 8 instructions ends every probe at the same place in the loop
+SPIN_PROBE = 840
 
 WAITING_REASONS: dict[str, str] = {
     "running": "on a pCPU now",
@@ -145,6 +148,7 @@ class VcpuLoop:
         self.vm = vm
         self.slice_len = slice_len
         self.progress = {v.index: VcpuProgress() for v in vm.vcpus}
+        self.spin_skip = False     # set by the deterministic executor (config spin_skip)
 
     def wake_if_possible(self, v: Vcpu) -> bool:
         """A halted vCPU resumes on an interrupt it can take (SDM 26.6.2 / HLT);
@@ -169,7 +173,34 @@ class VcpuLoop:
             return RunEnd.EXIT  # an exit breakpoint: park before running
         if not self.wake_if_possible(v):
             return RunEnd.NOT_RUNNABLE
-        end = v.run(budget or self.slice_len)
+        budget = budget or self.slice_len
+        if self.spin_skip and self.progress[v.index].spin_slices and budget > SPIN_PROBE:
+            return self._probe_spin(v, budget)
+        end = v.run(budget)
+        self._track_spin(v, end)
+        return end
+
+    def _probe_spin(self, v: Vcpu, budget: int) -> RunEnd:
+        """``spin_skip`` (deterministic mode only): a vCPU whose last slice ended in a
+        state it had been in before (a loop without progress, as the hang detector sees
+        it) runs a short probe; if that ends in a known state too, the rest of its slice
+        passes as idle virtual time, as if its loop had run more slowly.  Nobody else
+        writes memory during one slice of the deterministic executor, so the skipped
+        instructions would only have repeated the loop.  Otherwise it runs on."""
+        start = v.instructions
+        end = v.run(SPIN_PROBE)
+        self._track_spin(v, end)
+        if end != RunEnd.SLICE:
+            return end
+        if self.progress[v.index].spin_slices and v.preemption_timer_value() is None:
+            rest = max(0, budget - (v.instructions - start))
+            deadline = v.apic.next_event()   # its own timer still fires on time
+            if deadline is not None:
+                rest = min(rest, max(0, deadline - v.clock()))
+            v.idle_ticks += rest
+            v.spin_skipped += rest
+            return end
+        end = v.run(budget - (v.instructions - start))
         self._track_spin(v, end)
         return end
 
@@ -490,6 +521,7 @@ class DeterministicExecutor(ExecutorBase):
         super().__init__(vm, control)
         self.pcpus = vm.config["pcpus"] or len(vm.vcpus)
         self.sched = SchedCore(vm, self.loop, self.pcpus, vm.config["sched"], self.control)
+        self.loop.spin_skip = vm.config["spin_skip"]
 
     def run(self) -> None:
         vm = self.vm

@@ -159,7 +159,8 @@ class Vcpu:
         self._batches: dict[tuple[int, ...], RegisterBatch] = {}
         self.counter = ucx.InstructionCounter(self.uc)
         self.instructions = 0          # retired in finished runs
-        self.idle_ticks = 0            # virtual time skipped while halted
+        self.idle_ticks = 0            # virtual time that passed without instructions
+        self.spin_skipped = 0          # ... of it skipped in loops without progress (spin_skip)
         self.ipi_log: list = []        # (IcrCommand, [target vCPU indexes]) sent by this vCPU
         self.sipi_entry: int | None = None
         self.pending_event_rip = 0
@@ -749,6 +750,10 @@ class Vcpu:
             return RunEnd.KICKED
         self.runs_without_exit += 1
         return RunEnd.SLICE
+
+    def preemption_timer_value(self) -> int | None:
+        """The VMX-preemption timer's current value, or None when it is not active."""
+        return self._preemption_timer()
 
     def _preemption_timer(self) -> int | None:
         """VMX-preemption timer value if the pin-based control is set (SDM 26.5.1); it counts

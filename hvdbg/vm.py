@@ -223,6 +223,8 @@ class Machine:
             "symbol": self.symbols.symbolize(v.uc.reg_read(capstone_x86_rip())),
             "started_by_sipi": v.started_by_sipi,
             "instructions": v.instructions,
+            "idle_ticks": v.idle_ticks,
+            "spin_skipped": v.spin_skipped,
             "exits": v.exit_count,
             "interrupts_enabled": v.interrupts_enabled(),
             "pcpu": v.pcpu,
