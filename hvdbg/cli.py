@@ -22,7 +22,7 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="one host thread, instruction-counted slices: same config, same trace")
     p.add_argument("--spin-skip", action="store_true", default=None, dest="spin_skip",
-                   help="deterministic mode: PAUSE loops without progress skip to the end of their slice")
+                   help="loops without progress skip the rest of their slice (and, pinned, yield the host core)")
     p.add_argument("--budget", type=int, help="instruction budget")
     p.add_argument("--seconds", type=int, help="time budget in seconds")
 

@@ -143,7 +143,7 @@ SCHEMA: tuple[Option, ...] = (
     Option("sched", _choice(*SCHED_POLICIES), "pinned", "vCPU scheduling policy when vCPUs share pCPUs: pinned, fifo, rr, cfs or smp (CFS + spin/IPI awareness, docs/scheduling.md)"),
     Option("weights", _affinity_weights, {}, "per-vCPU CFS weights, e.g. { 0 = 2048 } (default 1024)"),
     Option("deterministic", _bool, False, "run every vCPU on one host thread in instruction-counted slices"),
-    Option("spin_skip", _bool, False, "deterministic mode: a vCPU caught in a loop without progress (the hang detector's test) runs 5040-instruction probes and the rest of each slice passes as idle virtual time, as if the loop ran slower; cuts the host time of many-vCPU boots (changes instruction counts and the trace)"),
+    Option("spin_skip", _bool, False, "a vCPU caught in a loop without progress (the hang detector's test) runs 840-instruction probes and the rest of each slice passes as idle virtual time, as if the loop ran slower; the pinned executor also yields the host core for 0.5 ms. Cuts the host time of many-vCPU boots (deterministic: same exit trace; fewer executed instructions)"),
     Option("slice", _int, 50_000, "time slice in guest instructions (100 .. 2^32)"),
     Option("affinity", _affinity, {}, "per-vCPU allowed pCPUs, e.g. { 0 = [0], 1 = [1] }"),
     Option("cpuid.x2apic", _bool, False, "report x2APIC support in CPUID.1:ECX[21]"),

@@ -24,6 +24,8 @@ SPIN_HISTORY = 4
 # spin_skip: the length of a probe run of a vCPU caught spinning; 840 = lcm(1..8), so a
 # poll loop of up to 8 instructions ends every probe at the same place in the loop
 SPIN_PROBE = 840
+# spin_skip in the pinned executor: how long a spinning vCPU's thread leaves its host core
+SPIN_YIELD_SECONDS = 0.0005
 
 WAITING_REASONS: dict[str, str] = {
     "running": "on a pCPU now",
@@ -181,12 +183,13 @@ class VcpuLoop:
         return end
 
     def _probe_spin(self, v: Vcpu, budget: int) -> RunEnd:
-        """``spin_skip`` (deterministic mode only): a vCPU whose last slice ended in a
-        state it had been in before (a loop without progress, as the hang detector sees
-        it) runs a short probe; if that ends in a known state too, the rest of its slice
-        passes as idle virtual time, as if its loop had run more slowly.  Nobody else
-        writes memory during one slice of the deterministic executor, so the skipped
-        instructions would only have repeated the loop.  Otherwise it runs on."""
+        """``spin_skip``: a vCPU whose last slice ended in a state it had been in before
+        (a loop without progress, as the hang detector sees it) runs a short probe; if
+        that ends in a known state too, the rest of its slice passes as idle virtual
+        time, as if its loop had run more slowly.  In the deterministic executor nobody
+        else writes memory during one slice, so the skipped instructions would only have
+        repeated the loop (the exit trace stays the same); in the pinned executor the
+        thread then yields its host core.  Otherwise the vCPU runs on."""
         start = v.instructions
         end = v.run(SPIN_PROBE)
         self._track_spin(v, end)
@@ -294,7 +297,16 @@ class ExecutorBase:
 
 
 class PinnedExecutor(ExecutorBase):
-    """One host thread per vCPU (pCPU i runs vCPU i)."""
+    """One host thread per vCPU (pCPU i runs vCPU i).
+
+    With ``spin_skip`` a vCPU caught in a loop without progress also gives its host
+    core away for :data:`SPIN_YIELD_SECONDS` (or until something is sent to it) after
+    each probe, like a PAUSE-loop exit handler yielding: with more vCPU threads than
+    host cores the threads that do the work get the cores."""
+
+    def __init__(self, vm: Machine, control: RunControl | None = None) -> None:
+        super().__init__(vm, control)
+        self.loop.spin_skip = vm.config["spin_skip"]
 
     def _thread(self, v: Vcpu) -> None:
         vm = self.vm
@@ -303,9 +315,12 @@ class PinnedExecutor(ExecutorBase):
                 if self.control.is_paused(v):
                     self.control.serve([v], self.stop_event, lambda vc, n: self.loop.step(vc, n))
                     continue
+                skipped = v.spin_skipped
                 end = self.loop.step(v)
                 if end == RunEnd.NOT_RUNNABLE:
                     v.wait_for_kick(0.005)
+                elif v.spin_skipped != skipped:
+                    v.wait_for_kick(SPIN_YIELD_SECONDS)
         except BaseException as e:  # reported by run(); never lost silently
             self.errors.append(e)
             vm.end("fatal", detail=f"vCPU {v.index} thread crashed: {type(e).__name__}: {e}")
