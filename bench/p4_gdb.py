@@ -29,7 +29,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import harness
@@ -236,7 +236,6 @@ class Debuggee:
     stub: StubProcess
     gdb: Gdb
     at_kmain: bool = False
-    stepped: set[str] = field(default_factory=set)
 
     def close(self) -> None:
         try:

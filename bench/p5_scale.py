@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import harness
-from harness import ROOT
+from harness import ROOT, median
 
 CONFIG = ROOT / "examples" / "smp-4vcpu.toml"
 GUEST = ROOT / "guests" / "build" / "smp.elf"
@@ -116,11 +116,10 @@ def run_hvdbg(row: Row) -> Sample:
     except json.JSONDecodeError:
         raise BenchError(f"{row.key}: no JSON from `{' '.join(cmd)}`: {proc.stderr[-2000:]}") from None
     exits = res.get("exits", {})
-    sample = Sample(res["wall_seconds"], command_seconds,
-                    (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
-                    res["instructions"], sum(exits.values()), exits.get("PAUSE_INSTRUCTION", 0),
-                    res["outcome"], check(row, res))
-    return sample
+    return Sample(res["wall_seconds"], command_seconds,
+                  (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+                  res["instructions"], sum(exits.values()), exits.get("PAUSE_INSTRUCTION", 0),
+                  res["outcome"], check(row, res))
 
 
 def check(row: Row, res: dict) -> str:
@@ -190,10 +189,6 @@ def measure(rows: list[Row], repeats: int) -> dict[str, list[Sample]]:
             samples[row.key].append(run_row(row))
             harness.log(f"round {i + 1}/{repeats}: {row.key} {samples[row.key][-1].run_seconds:.2f} s")
     return samples
-
-
-def median(values: list[float]) -> float:
-    return harness.median(values)
 
 
 def ratios(s: list[Sample], samples: dict[str, list[Sample]], baselines: tuple[str, ...], field: str) -> str:
