@@ -5,9 +5,11 @@ A :class:`DebugSession` owns the executor thread of a :class:`~hvdbg.vm.Machine`
 Breakpoints are Unicorn code hooks at the guest-linear address (so they work before
 paging is enabled and never modify guest memory); watchpoints are memory hooks on the
 guest-physical range behind the watched linear range (so a write through any alias, by
-any vCPU, is caught and reported on the vCPU that did it).
+any vCPU of the watchpoint's scope, is caught and reported on the vCPU that did it).
 
-Hooks are added and removed only while the vCPUs they touch are parked.
+Hooks are added and removed, and translated code is flushed, only while the vCPUs they
+touch are parked: Unicorn engines are not thread-safe, and with a per-vCPU stub the
+other vCPUs keep running.
 """
 
 from __future__ import annotations
@@ -33,15 +35,17 @@ ADDRESS_SPACE_END = 1 << 64
 MAX_WATCH_LENGTH = 0x10000
 
 
-def _flush_translations(uc, address: int) -> None:
-    """Drop Unicorn's translated blocks holding ``address``, so that adding or removing a
-    code hook there takes effect (hooks are looked up when a block is translated).
+def _flush_translations(uc, address: int, end: int | None = None) -> None:
+    """Drop Unicorn's translated blocks holding ``address`` (up to ``end``, exclusive), so
+    that a code hook added or removed there, or new code bytes, take effect (hooks are
+    looked up when a block is translated).
 
     ``ctl_remove_cache`` takes an exclusive end, which cannot name the last byte of the
-    64-bit space: for that byte the whole translation cache is flushed instead.
+    64-bit space: a range reaching it flushes the whole translation cache instead.
     """
-    if address + 1 < ADDRESS_SPACE_END:
-        uc.ctl_remove_cache(address, address + 1)
+    end = address + 1 if end is None else end
+    if end < ADDRESS_SPACE_END:
+        uc.ctl_remove_cache(address, end)
     else:
         uc.ctl_flush_tb()
 
@@ -202,6 +206,19 @@ class DebugSession:
         else:
             self.control.pause(self.vcpus_of(scope))
 
+    def flush_code(self, ranges: list[tuple[int, int]], scope: frozenset[int] | None = None) -> None:
+        """Drop translated code of the ``[begin, end)`` ranges (after a debugger wrote code
+        bytes) from every engine that is not running: the vCPUs of ``scope`` (stopped by
+        the caller) and the other vCPUs the run control has parked. A running engine is
+        never touched from another thread; it keeps its translation of the old bytes until
+        Unicorn evicts it."""
+        control = self.control
+        with control._cond:  # a parked vCPU cannot leave RunControl.serve meanwhile
+            for v in self.vm.vcpus:
+                if scope is None or v.index in scope or v.index in control.parked:
+                    for begin, end in ranges:
+                        _flush_translations(v.uc, begin, end)
+
     # -- breakpoints ---------------------------------------------------------------------
     def add_breakpoint(self, address: int, scope: frozenset[int] | None = None) -> None:
         if not 0 <= address < ADDRESS_SPACE_END:
@@ -263,7 +280,9 @@ class DebugSession:
         types = {"write": UC_HOOK_MEM_WRITE, "read": UC_HOOK_MEM_READ,
                  "access": UC_HOOK_MEM_WRITE | UC_HOOK_MEM_READ}[kind]
         with self._lock:
-            for v in self.vm.vcpus:
+            # only the engines of the scope: accesses by other vCPUs are not reported
+            # (_on_watch), and their engines may be running (a per-vCPU stub)
+            for v in self.vcpus_of(scope):
                 wp.hooks[v.index] = [v.uc.hook_add(types, self._on_watch, wp, lo, hi) for lo, hi in wp.ranges]
             self.watchpoints.append(wp)
 
@@ -289,9 +308,9 @@ class DebugSession:
         with self._lock:
             for wp in self.watchpoints:
                 if (wp.gva, wp.length, wp.kind, wp.vcpus) == (gva, length, kind, scope):
-                    for v in self.vm.vcpus:
-                        for h in wp.hooks.get(v.index, []):
-                            v.uc.hook_del(h)
+                    for index, handles in wp.hooks.items():
+                        for h in handles:
+                            self.vm.vcpus[index].uc.hook_del(h)
                     self.watchpoints.remove(wp)
                     return True
         return False

@@ -218,9 +218,7 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
             gpa = v.linear_to_physical(address)
         except (GuestFault, GuestMemoryError, ValueError) as e:
             raise MemoryAccessError(str(e)) from None
-        for x in self.vm.vcpus:
-            x.uc.ctl_remove_cache(address, address + len(data))
-            x.uc.ctl_remove_cache(gpa, gpa + len(data))
+        self.session.flush_code([(address, address + len(data)), (gpa, gpa + len(data))], self._scope_arg())
 
     def read_physical_memory(self, address: int, length: int) -> bytes:
         try:
@@ -233,7 +231,7 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
             self.vm.memory.write(address, data)
         except GuestMemoryError as e:
             raise MemoryAccessError(str(e)) from None
-        self.vm.memory.flush_code(address, len(data))
+        self.session.flush_code([(address, address + len(data))], self._scope_arg())
 
     # -- run control -----------------------------------------------------------------
     def attach(self) -> StopEvent:
