@@ -439,10 +439,11 @@ class Vcpu:
         return False
 
     # -- linear address helpers ------------------------------------------------------
+    _CR_IDS = (X.UC_X86_REG_CR0, X.UC_X86_REG_CR3, X.UC_X86_REG_CR4)
+
     def control_regs(self) -> dict[str, int]:
-        uc = self.uc
-        return {"cr0": uc.reg_read(X.UC_X86_REG_CR0), "cr3": uc.reg_read(X.UC_X86_REG_CR3),
-                "cr4": uc.reg_read(X.UC_X86_REG_CR4), "efer": uc.msr_read(EFER)}
+        cr0, cr3, cr4 = self.batch(self._CR_IDS).read()
+        return {"cr0": cr0, "cr3": cr3, "cr4": cr4, "efer": self.uc.msr_read(EFER)}
 
     def page_walk(self, gva: int, access: str = "read") -> paging.PageWalk:
         r = self.control_regs()
@@ -451,30 +452,36 @@ class Vcpu:
         return paging.walk(self.memory.read, r["cr0"], r["cr3"], r["cr4"], r["efer"], gva, access)
 
     def linear_to_physical(self, gva: int, access: str = "read") -> int:
+        return self._translate(gva, access)[0]
+
+    def _translate(self, gva: int, access: str) -> tuple[int, int]:
+        """(GPA, bytes up to the end of the page that maps ``gva``): a 2 MiB or 1 GiB page
+        is translated once for all of its 4 KiB frames."""
         w = self.page_walk(gva, access)
         if w.gpa is None:
             code = w.error_code or 0
             raise GuestFault(hardware_exception(PF, code, gva), w.reason)
-        return w.gpa
+        page = w.page_size or 0x1000
+        return w.gpa, page - (gva & (page - 1))
 
     def read_linear(self, addr: int, size: int) -> bytes:
-        out = b""
+        out = bytearray()
         while size > 0:
-            n = min(size, 0x1000 - (addr & 0xFFF))
-            gpa = self.linear_to_physical(addr, "read")
+            gpa, span = self._translate(addr, "read")
+            n = min(size, span)
             try:
                 out += self.memory.read(gpa, n)
             except GuestMemoryError as e:
                 raise GuestFault(hardware_exception(13, 0), str(e)) from None
             addr += n
             size -= n
-        return out
+        return bytes(out)
 
     def write_linear(self, addr: int, data: bytes) -> None:
         pos = 0
         while pos < len(data):
-            n = min(len(data) - pos, 0x1000 - ((addr + pos) & 0xFFF))
-            gpa = self.linear_to_physical(addr + pos, "write")
+            gpa, span = self._translate(addr + pos, "write")
+            n = min(len(data) - pos, span)
             try:
                 self.memory.write(gpa, data[pos:pos + n])
             except GuestMemoryError as e:
