@@ -14,6 +14,7 @@ dirty flags.
 from __future__ import annotations
 
 import enum
+import functools
 import struct
 from dataclasses import dataclass
 from typing import Callable, Iterator, Literal, NamedTuple
@@ -143,6 +144,7 @@ def _pse36_width(maxphyaddr: int) -> int:
     return min(maxphyaddr, 40)
 
 
+@functools.lru_cache(maxsize=256)
 def _reserved_mask(mode: PagingMode, fmt: _Format, large: bool, maxphyaddr: int,
                    nxe: bool) -> int:
     """Reserved bits of a present entry (SDM Tables 4-4 .. 4-20)."""
@@ -170,7 +172,19 @@ def _frame(mode: PagingMode, fmt: _Format, raw: int, large: bool, maxphyaddr: in
     return addr & ~(fmt.span - 1) if large else addr
 
 
+_FLAG_BITS = 0x11FF | _XD   # the entry bits _decode_flags looks at (P..G, PAT, XD)
+# the same flags as plain ints for the walk's hot path (IntFlag arithmetic is slow)
+_P, _RW, _US, _PS = int(PteFlag.P), int(PteFlag.RW), int(PteFlag.US), int(PteFlag.PS)
+
+
 def _decode_flags(fmt: _Format, raw: int, leaf: bool, large: bool, wide: bool) -> PteFlag:
+    """The entry's flags as :class:`PteFlag` (memoized: a walk decodes up to five entries
+    and the Enum arithmetic is most of its cost)."""
+    return _decode_flag_bits(fmt, raw & _FLAG_BITS, leaf, large, wide)
+
+
+@functools.lru_cache(maxsize=1024)
+def _decode_flag_bits(fmt: _Format, raw: int, leaf: bool, large: bool, wide: bool) -> PteFlag:
     if not fmt.has_rights:  # PAE PDPTE: only P, PWT and PCD
         return PteFlag(raw & (PteFlag.P | PteFlag.PWT | PteFlag.PCD))
     flags = PteFlag(raw & (PteFlag.P | PteFlag.RW | PteFlag.US | PteFlag.PWT
@@ -273,8 +287,8 @@ class _Rights:
     def add(self, fmt: _Format, raw: int, nxe: bool) -> _Rights:
         if not fmt.has_rights:
             return self
-        return _Rights(self.writable and bool(raw & PteFlag.RW),
-                       self.user and bool(raw & PteFlag.US),
+        return _Rights(self.writable and bool(raw & _RW),
+                       self.user and bool(raw & _US),
                        self.no_exec or (nxe and bool(raw & _XD)))
 
 
@@ -373,8 +387,8 @@ def walk(read_phys: ReadPhys, cr0: int, cr3: int, cr4: int, efer: int, gva: int,
             return stop(PagingFault(FaultKind.READ_ERROR,
                                     f"reading {fmt.name} at GPA {entry_gpa:#x} failed: {exc}",
                                     fmt.name, entry_gpa=entry_gpa, exception=exc))
-        present = bool(raw & PteFlag.P)
-        large = present and fmt.large_page and bool(raw & PteFlag.PS) \
+        present = bool(raw & _P)
+        large = present and fmt.large_page and bool(raw & _PS) \
             and (mode is not PagingMode.BITS32 or bool(cr4 & CR4_PSE))
         leaf = present and (fmt.is_pte or large)
         reserved = raw & _reserved_mask(mode, fmt, large, maxphyaddr, nxe) if present else 0
