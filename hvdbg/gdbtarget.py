@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import queue
-import struct
 import threading
 from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
@@ -29,6 +28,7 @@ from hvdbg import paging
 from hvdbg.debug import DebugSession, Stop, StopKind
 from hvdbg.errors import GuestMemoryError, HvdbgError
 from hvdbg.events import GuestFault
+from hvdbg.ucregs import RawRegisterBatch
 from hvdbg.vcpu import Vcpu
 
 _GPR = {n: getattr(X, f"UC_X86_REG_{n.upper()}") for n in
@@ -40,6 +40,11 @@ _MISC = {"eflags": X.UC_X86_REG_EFLAGS, "fs_base": X.UC_X86_REG_FS_BASE, "gs_bas
          "cr4": X.UC_X86_REG_CR4, "cr8": X.UC_X86_REG_CR8, "mxcsr": X.UC_X86_REG_MXCSR,
          "fctrl": X.UC_X86_REG_FPCW, "fstat": X.UC_X86_REG_FPSW, "ftag": X.UC_X86_REG_FPTAG}
 _MSR = {"efer": 0xC0000080, "k_gs_base": 0xC0000102}
+_X87 = {f"st{i}": getattr(X, f"UC_X86_REG_FP{i}") for i in range(8)}
+_XMM = {f"xmm{i}": getattr(X, f"UC_X86_REG_XMM{i}") for i in range(16)}
+# what a 'g' reads, as one batch: (name, Unicorn register); st*/xmm* stay bytes
+_G_LAYOUT = tuple({**_GPR, **_SEG, **_MISC, **_X87, **_XMM}.items())
+_G_BYTES = frozenset(_X87) | frozenset(_XMM)
 _WATCH = {WatchKind.WRITE: "write", WatchKind.READ: "read", WatchKind.ACCESS: "access"}
 _WATCH_BACK = {v: k for k, v in _WATCH.items()}
 
@@ -128,6 +133,7 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
         self._sstep = SstepFlags.ENABLE | SstepFlags.NOIRQ | SstepFlags.NOTIMER
         self._current = min(self.scope)
         self._lock = threading.Lock()
+        self._g_batches: dict[int, RawRegisterBatch] = {}
 
     @property
     def arch(self):
@@ -163,16 +169,16 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
 
     # -- registers -------------------------------------------------------------------
     def read_registers(self, tid: int) -> Mapping[str, int | bytes]:
-        uc = self._vcpu(tid).uc
-        out: dict[str, int | bytes] = {n: uc.reg_read(r) for n, r in _GPR.items()}
-        out.update({n: uc.reg_read(r) for n, r in _SEG.items()})
-        out.update({n: uc.reg_read(r) for n, r in _MISC.items()})
-        out.update({n: uc.msr_read(m) for n, m in _MSR.items()})
-        for i in range(8):
-            mant, exp = uc.reg_read(getattr(X, f"UC_X86_REG_FP{i}"))
-            out[f"st{i}"] = struct.pack("<QH", mant & (2**64 - 1), exp & 0xFFFF)
-        for i in range(16):
-            out[f"xmm{i}"] = uc.reg_read(getattr(X, f"UC_X86_REG_XMM{i}")).to_bytes(16, "little")
+        """Every register of the target description with one batch read (gdb sends a
+        ``g`` after every stop and step), plus the two MSRs."""
+        v = self._vcpu(tid)
+        batch = self._g_batches.get(tid)
+        if batch is None:
+            batch = self._g_batches[tid] = RawRegisterBatch(v.uc, [r for _n, r in _G_LAYOUT])
+        out: dict[str, int | bytes] = {}
+        for (name, _reg), raw in zip(_G_LAYOUT, batch.read()):
+            out[name] = raw if name in _G_BYTES else int.from_bytes(raw, "little")
+        out.update({n: v.uc.msr_read(m) for n, m in _MSR.items()})
         return out
 
     def write_registers(self, tid: int, values: Mapping[str, int | bytes]) -> None:

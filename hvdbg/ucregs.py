@@ -110,3 +110,46 @@ class RegisterBatch:
             status = _reg_write_batch(self._uch, self._ids, self._pointers, self._count)
             if status:
                 raise UcError(status)
+
+
+#: Bytes Unicorn 2.1.4's x86 ``uc_reg_read`` stores for each register a debugger reads
+#: (measured: a buffer filled with a marker byte, see tests/test_ucregs.py).
+STORED_SIZE: dict[int, int] = {
+    **{r: 8 for r in FULL_WIDTH},
+    X.UC_X86_REG_EFLAGS: 4, X.UC_X86_REG_MXCSR: 4,
+    **{getattr(X, f"UC_X86_REG_{n}"): 2 for n in ("CS", "SS", "DS", "ES", "FS", "GS", "FPCW", "FPSW", "FPTAG")},
+    **{getattr(X, f"UC_X86_REG_FP{i}"): 10 for i in range(8)},       # 64-bit mantissa, 16-bit exponent
+    **{getattr(X, f"UC_X86_REG_XMM{i}"): 16 for i in range(16)},
+}
+_SLOT = 16   # every register gets a 16-byte slot, zeroed before each read
+
+
+class RawRegisterBatch:
+    """Registers of mixed widths (selectors, x87, XMM, ...) read with one C call, each
+    into its own zeroed slot: :meth:`read` returns each value's bytes, little-endian,
+    exactly as wide as Unicorn stores it (:data:`STORED_SIZE`)."""
+
+    __slots__ = ("_uch", "_ids", "_buffer", "_pointers", "_count", "_sizes", "_lock")
+
+    def __init__(self, uc: Uc, reg_ids: Sequence[int]) -> None:
+        unknown = [r for r in reg_ids if r not in STORED_SIZE]
+        if unknown:
+            raise ValueError(f"no known stored size for Unicorn x86 registers {unknown}")
+        count = len(reg_ids)
+        self._uch = uc._uch
+        self._count = count
+        self._sizes = tuple(STORED_SIZE[r] for r in reg_ids)
+        self._ids = (ctypes.c_int * count)(*reg_ids)
+        self._buffer = (ctypes.c_ubyte * (_SLOT * count))()
+        base = ctypes.addressof(self._buffer)
+        self._pointers = (ctypes.c_void_p * count)(*(base + _SLOT * i for i in range(count)))
+        self._lock = threading.Lock()
+
+    def read(self) -> list[bytes]:
+        with self._lock:
+            ctypes.memset(self._buffer, 0, _SLOT * self._count)
+            status = _reg_read_batch(self._uch, self._ids, self._pointers, self._count)
+            if status:
+                raise UcError(status)
+            raw = bytes(self._buffer)
+        return [raw[_SLOT * i:_SLOT * i + size] for i, size in enumerate(self._sizes)]
