@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -190,6 +191,25 @@ def test_shell_sched_command_shows_waiting_column(make_config):
     assert re.search(r"^\s+3\s.*\swait-for-SIPI\s", text, re.M), text
     vm, ex, _ = lock_run(make_config, 1, "smp")
     assert len(re.findall(r"\sfinished\s", sched_text(vm, ex))) == 4
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 is not installed")
+@pytest.mark.parametrize("lock", ["ticket", "tas"])
+def test_lock_workload_under_qemu(guest_kernels, lock):
+    """QEMU is the reference machine: the same kernel and command line finish there."""
+    proc = subprocess.run(["qemu-system-x86_64", "-display", "none", "-monitor", "none", "-no-reboot",
+                           "-serial", "stdio", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+                           "-kernel", str(guest_kernels / "smp.elf"), "-smp", "4", "-m", "128",
+                           "-append", f"workload=lock lock={lock} lock_iters=300"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout[-2000:]           # (status 0 << 1) | 1
+    m = LOCK_OK.search(proc.stdout)
+    assert m and (int(m.group(1)), int(m.group(2))) == (1200, 4), proc.stdout[-2000:]
+
+
+def test_example_config_runs_the_lock_workload():
+    cfg = load_config(ROOT / "examples" / "smp-lock.toml")
+    assert "workload=lock" in cfg["cmdline"] and cfg["sched"] == "smp" and cfg["deterministic"]
 
 
 # ------------------------------------------------------------------------------------
