@@ -5,6 +5,8 @@ Every row is one ``hvdbg run CONFIG --json`` command (a subprocess, as a user ru
 - ``boot-1`` (the baseline): the SMP test kernel on 1 vCPU, pinned executor;
 - ``pinned-N``: ``examples/smp-4vcpu.toml --vcpus N --pcpus N`` (one host thread per vCPU);
 - ``det-N``: ``... --vcpus N --deterministic`` (one host thread, instruction-counted slices);
+- ``det-N-on-P`` (``--overcommit P``): ``... --vcpus N --pcpus P --deterministic``, N vCPUs
+  time-sharing P pCPUs, where spinning vCPUs take PAUSE-loop exits;
 - ``bug-*``: each ``examples/bugs/0N-*.toml`` as it is (4 vCPUs, deterministic).
 
 A boot counts only if the guest exited with status 0 after printing ``smp: N of N CPUs
@@ -17,6 +19,7 @@ starts the APs one by one (INIT-SIPI-SIPI, each waits for the previous one to be
 while the online APs spin with ``pause`` until released.
 
     python bench/p5_scale.py [--quick] [--repeats N] [--json FILE] [--max-vcpus N] [--det-max-vcpus N]
+                             [--overcommit P] [--no-bugs]
 """
 
 from __future__ import annotations
@@ -138,7 +141,7 @@ def check(row: Row, res: dict) -> str:
     return res["diagnosis"][0] if res["diagnosis"] else res["outcome"]
 
 
-def boot_rows(max_vcpus: int, det_max_vcpus: int) -> list[Row]:
+def boot_rows(max_vcpus: int, det_max_vcpus: int, overcommit: int = 0) -> list[Row]:
     rows = [Row("boot-1", "smp.elf, 1 vCPU, pinned", (str(CONFIG), "--vcpus", "1", "--pcpus", "1"), vcpus=1)]
     for n in VCPU_COUNTS:
         if 1 < n <= max_vcpus:
@@ -148,6 +151,12 @@ def boot_rows(max_vcpus: int, det_max_vcpus: int) -> list[Row]:
         if n <= det_max_vcpus:
             rows.append(Row(f"det-{n}", f"smp.elf, {n} vCPU(s), deterministic",
                             (str(CONFIG), "--vcpus", str(n), "--deterministic"), vcpus=n))
+    if overcommit:
+        for n in VCPU_COUNTS:
+            if overcommit < n <= det_max_vcpus:
+                rows.append(Row(f"det-{n}-on-{overcommit}", f"smp.elf, {n} vCPUs on {overcommit} pCPUs, deterministic "
+                                f"(overcommitted: PAUSE-loop exiting)", (str(CONFIG), "--vcpus", str(n), "--pcpus",
+                                                                         str(overcommit), "--deterministic"), vcpus=n))
     rows = [Row(r.key, r.label, r.args + RUN_LIMITS, r.vcpus) for r in rows]
     if QEMU is not None:
         for n in VCPU_COUNTS:
@@ -240,6 +249,8 @@ def add_arguments(p) -> None:
     p.add_argument("--det-max-vcpus", type=int, default=None,
                    help=f"largest deterministic boot (default {DEFAULT_DET_MAX_VCPUS}; {QUICK_MAX_VCPUS} with --quick)")
     p.add_argument("--no-bugs", action="store_true", help="boots only")
+    p.add_argument("--overcommit", type=int, default=0, metavar="P",
+                   help="also deterministic boots of N > P vCPUs on P pCPUs (up to --det-max-vcpus)")
 
 
 def main() -> None:
@@ -248,7 +259,7 @@ def main() -> None:
     max_vcpus = a.max_vcpus or (QUICK_MAX_VCPUS if opts.quick else DEFAULT_MAX_VCPUS)
     det_max = a.det_max_vcpus or (QUICK_MAX_VCPUS if opts.quick else DEFAULT_DET_MAX_VCPUS)
     subprocess.run(["make", "-s", "-C", str(ROOT / "guests")], check=True)
-    rows = boot_rows(max_vcpus, det_max)
+    rows = boot_rows(max_vcpus, det_max, a.overcommit)
     if not a.no_bugs:
         rows += bug_rows()
     harness.print_header("P5: scaling with the number of vCPUs, bug scenarios", opts, {
