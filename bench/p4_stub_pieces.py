@@ -82,7 +82,7 @@ def main() -> None:
         target.wait_for_stop(10)
 
     rows = [
-        ("g", "VmTarget.read_registers (all 61 values, binding calls)", lambda: target.read_registers(1), 200),
+        ("g", "VmTarget.read_registers (all 61 values)", lambda: target.read_registers(1), 200),
         ("g", "X86_64.encode_registers (the reply's hex)", lambda: X86_64.encode_registers(regs), 200),
         ("g", "17 GPRs + RIP by binding reg_read", lambda: [vcpu.uc.reg_read(r) for r in GPRS], 500),
         ("g", "the same 17 by hvdbg.ucregs.RegisterBatch.read", batch.read, 2000),
