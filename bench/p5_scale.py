@@ -7,6 +7,8 @@ Every row is one ``hvdbg run CONFIG --json`` command (a subprocess, as a user ru
 - ``det-N``: ``... --vcpus N --deterministic`` (one host thread, instruction-counted slices);
 - ``det-N-on-P`` (``--overcommit P``): ``... --vcpus N --pcpus P --deterministic``, N vCPUs
   time-sharing P pCPUs, where spinning vCPUs take PAUSE-loop exits;
+- ``pinned-N-skip`` / ``det-N-skip`` (``--spin-skip N``): the same boots with ``--spin-skip``
+  (loops without progress skip the rest of their slice; pinned threads also yield their core);
 - ``bug-*``: each ``examples/bugs/0N-*.toml`` as it is (4 vCPUs, deterministic).
 
 A boot counts only if the guest exited with status 0 after printing ``smp: N of N CPUs
@@ -19,7 +21,7 @@ starts the APs one by one (INIT-SIPI-SIPI, each waits for the previous one to be
 while the online APs spin with ``pause`` until released.
 
     python bench/p5_scale.py [--quick] [--repeats N] [--json FILE] [--max-vcpus N] [--det-max-vcpus N]
-                             [--overcommit P] [--no-bugs]
+                             [--overcommit P] [--spin-skip N] [--no-bugs]
 """
 
 from __future__ import annotations
@@ -141,7 +143,7 @@ def check(row: Row, res: dict) -> str:
     return res["diagnosis"][0] if res["diagnosis"] else res["outcome"]
 
 
-def boot_rows(max_vcpus: int, det_max_vcpus: int, overcommit: int = 0) -> list[Row]:
+def boot_rows(max_vcpus: int, det_max_vcpus: int, overcommit: int = 0, spin_skip_max: int = 0) -> list[Row]:
     rows = [Row("boot-1", "smp.elf, 1 vCPU, pinned", (str(CONFIG), "--vcpus", "1", "--pcpus", "1"), vcpus=1)]
     for n in VCPU_COUNTS:
         if 1 < n <= max_vcpus:
@@ -151,13 +153,21 @@ def boot_rows(max_vcpus: int, det_max_vcpus: int, overcommit: int = 0) -> list[R
         if n <= det_max_vcpus:
             rows.append(Row(f"det-{n}", f"smp.elf, {n} vCPU(s), deterministic",
                             (str(CONFIG), "--vcpus", str(n), "--deterministic"), vcpus=n))
+    for n in VCPU_COUNTS:
+        if 1 < n <= spin_skip_max:
+            rows.append(Row(f"pinned-{n}-skip", f"smp.elf, {n} vCPUs on {n} pCPUs (pinned), --spin-skip",
+                            (str(CONFIG), "--vcpus", str(n), "--pcpus", str(n), "--spin-skip"), vcpus=n,
+                            baselines=("boot-1", f"pinned-{n}")))
+            rows.append(Row(f"det-{n}-skip", f"smp.elf, {n} vCPUs, deterministic, --spin-skip",
+                            (str(CONFIG), "--vcpus", str(n), "--deterministic", "--spin-skip"), vcpus=n,
+                            baselines=("boot-1", f"det-{n}")))
     if overcommit:
         for n in VCPU_COUNTS:
             if overcommit < n <= det_max_vcpus:
                 rows.append(Row(f"det-{n}-on-{overcommit}", f"smp.elf, {n} vCPUs on {overcommit} pCPUs, deterministic "
                                 f"(overcommitted: PAUSE-loop exiting)", (str(CONFIG), "--vcpus", str(n), "--pcpus",
                                                                          str(overcommit), "--deterministic"), vcpus=n))
-    rows = [Row(r.key, r.label, r.args + RUN_LIMITS, r.vcpus) for r in rows]
+    rows = [Row(r.key, r.label, r.args + RUN_LIMITS, r.vcpus, baselines=r.baselines) for r in rows]
     if QEMU is not None:
         for n in VCPU_COUNTS:
             if n <= max_vcpus:
@@ -249,6 +259,8 @@ def add_arguments(p) -> None:
     p.add_argument("--det-max-vcpus", type=int, default=None,
                    help=f"largest deterministic boot (default {DEFAULT_DET_MAX_VCPUS}; {QUICK_MAX_VCPUS} with --quick)")
     p.add_argument("--no-bugs", action="store_true", help="boots only")
+    p.add_argument("--spin-skip", type=int, default=0, metavar="N",
+                   help="also pinned and deterministic boots with --spin-skip, up to N vCPUs")
     p.add_argument("--overcommit", type=int, default=0, metavar="P",
                    help="also deterministic boots of N > P vCPUs on P pCPUs (up to --det-max-vcpus)")
 
@@ -259,7 +271,7 @@ def main() -> None:
     max_vcpus = a.max_vcpus or (QUICK_MAX_VCPUS if opts.quick else DEFAULT_MAX_VCPUS)
     det_max = a.det_max_vcpus or (QUICK_MAX_VCPUS if opts.quick else DEFAULT_DET_MAX_VCPUS)
     subprocess.run(["make", "-s", "-C", str(ROOT / "guests")], check=True)
-    rows = boot_rows(max_vcpus, det_max, a.overcommit)
+    rows = boot_rows(max_vcpus, det_max, a.overcommit, a.spin_skip)
     if not a.no_bugs:
         rows += bug_rows()
     harness.print_header("P5: scaling with the number of vCPUs, bug scenarios", opts, {

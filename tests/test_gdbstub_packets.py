@@ -561,3 +561,20 @@ def test_thread_subset_view(machine):
         assert c.request(b"vCont;c") == b"T05thread:7;swbreak:;"
         assert set(machine.resumes[-1]) == {7}
         c.close()
+
+
+_HEX_RUNS = st.lists(st.tuples(st.sampled_from(b"0123456789abcdef"), st.integers(1, 300)), max_size=40).map(
+    lambda runs: b"".join(bytes((c,)) * n for c, n in runs))
+
+
+@settings(max_examples=300)
+@given(_HEX_RUNS)
+def test_rle_fast_path_for_hex_payloads_matches_the_regex_path(data):
+    """Hex replies (nothing to escape) take the C-search encoder; it must produce what
+    the general regex encoder produces, and decode back to the payload."""
+    from gdbstub.packet import _RUN_OR_SPECIAL, _escaped_or_run, _rle_plain
+
+    encoded = rle_encode(data)
+    assert encoded == _rle_plain(data) == _RUN_OR_SPECIAL.sub(_escaped_or_run, data)
+    assert decode_payload(encoded) == data
+    assert b"#" not in encoded and b"$" not in encoded
