@@ -112,7 +112,10 @@ def _raw_child_script(port: int, partial: bytes) -> str:
         f"    s=socket.create_connection(('127.0.0.1',{port}),timeout=30)\n"
         f"    s.sendall({HANDSHAKE!r})\n"
         "    buf=b''\n"
-        "    while b'#' not in buf: buf+=s.recv(65536)\n"
+        "    while b'#' not in buf:\n"
+        "        chunk=s.recv(65536)\n"
+        "        if not chunk: sys.exit('the stub closed the connection')\n"  # the guest ended
+        "        buf+=chunk\n"
         f"    if {BUSY!r} not in buf: break\n"
         "    s.close(); time.sleep(0.05)\n"
         "s.sendall(b'+')\n"
