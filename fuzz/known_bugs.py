@@ -4,7 +4,9 @@ Each entry names the code at fault, what goes wrong, and the suggested fix; its
 ``matches`` predicate recognises inputs that trigger it, so a long run can skip a
 known bug (``--skip-known``) and keep looking for new ones. The xfail tests in
 tests/test_hardening_*.py reproduce each of them; docs/reliability.md lists them.
-When one is fixed, its xfail test starts passing (strict) and the entry goes.
+When one is fixed, its xfail test starts passing (strict) and the entry goes; the
+record of fixed bugs (what broke, the fix, the commit) is in docs/reliability.md. The
+tuples may be empty: the runners and tests only iterate over them.
 """
 
 from __future__ import annotations
