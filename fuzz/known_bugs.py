@@ -43,20 +43,7 @@ KNOWN_BUGS: tuple[KnownBug, ...] = ()
 
 
 #: Bugs found by the chaos guests (recognised by their diagnosis text only).
-GUEST_BUGS: tuple[KnownBug, ...] = (
-    KnownBug(
-        key="ap-reset-state",
-        where="hvdbg/vcpu.py Vcpu.__init__ (creates the engine) and hvdbg/vmm.py Vmm._init_signal (INIT); "
-              "the fix is ready in hvdbg/ucx.py:load_reset_state",
-        what="The rest of efer-lma-at-reset (fixed: set_control_registers now clears the stale LMA, so the BSP "
-             "enters multiboot with EFER=0 and the corrupted guest ends classified): an AP that never got "
-             "its SIPI still shows Unicorn's initial CR0=0x11, CR4=0x50200, EFER=0x500 and MXCSR=0 instead "
-             "of CR0=0x60000010, CR4=0, EFER=0, MXCSR=0x1F80 (SDM Vol. 3A Table 9-1). Cosmetic until its "
-             "SIPI loads a full state, but visible in gdb and the shell.",
-        fix="Call ucx.load_reset_state(self.uc) right after the engine is created in Vcpu.__init__ (and on "
-            "INIT in Vmm._init_signal).",
-    ),
-)
+GUEST_BUGS: tuple[KnownBug, ...] = ()
 
 
 def explaining_bug(detail: str) -> KnownBug | None:

@@ -155,6 +155,7 @@ class Vcpu:
         self._vmcs = Vmcs()
         self._guest_stale = False       # the engine holds newer guest state than the VMCS
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        ucx.load_reset_state(self.uc)     # SDM Table 9-1 where Unicorn's new engine differs
         self.regs = RegisterFile(self.uc)   # hot-path register access (hvdbg.ucregs)
         self._batches: dict[tuple[int, ...], RegisterBatch] = {}
         self.counter = ucx.InstructionCounter(self.uc)

@@ -12,6 +12,7 @@ from typing import Callable, Protocol
 
 from unicorn import x86_const as X
 
+from hvdbg import ucx
 from hvdbg.apic import (APIC_BASE_EXTD, IA32_APIC_BASE_MSR, X2APIC_MSR_BASE, X2APIC_MSR_END,
                         DeliveryMode, IcrCommand, Reg, Shorthand)
 from hvdbg.devices.bus import IoBus
@@ -272,6 +273,8 @@ class Vmm:
 
     # -- INIT and SIPI (exit reasons 3 and 4, SDM 26.2 / 9.4) ---------------------------------
     def _init_signal(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
+        """INIT (SDM 9.1.1, Table 9-1): the processor state after INIT, then wait-for-SIPI."""
+        ucx.load_reset_state(vcpu.uc)
         vcpu.apic.reset()
         vcpu.activity = Activity.WAIT_FOR_SIPI
         vcpu.pending_event = None

@@ -138,9 +138,6 @@ def test_huge_e_phoff_is_a_one_line_load_error(tmp_path, guest_kernels):
     assert proc.returncode in (0, 1, 2)
 
 
-@pytest.mark.xfail(strict=True, reason="ap-reset-state: APs keep Unicorn's initial EFER=0x500, CR4=0x50200, "
-                   "MXCSR=0 until their SIPI: Vcpu.__init__ (hvdbg/vcpu.py, outside the hardening task's files) "
-                   "does not call hvdbg.ucx.load_reset_state on its new engine")
 def test_reset_state_has_no_long_mode_bits(guest_kernels):
     """SDM Vol. 3A 9.1.1 (Table 9-1): after INIT, EFER = 0 and CR4 = 0; LMA is only ever set by
     the CPU when CR0.PG = 1 with EFER.LME = 1 (2.2.1). Multiboot enters with paging off."""
@@ -152,6 +149,9 @@ def test_reset_state_has_no_long_mode_bits(guest_kernels):
     assert bsp["cr0"] & (1 << 31) == 0
     assert bsp["efer"] & (1 << 10) == 0, f"BSP EFER {bsp['efer']:#x} at the multiboot entry"
     assert ap["efer"] == 0 and ap["cr4"] == 0, f"AP EFER {ap['efer']:#x} CR4 {ap['cr4']:#x} in wait-for-SIPI"
+    from unicorn import x86_const as X
+
+    assert vm.vcpus[1].uc.reg_read(X.UC_X86_REG_MXCSR) == 0x1F80   # Table 9-1, also what gdb shows
 
 
 def test_engine_reset_state_is_table_9_1():

@@ -330,7 +330,8 @@ def running_guest(tmp_path, guest_kernels):
 
     def start(vcpus: int = 2, work_mib: int = 64):
         cfg = write_config(tmp_path / "vm.toml", kernel=guest_kernels / "smp.elf", vcpus=vcpus,
-                           cmdline=f"work_mib={work_mib}", **{"budget.seconds": 600})
+                           memory=f"{max(128, 2 * work_mib)}M", cmdline=f"work_mib={work_mib}",
+                           **{"budget.seconds": 600})
         port = free_port_block(vcpus + 1)
         proc = start_hvdbg_gdb(cfg, port, wait=False)
         procs.append(proc)
@@ -345,7 +346,9 @@ def running_guest(tmp_path, guest_kernels):
 
 @needs_gdb
 def test_churn_while_the_guest_runs_loses_nothing(running_guest):
-    proc, port = running_guest(vcpus=2, work_mib=64)
+    # 160 MiB of work: the guest must outlive the 14 debugger lifetimes (64 MiB took 5-8 s
+    # on a quiet 2-core machine, about as long as the churn itself)
+    proc, port = running_guest(vcpus=2, work_mib=160)
     counts = churn([port, port + 1, port + 2], cycles=14, seed=5, alive=lambda: proc.poll() is None)
     assert counts.pop("cycles") >= 10 and len(counts) >= 3, counts
     out, err = proc.communicate(timeout=300)
