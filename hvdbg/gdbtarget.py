@@ -24,7 +24,7 @@ from gdbstub import (ConsoleOutput, DetachOps, HwBreakpointOps, KillOps, MemoryA
                      ThreadInfo, WatchKind, WatchpointOps)
 from gdbstub.arch.x86_64 import X86_64
 from gdbstub.target import SIGTRAP
-from hvdbg import paging
+from hvdbg import paging, ucx
 from hvdbg.debug import DebugSession, Stop, StopKind
 from hvdbg.errors import GuestMemoryError, HvdbgError
 from hvdbg.events import GuestFault
@@ -178,7 +178,9 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
         out: dict[str, int | bytes] = {}
         for (name, _reg), raw in zip(_G_LAYOUT, batch.read()):
             out[name] = raw if name in _G_BYTES else int.from_bytes(raw, "little")
-        out.update({n: v.uc.msr_read(m) for n, m in _MSR.items()})
+        # not uc.msr_read: its RDMSR helper saves and restores RAX/RCX/RDX of the live CPU
+        out["efer"] = ucx.read_efer(v.uc)
+        out["k_gs_base"] = ucx.read_kernel_gs_base(v.uc)
         return out
 
     def write_registers(self, tid: int, values: Mapping[str, int | bytes]) -> None:
@@ -187,7 +189,7 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
         v = self._vcpu(tid)
         uc = v.uc
         old = ControlState(uc.reg_read(X.UC_X86_REG_CR0), uc.reg_read(X.UC_X86_REG_CR3),
-                           uc.reg_read(X.UC_X86_REG_CR4), uc.msr_read(_MSR["efer"]),
+                           uc.reg_read(X.UC_X86_REG_CR4), ucx.read_efer(uc),
                            uc.reg_read(X.UC_X86_REG_RIP), bool(v.get_segment("cs").access_rights & _CS_L))
         new = replace(old, **{n: values[n] for n in ("cr0", "cr3", "cr4", "efer", "rip")
                               if isinstance(values.get(n), int)})

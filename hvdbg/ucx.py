@@ -29,6 +29,8 @@ SEGMENT_SELECTOR_REGS = {
 _CTX_HFLAGS = 216
 _CTX_SEGS = 224          # es cs ss ds fs gs ldt tr gdt idt, 24 bytes each
 _CTX_SEG_SIZE = 24
+_CTX_EFER = 632           # env->efer
+_CTX_KERNEL_GS_BASE = 4904   # env->kernelgsbase
 _CTX_ERROR_CODE = 5424
 _CTX_OLD_EXCEPTION = 5536
 
@@ -111,6 +113,9 @@ class _Blob:
     def u32(self, off: int) -> int:
         return struct.unpack_from("<I", self.view, off)[0]
 
+    def u64(self, off: int) -> int:
+        return struct.unpack_from("<Q", self.view, off)[0]
+
     def i32(self, off: int) -> int:
         return struct.unpack_from("<i", self.view, off)[0]
 
@@ -143,6 +148,20 @@ def read_segments(uc: Uc) -> dict[str, Segment]:
     return segs
 
 
+def read_efer(uc: Uc) -> int:
+    """IA32_EFER without ``uc.msr_read``: Unicorn's MSR read runs the RDMSR helper on the
+    live CPU state, saving and restoring RAX/RCX/RDX around it, so on an engine that is
+    running on another thread it can undo the guest's own writes to those registers
+    (measured: a concurrent msr_read loop made the SMP kernel's sums wrong).  The saved
+    context is a copy: reading it never touches the CPU."""
+    return _Blob(uc).u64(_CTX_EFER)
+
+
+def read_kernel_gs_base(uc: Uc) -> int:
+    """IA32_KERNEL_GS_BASE, like :func:`read_efer` (no RDMSR helper)."""
+    return _Blob(uc).u64(_CTX_KERNEL_GS_BASE)
+
+
 def current_cpl(uc: Uc) -> int:
     return _Blob(uc).u32(_CTX_HFLAGS) & HF_CPL_MASK
 
@@ -154,7 +173,7 @@ def write_segments(uc: Uc, segs: dict[str, Segment]) -> None:
     """
     cr0 = uc.reg_read(X.UC_X86_REG_CR0)
     cr4 = uc.reg_read(X.UC_X86_REG_CR4)
-    efer = uc.msr_read(EFER_MSR)
+    efer = read_efer(uc)
     eflags = uc.reg_read(X.UC_X86_REG_EFLAGS)
     blob = _Blob(uc)
     for i, name in enumerate(SEGMENT_NAMES):
@@ -205,7 +224,7 @@ def set_control_registers(uc: Uc, cr0: int, cr3: int, cr4: int, efer: int) -> No
     toggled through 0. An engine with LMA set while PG is clear (Unicorn's 64-bit engine
     starts so, a state no CPU can be in: SDM Vol. 3A 2.2.1) first leaves long mode for real.
     """
-    if uc.msr_read(EFER_MSR) & EFER_LMA and not uc.reg_read(X.UC_X86_REG_CR0) & CR0_PG:
+    if read_efer(uc) & EFER_LMA and not uc.reg_read(X.UC_X86_REG_CR0) & CR0_PG:
         _leave_long_mode(uc)
     uc.reg_write(X.UC_X86_REG_CR0, cr0 & ~CR0_PG)
     uc.msr_write(EFER_MSR, efer & ~EFER_LMA)
@@ -300,6 +319,14 @@ def self_test() -> None:
         raise UnicornLayoutError("uc_context segment cache layout differs from Unicorn 2.1.4")
     if blob.i32(_CTX_OLD_EXCEPTION) != -1:
         raise UnicornLayoutError("uc_context old_exception offset differs from Unicorn 2.1.4")
+    for value in (0x0D01, 0x0100):
+        uc.msr_write(EFER_MSR, value)
+        if read_efer(uc) != uc.msr_read(EFER_MSR):
+            raise UnicornLayoutError("uc_context EFER offset differs from Unicorn 2.1.4")
+    uc.msr_write(0xC0000102, 0x8877665544332211)
+    if read_kernel_gs_base(uc) != 0x8877665544332211:
+        raise UnicornLayoutError("uc_context KERNEL_GS_BASE offset differs from Unicorn 2.1.4")
+    uc.msr_write(EFER_MSR, 0)
     # real-mode load: CS base must follow the blob patch
     set_control_registers(uc, 0x10, 0, 0, 0)
     write_segments(uc, {"cs": Segment(0x0800, 0x8000, 0xFFFF, 0x9B)})

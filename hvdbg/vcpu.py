@@ -444,7 +444,7 @@ class Vcpu:
 
     def control_regs(self) -> dict[str, int]:
         cr0, cr3, cr4 = self.batch(self._CR_IDS).read()
-        return {"cr0": cr0, "cr3": cr3, "cr4": cr4, "efer": self.uc.msr_read(EFER)}
+        return {"cr0": cr0, "cr3": cr3, "cr4": cr4, "efer": ucx.read_efer(self.uc)}
 
     def page_walk(self, gva: int, access: str = "read") -> paging.PageWalk:
         r = self.control_regs()
@@ -498,7 +498,7 @@ class Vcpu:
     def code_bits(self) -> int:
         """Operand size of the current code segment: 16, 32 or 64."""
         cs = ucx.read_segments(self.uc)["cs"]
-        efer = self.uc.msr_read(EFER)
+        efer = ucx.read_efer(self.uc)
         if efer & (1 << 10) and cs.access_rights & (1 << 13):
             return 64
         if not self.uc.reg_read(X.UC_X86_REG_CR0) & 1:
@@ -558,7 +558,7 @@ class Vcpu:
     # -- EventCpu interface (for hvdbg.events) -----------------------------------------
     def get_reg(self, name: str) -> int:
         if name == "efer":
-            return self.uc.msr_read(EFER)
+            return ucx.read_efer(self.uc)
         return self.uc.reg_read(REG_IDS[name])
 
     def set_reg(self, name: str, value: int) -> None:
@@ -591,7 +591,7 @@ class Vcpu:
     def save_guest_state(self) -> None:
         """Copy the engine's state into the VMCS guest-state area (SDM 28.3)."""
         values = dict(zip(self._SAVE_FIELDS, self.batch(self._SAVE_IDS).read()))
-        values["GUEST_IA32_EFER"] = self.uc.msr_read(EFER)
+        values["GUEST_IA32_EFER"] = ucx.read_efer(self.uc)
         for name, seg in ucx.read_segments(self.uc).items():
             sel, base, limit, ar = self._SEG_FIELDS[name]
             values[sel] = seg.selector
@@ -795,7 +795,7 @@ class Vcpu:
 
     def registers(self) -> dict[str, int]:
         out = dict(zip(self._SNAPSHOT, self.batch(self._SNAPSHOT_IDS).read()))
-        out["efer"] = self.uc.msr_read(EFER)
+        out["efer"] = ucx.read_efer(self.uc)
         return out
 
     _SPIN_IDS = tuple(_FULL_IDS[n] for n in ("rip",) + GPRS)
