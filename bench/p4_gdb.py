@@ -36,6 +36,7 @@ import harness
 from harness import ROOT, Case, Metric, Run
 
 sys.path.insert(0, str(ROOT))
+from fuzz.common import free_port_block as free_port  # noqa: E402  (PORT..PORT+n free)
 from gdbstub.packet import decode_payload, frame  # noqa: E402  (the project's RSP framing)
 
 GUEST = ROOT / "guests" / "build" / "smp.elf"
@@ -67,29 +68,6 @@ class BenchError(RuntimeError):
 
 
 # -- processes ---------------------------------------------------------------------------
-def free_port(count: int) -> int:
-    """A base port with ``count`` free consecutive ports (hvdbg also serves PORT+1+i)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + count >= 65535:
-            continue
-        socks: list[socket.socket] = []
-        try:
-            for p in range(base, base + count):
-                t = socket.socket()
-                socks.append(t)
-                t.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for t in socks:
-                t.close()
-    raise BenchError("no free ports")
-
-
 def listening(port: int) -> bool:
     """Whether something listens on 127.0.0.1:port (read from /proc: probing with a
     connect would be a gdb client for QEMU)."""

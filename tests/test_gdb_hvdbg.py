@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,30 +13,9 @@ from elftools.elf.elffile import ELFFile
 pytest.importorskip("pygdbmi.gdbcontroller")
 from test_gdbstub_gdb import Gdb  # noqa: E402  (the MI driver shared with the gdbstub tests)
 
+from fuzz.common import free_port_block as free_port  # noqa: E402
+
 pytestmark = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb not installed")
-
-
-def free_port(count: int) -> int:
-    """A base port with `count` free consecutive ports after it."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + count >= 65535:
-            continue
-        try:
-            socks = []
-            for p in range(base, base + count):
-                t = socket.socket()
-                t.bind(("127.0.0.1", p))
-                socks.append(t)
-            for t in socks:
-                t.close()
-            return base
-        except OSError:
-            for t in socks:
-                t.close()
-    raise RuntimeError("no free ports")
 
 
 def symbol(elf_path, name) -> int:

@@ -9,7 +9,6 @@ import re
 import select
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import time
 import pytest
 from elftools.elf.elffile import ELFFile
 
+from fuzz.common import free_port_block as free_port
 from hvdbg.config import load_config
 from hvdbg.vm import Machine
 
@@ -198,29 +198,6 @@ def test_interactive_shell_runs_in_the_background_and_completes(make_config, gue
 # --------------------------------------------------------------------------------------
 
 gdb_needed = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb not installed")
-
-
-def free_port(count: int) -> int:
-    """A base port with ``count`` consecutive free ports."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + count >= 65535:
-            continue
-        socks = []
-        try:
-            for port in range(base, base + count):
-                t = socket.socket()
-                socks.append(t)
-                t.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for t in socks:
-                t.close()
-    raise RuntimeError("no free ports")
 
 
 def wait_for_stub(proc: subprocess.Popen, timeout: float = 30) -> None:
