@@ -150,7 +150,7 @@ class VcpuLoop:
         self.vm = vm
         self.slice_len = slice_len
         self.progress = {v.index: VcpuProgress() for v in vm.vcpus}
-        self.spin_skip = False     # set by the deterministic executor (config spin_skip)
+        self.spin_skip = False     # config spin_skip: set by the deterministic and pinned executors
 
     def wake_if_possible(self, v: Vcpu) -> bool:
         """A halted vCPU resumes on an interrupt it can take (SDM 26.6.2 / HLT);
@@ -195,15 +195,16 @@ class VcpuLoop:
         self._track_spin(v, end)
         if end != RunEnd.SLICE:
             return end
+        left = budget - (v.instructions - start)
         if self.progress[v.index].spin_slices and v.preemption_timer_value() is None:
-            rest = max(0, budget - (v.instructions - start))
+            rest = max(0, left)
             deadline = v.apic.next_event()   # its own timer still fires on time
             if deadline is not None:
                 rest = min(rest, max(0, deadline - v.clock()))
             v.idle_ticks += rest
             v.spin_skipped += rest
             return end
-        end = v.run(budget - (v.instructions - start))
+        end = v.run(left)
         self._track_spin(v, end)
         return end
 

@@ -12,8 +12,9 @@ the segment selectors are stored as 32 / 16 bits and would leave stale high byte
 reused cell, so they are refused, like descriptor-table and vector registers.
 
 Each cell belongs to one :class:`RegisterFile` / :class:`RegisterBatch`; a lock makes
-them safe when a debugger thread and the vCPU thread use the same object (ctypes
-releases the GIL during the C call).
+them safe when a debugger thread and the vCPU thread use the same object (the GIL is
+kept during the C call, but another thread can run between the call and reading the
+cell).
 """
 
 from __future__ import annotations

@@ -717,7 +717,7 @@ class Vcpu:
             return RunEnd.EXIT
         deadline = self.apic.next_event()
         budget = max_instructions
-        timer = self._preemption_timer()
+        timer = self.preemption_timer_value()
         if timer is not None:
             budget = min(budget, max(1, timer << 5))
         if deadline is not None:
@@ -760,10 +760,6 @@ class Vcpu:
         return RunEnd.SLICE
 
     def preemption_timer_value(self) -> int | None:
-        """The VMX-preemption timer's current value, or None when it is not active."""
-        return self._preemption_timer()
-
-    def _preemption_timer(self) -> int | None:
         """VMX-preemption timer value if the pin-based control is set (SDM 26.5.1); it counts
         down once every 2^5 guest instructions (our TSC), like IA32_VMX_MISC[4:0] = 5."""
         if not self._vmcs.read("PIN_BASED_VM_EXEC_CONTROL") >> 6 & 1:
