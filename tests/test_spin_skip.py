@@ -7,18 +7,10 @@ from __future__ import annotations
 import struct
 
 from hvdbg import diagnosis
-from hvdbg.config import config_from_dict, load_config
+from hvdbg.config import config_from_dict
 from hvdbg.executor import SPIN_PROBE, make_executor
 from hvdbg.vm import Machine
-
-
-def _boot(path, **overrides):
-    cfg = load_config(path)
-    for key, value in overrides.items():
-        cfg.set(key, value)
-    vm = Machine(cfg)
-    make_executor(vm).run()
-    return vm, diagnosis.result(vm, 0)
+from test_core_boot import boot   # load a config, apply overrides, run to the end
 
 
 def test_smp_boot_with_spin_skip_matches_the_full_run(make_config):
@@ -26,8 +18,8 @@ def test_smp_boot_with_spin_skip_matches_the_full_run(make_config):
     others. With spin_skip the guest prints the same lines and exits the same way at
     the same virtual times; the APs execute far fewer instructions."""
     path = make_config(vcpus=8, pcpus=8, deterministic=True)
-    vm_full, full = _boot(path)
-    vm_skip, skip = _boot(path, spin_skip=True)
+    vm_full, full = boot(path)
+    vm_skip, skip = boot(path, spin_skip=True)
     assert full["outcome"] == skip["outcome"] == "exited"
     assert full["exit_status"] == skip["exit_status"] == 0
     assert skip["serial"] == full["serial"]
@@ -47,7 +39,7 @@ def test_smp_boot_with_spin_skip_matches_the_full_run(make_config):
 
 def test_spin_skip_is_deterministic(make_config):
     path = make_config(vcpus=6, pcpus=3, sched="cfs", deterministic=True, spin_skip=True)
-    hashes = {_boot(path)[1]["trace_hash"] for _ in range(3)}
+    hashes = {boot(path)[1]["trace_hash"] for _ in range(3)}
     assert len(hashes) == 1
 
 
@@ -94,7 +86,7 @@ def test_progress_is_never_skipped(tmp_path):
 def test_pinned_threads_yield_while_spinning(make_config):
     """Pinned executor, 8 vCPU threads on this 2-core host: spinning APs skip and yield
     their core; the guest still starts every AP and checks its sum."""
-    vm, res = _boot(make_config(vcpus=8, pcpus=8, spin_skip=True))
+    vm, res = boot(make_config(vcpus=8, pcpus=8, spin_skip=True))
     assert res["outcome"] == "exited" and res["exit_status"] == 0
     assert "sum ok" in res["serial"]
     assert sum(1 for v in res["vcpus"] if v["started_by_sipi"]) == 7

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from hvdbg import diagnosis
 from hvdbg.bitmaps import IoBitmaps, MsrBitmap
-from hvdbg.config import load_config
-from hvdbg.executor import make_executor
 from hvdbg.physmem import RegionMemory
-from hvdbg.vm import Machine
+from test_core_boot import boot   # load a config, apply overrides, run to the end
 
 
 def pages():
@@ -39,15 +36,6 @@ def test_msr_bitmap_layout():
     assert mem.read(msr.page + 0x800 + 0x1B // 8, 1)[0] == 1 << (0x1B % 8)   # write-low
     assert mem.read(msr.page + 0xC00 + 0x80 // 8, 1)[0] == 1                   # write-high
     assert msr.exits(0x40000000, write=False)       # outside both ranges: always exits
-
-
-def boot(path, **values):
-    cfg = load_config(path)
-    for k, v in values.items():
-        cfg.set(k, v)
-    vm = Machine(cfg)
-    make_executor(vm).run()
-    return vm, diagnosis.result(vm, 0)
 
 
 def test_io_passthrough_removes_uart_exits_but_keeps_output(make_config):
