@@ -22,11 +22,11 @@ from unicorn import x86_const as X
 from unicorn.unicorn_py3 import unicorn as binding
 
 from guest_image import build
-from hvdbg.cpuid import CpuidModel
-from hvdbg.exit_reasons import ExitReason
-from hvdbg.trace import ExitTrace
-from hvdbg.vcpu import ExitInfo
-from hvdbg.vmcs_fields import BY_NAME
+from hvdbg.arch.cpuid import CpuidModel
+from hvdbg.vmx.exits import ExitReason
+from hvdbg.hv.trace import ExitTrace
+from hvdbg.hv.vcpu import ExitInfo
+from hvdbg.vmx.fields import BY_NAME
 from runners import hv_machine
 
 EXIT_FIELDS = ("VM_EXIT_REASON", "EXIT_QUALIFICATION", "GUEST_RIP", "VM_EXIT_INSTRUCTION_LEN")
@@ -117,12 +117,12 @@ def main() -> None:
     reason = int(ExitReason.CPUID)
     store = {BY_NAME[f].encoding: 0 for f in EXIT_FIELDS}
 
-    fast = v.regs                                   # hvdbg.ucregs, as the exit path uses them
+    fast = v.regs                                   # hvdbg.engine.regs, as the exit path uses them
     cpuid_out = v.batch(tuple(CPUID_REGS))
     plan = type(v.vmcs).plan(EXIT_FIELDS)
     pairs: list[tuple[str, Callable[[], object], str, Callable[[], object]]] = [
         ("uc.reg_read(RAX) (binding)", lambda: uc.reg_read(X.UC_X86_REG_RAX),
-         "hvdbg.ucregs RegisterFile.read (hvdbg's exit hooks)", lambda: fast.read(X.UC_X86_REG_RAX)),
+         "hvdbg.engine.regs RegisterFile.read (hvdbg's exit hooks)", lambda: fast.read(X.UC_X86_REG_RAX)),
         ("uc.reg_write(RAX, v) (binding)", lambda: uc.reg_write(X.UC_X86_REG_RAX, 5),
          "RegisterFile.write", lambda: fast.write(X.UC_X86_REG_RAX, 5)),
         ("4 x uc.reg_write (CPUID result, binding)", lambda: [uc.reg_write(r, 5) for r in CPUID_REGS],

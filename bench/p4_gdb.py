@@ -112,7 +112,7 @@ class StubProcess:
 
 def start_hvdbg(workdir: Path) -> StubProcess:
     port = free_port(2)
-    proc = subprocess.Popen([sys.executable, "-m", "hvdbg.cli", "run", str(CONFIG), "--vcpus", "1", "--pcpus", "1",
+    proc = subprocess.Popen([sys.executable, "-m", "hvdbg.ui.cli", "run", str(CONFIG), "--vcpus", "1", "--pcpus", "1",
                              "--gdb", str(port), "--gdb-wait", "--json", "--compact"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     line = proc.stderr.readline()  # the stubs listen once hvdbg says so

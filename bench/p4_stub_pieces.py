@@ -2,7 +2,7 @@
 
 gdb 13 sends three packets per ``stepi`` (``vCont;s``, ``g``, a 64-byte ``m`` of the
 stack). This script boots the SMP test kernel in-process on 1 vCPU, stops it at kmain
-through :class:`hvdbg.gdbtarget.VmTarget` (as the stub does) and times the target calls
+through :class:`hvdbg.debug.gdb_target.VmTarget` (as the stub does) and times the target calls
 behind those packets, next to cheaper ways to read the same state. Process CPU time,
 best of 3; absolute values move with the host's load, the ratios are the point.
 
@@ -28,10 +28,10 @@ from unicorn.unicorn_py3.unicorn import uclib  # noqa: E402
 from gdbstub.arch.x86_64 import X86_64  # noqa: E402
 from gdbstub.target import ResumeAction, ResumeKind  # noqa: E402
 from hvdbg.config import load_config  # noqa: E402
-from hvdbg.debug import DebugSession  # noqa: E402
-from hvdbg.gdbtarget import VmTarget  # noqa: E402
-from hvdbg.ucregs import RegisterBatch  # noqa: E402
-from hvdbg.vm import Machine  # noqa: E402
+from hvdbg.debug.session import DebugSession  # noqa: E402
+from hvdbg.debug.gdb_target import VmTarget  # noqa: E402
+from hvdbg.engine.regs import RegisterBatch  # noqa: E402
+from hvdbg.hv.machine import Machine  # noqa: E402
 
 KMAIN = 0xFFFFFF8000101070
 STACK_READ = 0xFFFFFF800010CFC0      # what gdb reads after each stepi at kmain
@@ -85,7 +85,7 @@ def main() -> None:
         ("g", "VmTarget.read_registers (all 61 values)", lambda: target.read_registers(1), 200),
         ("g", "X86_64.encode_registers (the reply's hex)", lambda: X86_64.encode_registers(regs), 200),
         ("g", "17 GPRs + RIP by binding reg_read", lambda: [vcpu.uc.reg_read(r) for r in GPRS], 500),
-        ("g", "the same 17 by hvdbg.ucregs.RegisterBatch.read", batch.read, 2000),
+        ("g", "the same 17 by hvdbg.engine.regs.RegisterBatch.read", batch.read, 2000),
         ("g", "16 XMM by binding reg_read + to_bytes",
          lambda: [vcpu.uc.reg_read(r).to_bytes(16, "little") for r in XMMS], 500),
         ("g", "the same 16 by uc_reg_read into preallocated buffers", xmm_direct, 2000),

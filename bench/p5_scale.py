@@ -110,7 +110,7 @@ def run_qemu(row: Row) -> Sample:
 
 
 def run_hvdbg(row: Row) -> Sample:
-    cmd = [sys.executable, "-m", "hvdbg.cli", "run", *row.args, "--json", "--compact"]
+    cmd = [sys.executable, "-m", "hvdbg.ui.cli", "run", *row.args, "--json", "--compact"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=BUDGET_SECONDS + 120)

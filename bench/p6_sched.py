@@ -74,10 +74,10 @@ def jain_index(values: list[int]) -> float:
 
 def run_once(workload: Workload, pcpus: int, policy: str, deterministic: bool, slice_len: int,
              seconds: float) -> Result:
-    from hvdbg import diagnosis
+    from hvdbg.api import diagnosis
     from hvdbg.config import load_config
-    from hvdbg.executor import make_executor
-    from hvdbg.vm import Machine
+    from hvdbg.run.executors import make_executor
+    from hvdbg.hv.machine import Machine
 
     cfg = load_config(CONFIG)
     for key, value in {"vcpus": VCPUS, "pcpus": pcpus, "sched": policy, "deterministic": deterministic,

@@ -45,7 +45,7 @@ def run(workload: str, iterations: int, vcpus: int, deterministic: bool, slice_l
 
 
 def function_name(frame: str) -> str:
-    """'Vmcs.write (hvdbg/vmcs.py:171)' -> 'Vmcs.write (hvdbg/vmcs.py)': one entry per function."""
+    """'Vmcs.write (hvdbg/vmx/vmcs.py:171)' -> 'Vmcs.write (hvdbg/vmx/vmcs.py)': one entry per function."""
     return _LINE.sub(lambda m: f" ({m.group('file')})", frame)
 
 

@@ -16,11 +16,11 @@ from unicorn import x86_const as X
 
 from guest_image import XAPIC_BASE, XAPIC_SIZE, GuestImage
 from harness import Run, Timer
-from hvdbg import ucx
+from hvdbg.engine import ucx
 from hvdbg.config import config_from_dict
-from hvdbg.executor import make_executor
-from hvdbg.vcpu import flat_segments_32
-from hvdbg.vm import Machine
+from hvdbg.run.executors import make_executor
+from hvdbg.hv.vcpu import flat_segments_32
+from hvdbg.hv.machine import Machine
 
 RAM = 16 << 20
 MULTIBOOT_CR0 = 0x11           # PE | ET: protected mode, paging off (Multiboot 0.6.96, 3.2)

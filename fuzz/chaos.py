@@ -275,11 +275,11 @@ class GuestMutator:
 
 def run_guest(guest: ChaosGuest) -> ChaosResult:
     """Boot ``guest`` in this process to its end and classify what happened."""
-    from hvdbg import diagnosis
+    from hvdbg.api import diagnosis
     from hvdbg.config import config_from_dict
     from hvdbg.errors import HvdbgError
-    from hvdbg.executor import make_executor
-    from hvdbg.vm import Machine
+    from hvdbg.run.executors import make_executor
+    from hvdbg.hv.machine import Machine
 
     start = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:

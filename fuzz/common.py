@@ -71,7 +71,7 @@ def toml_value(value: object) -> str:
 
 
 def hvdbg_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "hvdbg.cli", *args]
+    return [sys.executable, "-m", "hvdbg.ui.cli", *args]
 
 
 def start_hvdbg_gdb(config: Path, port: int, *, wait: bool = True,

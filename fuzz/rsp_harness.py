@@ -16,7 +16,7 @@ Stubs under test (all in-process, so crashes and logged errors are visible):
 * :class:`FakeTargetStub` - a :class:`~gdbstub.session.GdbSession` over a socketpair
   serving the fake 3-CPU machine of ``tests/gdbstub_fake_target.py`` (fast);
 * :class:`VmStub` - :class:`~gdbstub.server.GdbServer` over TCP serving
-  :class:`hvdbg.gdbtarget.VmTarget` on a :class:`hvdbg.debug.DebugSession` of the SMP
+  :class:`hvdbg.debug.gdb_target.VmTarget` on a :class:`hvdbg.debug.session.DebugSession` of the SMP
   kernel (the real thing; the VM is rebuilt when it ends or is killed).
 """
 
@@ -295,7 +295,7 @@ class VmStub:
 
     def __init__(self, vcpus: int = 2, per_vcpu: int | None = None, packet_size: int = 0x20000,
                  cmdline: str = "work_mib=64", rebuild_every: int = 200) -> None:
-        from hvdbg.symbols import SymbolTable
+        from hvdbg.platform.symbols import SymbolTable
 
         self.vcpus = vcpus
         self.per_vcpu = per_vcpu
@@ -323,11 +323,11 @@ class VmStub:
         self._build()
 
     def _build(self) -> None:
-        from hvdbg.commands import make_monitor
+        from hvdbg.ui.commands import make_monitor
         from hvdbg.config import load_config
-        from hvdbg.debug import DebugSession
-        from hvdbg.gdbtarget import VmTarget
-        from hvdbg.vm import Machine
+        from hvdbg.debug.session import DebugSession
+        from hvdbg.debug.gdb_target import VmTarget
+        from hvdbg.hv.machine import Machine
 
         self._teardown()
         vm = Machine(load_config(self._config))

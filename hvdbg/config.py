@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from hvdbg.apic import XAPIC_BASE
-from hvdbg.ept import DEFAULT_CAPS
+from hvdbg.platform.apic import XAPIC_BASE
+from hvdbg.vmx.ept import DEFAULT_CAPS
 from hvdbg.errors import ConfigError
-from hvdbg.memory import GuestMemory
+from hvdbg.platform.memory import GuestMemory
 
 MiB = 1 << 20
 #: Guest RAM starts at GPA 0 and must end below the local APIC page (SDM Vol. 3A 11.4.1).
@@ -212,7 +212,7 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _host_end(memory: int, offset: int) -> int:
     """End of the host-physical range a VM uses: guest RAM at ``offset``, then the page pool
-    of the EPT tables at the next 2 MiB boundary (as hvdbg.memory.GuestMemory places them)."""
+    of the EPT tables at the next 2 MiB boundary (as hvdbg.platform.memory.GuestMemory places them)."""
     pool = (offset + memory + 2 * MiB - 1) & ~(2 * MiB - 1)
     return pool + GuestMemory.POOL_SIZE
 

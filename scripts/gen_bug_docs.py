@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-HV = [sys.executable, "-m", "hvdbg.cli"]
+HV = [sys.executable, "-m", "hvdbg.ui.cli"]
 
 BUGS = [
     ("01-multiboot-magic", "Multiboot magic hang",

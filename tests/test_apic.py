@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hvdbg.apic import (DeliveryMode, LocalApic, Reg, Shorthand, X2APIC_MSR_BASE, decode_icr,
+from hvdbg.platform.apic import (DeliveryMode, LocalApic, Reg, Shorthand, X2APIC_MSR_BASE, decode_icr,
                         encode_icr)
 
 

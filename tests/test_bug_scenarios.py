@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hvdbg import scenario
+from hvdbg.api import scenario
 
 BUGS = Path(__file__).resolve().parent.parent / "examples" / "bugs"
 
@@ -89,7 +89,7 @@ def test_script_and_cli_agree(name, guest_kernels):
     assert script.returncode == 0, script.stderr
     last = json.loads(script.stdout.strip().splitlines()[-1])
     assert script.stdout.startswith("== ")
-    cli = subprocess.run([sys.executable, "-m", "hvdbg.cli", "run", str(BUGS / f"{name}.toml"), "--json"],
+    cli = subprocess.run([sys.executable, "-m", "hvdbg.ui.cli", "run", str(BUGS / f"{name}.toml"), "--json"],
                          capture_output=True, text=True, timeout=300)
     res = json.loads(cli.stdout)
     assert res["outcome"] == last["outcome"] and res["trace_hash"] == last["trace_hash"]

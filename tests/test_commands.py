@@ -1,4 +1,4 @@
-"""The command layer (hvdbg.commands) run non-interactively on the SMP test kernel.
+"""The command layer (hvdbg.ui.commands) run non-interactively on the SMP test kernel.
 
 Every value a command prints is checked against something computed here on its own:
 symbols from the ELF file (pyelftools), the guest's page tables read from guest memory
@@ -16,11 +16,11 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from unicorn import x86_const as X
 
-from hvdbg.commands import CommandContext, make_monitor
+from hvdbg.ui.commands import CommandContext, make_monitor
 from hvdbg.config import load_config
-from hvdbg.debug import DebugSession
-from hvdbg.exit_reasons import ExitReason
-from hvdbg.vm import Machine
+from hvdbg.debug.session import DebugSession
+from hvdbg.vmx.exits import ExitReason
+from hvdbg.hv.machine import Machine
 
 GPA_HPA_OFFSET = 0x4000000  # 64 MiB: HPA != GPA, so the EPT step of a walk is visible
 
@@ -375,7 +375,7 @@ def test_break_on_vm_exit_then_delete_and_run_to_the_end(debugger):
 
 
 def test_sched_shows_vcpus_and_a_policy_s_statistics(debugger):
-    from hvdbg.sched import make_policy
+    from hvdbg.run.sched import make_policy
 
     ctx = debugger()
     text = ok(ctx, "sched")

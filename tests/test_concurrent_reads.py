@@ -3,17 +3,19 @@ never change what the guest computes.  Unicorn's ``msr_read`` runs the RDMSR hel
 the live CPU state and restores RAX/RCX/RDX afterwards, so a read racing with the guest
 undid the guest's own register writes: the SMP kernel's sums came out wrong under gdb
 connection churn (docs/reliability.md #15).  hvdbg reads EFER and KERNEL_GS_BASE from a
-saved context instead (hvdbg.ucx.read_efer)."""
+saved context instead (hvdbg.engine.ucx.read_efer)."""
 
 from __future__ import annotations
 
 import threading
 import time
 
-from hvdbg import diagnosis, ucx
+from hvdbg.api import diagnosis
+
+from hvdbg.engine import ucx
 from hvdbg.config import config_from_dict
-from hvdbg.executor import make_executor
-from hvdbg.vm import Machine
+from hvdbg.run.executors import make_executor
+from hvdbg.hv.machine import Machine
 
 
 def test_reading_running_vcpus_does_not_disturb_the_guest(guest_kernels):

@@ -30,7 +30,7 @@ def test_config_errors_name_the_key(data, needle):
 
 
 def run_cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "hvdbg.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "hvdbg.ui.cli", *args], capture_output=True, text=True,
                           timeout=timeout)
 
 

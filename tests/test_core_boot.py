@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from hvdbg import diagnosis
+from hvdbg.api import diagnosis
 from hvdbg.config import load_config
-from hvdbg.executor import make_executor
-from hvdbg.vm import Machine
+from hvdbg.run.executors import make_executor
+from hvdbg.hv.machine import Machine
 
 
 def boot(config_path, **overrides):
@@ -88,7 +88,7 @@ def test_single_vcpu_smp_kernel(make_config):
 
 def test_cli_run_json(make_config):
     path = make_config(vcpus=2)
-    out = subprocess.run([sys.executable, "-m", "hvdbg.cli", "run", str(path), "--json"],
+    out = subprocess.run([sys.executable, "-m", "hvdbg.ui.cli", "run", str(path), "--json"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)

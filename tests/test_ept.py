@@ -6,12 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hvdbg.ept import (
+from hvdbg.vmx.ept import (
     ACCESSED, DIRTY, GPA_WIDTH, LARGE_PAGE, PAGE_1G, PAGE_2M, PAGE_4K, SW_MAPPED,
     Ept, EptCaps, EptPerm, EptPointer, EptQual, EptRange, EptStatus, MemType,
     eptp_problems, format_ranges, format_walk, violation_qualification, walk_ept,
 )
-from hvdbg.physmem import RegionMemory, read_u64, write_u64
+from hvdbg.platform.physmem import RegionMemory, read_u64, write_u64
 
 TABLE_BASE = 0x10_0000
 TABLE_POOL = 0x40_0000  # room for 1024 paging-structure pages

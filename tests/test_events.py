@@ -7,9 +7,9 @@ import struct
 
 import pytest
 
-from hvdbg.events import (Event, EventType, Shutdown, combine, deliver, hardware_exception)
-from hvdbg.physmem import RegionMemory
-from hvdbg.ucx import Segment
+from hvdbg.arch.events import (Event, EventType, Shutdown, combine, deliver, hardware_exception)
+from hvdbg.platform.physmem import RegionMemory
+from hvdbg.engine.ucx import Segment
 
 
 class FakeCpu:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hvdbg.exit_reasons import (
+from hvdbg.vmx.exits import (
     ApicAccessQualification,
     ApicAccessType,
     CrAccessQualification,
@@ -30,7 +30,7 @@ from hvdbg.exit_reasons import (
     describe_exception,
     describe_exit,
 )
-from hvdbg.vmx_controls import InterruptionInfo, InterruptionType
+from hvdbg.vmx.controls import InterruptionInfo, InterruptionType
 
 SDM_EXIT_REASONS = {
     "EXCEPTION_NMI": 0, "EXTERNAL_INTERRUPT": 1, "TRIPLE_FAULT": 2, "INIT_SIGNAL": 3, "SIPI": 4,

@@ -8,10 +8,10 @@ import struct
 
 import pytest
 
-from hvdbg import diagnosis
+from hvdbg.api import diagnosis
 from hvdbg.config import config_from_dict
-from hvdbg.executor import make_executor
-from hvdbg.vm import Machine
+from hvdbg.run.executors import make_executor
+from hvdbg.hv.machine import Machine
 
 LOAD = 0x100000
 

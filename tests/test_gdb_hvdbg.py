@@ -34,7 +34,7 @@ def hvdbg_gdb(make_config, guest_kernels):
     def start(vcpus=4, **cfg):
         port = free_port(vcpus + 1)
         path = make_config(vcpus=vcpus, **cfg)
-        p = subprocess.Popen([sys.executable, "-m", "hvdbg.cli", "run", str(path), "--gdb", str(port),
+        p = subprocess.Popen([sys.executable, "-m", "hvdbg.ui.cli", "run", str(path), "--gdb", str(port),
                               "--gdb-wait", "--json", "--compact"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         procs.append(p)

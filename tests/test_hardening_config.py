@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hvdbg import cli
+from hvdbg.ui import cli
 from hvdbg.config import SCHEMA, config_from_dict
 from hvdbg.errors import ConfigError
 
@@ -222,7 +222,7 @@ def test_bad_config_paths(tmp_path, capsys, what):
 def test_binary_config_file_is_one_line(tmp_path):
     cfg = tmp_path / "vm.toml"
     cfg.write_bytes(b'kernel = "x"\n\xff\xfe = 1\n')
-    proc = subprocess.run([sys.executable, "-m", "hvdbg.cli", "run", str(cfg)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "hvdbg.ui.cli", "run", str(cfg)], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -246,7 +246,7 @@ def test_bad_overrides(capsys, guest_kernels, tmp_path, args, needle):
 
 @pytest.mark.parametrize("args", [["--vcpus", "abc"], ["--budget", "1e9"], ["--gdb", "port"], ["--bogus"]])
 def test_malformed_options_are_argparse_errors(tmp_path, args):
-    proc = subprocess.run([sys.executable, "-m", "hvdbg.cli", "run", str(tmp_path / "x.toml"), *args],
+    proc = subprocess.run([sys.executable, "-m", "hvdbg.ui.cli", "run", str(tmp_path / "x.toml"), *args],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "error:" in proc.stderr.strip().splitlines()[-1]
@@ -256,7 +256,7 @@ def test_malformed_options_are_argparse_errors(tmp_path, args):
 @pytest.mark.parametrize("port", ["70000", "-1", "65535"])
 def test_gdb_port_out_of_range_is_one_line(guest_kernels, tmp_path, port):
     cfg = write_toml(tmp_path / "vm.toml", {"kernel": str(guest_kernels / "smp.elf"), "vcpus": 2})
-    proc = subprocess.run([sys.executable, "-m", "hvdbg.cli", "run", str(cfg), "--gdb", port, "--json"],
+    proc = subprocess.run([sys.executable, "-m", "hvdbg.ui.cli", "run", str(cfg), "--gdb", port, "--json"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-600:]
     assert "port" in proc.stderr or "listen" in proc.stderr

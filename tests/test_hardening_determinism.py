@@ -26,7 +26,7 @@ from fuzz.run_determinism import (  # noqa: E402
     smp_args,
 )
 from fuzz.common import hvdbg_command  # noqa: E402
-from hvdbg import scenario  # noqa: E402
+from hvdbg.api import scenario
 from hvdbg.config import SCHED_POLICIES  # noqa: E402
 
 VOLATILE = ("wall_seconds",)

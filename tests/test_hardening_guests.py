@@ -94,7 +94,7 @@ def test_mutated_kernels_through_the_cli(tmp_path, guest_kernels):
         cfg = tmp_path / f"vm{i}.toml"
         cfg.write_text(f'kernel = "{kernel}"\nvcpus = 2\nmemory = "32M"\n'
                        "[budget]\ninstructions = 500000\nseconds = 5\nidle_slices = 20\n")
-        proc = subprocess.run([sys.executable, "-m", "hvdbg.cli", "run", str(cfg), "--json", "--compact"],
+        proc = subprocess.run([sys.executable, "-m", "hvdbg.ui.cli", "run", str(cfg), "--json", "--compact"],
                               capture_output=True, text=True, timeout=120)
         if explaining_bug(proc.stderr) is not None:
             continue
@@ -132,7 +132,7 @@ def test_huge_e_phoff_is_a_one_line_load_error(tmp_path, guest_kernels):
     kernel.write_bytes(bytes(image))
     cfg = tmp_path / "vm.toml"
     cfg.write_text(f'kernel = "{kernel}"\n')
-    proc = subprocess.run([sys.executable, "-m", "hvdbg.cli", "run", str(cfg), "--json"],
+    proc = subprocess.run([sys.executable, "-m", "hvdbg.ui.cli", "run", str(cfg), "--json"],
                           capture_output=True, text=True, timeout=120)
     assert "Traceback" not in proc.stderr
     assert proc.returncode in (0, 1, 2)
@@ -142,7 +142,7 @@ def test_reset_state_has_no_long_mode_bits(guest_kernels):
     """SDM Vol. 3A 9.1.1 (Table 9-1): after INIT, EFER = 0 and CR4 = 0; LMA is only ever set by
     the CPU when CR0.PG = 1 with EFER.LME = 1 (2.2.1). Multiboot enters with paging off."""
     from hvdbg.config import config_from_dict
-    from hvdbg.vm import Machine
+    from hvdbg.hv.machine import Machine
 
     vm = Machine(config_from_dict({"kernel": str(guest_kernels / "smp.elf"), "vcpus": 2}))
     bsp, ap = (v.registers() for v in vm.vcpus)
@@ -155,12 +155,12 @@ def test_reset_state_has_no_long_mode_bits(guest_kernels):
 
 
 def test_engine_reset_state_is_table_9_1():
-    """hvdbg.ucx.load_reset_state: SDM Vol. 3A Table 9-1 where Unicorn's engine differs, and
+    """hvdbg.engine.ucx.load_reset_state: SDM Vol. 3A Table 9-1 where Unicorn's engine differs, and
     set_control_registers clears the LMA Unicorn's engine starts with (efer-lma-at-reset)."""
     from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
     from unicorn import x86_const as X
 
-    from hvdbg import ucx
+    from hvdbg.engine import ucx
 
     fresh = Uc(UC_ARCH_X86, UC_MODE_64)
     assert fresh.msr_read(ucx.EFER_MSR) & ucx.EFER_LMA  # what Unicorn gives: LMA with paging off
@@ -178,7 +178,7 @@ def test_engine_reset_state_is_table_9_1():
 
 def test_bsp_enters_multiboot_without_long_mode_bits(guest_kernels):
     from hvdbg.config import config_from_dict
-    from hvdbg.vm import Machine
+    from hvdbg.hv.machine import Machine
 
     bsp = Machine(config_from_dict({"kernel": str(guest_kernels / "smp.elf"), "vcpus": 1})).vcpus[0].registers()
     assert (bsp["cr0"], bsp["cr4"], bsp["efer"]) == (0x11, 0, 0), bsp
@@ -186,9 +186,9 @@ def test_bsp_enters_multiboot_without_long_mode_bits(guest_kernels):
 
 def test_guest_physical_address_beyond_the_ept_is_a_violation(guest_kernels):
     """A GPA of more than 48 bits (only an impossible engine state makes one) ends the VM as
-    an EPT violation with no EPT entry used, not as internal_error (hvdbg/vcpu.py:_ept_violation)."""
+    an EPT violation with no EPT entry used, not as internal_error (hvdbg/hv/vcpu.py:_ept_violation)."""
     from hvdbg.config import config_from_dict
-    from hvdbg.vm import Machine
+    from hvdbg.hv.machine import Machine
 
     vm = Machine(config_from_dict({"kernel": str(guest_kernels / "smp.elf"), "vcpus": 1}))
     v = vm.vcpus[0]

@@ -278,7 +278,7 @@ def test_register_writes_the_cpu_would_refuse(start, change, refused):
     WRMSR / a jump could not produce (SDM Vol. 3A 2.5, 2.2.1, 10.8.5)."""
     from dataclasses import replace
 
-    from hvdbg.gdbtarget import ControlState, control_state_problem
+    from hvdbg.debug.gdb_target import ControlState, control_state_problem
 
     old = ControlState(**start)
     problem = control_state_problem(old, replace(old, **change))

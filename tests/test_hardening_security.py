@@ -25,7 +25,7 @@ from gdbstub_fake_target import FakeMachine  # noqa: E402
 from fuzz.churn import RawDebugger  # noqa: E402
 from fuzz.common import free_port_block, start_hvdbg_gdb, write_config  # noqa: E402
 from fuzz.rsp_harness import RspFuzzer, VmStub  # noqa: E402
-from hvdbg.cli import build_parser  # noqa: E402
+from hvdbg.ui.cli import build_parser  # noqa: E402
 
 LISTEN = "0A"  # TCP state in /proc/net/tcp
 

@@ -1,5 +1,5 @@
-"""vCPU scheduling policies (hvdbg.sched), driven call by call and by the simulated SMP
-guest of hvdbg.sched.sim.  Every number below is virtual time in guest instructions."""
+"""vCPU scheduling policies (hvdbg.run.sched), driven call by call and by the simulated SMP
+guest of hvdbg.run.sched.sim.  Every number below is virtual time in guest instructions."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from hvdbg.sched import (NICE_0_WEIGHT, POLICIES, UNLIMITED, CfsParams, RunFeedback, SchedError,
+from hvdbg.run.sched import (NICE_0_WEIGHT, POLICIES, UNLIMITED, CfsParams, RunFeedback, SchedError,
                          SchedPolicy, SliceEnd, make_policy)
-from hvdbg.sched.bench import SCENARIOS, VARIANTS, measure, table
-from hvdbg.sched.sim import (Compute, Halt, SendIpi, SimConfig, SimError, Simulator, cpu_bound, jain_index,
+from hvdbg.run.sched.bench import SCENARIOS, VARIANTS, measure, table
+from hvdbg.run.sched.sim import (Compute, Halt, SendIpi, SimConfig, SimError, Simulator, cpu_bound, jain_index,
                              lock_heavy, shootdowns)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -360,9 +360,9 @@ def test_same_calls_same_decisions(name):
 
 def test_decisions_do_not_depend_on_hash_seed():
     code = ("import hashlib, json;"
-            "from hvdbg.sched.bench import VARIANTS;"
-            "from hvdbg.sched import make_policy;"
-            "from hvdbg.sched.sim import Simulator, SimConfig, lock_heavy;"
+            "from hvdbg.run.sched.bench import VARIANTS;"
+            "from hvdbg.run.sched import make_policy;"
+            "from hvdbg.run.sched.sim import Simulator, SimConfig, lock_heavy;"
             "out = [];"
             "[out.append(Simulator(make_policy(VARIANTS[v][0], **VARIANTS[v][1]),"
             " lock_heavy(5, 15, 3000, 800, jitter=0.5, seed=1), SimConfig(pcpus=2),"

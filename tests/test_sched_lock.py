@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from hvdbg import diagnosis
+from hvdbg.api import diagnosis
 from hvdbg.config import load_config
-from hvdbg.executor import WAITING_REASONS, DeterministicExecutor, make_executor
-from hvdbg.vcpu import Activity
-from hvdbg.vm import Machine
+from hvdbg.run.executors import WAITING_REASONS, DeterministicExecutor, make_executor
+from hvdbg.hv.vcpu import Activity
+from hvdbg.hv.machine import Machine
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK_OK = re.compile(r"^lock ok counter (\d+) cpus (\d+) spins (\d+)$", re.M)
@@ -137,7 +137,7 @@ def test_a_slice_ending_in_hlt_shows_halted(make_config):
     """The path of a real slice end: an AP that was running and ends its slice in HLT
     with IF=1 (nothing pending) is blocked with the reason "halted", and its halted time
     grows with the clock."""
-    from hvdbg.vcpu import RunEnd
+    from hvdbg.hv.vcpu import RunEnd
 
     vm, ex = machine(make_config(vcpus=2, pcpus=1, sched="rr", deterministic=True))
     sched, ap = ex.sched, vm.vcpus[1]
@@ -167,7 +167,7 @@ def test_debugger_stop_shows_as_waiting_reason(make_config):
 
 def test_run_json_has_waiting_reasons(make_config):
     path = lock_config(make_config, 2, "cfs", iters=20)
-    proc = subprocess.run([sys.executable, "-m", "hvdbg.cli", "run", str(path), "--json"],
+    proc = subprocess.run([sys.executable, "-m", "hvdbg.ui.cli", "run", str(path), "--json"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     res = json.loads(proc.stdout)
     rows = res["sched"]["vcpus"]
@@ -178,7 +178,7 @@ def test_run_json_has_waiting_reasons(make_config):
 def test_shell_sched_command_shows_waiting_column(make_config):
     from types import SimpleNamespace
 
-    from hvdbg import commands
+    from hvdbg.ui import commands
 
     def sched_text(vm, ex) -> str:
         call = SimpleNamespace(vm=vm, session=SimpleNamespace(executor=ex),

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from hvdbg import diagnosis
+from hvdbg.api import diagnosis
 from hvdbg.config import load_config
-from hvdbg.executor import DeterministicExecutor, ThreadedSchedExecutor, make_executor
-from hvdbg.vm import Machine
+from hvdbg.run.executors import DeterministicExecutor, ThreadedSchedExecutor, make_executor
+from hvdbg.hv.machine import Machine
 
 
 def boot(path, **overrides):

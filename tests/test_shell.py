@@ -19,9 +19,9 @@ from elftools.elf.elffile import ELFFile
 
 from fuzz.common import free_port_block as free_port
 from hvdbg.config import load_config
-from hvdbg.vm import Machine
+from hvdbg.hv.machine import Machine
 
-HVDBG = [sys.executable, "-m", "hvdbg.cli"]
+HVDBG = [sys.executable, "-m", "hvdbg.ui.cli"]
 
 
 def symbols(path) -> dict[str, int]:
@@ -343,7 +343,7 @@ def test_every_command_has_a_docs_page_with_an_example():
     """docs/commands/ has a page per registry command, with its usage and an example."""
     from pathlib import Path
 
-    from hvdbg.commands import COMMANDS
+    from hvdbg.ui.commands import COMMANDS
 
     docs = Path(__file__).resolve().parent.parent / "docs" / "commands"
     index = (docs / "README.md").read_text()
@@ -357,7 +357,7 @@ def test_every_command_has_a_docs_page_with_an_example():
 
 
 def test_colourize_marks_errors_headings_symbols_and_the_current_instruction():
-    from hvdbg.shell import colourize
+    from hvdbg.ui.shell import colourize
 
     assert colourize("error: no vCPU 9", ok=False) == "\x1b[31merror: no vCPU 9\x1b[0m"
     assert colourize("*** Guest State ***") == "\x1b[1m*** Guest State ***\x1b[0m"

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import struct
 
-from hvdbg import diagnosis
+from hvdbg.api import diagnosis
 from hvdbg.config import config_from_dict
-from hvdbg.executor import SPIN_PROBE, make_executor
-from hvdbg.vm import Machine
+from hvdbg.run.executors import SPIN_PROBE, make_executor
+from hvdbg.hv.machine import Machine
 from test_core_boot import boot   # load a config, apply overrides, run to the end
 
 

@@ -27,16 +27,17 @@ from pathlib import Path
 
 import pytest
 
-from hvdbg import diagnosis
+from hvdbg.api import diagnosis
 from hvdbg.config import load_config
-from hvdbg.devices import bda, coreboot, vga
-from hvdbg.devices.legacy import PIT_HZ, Cmos, Pit8254, SystemControlPortB
-from hvdbg.devices.uart_loopback import Uart16550Loopback
-from hvdbg.executor import make_executor
-from hvdbg.multiboot import image_scan
-from hvdbg.physmem import RegionMemory
-from hvdbg.vm import Machine
-from hvdbg.vmm import vmm_keeps_msr
+from hvdbg.platform.devices import vga
+from hvdbg.platform.firmware import bda, coreboot
+from hvdbg.platform.devices.legacy import PIT_HZ, Cmos, Pit8254, SystemControlPortB
+from hvdbg.platform.devices.uart_loopback import Uart16550Loopback
+from hvdbg.run.executors import make_executor
+from hvdbg.platform.multiboot import image_scan
+from hvdbg.platform.physmem import RegionMemory
+from hvdbg.hv.machine import Machine
+from hvdbg.hv.vmm import vmm_keeps_msr
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "third-party"

@@ -1,4 +1,4 @@
-"""hvdbg.ucregs reads and writes the same values as the Unicorn binding, and its table of
+"""hvdbg.engine.regs reads and writes the same values as the Unicorn binding, and its table of
 stored sizes matches what this Unicorn build really writes."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
-from hvdbg.ucregs import FULL_WIDTH, STORED_SIZE, RawRegisterBatch, RegisterBatch, RegisterFile
+from hvdbg.engine.regs import FULL_WIDTH, STORED_SIZE, RawRegisterBatch, RegisterBatch, RegisterFile
 
 MARK = 0xAB
 

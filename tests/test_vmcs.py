@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hvdbg.errors import HvdbgError
-from hvdbg.vmcs import GROUP_TITLES, LaunchState, Vmcs
-from hvdbg.vmcs_fields import (
+from hvdbg.vmx.vmcs import GROUP_TITLES, LaunchState, Vmcs
+from hvdbg.vmx.fields import (
     BY_NAME,
     FIELDS,
     FieldType,
@@ -25,7 +25,7 @@ from hvdbg.vmcs_fields import (
     resolve,
     split_encoding,
 )
-from hvdbg.vmx_controls import (
+from hvdbg.vmx.controls import (
     CONTROL_SETS,
     ActivityState,
     InterruptionInfo,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from hvdbg.bitmaps import IoBitmaps, MsrBitmap
-from hvdbg.physmem import RegionMemory
+from hvdbg.vmx.bitmaps import IoBitmaps, MsrBitmap
+from hvdbg.platform.physmem import RegionMemory
 from test_core_boot import boot   # load a config, apply overrides, run to the end
 
 

@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from hvdbg.scenario import main
+from hvdbg.api.scenario import main
 
 HERE = Path(__file__).resolve().parent
 sys.exit(main(HERE / "01-multiboot-magic.toml", "multiboot magic 0x1BADB002 passed in EAX",

@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from hvdbg.scenario import main
+from hvdbg.api.scenario import main
 
 HERE = Path(__file__).resolve().parent
 sys.exit(main(HERE / "02-ept-violation-16mib.toml", "16 MiB guest, 32 MiB workload",

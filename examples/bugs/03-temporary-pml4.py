@@ -4,7 +4,7 @@ then the same run with bit 14 of the exception bitmap set, where the #PF is the 
 import sys
 from pathlib import Path
 
-from hvdbg.scenario import main
+from hvdbg.api.scenario import main
 
 HERE = Path(__file__).resolve().parent
 sys.exit(main(HERE / "03-temporary-pml4.toml", "boot PML4 without PML4E[511]",

@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from hvdbg.scenario import main
+from hvdbg.api.scenario import main
 
 HERE = Path(__file__).resolve().parent
 sys.exit(main(HERE / "05-shared-apic-id.toml", "4 vCPUs, CPUID APIC ID 0 for all",

@@ -1,0 +1,264 @@
+"""Turning the end of a run into a classified outcome and sentences a developer can act
+on at 2 a.m.: which vCPU, where (ELF symbol), which exit, what the tables say."""
+
+from __future__ import annotations
+
+from hvdbg.platform import multiboot
+
+from hvdbg.arch import paging
+from hvdbg.vmx.exits import ExitReason
+from hvdbg.hv.vcpu import Activity, Vcpu
+from hvdbg.hv.machine import MB1_HEADER_MAGIC, MB2_HEADER_MAGIC, Machine
+
+MB1_BOOTLOADER_MAGIC = 0x2BADB002
+MB2_BOOTLOADER_MAGIC = 0x36D76289
+
+
+def _where(vm: Machine, v: Vcpu) -> str:
+    rip = v.registers()["rip"]
+    return vm.symbolize(rip)
+
+
+def magic_findings(vm: Machine) -> list[str]:
+    boot = vm.boot
+    want = MB1_BOOTLOADER_MAGIC if boot.version == 1 else MB2_BOOTLOADER_MAGIC
+    if boot.eax == want:
+        return []
+    text = multiboot.describe_magic(boot.eax, boot.version)
+    if boot.eax in (MB1_HEADER_MAGIC, MB2_HEADER_MAGIC):
+        text += " The loader passed the magic it found in the kernel's header instead of the bootloader magic; a kernel that checks EAX at entry stops right there."
+    return [f"multiboot magic mismatch: EAX was {boot.eax:#x} at entry, the multiboot {boot.version} spec requires {want:#x}. {text}"]
+
+
+def _hang(vm: Machine) -> list[str]:
+    out = []
+    for v in vm.vcpus:
+        regs = v.registers()
+        iflag = "IF=1" if regs["rflags"] & (1 << 9) else "IF=0"
+        if v.activity == Activity.HLT:
+            fn = vm.symbols.function_of(regs["rip"] - 1) or vm.symbols.function_of(regs["rip"])
+            where = f" in function {fn}" if fn else ""
+            out.append(f"vCPU {v.index} is halted{where} at RIP {vm.symbolize(regs['rip'])} with {iflag}"
+                       + (" and nothing can wake it (no NMI, INIT or SIPI pending)" if iflag == "IF=0" else ""))
+        elif v.activity == Activity.WAIT_FOR_SIPI:
+            out.append(f"vCPU {v.index} (APIC id {v.apic_id}) is still in wait-for-SIPI: no INIT/SIPI ever reached it")
+        elif v.activity == Activity.SHUTDOWN:
+            out.append(f"vCPU {v.index} is in shutdown state")
+        else:
+            out.append(f"vCPU {v.index} is spinning at {_where(vm, v)} with {iflag} without VM exits")
+    out += magic_findings(vm)
+    return out
+
+
+def _ept_violation(vm: Machine) -> list[str]:
+    out = []
+    for v in vm.vcpus:
+        ex = v.last_exit
+        if ex is None or ex.reason != ExitReason.EPT_VIOLATION:
+            continue
+        access = ex.extra.get("access", "?")
+        gla = f"GLA {ex.guest_linear:#x}" if ex.guest_linear is not None else "no valid GLA"
+        kind = "a paging-structure entry" if not (ex.qualification >> 8 & 1) and ex.guest_linear is not None else "the page"
+        where = vm.symbolize(ex.rip) if v.code_bits() == 64 else \
+            f"CS:IP {v.get_segment('cs').selector:#06x}:{ex.rip & 0xFFFF:04x} ({v.code_bits()}-bit code)"
+        out.append(f"vCPU {v.index}: EPT violation: {access} of {kind} at GPA {ex.guest_physical:#x} ({gla}), "
+                   f"instruction at {where}; exit qualification {ex.qualification:#x}")
+        ram = vm.config["memory"]
+        if ex.guest_physical is not None and ex.guest_physical >= ram:
+            out.append(f"the guest has {ram >> 20} MiB of RAM (GPA 0..{ram - 1:#x}); GPA {ex.guest_physical:#x} is "
+                       f"{(ex.guest_physical - ram) >> 10} KiB past its end, so the EPT has no mapping for it")
+        walk = ex.extra.get("walk")
+        if walk is not None:
+            from hvdbg.vmx.ept import format_walk as ept_format
+            out.append("EPT walk: " + " | ".join(ept_format(walk)))
+        if ex.guest_linear is not None:
+            w = v.page_walk(ex.guest_linear, access if access in ("read", "write", "fetch") else "read")
+            out.append("guest page walk: " + " | ".join(paging.format_walk(w)))
+    return out
+
+
+def _triple_fault(vm: Machine) -> list[str]:
+    out = []
+    for v in vm.vcpus:
+        ex = v.last_exit
+        if ex is None or ex.reason != ExitReason.TRIPLE_FAULT:
+            continue
+        regs = v.registers()
+        if "internal" in ex.extra:
+            out.append(f"vCPU {v.index}: the emulator stopped at {vm.symbolize(ex.rip)}: {ex.extra['internal']}")
+            continue
+        out.append(f"vCPU {v.index}: triple fault at {vm.symbolize(ex.rip)}: {ex.detail}")
+        idt_base, idt_limit = v.get_table("idtr")
+        if idt_limit < 14 * 16:
+            out.append(f"IDTR is {idt_base:#x}/{idt_limit:#x}: no IDT is loaded, so the first exception cannot be delivered, #DF cannot either, and the CPU shuts down")
+        chain = ex.extra.get("chain", [])
+        pf = next((e for e, _ in chain if e.vector == 14), None)
+        if pf is not None and pf.cr2 is not None:
+            out.append(f"the first fault was a #PF with CR2 = {pf.cr2:#x} (error code {pf.error_code:#x})")
+            w = v.page_walk(pf.cr2, "fetch" if (pf.error_code or 0) & 0x10 else "read")
+            if w.fault is not None:
+                out.append(f"guest page walk of CR2 stops at {w.fault.level}: {w.fault.reason}")
+            out.append("page walk: " + " | ".join(paging.format_walk(w)))
+            if not (v.vmcs.read("EXCEPTION_BITMAP") >> 14 & 1):
+                out.append("no VM exit was seen for the #PF because bit 14 of the exception bitmap is clear: "
+                           "set vmx.exception_bitmap = 0x4000 to make the #PF itself exit to the hypervisor")
+        out.append(f"CR0={regs['cr0']:#x} CR3={regs['cr3']:#x} CR4={regs['cr4']:#x} EFER={regs['efer']:#x}")
+    return out
+
+
+def _exception(vm: Machine) -> list[str]:
+    out = []
+    for v in vm.vcpus:
+        ex = v.last_exit
+        if ex is None or ex.reason != ExitReason.EXCEPTION_NMI:
+            continue
+        ev = ex.extra.get("event")
+        out.append(f"vCPU {v.index}: exception VM exit (exception bitmap bit {ev.vector if ev else '?'} set): "
+                   f"{ex.detail} at {vm.symbolize(ex.rip)}")
+        if ev is not None and ev.vector == 14 and ev.cr2 is not None:
+            w = v.page_walk(ev.cr2, "read")
+            out.append(f"exit qualification = CR2 = {ex.qualification:#x}; guest page walk: " + " | ".join(paging.format_walk(w)))
+    return out
+
+
+def sipi_findings(vm: Machine) -> list[str]:
+    """APs whose SIPI entry is not where hardware puts it (SDM 11.4.4.1: CS.base = V << 12)."""
+    out = []
+    offset = vm.config["gpa_hpa_offset"]
+    for v in vm.vcpus:
+        if v.sipi_vector is None or v.sipi_entry is None:
+            continue
+        expected = v.sipi_vector << 12
+        if v.sipi_entry != expected:
+            delta = v.sipi_entry - expected
+            why = (f" = {expected:#x} + gpa_hpa_offset {offset:#x}: the VMM computed the AP entry from the "
+                   "host-physical address instead of the guest-physical one") if delta == offset else ""
+            out.append(f"vCPU {v.index} received SIPI vector {v.sipi_vector:#04x}: hardware starts the AP in real "
+                       f"mode at CS:IP {v.sipi_vector << 8:#06x}:0000, GPA {expected:#x}; the VMM started it at "
+                       f"GPA {v.sipi_entry:#x}{why}")
+            ex = v.last_exit
+            if ex is not None and ex.guest_physical == v.sipi_entry and ex.extra.get("access") == "fetch":
+                out.append(f"vCPU {v.index}'s very first instruction fetch, at GPA {v.sipi_entry:#x}, is the EPT violation")
+    return out
+
+
+def apic_id_findings(vm: Machine) -> list[str]:
+    """CPUID initial APIC IDs vs the local APICs' IDs, and what sharing one does."""
+    out = []
+    cpuid_ids = [v.cpuid.apic_id for v in vm.vcpus]
+    if len(set(cpuid_ids)) == len(cpuid_ids):
+        return out
+    table = ", ".join(f"vCPU {v.index}: CPUID {v.cpuid.apic_id} / LAPIC {v.apic_id}" for v in vm.vcpus)
+    out.append(f"CPUID.1:EBX[31:24] (initial APIC ID) is not unique: {table}. A kernel that picks its per-CPU "
+               "stack or data by the CPUID APIC ID (as ArceOS does) puts these vCPUs on the same stack")
+    stacks: dict[int, list[tuple[int, int]]] = {}
+    for v in vm.vcpus[1:]:
+        if not v.started_by_sipi:
+            continue
+        rsp = v.registers()["rsp"]
+        stacks.setdefault(rsp >> 14, []).append((v.index, rsp))
+    for group in stacks.values():
+        if len(group) > 1:
+            where = vm.symbols.symbolize(group[0][1])
+            out.append("stack collision: " + ", ".join(f"vCPU {i} RSP {rsp:#x}" for i, rsp in group)
+                       + f" lie in the same 16 KiB stack{f' ({where})' if where else ''}")
+    return out
+
+
+def wild_rip_findings(vm: Machine) -> list[str]:
+    """Exceptions taken at an RIP that is not code: a corrupted return address or jump."""
+    out = []
+    if not len(vm.symbols):
+        return out  # a stripped kernel: every RIP is "outside every symbol"
+    for v in vm.vcpus:
+        for ev, rip in v.delivered:
+            if ev.vector in (3, 4) or vm.symbols.symbolize(rip) is not None:
+                continue
+            text = "not canonical" if (rip >> 47) not in (0, 0x1FFFF) else "outside every ELF symbol"
+            ascii_ = rip.to_bytes(8, "little")
+            if all(32 <= b < 127 for b in ascii_):
+                text += f", and its bytes are ASCII text {ascii_.decode()!r}: a return address overwritten by a string"
+            out.append(f"vCPU {v.index} took {ev.describe()} at RIP {rip:#x}, which is not code ({text})")
+            break
+    return out
+
+
+def _common(vm: Machine) -> list[str]:
+    out = sipi_findings(vm) + apic_id_findings(vm) + wild_rip_findings(vm)
+    if vm.bus.unhandled:
+        ports = ", ".join(f"{p:#x}" for p in sorted(vm.bus.unhandled)[:12])
+        out.append(f"the guest used I/O ports no device claims: {ports}")
+    out += screen_findings(vm)
+    return out
+
+
+def screen_findings(vm: Machine) -> list[str]:
+    """Text a kernel left on the VGA text screen (GRUB's and Xen's fatal errors go there)."""
+    from hvdbg.platform.devices.vga import screen_lines
+    try:
+        lines = [line.strip() for line in screen_lines(vm.memory) if line.strip()]
+    except Exception:  # noqa: BLE001 - no RAM at 0xB8000
+        return []
+    return ["the VGA text screen reads: " + " | ".join(lines[-4:])] if lines else []
+
+
+_BY_OUTCOME = {
+    "hang": _hang,
+    "ept_violation": _ept_violation,
+    "triple_fault": _triple_fault,
+    "exception": _exception,
+}
+
+
+def diagnose(vm: Machine) -> list[str]:
+    ending = vm.ending
+    if ending is None:
+        return ["the VM has not ended"]
+    out: list[str] = []
+    if ending.detail:
+        out.append(ending.detail)
+    try:
+        out += _BY_OUTCOME.get(ending.outcome, lambda _vm: [])(vm)
+    except Exception as e:  # noqa: BLE001 - a diagnosis must never take the report down
+        out.append(f"(diagnosis incomplete: hvdbg could not analyse this state: {type(e).__name__}: {e})")
+    if ending.outcome == "exited":
+        if ending.status is not None and 0x80 <= ending.status < 0xA0:
+            from hvdbg.arch.events import vector_name
+            out.append(f"exit status {ending.status:#x} = 0x80 + {ending.status - 0x80}: the guest's exception "
+                       f"handler reported {vector_name(ending.status - 0x80)} (hvdbg's test kernels use this convention)")
+        started = [v.index for v in vm.vcpus if v.started_by_sipi]
+        if len(vm.vcpus) > 1:
+            out.append(f"{len(started)} of {len(vm.vcpus) - 1} APs were started by INIT-SIPI")
+    elif ending.outcome != "hang":
+        out += magic_findings(vm)
+    out += _common(vm)
+    return out
+
+
+def result(vm: Machine, wall_seconds: float, sched: dict | None = None) -> dict:
+    """The JSON object of ``hvdbg run --json``; ``sched`` is the executor's statistics."""
+    ending = vm.ending
+    out = {
+        "outcome": ending.outcome if ending else "running",
+        "exit_status": ending.status if ending else None,
+        "serial": vm.uart.text(),
+        "vcpus": [vm.vcpu_summary(v) for v in vm.vcpus],
+        "exits": dict(sorted(vm.trace.counts.items())),
+        "diagnosis": diagnose(vm),
+        "trace_hash": vm.trace.digest(),
+        "instructions": vm.total_instructions(),
+        "wall_seconds": round(wall_seconds, 3),
+    }
+    if sched is not None:
+        out["sched"] = _jsonable(sched)
+    return out
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    return str(value)

@@ -1,0 +1,239 @@
+"""A virtual machine: guest memory + EPT, vCPUs, platform devices and the VMM, wired
+together from a :class:`~hvdbg.config.VmConfig` (the VMM-level composition, like
+Firecracker's ``Vmm`` builder).  Running it is the executors' job (hvdbg.run.executors)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import capstone
+
+from hvdbg.platform import multiboot
+from hvdbg.platform.multiboot import image_scan
+from hvdbg.vmx.bitmaps import IoBitmaps, MsrBitmap
+from hvdbg.platform.firmware.acpi import ACPI_BASE, ACPI_END, install_acpi
+from hvdbg.config import VmConfig
+from hvdbg.arch.cpuid import CpuidModel
+from hvdbg.platform.devices import (Cmos, DebugExit, IoBus, PciConfigAbsent, Pic8259, Pit8254, PostPort,
+                           SystemControlPortB)
+from hvdbg.platform.firmware.bda import VGA_WINDOW, install_bda, install_ivt
+from hvdbg.platform.firmware.coreboot import Range, install_coreboot_table
+from hvdbg.platform.devices.debug_exit import DEBUG_EXIT_PORT
+from hvdbg.platform.devices.uart_loopback import Uart16550Loopback
+from hvdbg.platform.devices.vga import CRTC_INDEX, VgaCrtc
+from hvdbg.errors import GuestLoadError
+from hvdbg.platform.memory import GuestMemory
+from hvdbg.platform.multiboot.memmap import LOW_MEMORY_END
+from hvdbg.platform.symbols import SymbolTable
+from hvdbg.hv.trace import ExitTrace
+from hvdbg.hv.vcpu import Activity, Vcpu, flat_segments_32
+from hvdbg.hv.vmm import Vmm, vmm_keeps_msr
+
+# MSRs whose MSR-bitmap bits are set: those the VMM emulates (TSC, APIC base, MISC_ENABLE,
+# PAT, TSC deadline, the x2APIC range) and EFER, whose writes switch the guest's mode (the
+# VMM traces them, then lets the engine execute them).  Every other MSR runs natively.
+VMM_MSRS = (0x10, 0x1B, 0x1A0, 0x277, 0x6E0, 0xC0000080, *range(0x800, 0x900))
+
+MB1_HEADER_MAGIC = 0x1BADB002
+MB2_HEADER_MAGIC = 0xE85250D6
+
+
+@dataclass
+class Ending:
+    """How the run ended (set once, by the first thing that ends it)."""
+
+    outcome: str
+    status: int | None = None
+    detail: str = ""
+    at: float = field(default_factory=time.monotonic)
+
+
+class Machine:
+    """One VM.  Implements the VMM's Lifecycle (``vcpus``, ``end``, ``ended``)."""
+
+    def __init__(self, config: VmConfig) -> None:
+        self.config = config
+        self.ending: Ending | None = None
+        self._end_lock = threading.Lock()
+        self.ended_event = threading.Event()
+        self.trace = ExitTrace()
+        self.memory = GuestMemory(config["memory"], config["gpa_hpa_offset"])
+        self.bus = IoBus()
+        self.uart = Uart16550Loopback(sink=self._echo if config["output.echo_serial"] else None)
+        self.debug_exit = DebugExit(lambda status: self.end("exited", status=status,
+                                                            detail="guest wrote to the debug-exit port"))
+        self._register_devices()
+        self.vmm = Vmm(self, self.bus, self.trace,
+                       sipi_offset=config["gpa_hpa_offset"] if config["faults.sipi_uses_hpa"] else 0)
+        self.vmm.preemption_timer = config["vmx.preemption_timer"]
+        self.kernel_path = Path(config["kernel"])
+        self.kernel_image = self._read(self.kernel_path, "kernel")
+        self.symbols = SymbolTable(self.kernel_image)
+        n = config["vcpus"]
+        self.apic_ids = list(range(n))
+        self.acpi = install_acpi(self.memory, self.apic_ids)
+        self.bda = install_bda(self.memory, LOW_MEMORY_END, VGA_WINDOW)
+        self.bios_stub = install_ivt(self.memory)
+        self.boot = self._load_kernel()
+        self.cbtable = install_coreboot_table(
+            self.memory, [Range(r.base, r.length, r.type) for r in self.boot.memory_map])
+        msr_sites = self._scan_msr_sites()
+        self.io_bitmaps = IoBitmaps(self.memory.host, self.memory.alloc_page)   # every port exits
+        self.io_bitmaps.set(config["vmx.io_passthrough"], exiting=False)
+        self.msr_bitmap = MsrBitmap(self.memory.host, self.memory.alloc_page)   # the VMM's MSRs exit
+        self.msr_bitmap.set(VMM_MSRS, exiting=True)
+        self.vcpus: list[Vcpu] = []
+        for i in range(n):
+            cpuid_id = 0 if config["cpuid.apic_ids"] == "same" else self.apic_ids[i]
+            cpuid = CpuidModel(apic_id=cpuid_id, vcpu_count=n, x2apic=config["cpuid.x2apic"])
+            v = Vcpu(i, self.apic_ids[i], self.memory, self.vmm, cpuid, bsp=(i == 0),
+                     x2apic=config["cpuid.x2apic"], send_ipi=self.vmm.send_ipi, msr_sites=msr_sites)
+            v.io_bitmaps = self.io_bitmaps
+            v.msr_bitmap = self.msr_bitmap
+            v.vmcs.write("EXCEPTION_BITMAP", config["vmx.exception_bitmap"])
+            v.vmcs.update(self._vmx_controls(config))
+            self.vcpus.append(v)
+        self._enter_multiboot(self.vcpus[0])
+
+    # -- construction ------------------------------------------------------------------
+    def _vmx_controls(self, config: VmConfig) -> dict[str, int]:
+        """The VM-execution, exit and entry controls of what the model does (SDM 25.6-25.8):
+        HLT and all I/O exit, EPT and APIC-access exits, EFER saved/loaded."""
+        from hvdbg.platform.apic import XAPIC_BASE
+        from hvdbg.vmx.controls import (PIN_BASED, PRIMARY_PROCESSOR_BASED, SECONDARY_PROCESSOR_BASED,
+                                        VM_ENTRY, VM_EXIT)
+        secondary = SECONDARY_PROCESSOR_BASED.mask("VIRTUALIZE_APIC_ACCESSES", "ENABLE_EPT")
+        if config["vmx.unrestricted_guest"]:
+            secondary |= SECONDARY_PROCESSOR_BASED.mask("UNRESTRICTED_GUEST")
+        pin = PIN_BASED.mask("PREEMPTION_TIMER") if config["vmx.preemption_timer"] else 0
+        return {
+            "PIN_BASED_VM_EXEC_CONTROL": pin,
+            "VMX_PREEMPTION_TIMER_VALUE": config["vmx.preemption_timer"],
+            "CPU_BASED_VM_EXEC_CONTROL": PRIMARY_PROCESSOR_BASED.mask(
+                "HLT_EXITING", "USE_IO_BITMAPS", "USE_MSR_BITMAPS", "ACTIVATE_SECONDARY_CONTROLS"),
+            "IO_BITMAP_A": self.io_bitmaps.a,
+            "IO_BITMAP_B": self.io_bitmaps.b,
+            "MSR_BITMAP": self.msr_bitmap.page,
+            "SECONDARY_VM_EXEC_CONTROL": secondary,
+            "VM_EXIT_CONTROLS": VM_EXIT.mask("HOST_ADDRESS_SPACE_SIZE", "SAVE_EFER", "LOAD_EFER"),
+            "VM_ENTRY_CONTROLS": VM_ENTRY.mask("LOAD_EFER"),
+            "EPT_POINTER": self.memory.ept.eptp,
+            "APIC_ACCESS_ADDR": XAPIC_BASE,
+        }
+
+    @staticmethod
+    def _read(path: Path, what: str) -> bytes:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise GuestLoadError(f"{what} {path}: no such file") from None
+        except OSError as e:
+            raise GuestLoadError(f"{what} {path}: cannot read: {e.strerror}") from None
+
+    def _echo(self, data: bytes) -> None:
+        import sys
+        sys.stdout.write(data.decode("utf-8", "replace"))
+        sys.stdout.flush()
+
+    def _register_devices(self) -> None:
+        bus = self.bus
+        bus.register(0x3F8, 8, self.uart)
+        bus.register(DEBUG_EXIT_PORT, 4, self.debug_exit)
+        pic = Pic8259()
+        bus.register(0x20, 2, pic)
+        bus.register(0xA0, 2, pic)
+        self.pit = Pit8254()
+        bus.register(0x40, 4, self.pit)
+        bus.register(0x61, 1, SystemControlPortB(self.pit))
+        bus.register(0x70, 2, Cmos(self.config["memory"]))
+        bus.register(0x80, 1, PostPort())
+        bus.register(0xCF8, 8, PciConfigAbsent())
+        self.vga = VgaCrtc()
+        bus.register(CRTC_INDEX, 2, self.vga)
+
+    def _load_kernel(self) -> multiboot.BootInfo:
+        cfg = self.config
+        modules = [(self._read(Path(p), "module"), Path(p).name) for p in cfg["modules"]]
+        magic = cfg["loader.magic"]
+        header = multiboot.find_header(self.kernel_image)
+        if magic == "header":
+            magic = MB2_HEADER_MAGIC if header is not None and header.version == 2 else MB1_HEADER_MAGIC
+        return multiboot.load(self.kernel_image, self.memory, cfg["memory"], cmdline=cfg["cmdline"],
+                              modules=modules, magic=magic, reserved=[(ACPI_BASE, ACPI_END)],
+                              name=self.kernel_path.name)
+
+    def _scan_msr_sites(self) -> list[int]:
+        """Addresses of the RDMSR/WRMSR the VMM hooks (its MSR exits), at their physical
+        address and at every virtual alias of the image: the ELF symbol table's, or the
+        higher-half alias inferred from the image (see hvdbg.platform.multiboot.image_scan)."""
+        segments = [(paddr, self.memory.read(paddr, filesz)) for paddr, filesz, _ in self.boot.segments]
+        x2apic = self.config["cpuid.x2apic"]
+        sites = image_scan.select_sites(segments, lambda msr: vmm_keeps_msr(msr, x2apic))
+        deltas = {0} | {d for _lo, _hi, d in self.symbols._phys_deltas}
+        if deltas == {0}:
+            alias = image_scan.higher_half_alias(segments)
+            if alias is not None:
+                deltas.add(alias)
+        self.image_aliases = sorted(deltas)
+        return sorted({(a + d) & 0xFFFFFFFFFFFFFFFF for a in sites for d in deltas})
+
+    def _enter_multiboot(self, bsp: Vcpu) -> None:
+        """The machine state of Multiboot 0.6.96 3.2 / Multiboot2 3.3 (i386)."""
+        boot = self.boot
+        bsp.set_guest_state(rip=boot.entry, cr0=0x11, segments=flat_segments_32(), rflags=0x2,
+                            gdtr=(0, 0), idtr=(0, 0), gprs={"rax": boot.eax, "rbx": boot.ebx})
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def end(self, outcome: str, status: int | None = None, detail: str = "") -> None:
+        with self._end_lock:
+            if self.ending is None:
+                self.ending = Ending(outcome, status, detail)
+        self.ended_event.set()
+        for v in self.vcpus:
+            v.kick()
+
+    @property
+    def ended(self) -> bool:
+        return self.ending is not None
+
+    # -- queries -----------------------------------------------------------------------
+    def total_instructions(self) -> int:
+        return sum(v.clock() - v.idle_ticks for v in self.vcpus)
+
+    def symbolize(self, addr: int) -> str:
+        s = self.symbols.symbolize(addr)
+        return f"{addr:#x} <{s}>" if s else f"{addr:#x}"
+
+    def disassemble(self, vcpu: Vcpu, addr: int, count: int = 1) -> list[str]:
+        out = []
+        for insn in vcpu.decode(addr, count):
+            out.append(f"{insn.address:#x}: {insn.mnemonic} {insn.op_str}".rstrip())
+        return out
+
+    def vcpu_summary(self, v: Vcpu) -> dict:
+        return {
+            "id": v.index,
+            "apic_id": v.apic_id,
+            "cpuid_apic_id": v.cpuid.apic_id,
+            "state": v.activity.label,
+            "rip": v.uc.reg_read(capstone_x86_rip()),
+            "symbol": self.symbols.symbolize(v.uc.reg_read(capstone_x86_rip())),
+            "started_by_sipi": v.started_by_sipi,
+            "instructions": v.instructions,
+            "idle_ticks": v.idle_ticks,
+            "spin_skipped": v.spin_skipped,
+            "exits": v.exit_count,
+            "interrupts_enabled": v.interrupts_enabled(),
+            "pcpu": v.pcpu,
+        }
+
+
+def capstone_x86_rip() -> int:
+    from unicorn import x86_const
+    return x86_const.UC_X86_REG_RIP
+
+
+_ = (capstone, Activity)

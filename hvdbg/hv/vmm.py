@@ -1,0 +1,352 @@
+"""The VMM: what hvdbg's hypervisor does on each VM exit (one handler per basic exit
+reason, SDM Appendix C), like the exit-handler table of KVM's vmx.c or an ArceOS
+hypervisor's ``vmexit_handler``.
+
+Handlers return True to resume the guest, False to leave the engine.  A handler that
+ends the whole VM (guest exit, fatal exit) tells the :class:`Lifecycle`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+from unicorn import x86_const as X
+
+from hvdbg.engine import ucx
+from hvdbg.platform.apic import (APIC_BASE_EXTD, IA32_APIC_BASE_MSR, X2APIC_MSR_BASE, X2APIC_MSR_END,
+                        DeliveryMode, IcrCommand, Reg, Shorthand)
+from hvdbg.platform.devices.bus import IoBus
+from hvdbg.platform.devices.debug_exit import DEBUG_EXIT_PORT
+from hvdbg.arch.events import hardware_exception
+from hvdbg.vmx.exits import ExitReason
+from hvdbg.hv.trace import ExitTrace
+from hvdbg.hv.vcpu import Activity, ExitInfo, Vcpu, real_mode_segments
+
+HYPERCALL_PING = 0
+HYPERCALL_EXIT = 1
+HYPERCALL_MAGIC = 0x68766462  # "hvdb"
+
+# MSRs the VMM keeps itself; everything else runs natively in the engine.
+IA32_TSC = 0x10
+IA32_MISC_ENABLE = 0x1A0
+IA32_TSC_DEADLINE = 0x6E0
+IA32_PAT = 0x277
+_CPUID_IN = (X.UC_X86_REG_RAX, X.UC_X86_REG_RCX)
+_CPUID_OUT = (X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX)
+VMM_MSRS = frozenset({IA32_APIC_BASE_MSR, IA32_TSC, IA32_MISC_ENABLE, IA32_TSC_DEADLINE, IA32_PAT})
+
+
+def vmm_keeps_msr(msr: int, x2apic: bool = True) -> bool:
+    """True if RDMSR/WRMSR of ``msr`` needs the VMM (its MSR-bitmap bit would be set): the
+    MSRs above and, with x2APIC offered, the x2APIC range (SDM 11.12.1)."""
+    return msr in VMM_MSRS or (x2apic and X2APIC_MSR_BASE <= msr <= X2APIC_MSR_END)
+
+
+class Lifecycle(Protocol):
+    """How the VMM ends the VM and reaches the other vCPUs."""
+
+    vcpus: list[Vcpu]
+
+    def end(self, outcome: str, status: int | None = None, detail: str = "") -> None: ...
+
+    @property
+    def ended(self) -> bool: ...
+
+
+class Vmm:
+    """Exit handlers for every vCPU of one VM."""
+
+    def __init__(self, life: Lifecycle, bus: IoBus, trace: ExitTrace, *,
+                 sipi_offset: int = 0, exception_exits: str = "stop") -> None:
+        self.life = life
+        self.bus = bus
+        self.trace = trace
+        self.sipi_offset = sipi_offset
+        self.exception_exits = exception_exits
+        self.exit_breakpoints: set[int] = set()
+        self.internal_errors: list[str] = []
+        self.preemption_timer = 0
+        self.on_exit_breakpoint: Callable[[Vcpu, ExitInfo], None] | None = None
+        self._handlers: dict[ExitReason, Callable[[Vcpu, ExitInfo], bool]] = {
+            ExitReason.CPUID: self._cpuid,
+            ExitReason.IO_INSTRUCTION: self._io,
+            ExitReason.APIC_ACCESS: self._apic_access,
+            ExitReason.MSR_READ: self._msr_read,
+            ExitReason.MSR_WRITE: self._msr_write,
+            ExitReason.HLT: self._hlt,
+            ExitReason.VMCALL: self._vmcall,
+            ExitReason.INIT_SIGNAL: self._init_signal,
+            ExitReason.SIPI: self._sipi,
+            ExitReason.EPT_VIOLATION: self._fatal("ept_violation"),
+            ExitReason.EPT_MISCONFIG: self._fatal("ept_misconfig"),
+            ExitReason.TRIPLE_FAULT: self._fatal("triple_fault"),
+            ExitReason.EXCEPTION_NMI: self._exception,
+            ExitReason.PAUSE_INSTRUCTION: self._pause_loop,
+            ExitReason.PREEMPTION_TIMER: self._preemption_timer,
+        }
+
+    # -- dispatch ---------------------------------------------------------------------
+    def handle_exit(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
+        handler = self._handlers.get(exit.reason, self._unhandled)
+        resume = handler(vcpu, exit)
+        exit.extra.setdefault("completed", resume)
+        self.trace.record(vcpu.index, exit.reason, exit.qualification, exit.rip, vcpu.clock(), exit.detail)
+        if int(exit.reason) in self.exit_breakpoints and self.on_exit_breakpoint is not None:
+            self.on_exit_breakpoint(vcpu, exit)
+            return False
+        return resume and not self.life.ended
+
+    def internal_error(self, vcpu: Vcpu, exc: BaseException, tb: str) -> None:
+        """A bug in hvdbg itself while handling this vCPU: end the VM, keep the state."""
+        self.internal_errors.append(tb)
+        self.life.end("internal_error", detail=f"vCPU {vcpu.index}: hvdbg internal error "
+                      f"({type(exc).__name__}: {exc}); the guest state is preserved for inspection")
+
+    def _unhandled(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
+        exit.detail = f"no handler for exit reason {exit.reason.name}"
+        self.life.end("fatal", detail=f"vCPU {vcpu.index}: {exit.detail}")
+        return False
+
+    def _fatal(self, outcome: str) -> Callable[[Vcpu, ExitInfo], bool]:
+        def handle(vcpu: Vcpu, exit: ExitInfo) -> bool:
+            self.life.end(outcome, detail=f"vCPU {vcpu.index}: {exit.reason.name} at RIP {exit.rip:#x}")
+            return False
+        return handle
+
+    # -- CPUID (exit reason 10) -----------------------------------------------------------
+    def _cpuid(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
+        rax, rcx = vcpu.batch(_CPUID_IN).read()
+        leaf = rax & 0xFFFFFFFF
+        sub = rcx & 0xFFFFFFFF
+        eax, ebx, ecx, edx = vcpu.cpuid.query(leaf, sub)
+        if leaf == 1 and not (vcpu.apic.base_msr & (1 << 11)):
+            edx &= ~(1 << 9)  # APIC globally disabled: CPUID.1:EDX.APIC = 0 (SDM 11.4.3)
+        vcpu.batch(_CPUID_OUT).write((eax, ebx, ecx, edx))
+        exit.detail = f"leaf {leaf:#x}.{sub:#x}"
+        return True
+
+    # -- I/O instruction (exit reason 30) -------------------------------------------------
+    def _io(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
+        q = exit.qualification
+        size = (q & 7) + 1
+        port = q >> 16
+        if q & (1 << 3):
+            exit.data = self.bus.read(port, size)
+            exit.detail = f"in {port:#x} -> {exit.data:#x}"
+            return True
+        self.bus.write(port, size, exit.data)
+        exit.detail = f"out {port:#x} <- {exit.data:#x}"
+        if port == DEBUG_EXIT_PORT:
+            return False  # the debug-exit device ended the VM
+        return True
+
+    # -- APIC access (exit reason 44) ------------------------------------------------------
+    def _apic_access(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
+        offset = exit.qualification & 0xFFF
+        size = exit.extra.get("size", 4)
+        reg = offset & ~0xF
+        shift = (offset & 3) * 8
+        if exit.qualification >> 12 & 0xF == 0:
+            value = vcpu.apic.read(reg) >> shift
+            exit.data = value & ((1 << (8 * size)) - 1)
+            exit.detail = f"read {_reg_name(reg)} -> {exit.data:#x}"
+            return True
+        value = exit.data << shift
+        if vcpu.apic.x2apic_mode:
+            exit.detail = f"xAPIC MMIO write in x2APIC mode ignored ({_reg_name(reg)})"
+            return True
+        exit.detail = f"write {_reg_name(reg)} <- {value:#x}"
+        vcpu.apic.write(reg, value)
+        self._complete_write(vcpu, exit)
+        return not self.life.ended
+
+    @staticmethod
+    def _complete_write(vcpu: Vcpu, exit: ExitInfo) -> None:
+        """An APIC-access exit is fault-like: the VMM emulates the access and moves RIP past
+        the instruction (SDM 29.4.2, 28.2.1).  Doing so here matters when the write makes
+        this vCPU leave the engine (a self-IPI or self-NMI, an EOI that unmasks a pending
+        interrupt, the end of the VM): Unicorn would otherwise resume at the store and
+        replay it, so a self-NMI would be sent again after every IRET."""
+        if vcpu.code_bits() != 64 and vcpu.get_segment("cs").base:
+            return  # Vcpu.decode reads at RIP, not CS.base + RIP: leave such code alone
+        insns = vcpu.decode(exit.rip, 1)
+        if insns:
+            exit.instruction_length = insns[0].size
+            vcpu.uc.reg_write(X.UC_X86_REG_RIP, exit.rip + insns[0].size)
+
+    # -- RDMSR / WRMSR (exit reasons 31, 32) ------------------------------------------------
+    def _msr_read(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
+        msr = exit.extra["msr"]
+        exit.detail = f"rdmsr {msr:#x}"
+        if msr == IA32_APIC_BASE_MSR:
+            exit.data = vcpu.apic.base_msr
+        elif X2APIC_MSR_BASE <= msr <= X2APIC_MSR_END:
+            if not vcpu.apic.x2apic_mode:
+                return self._inject_gp(vcpu, exit, "x2APIC MSR read while x2APIC mode is off")
+            exit.data = vcpu.apic.read_msr(msr)
+        elif msr == IA32_TSC:
+            exit.data = vcpu.clock()
+        elif msr in vcpu.msrs:
+            exit.data = vcpu.msrs[msr]
+        else:
+            exit.extra["skip"] = True  # not intercepted (MSR bitmap bit clear): runs natively
+            return True
+        exit.detail += f" -> {exit.data:#x}"
+        return True
+
+    def _msr_write(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
+        msr = exit.extra["msr"]
+        value = exit.data
+        exit.detail = f"wrmsr {msr:#x} <- {value:#x}"
+        if msr == IA32_APIC_BASE_MSR:
+            if value & APIC_BASE_EXTD and not vcpu.apic.x2apic_supported:
+                return self._inject_gp(vcpu, exit, "x2APIC enable without CPUID x2APIC support")
+            vcpu.apic.base_msr = (value & ~0xFF) | (vcpu.apic.base_msr & (1 << 8))
+        elif X2APIC_MSR_BASE <= msr <= X2APIC_MSR_END:
+            if not vcpu.apic.x2apic_mode:
+                return self._inject_gp(vcpu, exit, "x2APIC MSR write while x2APIC mode is off")
+            vcpu.apic.write_msr(msr, value)
+            return not self.life.ended
+        elif msr in (IA32_TSC_DEADLINE, IA32_PAT, IA32_MISC_ENABLE):
+            vcpu.msrs[msr] = value
+        else:
+            exit.extra["skip"] = True
+        return True
+
+    def _inject_gp(self, vcpu: Vcpu, exit: ExitInfo, why: str) -> bool:
+        exit.detail += f": #GP injected ({why})"
+        vcpu.pending_event = hardware_exception(13, 0)
+        vcpu.pending_event_rip = exit.rip
+        exit.extra["skip"] = True
+        vcpu.uc.reg_write(X.UC_X86_REG_RIP, exit.rip)
+        return False
+
+    # -- HLT (exit reason 12) ---------------------------------------------------------------
+    def _hlt(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
+        if vcpu.interrupts_enabled() and vcpu.apic.has_pending():
+            exit.detail = "interrupt already pending: not halting"
+            return False
+        vcpu.activity = Activity.HLT
+        exit.detail = "IF=1, waiting for an interrupt" if vcpu.interrupts_enabled() else "IF=0: halted for good unless NMI/INIT/SIPI"
+        return False
+
+    # -- PAUSE-loop exiting (exit reason 40) --------------------------------------------------
+    def _pause_loop(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
+        """The vCPU spins on PAUSE: leave the engine so the scheduler can run another
+        vCPU (the lock holder, with luck); the guest resumes at the next PAUSE."""
+        return False
+
+    # -- VMX-preemption timer (exit reason 52) ------------------------------------------------
+    def _preemption_timer(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
+        """Re-arm the timer (the VMM's time slice tick) and go on."""
+        vcpu.vmcs.write("VMX_PREEMPTION_TIMER_VALUE", self.preemption_timer)
+        exit.detail = f"re-armed with {self.preemption_timer}"
+        return False
+
+    # -- VMCALL (exit reason 18) -------------------------------------------------------------
+    def _vmcall(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
+        uc = vcpu.uc
+        nr = uc.reg_read(X.UC_X86_REG_RAX)
+        if nr == HYPERCALL_PING:
+            uc.reg_write(X.UC_X86_REG_RAX, HYPERCALL_MAGIC)
+            exit.detail = "hypercall ping"
+            return True
+        if nr == HYPERCALL_EXIT:
+            status = uc.reg_read(X.UC_X86_REG_RBX)
+            exit.detail = f"hypercall exit({status})"
+            self.life.end("exited", status=status, detail=f"vCPU {vcpu.index} called the exit hypercall")
+            return False
+        uc.reg_write(X.UC_X86_REG_RAX, 0xFFFFFFFFFFFFFFFF)
+        exit.detail = f"unknown hypercall {nr:#x}"
+        return True
+
+    # -- exceptions the exception bitmap intercepts (exit reason 0) ---------------------------
+    def _exception(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
+        ev = exit.extra.get("event")
+        exit.detail = ev.describe() if ev else "exception"
+        if self.exception_exits == "reflect" and ev is not None:
+            vcpu.pending_event = ev
+            vcpu.pending_event_rip = exit.rip
+            return False
+        self.life.end("exception", detail=f"vCPU {vcpu.index}: exception exit: {exit.detail}")
+        return False
+
+    # -- INIT and SIPI (exit reasons 3 and 4, SDM 26.2 / 9.4) ---------------------------------
+    def _init_signal(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
+        """INIT (SDM 9.1.1, Table 9-1): the processor state after INIT, then wait-for-SIPI."""
+        ucx.load_reset_state(vcpu.uc)
+        vcpu.apic.reset()
+        vcpu.activity = Activity.WAIT_FOR_SIPI
+        vcpu.pending_event = None
+        exit.detail = "INIT: vCPU reset, now waiting for SIPI"
+        return False
+
+    def _sipi(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
+        vector = exit.qualification & 0xFF
+        base = (vector << 12) + self.sipi_offset  # sipi_offset != 0 only in the bug scenario
+        vcpu.set_guest_state(rip=0, cr0=0x60000010, segments=real_mode_segments(vector << 8, base),
+                             rflags=0x2, gdtr=(0, 0xFFFF), idtr=(0, 0xFFFF),
+                             gprs={"rdx": 0x000506E3})
+        vcpu.started_by_sipi = True
+        vcpu.sipi_vector = vector
+        vcpu.sipi_entry = base
+        exit.detail = f"SIPI vector {vector:#04x}: real mode at CS:IP {vector << 8:#06x}:0000 (base {base:#x})"
+        return True
+
+    # -- IPI routing (the APIC bus) ----------------------------------------------------------
+    def send_ipi(self, source, cmd: IcrCommand) -> None:
+        """Deliver an ICR command to its destinations (SDM 11.6.2)."""
+        src_vcpu = next((v for v in self.life.vcpus if v.apic is source), None)
+        targets = []
+        for v in self.life.vcpus:
+            if cmd.shorthand == Shorthand.SELF:
+                ok = v.apic is source
+            elif cmd.shorthand == Shorthand.ALL_INCLUDING_SELF:
+                ok = True
+            elif cmd.shorthand == Shorthand.ALL_EXCLUDING_SELF:
+                ok = v.apic is not source
+            elif cmd.logical:
+                ok = bool(v.apic.read(Reg.LDR) >> 24 & cmd.destination & 0xFF)
+            else:
+                ok = v.apic.apic_id == cmd.destination or (cmd.destination == (0xFFFFFFFF if cmd.x2apic else 0xFF))
+            if ok:
+                targets.append(v)
+        if src_vcpu is not None:
+            src_vcpu.ipi_log.append((cmd, [t.index for t in targets]))
+        for t in targets:
+            if cmd.delivery_mode == DeliveryMode.INIT:
+                if cmd.trigger_level and not cmd.level_assert:
+                    continue  # INIT level de-assert: no effect on modern processors
+                t.pending_init = True
+                t.kick()
+            elif cmd.delivery_mode == DeliveryMode.STARTUP:
+                t.pending_sipi = cmd.vector
+                t.kick()
+            elif cmd.delivery_mode == DeliveryMode.NMI:
+                t.apic.accept_nmi()
+            elif cmd.delivery_mode in (DeliveryMode.FIXED, DeliveryMode.LOWEST_PRIORITY):
+                t.apic.accept(cmd.vector)
+
+    def take_signals(self, vcpu: Vcpu) -> bool:
+        """INIT / SIPI delivered to ``vcpu`` become its INIT-signal and SIPI exits, taken
+        on its own executor (the target of an IPI sees the exit, SDM 26.2).  Returns True
+        when an exit asked the vCPU to leave (e.g. a break on that exit reason)."""
+        leave = False
+        if vcpu.pending_init:
+            vcpu.pending_init = False
+            vcpu.vm_exit(ExitInfo(ExitReason.INIT_SIGNAL, rip=vcpu.uc.reg_read(X.UC_X86_REG_RIP)))
+            leave |= int(ExitReason.INIT_SIGNAL) in self.exit_breakpoints
+        if vcpu.pending_sipi is not None:
+            vector = vcpu.pending_sipi
+            vcpu.pending_sipi = None
+            if vcpu.activity == Activity.WAIT_FOR_SIPI:
+                leave |= not vcpu.vm_exit(ExitInfo(ExitReason.SIPI, qualification=vector,
+                                                   rip=vcpu.uc.reg_read(X.UC_X86_REG_RIP)))
+        return leave
+
+
+def _reg_name(offset: int) -> str:
+    try:
+        return Reg(offset).name
+    except ValueError:
+        return f"APIC+{offset:#x}"

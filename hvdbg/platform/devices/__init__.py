@@ -1,0 +1,9 @@
+"""Platform devices behind the I/O-port bus (the VMM side of I/O-instruction exits)."""
+
+from hvdbg.platform.devices.bus import IoBus, IoDevice
+from hvdbg.platform.devices.uart import Uart16550
+from hvdbg.platform.devices.debug_exit import DebugExit
+from hvdbg.platform.devices.legacy import Cmos, Pic8259, Pit8254, PciConfigAbsent, PostPort, SystemControlPortB
+
+__all__ = ["IoBus", "IoDevice", "Uart16550", "DebugExit", "Cmos", "Pic8259", "Pit8254",
+           "PciConfigAbsent", "PostPort", "SystemControlPortB"]

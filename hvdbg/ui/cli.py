@@ -1,0 +1,180 @@
+"""The ``hvdbg`` command.  Every user error is one line on stderr and exit status 2;
+never a Python traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Sequence
+
+from hvdbg import __version__
+from hvdbg.errors import HvdbgError
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vcpus", type=int, help="number of vCPUs (overrides the config)")
+    p.add_argument("--pcpus", type=int, help="number of pCPUs (host threads)")
+    p.add_argument("--memory", help="guest RAM, e.g. 16M")
+    p.add_argument("--cmdline", help="kernel command line")
+    p.add_argument("--sched", help="scheduling policy: pinned, fifo, rr, cfs, smp")
+    p.add_argument("--deterministic", action="store_true", default=None,
+                   help="one host thread, instruction-counted slices: same config, same trace")
+    p.add_argument("--spin-skip", action="store_true", default=None, dest="spin_skip",
+                   help="loops without progress skip the rest of their slice (and, pinned, yield the host core)")
+    p.add_argument("--budget", type=int, help="instruction budget")
+    p.add_argument("--seconds", type=int, help="time budget in seconds")
+
+
+def _apply_overrides(cfg, args: argparse.Namespace) -> None:
+    for key, value in (("vcpus", args.vcpus), ("pcpus", args.pcpus), ("memory", args.memory),
+                       ("sched", args.sched),
+                       ("cmdline", args.cmdline), ("deterministic", args.deterministic),
+                       ("spin_skip", args.spin_skip),
+                       ("budget.instructions", args.budget), ("budget.seconds", args.seconds)):
+        if value is not None:
+            cfg.set(key, value)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from hvdbg.api import diagnosis
+    from hvdbg.config import load_config
+    from hvdbg.run.executors import make_executor
+    from hvdbg.hv.machine import Machine
+
+    cfg = load_config(args.config)
+    _apply_overrides(cfg, args)
+    if not args.json and not args.quiet:
+        cfg.set("output.echo_serial", True)
+    vm = Machine(cfg)
+    start = time.monotonic()
+    executor = None
+    if args.gdb is not None:
+        _run_with_gdb(vm, args)
+    else:
+        executor = make_executor(vm)
+        try:
+            executor.run()
+        except KeyboardInterrupt:
+            vm.end("stopped", detail="interrupted by the user")
+    wall = time.monotonic() - start
+    stats = executor.stats() if executor is not None and hasattr(executor, "stats") else None
+    res = diagnosis.result(vm, wall, stats)
+    if args.json:
+        print(json.dumps(res, indent=None if args.compact else 2))
+    else:
+        if args.quiet:
+            sys.stdout.write(res["serial"])
+        print(f"\n--- hvdbg: outcome {res['outcome']}"
+              + (f", exit status {res['exit_status']}" if res["exit_status"] is not None else "")
+              + f", {res['instructions']} guest instructions in {wall:.2f} s")
+        for v in res["vcpus"]:
+            sym = f" <{v['symbol']}>" if v["symbol"] else ""
+            print(f"    vCPU {v['id']} (APIC id {v['apic_id']}): {v['state']}, RIP {v['rip']:#x}{sym}, "
+                  f"{v['instructions']} instructions, {v['exits']} exits"
+                  + (", started by SIPI" if v["started_by_sipi"] else ""))
+        print("    exits: " + ", ".join(f"{k} {n}" for k, n in res["exits"].items()))
+        for line in res["diagnosis"]:
+            print(f"    * {line}")
+    return 0 if res["outcome"] == "exited" and not res["exit_status"] else 1
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    from hvdbg.ui.shell import run_shell
+
+    return run_shell(args)
+
+
+MAX_TCP_PORT = 65535
+
+
+def start_gdb_servers(session, host: str, port: int, monitor=None) -> list:
+    """One stub with every vCPU as a thread on ``port``, one per vCPU i on port+1+i."""
+    from gdbstub import GdbServer
+    from hvdbg.debug.gdb_target import VmTarget
+
+    last = port + len(session.vm.vcpus)
+    if not 1 <= port or last > MAX_TCP_PORT:
+        raise HvdbgError(f"--gdb {port}: the stubs need TCP ports {port}..{last} (one for all vCPUs, one per "
+                         f"vCPU); ports are 1..{MAX_TCP_PORT}")
+    servers = [GdbServer(VmTarget(session, None, monitor), host=host, port=port)]
+    for v in session.vm.vcpus:
+        servers.append(GdbServer(VmTarget(session, frozenset({v.index}), monitor), host=host,
+                                 port=port + 1 + v.index))
+    try:
+        for s in servers:
+            s.start()
+    except OSError as e:
+        for s in servers:
+            s.stop()
+        raise HvdbgError(f"cannot listen on {host}:{port}..{port + len(servers) - 1}: {e.strerror}") from None
+    return servers
+
+
+def _run_with_gdb(vm, args: argparse.Namespace) -> None:
+    from hvdbg.ui.commands import make_monitor
+    from hvdbg.debug.session import DebugSession
+
+    session = DebugSession(vm, start_paused=args.gdb_wait)
+    servers = start_gdb_servers(session, args.gdb_host, args.gdb, make_monitor(session))
+    n = len(vm.vcpus)
+    print(f"hvdbg: gdb stub for all {n} vCPUs on {args.gdb_host}:{args.gdb}; per-vCPU stubs on ports "
+          f"{args.gdb + 1}..{args.gdb + n}" + (" (guest held until gdb continues)" if args.gdb_wait else ""),
+          file=sys.stderr, flush=True)
+    session.start()
+    try:
+        while session.running:
+            session.join(0.2)
+    except KeyboardInterrupt:
+        vm.end("stopped", detail="interrupted by the user")
+        session.shutdown()
+    finally:
+        # let a debugger that just killed or detached read its last reply
+        deadline = time.monotonic() + 2.0
+        while any(s.client_connected for s in servers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for s in servers:
+            s.stop()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hvdbg", description="Debug x86 VMX hypervisors and their SMP guests.")
+    parser.add_argument("--version", action="version", version=f"hvdbg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a VM to its end and report the outcome")
+    run.add_argument("config", help="VM configuration (TOML)")
+    run.add_argument("--json", action="store_true", help="print one JSON object")
+    run.add_argument("--compact", action="store_true", help="with --json: on one line")
+    run.add_argument("--quiet", action="store_true", help="print the serial output only at the end")
+    run.add_argument("--gdb", type=int, metavar="PORT",
+                     help="serve GDB: all vCPUs as threads on PORT, vCPU i alone on PORT+1+i")
+    run.add_argument("--gdb-wait", action="store_true", help="hold the guest until gdb continues it")
+    run.add_argument("--gdb-host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    _add_overrides(run)
+    run.set_defaults(func=cmd_run)
+    shell = sub.add_parser("shell", help="interactive shell on a VM (inspect, run, stop, step)")
+    shell.add_argument("config", help="VM configuration (TOML)")
+    shell.add_argument("--gdb", type=int, metavar="PORT", help="also serve GDB on PORT (and PORT+1+i)")
+    shell.add_argument("--gdb-host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    shell.add_argument("-c", "--command", action="append", default=[],
+                       help="run this shell command (repeatable) instead of the interactive prompt")
+    _add_overrides(shell)
+    shell.set_defaults(func=cmd_shell)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except HvdbgError as e:
+        print(f"hvdbg: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
