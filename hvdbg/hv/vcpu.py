@@ -46,7 +46,8 @@ from hvdbg.arch.events import (PF, Delivery, Event, EventType, GuestFault, Shutd
                           hardware_exception)
 from hvdbg.vmx.exits import ExitReason
 from hvdbg.platform.memory import GuestMemory
-from hvdbg.engine.regs import RegisterBatch, RegisterFile
+from hvdbg.engine.cpu import EngineCpu
+from hvdbg.engine.regs import RegisterBatch
 from hvdbg.engine.ucx import Segment
 from hvdbg.vmx.vmcs import Vmcs
 
@@ -150,7 +151,6 @@ class Vcpu:
     def __init__(self, index: int, apic_id: int, memory: GuestMemory, handler: ExitHandler,
                  cpuid: CpuidModel, *, bsp: bool, x2apic: bool,
                  send_ipi: Callable, msr_sites: list[int] = ()) -> None:
-        ucx.self_test()
         self.index = index
         self.memory = memory
         self.handler = handler
@@ -158,11 +158,10 @@ class Vcpu:
         self.bsp = bsp
         self._vmcs = Vmcs()
         self._guest_stale = False       # the engine holds newer guest state than the VMCS
-        self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
-        ucx.load_reset_state(self.uc)     # SDM Table 9-1 where Unicorn's new engine differs
-        self.regs = RegisterFile(self.uc)   # hot-path register access (hvdbg.engine.regs)
-        self._batches: dict[tuple[int, ...], RegisterBatch] = {}
-        self.counter = ucx.InstructionCounter(self.uc)
+        self.engine = EngineCpu()       # SDM Table 9-1 reset state loaded
+        self.uc = self.engine.uc
+        self.regs = self.engine.regs    # hot-path register access (hvdbg.engine.regs)
+        self.counter = self.engine.counter
         self.instructions = 0          # retired in finished runs
         self.idle_ticks = 0            # virtual time that passed without instructions
         self.spin_skipped = 0          # ... of it skipped in loops without progress (spin_skip)
@@ -206,10 +205,7 @@ class Vcpu:
 
     def batch(self, reg_ids: tuple[int, ...]) -> RegisterBatch:
         """A register batch on this vCPU's engine (built once per register list)."""
-        b = self._batches.get(reg_ids)
-        if b is None:
-            b = self._batches[reg_ids] = RegisterBatch(self.uc, reg_ids)
-        return b
+        return self.engine.batch(reg_ids)
 
     @property
     def vmcs(self) -> Vmcs:
