@@ -5,24 +5,17 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
-from hvdbg.api import diagnosis
-from hvdbg.config import load_config
-from hvdbg.run.executors import make_executor
+from hvdbg import api
 from hvdbg.hv.machine import Machine
 
 
 def run(config: str | Path, **overrides) -> tuple[Machine, dict]:
-    """Boot a scenario config (overrides use schema keys, e.g. vcpus=2) to its end."""
-    cfg = load_config(config)
-    for key, value in overrides.items():
-        cfg.set(key.replace("__", "."), value)
-    vm = Machine(cfg)
-    start = time.monotonic()
-    make_executor(vm).run()
-    return vm, diagnosis.result(vm, time.monotonic() - start)
+    """Boot a scenario config (overrides use schema keys, e.g. vcpus=2) to its end:
+    :func:`hvdbg.api.run` without the scheduler statistics in the result."""
+    res = api.run(config, include_stats=False, **overrides)
+    return res.machine, res.result
 
 
 def report(title: str, result: dict, out=sys.stdout) -> None:

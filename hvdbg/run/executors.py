@@ -296,6 +296,13 @@ class ExecutorBase:
         if self.errors:
             raise self.errors[0]
 
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def stats(self) -> dict | None:
+        """The scheduler statistics, or None when there is no scheduler (pinned)."""
+        return None
+
 
 class PinnedExecutor(ExecutorBase):
     """One host thread per vCPU (pCPU i runs vCPU i).
@@ -621,7 +628,7 @@ class ThreadedSchedExecutor(ExecutorBase):
         return st
 
 
-def make_executor(vm: Machine, control: RunControl | None = None):
+def make_executor(vm: Machine, control: RunControl | None = None) -> ExecutorBase:
     """Deterministic: one thread, M virtual pCPUs.  Otherwise one thread per vCPU when
     every vCPU has its own pCPU and the policy is 'pinned', else M pCPU threads."""
     cfg = vm.config
