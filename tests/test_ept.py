@@ -6,12 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hvdbg.vmx.exits import EptViolationQualification, ept_violation_qualification
 from hvdbg.vmx.ept import (
     ACCESSED, DIRTY, GPA_WIDTH, LARGE_PAGE, PAGE_1G, PAGE_2M, PAGE_4K, SW_MAPPED,
-    Ept, EptCaps, EptPerm, EptPointer, EptQual, EptRange, EptStatus, MemType,
-    eptp_problems, format_ranges, format_walk, violation_qualification, walk_ept,
+    Ept, EptCaps, EptPerm, EptPointer, EptRange, EptStatus, MemType,
+    eptp_problems, format_ranges, format_walk, walk_ept,
 )
-from hvdbg.platform.physmem import RegionMemory, read_u64, write_u64
+from hvdbg.arch.physmem import RegionMemory, read_u64, write_u64
 
 TABLE_BASE = 0x10_0000
 TABLE_POOL = 0x40_0000  # room for 1024 paging-structure pages
@@ -415,9 +416,11 @@ def test_effective_perms_are_and_over_levels() -> None:
     assert w.ok and w.levels[-1].perms == EptPerm.RWX
     assert w.effective_perms == EptPerm.RX
     assert w.is_violation("write") and not w.is_violation("read")
-    qual = violation_qualification("write", w, gla_valid=True, translated_access=True)
-    assert qual == EptQual.WRITE | EptQual.READABLE | EptQual.EXECUTABLE \
-        | EptQual.GLA_VALID | EptQual.TRANSLATED
+    qual = ept_violation_qualification("write", w, gla_valid=True, translated_access=True).encode()
+    decoded = EptViolationQualification.decode(qual)
+    assert decoded == EptViolationQualification(write=True, readable=True, executable=True,
+                                                gla_valid=True, gla_translated=True)
+    assert decoded.describe(0, 0x1000).startswith("EPT violation: write to GPA 0x0, page permissions r-x")
 
 
 @pytest.mark.parametrize("perms, access, expected", [
@@ -432,24 +435,24 @@ def test_violation_qualification_access_and_permission_bits(
     ept.map(0, 0, PAGE_4K, perms)
     w = ept.walk(0)
     assert w.is_violation(access)  # type: ignore[arg-type]
-    qual = violation_qualification(access, w, gla_valid=True)  # type: ignore[arg-type]
+    qual = ept_violation_qualification(access, w, gla_valid=True).encode()  # type: ignore[arg-type]
     assert qual == expected | (1 << 7) | (1 << 8)
 
 
 def test_violation_qualification_not_present_has_no_permission_bits() -> None:
     ept, _, _ = make_ept()
     w = ept.walk(0x5000)
-    assert violation_qualification("read", w, gla_valid=False, translated_access=False) == 0b1
-    assert violation_qualification("fetch", w, gla_valid=True, translated_access=False) \
+    assert ept_violation_qualification("read", w, gla_valid=False, translated_access=False).encode() == 0b1
+    assert ept_violation_qualification("fetch", w, gla_valid=True, translated_access=False).encode() \
         == 0b100 | (1 << 7)
 
 
 def test_violation_qualification_bit8_only_with_valid_gla() -> None:
     ept, _, _ = make_ept()
     w = ept.walk(0)
-    assert violation_qualification("write", w, gla_valid=False, translated_access=True) == 0b10
-    assert violation_qualification("write", w, gla_valid=True, translated_access=True,
-                                   nmi_unblocking=True) == 0b10 | (1 << 7) | (1 << 8) | (1 << 12)
+    assert ept_violation_qualification("write", w, gla_valid=False, translated_access=True).encode() == 0b10
+    assert ept_violation_qualification("write", w, gla_valid=True, translated_access=True,
+                                   nmi_unblocking=True).encode() == 0b10 | (1 << 7) | (1 << 8) | (1 << 12)
 
 
 def test_invalid_access_name_is_rejected() -> None:

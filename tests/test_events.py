@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from hvdbg.arch.events import (Event, EventType, Shutdown, combine, deliver, hardware_exception)
-from hvdbg.platform.physmem import RegionMemory
+from hvdbg.arch.physmem import RegionMemory
 from hvdbg.engine.ucx import Segment
 
 

@@ -197,4 +197,4 @@ def test_guest_physical_address_beyond_the_ept_is_a_violation(guest_kernels):
     exit = v.last_exit
     assert exit.guest_physical == 0xFFF800010009B
     assert exit.qualification == 0x4  # a fetch; bits 5:3 clear (no entry); no valid GLA
-    assert "48 bits" in exit.extra["walk"].reason
+    assert "48 bits" in exit.payload.walk.reason

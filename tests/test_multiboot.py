@@ -24,7 +24,7 @@ from hvdbg.platform.multiboot import (
     MB1_BOOTLOADER_MAGIC, MB1_HEADER_MAGIC, MB2_BOOTLOADER_MAGIC, MB2_HEADER_MAGIC,
     describe_magic, find_header, find_headers, format_boot_info, format_header,
     format_info, load, memory_map, parse_info)
-from hvdbg.platform.physmem import RegionMemory, read_u32, write_u32
+from hvdbg.arch.physmem import RegionMemory, read_u32, write_u32
 
 MiB = 1 << 20
 RAM_SIZE = 64 * MiB

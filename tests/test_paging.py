@@ -12,7 +12,7 @@ from hvdbg.arch.paging import (
     FaultKind, PagingMode, PfError, PteFlag, PtRange, format_walk, is_canonical,
     mapped_ranges, paging_mode, translate, walk,
 )
-from hvdbg.platform.physmem import RegionMemory, write_u32, write_u64
+from hvdbg.arch.physmem import RegionMemory, write_u32, write_u64
 
 P, RW, US, PWT, PCD, A, D, PS, G = (1 << i for i in range(9))
 XD = 1 << 63

@@ -6,6 +6,7 @@ from __future__ import annotations
 from hvdbg.platform import multiboot
 
 from hvdbg.arch import paging
+from hvdbg.hv.exit import EptFault, ExceptionExit, TripleFault
 from hvdbg.vmx.exits import ExitReason
 from hvdbg.hv.vcpu import Activity, Vcpu
 from hvdbg.hv.machine import MB1_HEADER_MAGIC, MB2_HEADER_MAGIC, Machine
@@ -56,7 +57,7 @@ def _ept_violation(vm: Machine) -> list[str]:
         ex = v.last_exit
         if ex is None or ex.reason != ExitReason.EPT_VIOLATION:
             continue
-        access = ex.extra.get("access", "?")
+        access = ex.payload.access if isinstance(ex.payload, EptFault) else "?"
         gla = f"GLA {ex.guest_linear:#x}" if ex.guest_linear is not None else "no valid GLA"
         kind = "a paging-structure entry" if not (ex.qualification >> 8 & 1) and ex.guest_linear is not None else "the page"
         where = vm.symbolize(ex.rip) if v.code_bits() == 64 else \
@@ -67,7 +68,7 @@ def _ept_violation(vm: Machine) -> list[str]:
         if ex.guest_physical is not None and ex.guest_physical >= ram:
             out.append(f"the guest has {ram >> 20} MiB of RAM (GPA 0..{ram - 1:#x}); GPA {ex.guest_physical:#x} is "
                        f"{(ex.guest_physical - ram) >> 10} KiB past its end, so the EPT has no mapping for it")
-        walk = ex.extra.get("walk")
+        walk = ex.payload.walk if isinstance(ex.payload, EptFault) else None
         if walk is not None:
             from hvdbg.vmx.ept import format_walk as ept_format
             out.append("EPT walk: " + " | ".join(ept_format(walk)))
@@ -84,14 +85,15 @@ def _triple_fault(vm: Machine) -> list[str]:
         if ex is None or ex.reason != ExitReason.TRIPLE_FAULT:
             continue
         regs = v.registers()
-        if "internal" in ex.extra:
-            out.append(f"vCPU {v.index}: the emulator stopped at {vm.symbolize(ex.rip)}: {ex.extra['internal']}")
+        fault = ex.payload if isinstance(ex.payload, TripleFault) else TripleFault()
+        if fault.internal is not None:
+            out.append(f"vCPU {v.index}: the emulator stopped at {vm.symbolize(ex.rip)}: {fault.internal}")
             continue
         out.append(f"vCPU {v.index}: triple fault at {vm.symbolize(ex.rip)}: {ex.detail}")
         idt_base, idt_limit = v.get_table("idtr")
         if idt_limit < 14 * 16:
             out.append(f"IDTR is {idt_base:#x}/{idt_limit:#x}: no IDT is loaded, so the first exception cannot be delivered, #DF cannot either, and the CPU shuts down")
-        chain = ex.extra.get("chain", [])
+        chain = fault.chain
         pf = next((e for e, _ in chain if e.vector == 14), None)
         if pf is not None and pf.cr2 is not None:
             out.append(f"the first fault was a #PF with CR2 = {pf.cr2:#x} (error code {pf.error_code:#x})")
@@ -112,7 +114,7 @@ def _exception(vm: Machine) -> list[str]:
         ex = v.last_exit
         if ex is None or ex.reason != ExitReason.EXCEPTION_NMI:
             continue
-        ev = ex.extra.get("event")
+        ev = ex.payload.event if isinstance(ex.payload, ExceptionExit) else None
         out.append(f"vCPU {v.index}: exception VM exit (exception bitmap bit {ev.vector if ev else '?'} set): "
                    f"{ex.detail} at {vm.symbolize(ex.rip)}")
         if ev is not None and ev.vector == 14 and ev.cr2 is not None:
@@ -137,7 +139,7 @@ def sipi_findings(vm: Machine) -> list[str]:
                        f"mode at CS:IP {v.sipi_vector << 8:#06x}:0000, GPA {expected:#x}; the VMM started it at "
                        f"GPA {v.sipi_entry:#x}{why}")
             ex = v.last_exit
-            if ex is not None and ex.guest_physical == v.sipi_entry and ex.extra.get("access") == "fetch":
+            if ex is not None and ex.guest_physical == v.sipi_entry and isinstance(ex.payload, EptFault) and ex.payload.access == "fetch":
                 out.append(f"vCPU {v.index}'s very first instruction fetch, at GPA {v.sipi_entry:#x}, is the EPT violation")
     return out
 

@@ -21,7 +21,6 @@ import enum
 import functools
 import traceback
 import threading
-from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import capstone
@@ -44,25 +43,20 @@ from hvdbg.arch.cpuid import CpuidModel
 from hvdbg.errors import GuestMemoryError
 from hvdbg.arch.events import (PF, Delivery, Event, EventType, GuestFault, Shutdown, deliver,
                           hardware_exception)
-from hvdbg.vmx.exits import ExitReason
+from hvdbg.hv.exit import (ApicAccess, EptFault, ExceptionExit, ExitDecision, ExitInfo, MsrAccess,
+                          TripleFault)
+from hvdbg.platform.devices.bus import IoBus
+from hvdbg.vmx.exits import ExitReason, apic_access_qualification, ept_violation_qualification, io_qualification
 from hvdbg.platform.memory import GuestMemory
 from hvdbg.engine.cpu import EngineCpu
 from hvdbg.engine.regs import RegisterBatch
 from hvdbg.engine.ucx import Segment
+from hvdbg.vmx.controls import ActivityState
 from hvdbg.vmx.vmcs import Vmcs
 
 
-class Activity(enum.IntEnum):
-    """Guest activity state (SDM 25.4.2)."""
-
-    ACTIVE = 0
-    HLT = 1
-    SHUTDOWN = 2
-    WAIT_FOR_SIPI = 3
-
-    @property
-    def label(self) -> str:
-        return {0: "running", 1: "halted", 2: "shutdown", 3: "wait-for-SIPI"}[int(self)]
+# The one activity-state enum (SDM 25.4.2) is hvdbg.vmx.controls.ActivityState.
+Activity = ActivityState   # removed once every importer names ActivityState
 
 
 REG_IDS = {
@@ -92,29 +86,16 @@ _UC_MEM_ERRORS = {UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_ERR_FETCH_UNMA
                   UC_ERR_READ_PROT, UC_ERR_WRITE_PROT, UC_ERR_FETCH_PROT}
 
 
-@dataclass(slots=True)
-class ExitInfo:
-    """One VM exit as the VMM sees it; ``data`` carries the value of an IN / RDMSR /
-    APIC read back into the guest."""
-
-    reason: ExitReason
-    qualification: int = 0
-    rip: int = 0
-    instruction_length: int = 0
-    guest_physical: int | None = None
-    guest_linear: int | None = None
-    interruption_info: int = 0
-    interruption_error: int | None = None
-    detail: str = ""
-    data: int = 0
-    extra: dict = field(default_factory=dict)
-
-
 class ExitHandler(Protocol):
-    """The VMM: decides what every exit does.  Returns True to resume the guest at
-    once, False to leave the engine (the vCPU's run returns to its executor)."""
+    """The VMM (hvdbg.hv.vmm.Vmm): decides every exit, reaches the I/O bus for ports whose
+    I/O-bitmap bit is clear, and hears of hvdbg's own failures."""
 
-    def handle_exit(self, vcpu: "Vcpu", exit: ExitInfo) -> bool: ...
+    bus: IoBus
+
+    def handle_exit(self, vcpu: "Vcpu", exit: ExitInfo) -> bool:
+        """Set ``exit.decision``; True to stay in the engine, False to leave it."""
+
+    def internal_error(self, vcpu: "Vcpu", exc: BaseException, tb: str) -> None: ...
 
 
 class RunEnd(enum.Enum):
@@ -274,8 +255,7 @@ class Vcpu:
         if self.io_bitmaps is not None and not self.io_bitmaps.exits(port, size):
             return self.handler.bus.read(port, size)  # I/O-bitmap bit clear: no VM exit
         rip = self.regs.read(_RIP)
-        # I/O qualification (SDM Table 28-5): size-1, direction 1 = IN, port in 31:16
-        info = ExitInfo(ExitReason.IO_INSTRUCTION, qualification=(size - 1) | 1 << 3 | port << 16,
+        info = ExitInfo(ExitReason.IO_INSTRUCTION, qualification=io_qualification(port, size, True),
                         rip=rip, instruction_length=1)
         self.vm_exit(info)
         return info.data & ((1 << (8 * size)) - 1)
@@ -286,24 +266,23 @@ class Vcpu:
             self.handler.bus.write(port, size, value)
             return
         rip = self.regs.read(_RIP)
-        info = ExitInfo(ExitReason.IO_INSTRUCTION, qualification=(size - 1) | port << 16, rip=rip,
+        info = ExitInfo(ExitReason.IO_INSTRUCTION, qualification=io_qualification(port, size, False), rip=rip,
                         instruction_length=1, data=value)
         self.vm_exit(info)
 
     @_guarded(0)
     def _apic_read(self, uc: Uc, offset: int, size: int, _ud) -> int:
         rip = self.regs.read(_RIP)
-        # APIC-access qualification (SDM Table 28-6): offset 11:0, type 15:12 (0 = linear read)
-        info = ExitInfo(ExitReason.APIC_ACCESS, qualification=offset & 0xFFF, rip=rip,
-                        guest_physical=XAPIC_BASE + offset, extra={"size": size})
+        info = ExitInfo(ExitReason.APIC_ACCESS, qualification=apic_access_qualification(offset, False), rip=rip,
+                        guest_physical=XAPIC_BASE + offset, payload=ApicAccess(size))
         self.vm_exit(info)
         return info.data
 
     @_guarded(None)
     def _apic_write(self, uc: Uc, offset: int, size: int, value: int, _ud) -> None:
         rip = self.regs.read(_RIP)
-        info = ExitInfo(ExitReason.APIC_ACCESS, qualification=(offset & 0xFFF) | 1 << 12, rip=rip,
-                        guest_physical=XAPIC_BASE + offset, data=value, extra={"size": size})
+        info = ExitInfo(ExitReason.APIC_ACCESS, qualification=apic_access_qualification(offset, True), rip=rip,
+                        guest_physical=XAPIC_BASE + offset, data=value, payload=ApicAccess(size))
         self.vm_exit(info)
 
     @_guarded(None)
@@ -317,15 +296,15 @@ class Vcpu:
             return  # MSR-bitmap bit clear: the engine executes it, no VM exit
         value = (uc.reg_read(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 | (uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF)
         info = ExitInfo(ExitReason.MSR_WRITE if write else ExitReason.MSR_READ, rip=address,
-                        instruction_length=2, data=value if write else 0, extra={"msr": ecx})
-        resume = self.vm_exit(info)
-        if "skip" in info.extra:
-            return  # the VMM let the engine execute it natively
+                        instruction_length=2, data=value if write else 0, payload=MsrAccess(ecx))
+        self.vm_exit(info)
+        decision = info.decision
+        if decision is ExitDecision.NATIVE or decision is ExitDecision.FAULT:
+            return  # the engine executes it / the #GP is delivered at the next entry
         if not write:
             uc.reg_write(X.UC_X86_REG_RAX, info.data & 0xFFFFFFFF)
             uc.reg_write(X.UC_X86_REG_RDX, (info.data >> 32) & 0xFFFFFFFF)
-        if resume or info.extra.get("completed"):
-            uc.reg_write(X.UC_X86_REG_RIP, address + 2)
+        uc.reg_write(X.UC_X86_REG_RIP, address + 2)
 
     def enable_pause_exiting(self, sites: list[int], window: int) -> None:
         """PAUSE-loop exiting (SDM 25.1.3): after ``window`` PAUSEs in one run the vCPU
@@ -386,7 +365,7 @@ class Vcpu:
                 self._vmcs.read("EXCEPTION_BITMAP") >> ev.vector & 1:
             info = ExitInfo(ExitReason.EXCEPTION_NMI, qualification=ev.cr2 or 0, rip=rip,
                             instruction_length=length, interruption_info=ev.interruption_info(),
-                            interruption_error=ev.error_code, extra={"event": ev})
+                            interruption_error=ev.error_code, payload=ExceptionExit(ev))
             self.vm_exit(info)
             self._leave = True
             self.uc.emu_stop()
@@ -405,7 +384,7 @@ class Vcpu:
         return self._ept_violation(address, kind, rip, gla, translated=True)
 
     def _ept_violation(self, gpa: int, kind: str, rip: int, gla: int | None, translated: bool) -> bool:
-        from hvdbg.vmx.ept import GPA_WIDTH, EptQual, EptStatus, EptWalk, violation_qualification
+        from hvdbg.vmx.ept import GPA_WIDTH, EptStatus, EptWalk
         if gpa >> GPA_WIDTH:
             # Wider than a 4-level EPT translates (only an impossible engine state, such as
             # EFER.LMA with paging off, produces one): no EPT entry maps it.
@@ -414,14 +393,11 @@ class Vcpu:
         else:
             walk = self.memory.ept.walk(gpa)
         if walk.is_misconfig:
-            info = ExitInfo(ExitReason.EPT_MISCONFIG, rip=rip, guest_physical=gpa,
-                            extra={"walk": walk, "access": kind})
+            info = ExitInfo(ExitReason.EPT_MISCONFIG, rip=rip, guest_physical=gpa, payload=EptFault(walk, kind))
         else:
-            qual = violation_qualification(kind, walk, gla_valid=gla is not None, translated_access=translated)
-            if not walk.levels:  # no entry used: bits 6:3 (the entries' permissions) are 0
-                qual &= ~int(EptQual.READABLE | EptQual.WRITABLE | EptQual.EXECUTABLE | EptQual.USER_EXECUTABLE)
-            info = ExitInfo(ExitReason.EPT_VIOLATION, qualification=qual, rip=rip, guest_physical=gpa,
-                            guest_linear=gla, extra={"walk": walk, "access": kind})
+            qual = ept_violation_qualification(kind, walk, gla_valid=gla is not None, translated_access=translated)
+            info = ExitInfo(ExitReason.EPT_VIOLATION, qualification=qual.encode(), rip=rip, guest_physical=gpa,
+                            guest_linear=gla, payload=EptFault(walk, kind))
         resume = self.vm_exit(info)
         if not resume:
             self._leave = True
@@ -655,6 +631,12 @@ class Vcpu:
                 self.uc.reg_write(REG_IDS[name], (gprs or {}).get(name, 0))
 
     # -- run control -------------------------------------------------------------------
+    def request_leave(self) -> None:
+        """Make the engine return at the next instruction boundary and the run loop
+        leave (from a hook on this vCPU's thread: a debugger's breakpoint or watchpoint)."""
+        self._leave = True
+        self.engine.stop()
+
     def kick(self) -> None:
         """Make a running vCPU leave the engine soon (like a posted-interrupt IPI)."""
         self._kick.set()
@@ -699,7 +681,7 @@ class Vcpu:
                 self.delivered.append((self.last_delivery.event, rip))
         except Shutdown as sd:
             chain = "; ".join(f"{e.describe()}: {why}" for e, why in sd.chain)
-            info = ExitInfo(ExitReason.TRIPLE_FAULT, rip=rip, detail=chain, extra={"chain": sd.chain, "event": ev})
+            info = ExitInfo(ExitReason.TRIPLE_FAULT, rip=rip, detail=chain, payload=TripleFault(sd.chain, ev))
             self.activity = Activity.SHUTDOWN
             self.vm_exit(info)
 
@@ -781,7 +763,7 @@ class Vcpu:
 
     def _internal_error(self, error: UcError, rip: int) -> None:
         info = ExitInfo(ExitReason.TRIPLE_FAULT, rip=rip, detail=f"emulation error: {error}",
-                        extra={"internal": str(error)})
+                        payload=TripleFault(internal=str(error)))
         self.activity = Activity.SHUTDOWN
         self.vm_exit(info)
 

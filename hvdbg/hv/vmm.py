@@ -2,8 +2,11 @@
 reason, SDM Appendix C), like the exit-handler table of KVM's vmx.c or an ArceOS
 hypervisor's ``vmexit_handler``.
 
-Handlers return True to resume the guest, False to leave the engine.  A handler that
-ends the whole VM (guest exit, fatal exit) tells the :class:`Lifecycle`.
+Each handler is a function of (vCPU, exit) that returns an
+:class:`~hvdbg.hv.exit.ExitDecision` (resume, leave, native, fault); the vCPU applies it.
+A handler that ends the whole VM (guest exit, fatal exit) tells the :class:`Lifecycle`.
+The handlers reach the vCPU only through :class:`VcpuPort`, so they are unit-tested on
+synthetic exits against a fake vCPU (tests/test_vmm_handlers.py).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from hvdbg.platform.devices.debug_exit import DEBUG_EXIT_PORT
 from hvdbg.arch.events import hardware_exception
 from hvdbg.vmx.exits import ExitReason
 from hvdbg.hv.trace import ExitTrace
-from hvdbg.hv.vcpu import Activity, ExitInfo, Vcpu, real_mode_segments
+from hvdbg.hv.exit import ApicAccess, ExceptionExit, ExitDecision, ExitInfo, MsrAccess
+from hvdbg.hv.vcpu import Activity, Vcpu, real_mode_segments
 
 HYPERCALL_PING = 0
 HYPERCALL_EXIT = 1
@@ -67,7 +71,7 @@ class Vmm:
         self.internal_errors: list[str] = []
         self.preemption_timer = 0
         self.on_exit_breakpoint: Callable[[Vcpu, ExitInfo], None] | None = None
-        self._handlers: dict[ExitReason, Callable[[Vcpu, ExitInfo], bool]] = {
+        self._handlers: dict[ExitReason, Callable[[Vcpu, ExitInfo], ExitDecision]] = {
             ExitReason.CPUID: self._cpuid,
             ExitReason.IO_INSTRUCTION: self._io,
             ExitReason.APIC_ACCESS: self._apic_access,
@@ -87,14 +91,16 @@ class Vmm:
 
     # -- dispatch ---------------------------------------------------------------------
     def handle_exit(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
+        """Decide ``exit`` (its ``decision`` is set), record it in the trace; True if the
+        guest stays in the engine, False if it leaves (not RESUME, a break on this exit
+        reason, or the VM has ended)."""
         handler = self._handlers.get(exit.reason, self._unhandled)
-        resume = handler(vcpu, exit)
-        exit.extra.setdefault("completed", resume)
+        decision = exit.decision = handler(vcpu, exit)
         self.trace.record(vcpu.index, exit.reason, exit.qualification, exit.rip, vcpu.clock(), exit.detail)
         if int(exit.reason) in self.exit_breakpoints and self.on_exit_breakpoint is not None:
             self.on_exit_breakpoint(vcpu, exit)
             return False
-        return resume and not self.life.ended
+        return (decision is ExitDecision.RESUME or decision is ExitDecision.NATIVE) and not self.life.ended
 
     def internal_error(self, vcpu: Vcpu, exc: BaseException, tb: str) -> None:
         """A bug in hvdbg itself while handling this vCPU: end the VM, keep the state."""
@@ -102,19 +108,19 @@ class Vmm:
         self.life.end("internal_error", detail=f"vCPU {vcpu.index}: hvdbg internal error "
                       f"({type(exc).__name__}: {exc}); the guest state is preserved for inspection")
 
-    def _unhandled(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
+    def _unhandled(self, vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
         exit.detail = f"no handler for exit reason {exit.reason.name}"
         self.life.end("fatal", detail=f"vCPU {vcpu.index}: {exit.detail}")
-        return False
+        return ExitDecision.LEAVE
 
-    def _fatal(self, outcome: str) -> Callable[[Vcpu, ExitInfo], bool]:
-        def handle(vcpu: Vcpu, exit: ExitInfo) -> bool:
+    def _fatal(self, outcome: str) -> Callable[[Vcpu, ExitInfo], ExitDecision]:
+        def handle(vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
             self.life.end(outcome, detail=f"vCPU {vcpu.index}: {exit.reason.name} at RIP {exit.rip:#x}")
-            return False
+            return ExitDecision.LEAVE
         return handle
 
     # -- CPUID (exit reason 10) -----------------------------------------------------------
-    def _cpuid(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
+    def _cpuid(self, vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
         rax, rcx = vcpu.batch(_CPUID_IN).read()
         leaf = rax & 0xFFFFFFFF
         sub = rcx & 0xFFFFFFFF
@@ -123,42 +129,42 @@ class Vmm:
             edx &= ~(1 << 9)  # APIC globally disabled: CPUID.1:EDX.APIC = 0 (SDM 11.4.3)
         vcpu.batch(_CPUID_OUT).write((eax, ebx, ecx, edx))
         exit.detail = f"leaf {leaf:#x}.{sub:#x}"
-        return True
+        return ExitDecision.RESUME
 
     # -- I/O instruction (exit reason 30) -------------------------------------------------
-    def _io(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
+    def _io(self, vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
         q = exit.qualification
         size = (q & 7) + 1
         port = q >> 16
         if q & (1 << 3):
             exit.data = self.bus.read(port, size)
             exit.detail = f"in {port:#x} -> {exit.data:#x}"
-            return True
+            return ExitDecision.RESUME
         self.bus.write(port, size, exit.data)
         exit.detail = f"out {port:#x} <- {exit.data:#x}"
         if port == DEBUG_EXIT_PORT:
-            return False  # the debug-exit device ended the VM
-        return True
+            return ExitDecision.LEAVE  # the debug-exit device ended the VM
+        return ExitDecision.RESUME
 
     # -- APIC access (exit reason 44) ------------------------------------------------------
-    def _apic_access(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
+    def _apic_access(self, vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
         offset = exit.qualification & 0xFFF
-        size = exit.extra.get("size", 4)
+        size = exit.payload.size if isinstance(exit.payload, ApicAccess) else 4
         reg = offset & ~0xF
         shift = (offset & 3) * 8
         if exit.qualification >> 12 & 0xF == 0:
             value = vcpu.apic.read(reg) >> shift
             exit.data = value & ((1 << (8 * size)) - 1)
             exit.detail = f"read {_reg_name(reg)} -> {exit.data:#x}"
-            return True
+            return ExitDecision.RESUME
         value = exit.data << shift
         if vcpu.apic.x2apic_mode:
             exit.detail = f"xAPIC MMIO write in x2APIC mode ignored ({_reg_name(reg)})"
-            return True
+            return ExitDecision.RESUME
         exit.detail = f"write {_reg_name(reg)} <- {value:#x}"
         vcpu.apic.write(reg, value)
         self._complete_write(vcpu, exit)
-        return not self.life.ended
+        return ExitDecision.LEAVE if self.life.ended else ExitDecision.RESUME
 
     @staticmethod
     def _complete_write(vcpu: Vcpu, exit: ExitInfo) -> None:
@@ -175,8 +181,8 @@ class Vmm:
             vcpu.uc.reg_write(X.UC_X86_REG_RIP, exit.rip + insns[0].size)
 
     # -- RDMSR / WRMSR (exit reasons 31, 32) ------------------------------------------------
-    def _msr_read(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
-        msr = exit.extra["msr"]
+    def _msr_read(self, vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
+        msr = _msr_of(exit)
         exit.detail = f"rdmsr {msr:#x}"
         if msr == IA32_APIC_BASE_MSR:
             exit.data = vcpu.apic.base_msr
@@ -189,13 +195,12 @@ class Vmm:
         elif msr in vcpu.msrs:
             exit.data = vcpu.msrs[msr]
         else:
-            exit.extra["skip"] = True  # not intercepted (MSR bitmap bit clear): runs natively
-            return True
+            return ExitDecision.NATIVE  # not the VMM's: the engine executes it
         exit.detail += f" -> {exit.data:#x}"
-        return True
+        return ExitDecision.RESUME
 
-    def _msr_write(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
-        msr = exit.extra["msr"]
+    def _msr_write(self, vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
+        msr = _msr_of(exit)
         value = exit.data
         exit.detail = f"wrmsr {msr:#x} <- {value:#x}"
         if msr == IA32_APIC_BASE_MSR:
@@ -206,82 +211,81 @@ class Vmm:
             if not vcpu.apic.x2apic_mode:
                 return self._inject_gp(vcpu, exit, "x2APIC MSR write while x2APIC mode is off")
             vcpu.apic.write_msr(msr, value)
-            return not self.life.ended
+            return ExitDecision.LEAVE if self.life.ended else ExitDecision.RESUME
         elif msr in (IA32_TSC_DEADLINE, IA32_PAT, IA32_MISC_ENABLE):
             vcpu.msrs[msr] = value
         else:
-            exit.extra["skip"] = True
-        return True
+            return ExitDecision.NATIVE
+        return ExitDecision.RESUME
 
-    def _inject_gp(self, vcpu: Vcpu, exit: ExitInfo, why: str) -> bool:
+    def _inject_gp(self, vcpu: Vcpu, exit: ExitInfo, why: str) -> ExitDecision:
         exit.detail += f": #GP injected ({why})"
         vcpu.pending_event = hardware_exception(13, 0)
         vcpu.pending_event_rip = exit.rip
-        exit.extra["skip"] = True
         vcpu.uc.reg_write(X.UC_X86_REG_RIP, exit.rip)
-        return False
+        return ExitDecision.FAULT
 
     # -- HLT (exit reason 12) ---------------------------------------------------------------
-    def _hlt(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
+    def _hlt(self, vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
         if vcpu.interrupts_enabled() and vcpu.apic.has_pending():
             exit.detail = "interrupt already pending: not halting"
-            return False
+            return ExitDecision.LEAVE
         vcpu.activity = Activity.HLT
         exit.detail = "IF=1, waiting for an interrupt" if vcpu.interrupts_enabled() else "IF=0: halted for good unless NMI/INIT/SIPI"
-        return False
+        return ExitDecision.LEAVE
 
     # -- PAUSE-loop exiting (exit reason 40) --------------------------------------------------
-    def _pause_loop(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
+    def _pause_loop(self, vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
         """The vCPU spins on PAUSE: leave the engine so the scheduler can run another
         vCPU (the lock holder, with luck); the guest resumes at the next PAUSE."""
-        return False
+        return ExitDecision.LEAVE
 
     # -- VMX-preemption timer (exit reason 52) ------------------------------------------------
-    def _preemption_timer(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
+    def _preemption_timer(self, vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
         """Re-arm the timer (the VMM's time slice tick) and go on."""
         vcpu.vmcs.write("VMX_PREEMPTION_TIMER_VALUE", self.preemption_timer)
         exit.detail = f"re-armed with {self.preemption_timer}"
-        return False
+        return ExitDecision.LEAVE
 
     # -- VMCALL (exit reason 18) -------------------------------------------------------------
-    def _vmcall(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
+    def _vmcall(self, vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
         uc = vcpu.uc
         nr = uc.reg_read(X.UC_X86_REG_RAX)
         if nr == HYPERCALL_PING:
             uc.reg_write(X.UC_X86_REG_RAX, HYPERCALL_MAGIC)
             exit.detail = "hypercall ping"
-            return True
+            return ExitDecision.RESUME
         if nr == HYPERCALL_EXIT:
             status = uc.reg_read(X.UC_X86_REG_RBX)
             exit.detail = f"hypercall exit({status})"
             self.life.end("exited", status=status, detail=f"vCPU {vcpu.index} called the exit hypercall")
-            return False
+            return ExitDecision.LEAVE
         uc.reg_write(X.UC_X86_REG_RAX, 0xFFFFFFFFFFFFFFFF)
         exit.detail = f"unknown hypercall {nr:#x}"
-        return True
+        return ExitDecision.RESUME
 
     # -- exceptions the exception bitmap intercepts (exit reason 0) ---------------------------
-    def _exception(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
-        ev = exit.extra.get("event")
+    def _exception(self, vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
+        ev = exit.payload.event if isinstance(exit.payload, ExceptionExit) else None
         exit.detail = ev.describe() if ev else "exception"
         if self.exception_exits == "reflect" and ev is not None:
             vcpu.pending_event = ev
             vcpu.pending_event_rip = exit.rip
-            return False
+            return ExitDecision.LEAVE
         self.life.end("exception", detail=f"vCPU {vcpu.index}: exception exit: {exit.detail}")
-        return False
+        return ExitDecision.LEAVE
 
     # -- INIT and SIPI (exit reasons 3 and 4, SDM 26.2 / 9.4) ---------------------------------
-    def _init_signal(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
+    def _init_signal(self, vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
         """INIT (SDM 9.1.1, Table 9-1): the processor state after INIT, then wait-for-SIPI."""
         ucx.load_reset_state(vcpu.uc)
         vcpu.apic.reset()
         vcpu.activity = Activity.WAIT_FOR_SIPI
         vcpu.pending_event = None
         exit.detail = "INIT: vCPU reset, now waiting for SIPI"
-        return False
+        return ExitDecision.LEAVE
 
-    def _sipi(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
+    def _sipi(self, vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
         vector = exit.qualification & 0xFF
         base = (vector << 12) + self.sipi_offset  # sipi_offset != 0 only in the bug scenario
         vcpu.set_guest_state(rip=0, cr0=0x60000010, segments=real_mode_segments(vector << 8, base),
@@ -291,7 +295,7 @@ class Vmm:
         vcpu.sipi_vector = vector
         vcpu.sipi_entry = base
         exit.detail = f"SIPI vector {vector:#04x}: real mode at CS:IP {vector << 8:#06x}:0000 (base {base:#x})"
-        return True
+        return ExitDecision.RESUME
 
     # -- IPI routing (the APIC bus) ----------------------------------------------------------
     def send_ipi(self, source, cmd: IcrCommand) -> None:
@@ -343,6 +347,13 @@ class Vmm:
                 leave |= not vcpu.vm_exit(ExitInfo(ExitReason.SIPI, qualification=vector,
                                                    rip=vcpu.uc.reg_read(X.UC_X86_REG_RIP)))
         return leave
+
+
+def _msr_of(exit: ExitInfo) -> int:
+    """The MSR index of an RDMSR/WRMSR exit."""
+    if not isinstance(exit.payload, MsrAccess):
+        raise TypeError(f"{exit.reason.name} exit without its MSR")
+    return exit.payload.msr
 
 
 def _reg_name(offset: int) -> str:

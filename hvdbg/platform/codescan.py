@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from hvdbg.platform.physmem import PhysicalMemory
+from hvdbg.arch.physmem import PhysicalMemory
 
 RDMSR = b"\x0f\x32"
 WRMSR = b"\x0f\x30"

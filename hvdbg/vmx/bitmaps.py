@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from hvdbg.platform.physmem import PhysicalMemory
+from hvdbg.arch.physmem import PhysicalMemory
 
 PAGE = 0x1000
 

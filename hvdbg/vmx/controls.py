@@ -417,10 +417,22 @@ class ActivityState(IntEnum):
 
     @property
     def label(self) -> str:
-        return _ACTIVITY_LABELS[self]
+        """What a vCPU in this state is doing, in words (vCPU lists, ``--json`` state)."""
+        return _ACTIVITY_STATUS[self]
+
+    @property
+    def sdm_name(self) -> str:
+        """The SDM's name of the state (Table 25-3; VMCS displays)."""
+        return _ACTIVITY_SDM_NAMES[self]
 
 
-_ACTIVITY_LABELS = {
+_ACTIVITY_STATUS = {
+    ActivityState.ACTIVE: "running",
+    ActivityState.HLT: "halted",
+    ActivityState.SHUTDOWN: "shutdown",
+    ActivityState.WAIT_FOR_SIPI: "wait-for-SIPI",
+}
+_ACTIVITY_SDM_NAMES = {
     ActivityState.ACTIVE: "active",
     ActivityState.HLT: "HLT",
     ActivityState.SHUTDOWN: "shutdown",
@@ -430,7 +442,7 @@ _ACTIVITY_LABELS = {
 
 def describe_activity_state(value: int) -> str:
     try:
-        return ActivityState(value).label
+        return ActivityState(value).sdm_name
     except ValueError:
         return f"reserved activity state {value}"
 

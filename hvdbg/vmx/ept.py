@@ -17,7 +17,7 @@ import struct
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Callable, Iterator, Literal, NamedTuple
 
-from hvdbg.platform.physmem import PhysicalMemory, read_u64, write_u64
+from hvdbg.arch.physmem import PhysicalMemory, read_u64, write_u64
 
 Access = Literal["read", "write", "fetch"]
 
@@ -307,53 +307,6 @@ class EptWalk:
         if self.is_misconfig:
             return False
         return self.is_not_present or not self.effective_perms & required
-
-
-class EptQual(enum.IntFlag):
-    """Exit qualification bits for EPT violations."""
-
-    READ = 1 << 0
-    WRITE = 1 << 1
-    FETCH = 1 << 2
-    READABLE = 1 << 3
-    WRITABLE = 1 << 4
-    EXECUTABLE = 1 << 5
-    USER_EXECUTABLE = 1 << 6
-    GLA_VALID = 1 << 7
-    TRANSLATED = 1 << 8
-    NMI_UNBLOCKING = 1 << 12
-
-
-_ACCESS_QUAL = {"read": EptQual.READ, "write": EptQual.WRITE, "fetch": EptQual.FETCH}
-
-
-def violation_qualification(access: Access, walk: EptWalk, gla_valid: bool,
-                            translated_access: bool = True, *,
-                            nmi_unblocking: bool = False) -> int:
-    """Exit qualification of an EPT violation (SDM "Exit Qualification for EPT Violations").
-
-    Bits 2:0 give the access; bits 5:3 the AND of the R/W/X bits of all EPT
-    entries used (all 0 when an entry was not present); bit 7 says whether the
-    guest-linear-address field is valid; bit 8 (only defined when bit 7 is 1)
-    distinguishes an access to the translated address (1) from an access to
-    a guest paging-structure entry (0).
-    """
-    _access_perm(access)
-    qual = _ACCESS_QUAL[access]
-    perms = walk.effective_perms
-    if perms & EptPerm.R:
-        qual |= EptQual.READABLE
-    if perms & EptPerm.W:
-        qual |= EptQual.WRITABLE
-    if perms & EptPerm.X:
-        qual |= EptQual.EXECUTABLE
-    if gla_valid:
-        qual |= EptQual.GLA_VALID
-        if translated_access:
-            qual |= EptQual.TRANSLATED
-    if nmi_unblocking:
-        qual |= EptQual.NMI_UNBLOCKING
-    return int(qual)
 
 
 def walk_ept(mem: PhysicalMemory, pml4_hpa: int, gpa: int,

@@ -14,10 +14,12 @@ Sentences have no trailing full stop so callers can prefix them ("vCPU1: ...").
 
 from __future__ import annotations
 
+import functools
 from enum import IntEnum
 from typing import Any, Callable, ClassVar
 
-from hvdbg.platform.apic import Reg as ApicReg
+from hvdbg.arch.apic import Reg as ApicReg
+from hvdbg.vmx.ept import EptPerm, EptWalk
 from hvdbg.vmx.controls import BitField, BitRecord, bit_record, InterruptionInfo, InterruptionType, exception_label
 
 
@@ -221,6 +223,25 @@ class EptViolationQualification(BitRecord):
         return text
 
 
+def ept_violation_qualification(access: str, walk: "EptWalk", gla_valid: bool,
+                                translated_access: bool = True, *,
+                                nmi_unblocking: bool = False) -> EptViolationQualification:
+    """The qualification of an EPT violation caused by ``access`` ("read", "write",
+    "fetch") through ``walk``: bits 5:3 are the AND of the R/W/X bits of the EPT entries
+    used (all 0 when none was used or one was not present), bit 7 whether the
+    guest-linear-address field is valid, bit 8 (only with bit 7) an access to the
+    translated address (1) rather than to a guest paging-structure entry (0)."""
+    if access not in ("read", "write", "fetch"):
+        raise ValueError(f"unknown access kind {access!r}")
+    perms = walk.effective_perms if walk.levels else EptPerm(0)
+    return EptViolationQualification(
+        read=access == "read", write=access == "write", fetch=access == "fetch",
+        readable=bool(perms & EptPerm.R), writable=bool(perms & EptPerm.W),
+        executable=bool(perms & EptPerm.X),
+        gla_valid=gla_valid, gla_translated=gla_valid and translated_access,
+        nmi_unblocking=nmi_unblocking)
+
+
 # --------------------------------------------------------------------------------------
 # I/O instruction (SDM 28.2.1, Table 28-5)
 # --------------------------------------------------------------------------------------
@@ -283,6 +304,14 @@ class IoQualification(BitRecord):
         preposition = "from" if self.direction is IoDirection.IN else "to"
         how = "port in DX" if self.operand is IoOperand.DX else "immediate port"
         return f"I/O instruction: {mnemonic} {count} {unit} {preposition} port {self.port:#x} ({how})"
+
+
+@functools.lru_cache(maxsize=4096)
+def io_qualification(port: int, size: int, is_in: bool) -> int:
+    """The encoded qualification of a non-string IN/OUT of ``size`` bytes with the port in
+    DX (the exits hvdbg takes); memoized, since I/O exits are a hot path."""
+    return IoQualification(port=port, size=IoSize.of(size),
+                           direction=IoDirection.IN if is_in else IoDirection.OUT).encode()
 
 
 # --------------------------------------------------------------------------------------
@@ -437,6 +466,15 @@ class ApicAccessQualification(BitRecord):
         if self.asynchronous:
             text += ", asynchronous to instruction execution"
         return text
+
+
+@functools.lru_cache(maxsize=8192)
+def apic_access_qualification(offset: int, write: bool) -> int:
+    """The encoded qualification of a linear data access to the APIC-access page at
+    ``offset`` (memoized: APIC exits are a hot path)."""
+    return ApicAccessQualification(
+        offset=offset & 0xFFF,
+        access_type=ApicAccessType.LINEAR_WRITE if write else ApicAccessType.LINEAR_READ).encode()
 
 
 # --------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ the serial port can still be read (IBM VGA Technical Reference, CRT controller r
 
 from __future__ import annotations
 
-from hvdbg.platform.physmem import PhysicalMemory
+from hvdbg.arch.physmem import PhysicalMemory
 
 TEXT_BUFFER = 0xB8000
 COLUMNS = 80

@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from hvdbg.platform.physmem import PhysicalMemory
+from hvdbg.arch.physmem import PhysicalMemory
 
 ACPI_BASE = 0xE0000
 ACPI_END = 0x100000

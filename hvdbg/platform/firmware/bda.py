@@ -24,7 +24,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hvdbg.platform.physmem import PhysicalMemory
+from hvdbg.arch.physmem import PhysicalMemory
 
 BDA_BASE = 0x400
 COM_PORTS = 0x400          # 4 words: I/O base of COM1..COM4, 0 = absent

@@ -18,7 +18,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hvdbg.platform.physmem import PhysicalMemory
+from hvdbg.arch.physmem import PhysicalMemory
 
 CBTABLE_BASE = 0xF0000     # the payloads scan 0xF0000.. in steps of the 24-byte header
 SIGNATURE = b"LBIO"

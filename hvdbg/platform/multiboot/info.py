@@ -15,7 +15,7 @@ from typing import Any
 from hvdbg.errors import GuestMemoryError
 from hvdbg.platform.multiboot import spec
 from hvdbg.platform.multiboot.memmap import MEM_LOWER_KIB, MemoryRegion, mem_upper_kib
-from hvdbg.platform.physmem import PhysicalMemory
+from hvdbg.arch.physmem import PhysicalMemory
 
 MAX_STRING = 4096           # longest string parse_info reads from guest memory
 MAX_ENTRIES = 1024          # most modules / mmap entries / tags parse_info decodes

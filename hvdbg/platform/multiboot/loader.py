@@ -18,7 +18,7 @@ from hvdbg.platform.multiboot.info import InfoContent, LoadedModule, build_info
 from hvdbg.platform.multiboot.kernel import Segment, plan_kernel
 from hvdbg.platform.multiboot.memmap import (
     HIGH_MEMORY_START, LEGACY_BIOS_AREA, Interval, MemoryRegion, check_ranges, memory_map)
-from hvdbg.platform.physmem import PhysicalMemory
+from hvdbg.arch.physmem import PhysicalMemory
 
 PAGE_SIZE = 0x1000
 FOUR_GIB = 1 << 32
