@@ -14,7 +14,8 @@ import pytest
 
 from hvdbg.api import diagnosis
 from hvdbg.config import load_config
-from hvdbg.run.executors import WAITING_REASONS, DeterministicExecutor, make_executor
+from hvdbg.run.executors import DeterministicExecutor, make_executor
+from hvdbg.run.sched_bridge import WAITING_REASONS
 from hvdbg.hv.vcpu import Activity
 from hvdbg.hv.machine import Machine
 

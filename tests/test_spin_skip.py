@@ -8,7 +8,8 @@ import struct
 
 from hvdbg.api import diagnosis
 from hvdbg.config import config_from_dict
-from hvdbg.run.executors import SPIN_PROBE, make_executor
+from hvdbg.run.executors import make_executor
+from hvdbg.run.loop import SPIN_PROBE
 from hvdbg.hv.machine import Machine
 from test_core_boot import boot   # load a config, apply overrides, run to the end
 

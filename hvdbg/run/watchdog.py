@@ -1,0 +1,39 @@
+"""The budget and hang checks shared by the executors (``budget.*`` of the config)."""
+
+from __future__ import annotations
+
+import time
+
+from hvdbg.hv.machine import Machine
+from hvdbg.run.loop import VcpuLoop
+
+
+class Watchdog:
+    """Budget and hang checks shared by the executors."""
+
+    def __init__(self, vm: Machine, loop: VcpuLoop) -> None:
+        self.vm = vm
+        self.loop = loop
+        self.last = time.monotonic()
+        self.running_seconds = 0.0
+
+    def check(self) -> None:
+        """Called while the VM runs (not while a debugger holds it paused)."""
+        vm = self.vm
+        now = time.monotonic()
+        self.running_seconds += min(now - self.last, 0.25)
+        self.last = now
+        if vm.ended:
+            return
+        reasons = [self.loop.stuck(v) for v in vm.vcpus]
+        if all(reasons):
+            # a hang says more than "budget": check it first (the vCPU threads may have used
+            # the whole budget between two checks)
+            vm.end("hang", detail="; ".join(f"vCPU {v.index}: {r}" for v, r in zip(vm.vcpus, reasons)))
+            return
+        if vm.total_instructions() >= vm.config["budget.instructions"]:
+            vm.end("budget", detail=f"instruction budget of {vm.config['budget.instructions']} used up")
+            return
+        if self.running_seconds >= vm.config["budget.seconds"]:
+            vm.end("budget", detail=f"time budget of {vm.config['budget.seconds']} s used up")
+            return
