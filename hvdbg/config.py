@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from hvdbg.platform.apic import XAPIC_BASE
+from hvdbg.arch.apic import XAPIC_BASE
 from hvdbg.vmx.ept import DEFAULT_CAPS
 from hvdbg.errors import ConfigError
 from hvdbg.platform.memory import GuestMemory

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from hvdbg.platform.apic import (DeliveryMode, LocalApic, Reg, Shorthand, X2APIC_MSR_BASE, decode_icr,
-                        encode_icr)
+from hvdbg.arch.apic import DeliveryMode, Reg, Shorthand, X2APIC_MSR_BASE, decode_icr, encode_icr
+from hvdbg.platform.apic import LocalApic
 
 
 def make_apic(apic_id=1, clock=None, sent=None):

@@ -132,3 +132,12 @@ def decode_icr(value: int, x2apic: bool = False) -> IcrCommand:
         destination=dest,
         x2apic=x2apic,
     )
+
+
+def encode_icr(vector: int = 0, delivery_mode: int = 0, destination: int = 0, *, logical: bool = False,
+               level_assert: bool = True, trigger_level: bool = False,
+               shorthand: Shorthand = Shorthand.NONE, x2apic: bool = False) -> int:
+    low = (vector & 0xFF) | (delivery_mode & 7) << 8 | logical << 11 | level_assert << 14 \
+        | trigger_level << 15 | int(shorthand) << 18
+    high = destination & 0xFFFFFFFF if x2apic else (destination & 0xFF) << 24
+    return high << 32 | low

@@ -1,14 +1,91 @@
 """EngineCpu: the one object through which the hypervisor model drives a Unicorn engine
 (the accelerator role of QEMU's ``accel/tcg``).  Everything above engine/ reaches the
 engine only through this class and the other engine/ modules; nothing above imports
-unicorn."""
+unicorn (tests/test_layers.py).
+
+The engine reports what it cannot execute by itself as calls on an :class:`EngineEvents`
+(the vCPU): CPUID, IN/OUT, interrupts and exceptions, invalid opcodes, accesses outside
+what the EPT maps, the xAPIC page, and code sites (RDMSR/WRMSR/PAUSE).  Each callback is
+guarded: an exception inside it is handed to ``hook_failed`` and the engine stops, with
+the guest state intact (a Python exception would otherwise vanish in the binding)."""
 
 from __future__ import annotations
 
-from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
+import functools
+import traceback
+from typing import Callable, Protocol
 
-from hvdbg.engine import ucx
+from unicorn import (UC_ARCH_X86, UC_ERR_FETCH_PROT, UC_ERR_FETCH_UNMAPPED, UC_ERR_READ_PROT,
+                     UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_PROT, UC_ERR_WRITE_UNMAPPED,
+                     UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UC_HOOK_MEM_FETCH_PROT,
+                     UC_HOOK_MEM_FETCH_UNMAPPED, UC_HOOK_MEM_READ_PROT, UC_HOOK_MEM_READ_UNMAPPED,
+                     UC_HOOK_MEM_WRITE_PROT, UC_HOOK_MEM_WRITE_UNMAPPED, UC_MEM_FETCH_PROT,
+                     UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_PROT, UC_MEM_WRITE_UNMAPPED, UC_MODE_64,
+                     UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE, Uc, UcError)
+from unicorn import x86_const as X
+
+from hvdbg.arch.regs import IA32_EFER
+from hvdbg.arch.segments import Segment
+from hvdbg.engine import hooks, ucx
 from hvdbg.engine.regs import RegisterBatch, RegisterFile
+
+#: Register names -> Unicorn ids for single reads/writes (RFLAGS through the 32-bit
+#: EFLAGS view, as the events code has always used it).
+REG_IDS: dict[str, int] = {
+    "rax": X.UC_X86_REG_RAX, "rbx": X.UC_X86_REG_RBX, "rcx": X.UC_X86_REG_RCX, "rdx": X.UC_X86_REG_RDX,
+    "rsi": X.UC_X86_REG_RSI, "rdi": X.UC_X86_REG_RDI, "rbp": X.UC_X86_REG_RBP, "rsp": X.UC_X86_REG_RSP,
+    "r8": X.UC_X86_REG_R8, "r9": X.UC_X86_REG_R9, "r10": X.UC_X86_REG_R10, "r11": X.UC_X86_REG_R11,
+    "r12": X.UC_X86_REG_R12, "r13": X.UC_X86_REG_R13, "r14": X.UC_X86_REG_R14, "r15": X.UC_X86_REG_R15,
+    "rip": X.UC_X86_REG_RIP, "rflags": X.UC_X86_REG_EFLAGS,
+    "cr0": X.UC_X86_REG_CR0, "cr2": X.UC_X86_REG_CR2, "cr3": X.UC_X86_REG_CR3, "cr4": X.UC_X86_REG_CR4,
+    "cr8": X.UC_X86_REG_CR8, "dr7": X.UC_X86_REG_DR7,
+    "fs_base": X.UC_X86_REG_FS_BASE, "gs_base": X.UC_X86_REG_GS_BASE,
+}
+#: The same registers as 64-bit scalars for batches (RFLAGS, not EFLAGS).
+_BATCH_IDS: dict[str, int] = {**REG_IDS, "rflags": X.UC_X86_REG_RFLAGS}
+_TABLES = {"gdtr": X.UC_X86_REG_GDTR, "idtr": X.UC_X86_REG_IDTR}
+_RIP = X.UC_X86_REG_RIP
+_RFLAGS = X.UC_X86_REG_RFLAGS
+_MEM_ERRORS = {UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_ERR_FETCH_UNMAPPED,
+               UC_ERR_READ_PROT, UC_ERR_WRITE_PROT, UC_ERR_FETCH_PROT}
+_FAULT_HOOKS = (UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED
+                | UC_HOOK_MEM_READ_PROT | UC_HOOK_MEM_WRITE_PROT | UC_HOOK_MEM_FETCH_PROT)
+_FAULT_KIND = {UC_MEM_WRITE_UNMAPPED: "write", UC_MEM_WRITE_PROT: "write",
+               UC_MEM_FETCH_UNMAPPED: "fetch", UC_MEM_FETCH_PROT: "fetch"}
+
+
+class EngineEvents(Protocol):
+    """What the engine tells its vCPU (each call is made on the engine's thread)."""
+
+    def on_cpuid(self) -> None: ...
+    def on_in(self, port: int, size: int) -> int: ...
+    def on_out(self, port: int, size: int, value: int) -> None: ...
+    def on_interrupt(self, vector: int) -> None: ...
+    def on_invalid_opcode(self) -> None: ...
+    def on_memory_fault(self, access: str, gpa: int) -> bool: ...
+    def on_apic_read(self, offset: int, size: int) -> int: ...
+    def on_apic_write(self, offset: int, size: int, value: int) -> None: ...
+    def hook_failed(self, exc: BaseException, tb: str) -> None: ...
+
+
+class EngineError:
+    """Why ``emu_start`` failed: Unicorn's message, and whether it was a memory access
+    the EPT does not allow (a fault hook declined it)."""
+
+    __slots__ = ("message", "memory")
+
+    def __init__(self, message: str, memory: bool) -> None:
+        self.message = message
+        self.memory = memory
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def uc_perms(perms: int) -> int:
+    """EPT R/W/X bits (0/1/2) -> Unicorn protection bits."""
+    return (UC_PROT_READ if perms & 1 else 0) | (UC_PROT_WRITE if perms & 2 else 0) | \
+        (UC_PROT_EXEC if perms & 4 else 0)
 
 
 class EngineCpu:
@@ -21,7 +98,82 @@ class EngineCpu:
         self.regs = RegisterFile(self.uc)
         self.counter = ucx.InstructionCounter(self.uc)
         self._batches: dict[tuple[int, ...], RegisterBatch] = {}
+        self._events: EngineEvents | None = None
 
+    # -- events ------------------------------------------------------------------------------
+    def _guard(self, fn: Callable, default):
+        """A callback that never lets an exception into the binding."""
+        @functools.wraps(fn)
+        def hook(*args):
+            try:
+                return fn(*args)
+            except Exception as e:  # noqa: BLE001 - reported, never lost
+                assert self._events is not None
+                self._events.hook_failed(e, traceback.format_exc())
+                self.uc.emu_stop()
+                return default
+        return hook
+
+    def connect(self, events: EngineEvents, apic_base: int, apic_size: int) -> None:
+        """Route the engine's hooks to ``events``; map the xAPIC page as MMIO."""
+        self._events = events
+        g = self._guard
+        uc = self.uc
+
+        def cpuid(_uc, _ud) -> int:
+            events.on_cpuid()
+            return 1  # the hook has set the result registers
+
+        def port_in(_uc, port, size, _ud) -> int:
+            return events.on_in(port, size)
+
+        def port_out(_uc, port, size, value, _ud) -> None:
+            events.on_out(port, size, value)
+
+        def interrupt(_uc, intno, _ud) -> None:
+            events.on_interrupt(intno)
+
+        def invalid(_uc, _ud) -> bool:
+            events.on_invalid_opcode()
+            return True  # handled: the engine goes on at the RIP the vCPU left
+
+        def fault(_uc, access, gpa, _size, _value, _ud) -> bool:
+            return events.on_memory_fault(_FAULT_KIND.get(access, "read"), gpa)
+
+        def apic_read(_uc, offset, size, _ud) -> int:
+            return events.on_apic_read(offset, size)
+
+        def apic_write(_uc, offset, size, value, _ud) -> None:
+            events.on_apic_write(offset, size, value)
+
+        hooks.add_cpuid_hook(uc, g(cpuid, 1))
+        hooks.add_in_hook(uc, g(port_in, 0))
+        hooks.add_out_hook(uc, g(port_out, None))
+        uc.hook_add(UC_HOOK_INTR, g(interrupt, None))
+        uc.hook_add(UC_HOOK_INSN_INVALID, g(invalid, True))
+        uc.hook_add(_FAULT_HOOKS, g(fault, False))
+        uc.mmio_map(apic_base, apic_size, g(apic_read, 0), None, g(apic_write, None), None)
+
+    def add_code_site(self, address: int, callback: Callable[[int, int], None]) -> None:
+        """Call ``callback(address, instruction_size)`` before the instruction at ``address``
+        (a per-address code hook: RDMSR/WRMSR/PAUSE, which Unicorn cannot hook otherwise)."""
+        hooks.add_code_hook(self.uc, self._guard(lambda _uc, addr, size, _ud: callback(addr, size), None),
+                            address, address)
+
+    # -- running -------------------------------------------------------------------------------
+    def run(self, begin: int, count: int) -> EngineError | None:
+        """Execute from ``begin`` for at most ``count`` instructions (or until stopped)."""
+        try:
+            self.uc.emu_start(begin, 0, count=count)
+        except UcError as e:
+            return EngineError(str(e), e.errno in _MEM_ERRORS)
+        return None
+
+    def stop(self) -> None:
+        """Make a running engine return from emu_start at the next instruction boundary."""
+        self.uc.emu_stop()
+
+    # -- registers -----------------------------------------------------------------------------
     def batch(self, reg_ids: tuple[int, ...]) -> RegisterBatch:
         """A register batch on this engine (built once per register list)."""
         b = self._batches.get(reg_ids)
@@ -29,6 +181,74 @@ class EngineCpu:
             b = self._batches[reg_ids] = RegisterBatch(self.uc, reg_ids)
         return b
 
-    def stop(self) -> None:
-        """Make a running engine return from emu_start at the next instruction boundary."""
-        self.uc.emu_stop()
+    def batch_of(self, names: tuple[str, ...]) -> RegisterBatch:
+        """A batch of named 64-bit registers (``batch_of(("rax", "rcx")).read()``)."""
+        return self.batch(tuple(_BATCH_IDS[n] for n in names))
+
+    def read(self, name: str) -> int:
+        """A register by name ("rax", "rip", "cr3", "efer", ... or a capstone name such as
+        "eax", read as its 64-bit register)."""
+        if name == "efer":
+            return ucx.read_efer(self.uc)
+        reg = REG_IDS.get(name)
+        if reg is None:
+            reg = getattr(X, f"UC_X86_REG_{name.upper()}", None)
+            if reg is None:
+                return 0
+        return self.uc.reg_read(reg)
+
+    def write(self, name: str, value: int) -> None:
+        if name == "efer":
+            self.uc.msr_write(IA32_EFER, value)
+        else:
+            self.uc.reg_write(REG_IDS[name], value)
+
+    def rip(self) -> int:
+        return self.regs.read(_RIP)
+
+    def rflags(self) -> int:
+        return self.regs.read(_RFLAGS)
+
+    def set_rip(self, value: int) -> None:
+        self.uc.reg_write(_RIP, value)
+
+    def segments(self) -> dict[str, Segment]:
+        return ucx.read_segments(self.uc)
+
+    def set_segments(self, segs: dict[str, Segment]) -> None:
+        ucx.write_segments(self.uc, segs)
+
+    def table(self, name: str) -> tuple[int, int]:
+        """GDTR or IDTR as (base, limit)."""
+        _sel, base, limit, _flags = self.uc.reg_read(_TABLES[name])
+        return base, limit
+
+    def set_table(self, name: str, base: int, limit: int) -> None:
+        self.uc.reg_write(_TABLES[name], (0, base, limit, 0))
+
+    def cpl(self) -> int:
+        return ucx.current_cpl(self.uc)
+
+    def set_control_registers(self, cr0: int, cr3: int, cr4: int, efer: int) -> None:
+        ucx.set_control_registers(self.uc, cr0, cr3, cr4, efer)
+
+    def load_reset_state(self) -> None:
+        """The state after RESET/INIT (SDM Table 9-1)."""
+        ucx.load_reset_state(self.uc)
+
+    def take_exception_error_code(self) -> int:
+        """The error code of the exception being reported, clearing Unicorn's sticky
+        pending-exception state (see engine/ucx.reset_pending_exception)."""
+        return ucx.reset_pending_exception(self.uc)
+
+    # -- memory views (hvdbg.platform.memory.EngineMapping) -------------------------------------
+    def map_ram(self, gpa: int, size: int, perms: int, host_pointer: int) -> None:
+        self.uc.mem_map_ptr(gpa, size, uc_perms(perms), host_pointer)
+
+    def protect_ram(self, gpa: int, size: int, perms: int) -> None:
+        self.uc.mem_protect(gpa, size, uc_perms(perms))
+        self.uc.ctl_flush_tlb()
+
+    def flush_code(self, begin: int, end: int) -> None:
+        """Drop translated code of [begin, end) (after code bytes changed)."""
+        self.uc.ctl_remove_cache(begin, end)

@@ -62,26 +62,11 @@ CR0_PG = 1 << 31
 CR4_PAE = 1 << 5
 
 
+from hvdbg.arch.segments import Segment  # noqa: E402
+
+
 class UnicornLayoutError(RuntimeError):
     """The installed Unicorn does not have the internal layout hvdbg was verified against."""
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A segment register with its hidden part, VMX style (SDM 25.4.1).
-
-    ``access_rights`` uses the VMCS access-rights format: type 3:0, S 4, DPL 6:5, P 7,
-    AVL 12, L 13, D/B 14, G 15, unusable 16.  ``limit`` is the byte-granular limit.
-    """
-
-    selector: int
-    base: int
-    limit: int
-    access_rights: int
-
-    @property
-    def unusable(self) -> bool:
-        return bool(self.access_rights & (1 << 16))
 
 
 def ar_to_qemu_flags(ar: int) -> int:

@@ -9,8 +9,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import capstone
-
 from hvdbg.platform import multiboot
 from hvdbg.platform.multiboot import image_scan
 from hvdbg.vmx.bitmaps import IoBitmaps, MsrBitmap
@@ -25,11 +23,13 @@ from hvdbg.platform.devices.debug_exit import DEBUG_EXIT_PORT
 from hvdbg.platform.devices.uart_loopback import Uart16550Loopback
 from hvdbg.platform.devices.vga import CRTC_INDEX, VgaCrtc
 from hvdbg.errors import GuestLoadError
+from hvdbg.platform.apic import ApicBus
 from hvdbg.platform.memory import GuestMemory
 from hvdbg.platform.multiboot.memmap import LOW_MEMORY_END
 from hvdbg.platform.symbols import SymbolTable
 from hvdbg.hv.trace import ExitTrace
-from hvdbg.hv.vcpu import Activity, Vcpu, flat_segments_32
+from hvdbg.arch.segments import flat_segments_32
+from hvdbg.hv.vcpu import Vcpu
 from hvdbg.hv.vmm import Vmm, vmm_keeps_msr
 
 # MSRs whose MSR-bitmap bits are set: those the VMM emulates (TSC, APIC base, MISC_ENABLE,
@@ -85,16 +85,18 @@ class Machine:
         self.io_bitmaps.set(config["vmx.io_passthrough"], exiting=False)
         self.msr_bitmap = MsrBitmap(self.memory.host, self.memory.alloc_page)   # the VMM's MSRs exit
         self.msr_bitmap.set(VMM_MSRS, exiting=True)
+        self.apic_bus = ApicBus()
         self.vcpus: list[Vcpu] = []
         for i in range(n):
             cpuid_id = 0 if config["cpuid.apic_ids"] == "same" else self.apic_ids[i]
             cpuid = CpuidModel(apic_id=cpuid_id, vcpu_count=n, x2apic=config["cpuid.x2apic"])
             v = Vcpu(i, self.apic_ids[i], self.memory, self.vmm, cpuid, bsp=(i == 0),
-                     x2apic=config["cpuid.x2apic"], send_ipi=self.vmm.send_ipi, msr_sites=msr_sites)
+                     x2apic=config["cpuid.x2apic"], send_ipi=self.apic_bus.send, msr_sites=msr_sites)
             v.io_bitmaps = self.io_bitmaps
             v.msr_bitmap = self.msr_bitmap
             v.vmcs.write("EXCEPTION_BITMAP", config["vmx.exception_bitmap"])
             v.vmcs.update(self._vmx_controls(config))
+            self.apic_bus.attach(v)
             self.vcpus.append(v)
         self._enter_multiboot(self.vcpus[0])
 
@@ -102,7 +104,7 @@ class Machine:
     def _vmx_controls(self, config: VmConfig) -> dict[str, int]:
         """The VM-execution, exit and entry controls of what the model does (SDM 25.6-25.8):
         HLT and all I/O exit, EPT and APIC-access exits, EFER saved/loaded."""
-        from hvdbg.platform.apic import XAPIC_BASE
+        from hvdbg.arch.apic import XAPIC_BASE
         from hvdbg.vmx.controls import (PIN_BASED, PRIMARY_PROCESSOR_BASED, SECONDARY_PROCESSOR_BASED,
                                         VM_ENTRY, VM_EXIT)
         secondary = SECONDARY_PROCESSOR_BASED.mask("VIRTUALIZE_APIC_ACCESSES", "ENABLE_EPT")
@@ -219,8 +221,8 @@ class Machine:
             "apic_id": v.apic_id,
             "cpuid_apic_id": v.cpuid.apic_id,
             "state": v.activity.label,
-            "rip": v.uc.reg_read(capstone_x86_rip()),
-            "symbol": self.symbols.symbolize(v.uc.reg_read(capstone_x86_rip())),
+            "rip": v.engine.rip(),
+            "symbol": self.symbols.symbolize(v.engine.rip()),
             "started_by_sipi": v.started_by_sipi,
             "instructions": v.instructions,
             "idle_ticks": v.idle_ticks,
@@ -229,11 +231,3 @@ class Machine:
             "interrupts_enabled": v.interrupts_enabled(),
             "pcpu": v.pcpu,
         }
-
-
-def capstone_x86_rip() -> int:
-    from unicorn import x86_const
-    return x86_const.UC_X86_REG_RIP
-
-
-_ = (capstone, Activity)

@@ -13,18 +13,16 @@ from __future__ import annotations
 
 from typing import Callable, Protocol
 
-from unicorn import x86_const as X
-
-from hvdbg.engine import ucx
-from hvdbg.platform.apic import (APIC_BASE_EXTD, IA32_APIC_BASE_MSR, X2APIC_MSR_BASE, X2APIC_MSR_END,
-                        DeliveryMode, IcrCommand, Reg, Shorthand)
+from hvdbg.arch.apic import APIC_BASE_EXTD, IA32_APIC_BASE_MSR, X2APIC_MSR_BASE, X2APIC_MSR_END, Reg
 from hvdbg.platform.devices.bus import IoBus
 from hvdbg.platform.devices.debug_exit import DEBUG_EXIT_PORT
 from hvdbg.arch.events import hardware_exception
 from hvdbg.vmx.exits import ExitReason
 from hvdbg.hv.trace import ExitTrace
 from hvdbg.hv.exit import ApicAccess, ExceptionExit, ExitDecision, ExitInfo, MsrAccess
-from hvdbg.hv.vcpu import Activity, Vcpu, real_mode_segments
+from hvdbg.arch.segments import real_mode_segments
+from hvdbg.hv import activity as act
+from hvdbg.hv.vcpu import Vcpu
 
 HYPERCALL_PING = 0
 HYPERCALL_EXIT = 1
@@ -35,8 +33,8 @@ IA32_TSC = 0x10
 IA32_MISC_ENABLE = 0x1A0
 IA32_TSC_DEADLINE = 0x6E0
 IA32_PAT = 0x277
-_CPUID_IN = (X.UC_X86_REG_RAX, X.UC_X86_REG_RCX)
-_CPUID_OUT = (X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX)
+_CPUID_IN = ("rax", "rcx")
+_CPUID_OUT = ("rax", "rbx", "rcx", "rdx")
 VMM_MSRS = frozenset({IA32_APIC_BASE_MSR, IA32_TSC, IA32_MISC_ENABLE, IA32_TSC_DEADLINE, IA32_PAT})
 
 
@@ -121,13 +119,13 @@ class Vmm:
 
     # -- CPUID (exit reason 10) -----------------------------------------------------------
     def _cpuid(self, vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
-        rax, rcx = vcpu.batch(_CPUID_IN).read()
+        rax, rcx = vcpu.engine.batch_of(_CPUID_IN).read()
         leaf = rax & 0xFFFFFFFF
         sub = rcx & 0xFFFFFFFF
         eax, ebx, ecx, edx = vcpu.cpuid.query(leaf, sub)
         if leaf == 1 and not (vcpu.apic.base_msr & (1 << 11)):
             edx &= ~(1 << 9)  # APIC globally disabled: CPUID.1:EDX.APIC = 0 (SDM 11.4.3)
-        vcpu.batch(_CPUID_OUT).write((eax, ebx, ecx, edx))
+        vcpu.engine.batch_of(_CPUID_OUT).write((eax, ebx, ecx, edx))
         exit.detail = f"leaf {leaf:#x}.{sub:#x}"
         return ExitDecision.RESUME
 
@@ -178,7 +176,7 @@ class Vmm:
         insns = vcpu.decode(exit.rip, 1)
         if insns:
             exit.instruction_length = insns[0].size
-            vcpu.uc.reg_write(X.UC_X86_REG_RIP, exit.rip + insns[0].size)
+            vcpu.engine.set_rip(exit.rip + insns[0].size)
 
     # -- RDMSR / WRMSR (exit reasons 31, 32) ------------------------------------------------
     def _msr_read(self, vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
@@ -222,7 +220,7 @@ class Vmm:
         exit.detail += f": #GP injected ({why})"
         vcpu.pending_event = hardware_exception(13, 0)
         vcpu.pending_event_rip = exit.rip
-        vcpu.uc.reg_write(X.UC_X86_REG_RIP, exit.rip)
+        vcpu.engine.set_rip(exit.rip)
         return ExitDecision.FAULT
 
     # -- HLT (exit reason 12) ---------------------------------------------------------------
@@ -230,7 +228,7 @@ class Vmm:
         if vcpu.interrupts_enabled() and vcpu.apic.has_pending():
             exit.detail = "interrupt already pending: not halting"
             return ExitDecision.LEAVE
-        vcpu.activity = Activity.HLT
+        act.halt(vcpu)
         exit.detail = "IF=1, waiting for an interrupt" if vcpu.interrupts_enabled() else "IF=0: halted for good unless NMI/INIT/SIPI"
         return ExitDecision.LEAVE
 
@@ -249,18 +247,18 @@ class Vmm:
 
     # -- VMCALL (exit reason 18) -------------------------------------------------------------
     def _vmcall(self, vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
-        uc = vcpu.uc
-        nr = uc.reg_read(X.UC_X86_REG_RAX)
+        e = vcpu.engine
+        nr = e.read("rax")
         if nr == HYPERCALL_PING:
-            uc.reg_write(X.UC_X86_REG_RAX, HYPERCALL_MAGIC)
+            e.write("rax", HYPERCALL_MAGIC)
             exit.detail = "hypercall ping"
             return ExitDecision.RESUME
         if nr == HYPERCALL_EXIT:
-            status = uc.reg_read(X.UC_X86_REG_RBX)
+            status = e.read("rbx")
             exit.detail = f"hypercall exit({status})"
             self.life.end("exited", status=status, detail=f"vCPU {vcpu.index} called the exit hypercall")
             return ExitDecision.LEAVE
-        uc.reg_write(X.UC_X86_REG_RAX, 0xFFFFFFFFFFFFFFFF)
+        e.write("rax", 0xFFFFFFFFFFFFFFFF)
         exit.detail = f"unknown hypercall {nr:#x}"
         return ExitDecision.RESUME
 
@@ -278,9 +276,9 @@ class Vmm:
     # -- INIT and SIPI (exit reasons 3 and 4, SDM 26.2 / 9.4) ---------------------------------
     def _init_signal(self, vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
         """INIT (SDM 9.1.1, Table 9-1): the processor state after INIT, then wait-for-SIPI."""
-        ucx.load_reset_state(vcpu.uc)
+        vcpu.engine.load_reset_state()
         vcpu.apic.reset()
-        vcpu.activity = Activity.WAIT_FOR_SIPI
+        act.enter_wait_for_sipi(vcpu)
         vcpu.pending_event = None
         exit.detail = "INIT: vCPU reset, now waiting for SIPI"
         return ExitDecision.LEAVE
@@ -297,55 +295,17 @@ class Vmm:
         exit.detail = f"SIPI vector {vector:#04x}: real mode at CS:IP {vector << 8:#06x}:0000 (base {base:#x})"
         return ExitDecision.RESUME
 
-    # -- IPI routing (the APIC bus) ----------------------------------------------------------
-    def send_ipi(self, source, cmd: IcrCommand) -> None:
-        """Deliver an ICR command to its destinations (SDM 11.6.2)."""
-        src_vcpu = next((v for v in self.life.vcpus if v.apic is source), None)
-        targets = []
-        for v in self.life.vcpus:
-            if cmd.shorthand == Shorthand.SELF:
-                ok = v.apic is source
-            elif cmd.shorthand == Shorthand.ALL_INCLUDING_SELF:
-                ok = True
-            elif cmd.shorthand == Shorthand.ALL_EXCLUDING_SELF:
-                ok = v.apic is not source
-            elif cmd.logical:
-                ok = bool(v.apic.read(Reg.LDR) >> 24 & cmd.destination & 0xFF)
-            else:
-                ok = v.apic.apic_id == cmd.destination or (cmd.destination == (0xFFFFFFFF if cmd.x2apic else 0xFF))
-            if ok:
-                targets.append(v)
-        if src_vcpu is not None:
-            src_vcpu.ipi_log.append((cmd, [t.index for t in targets]))
-        for t in targets:
-            if cmd.delivery_mode == DeliveryMode.INIT:
-                if cmd.trigger_level and not cmd.level_assert:
-                    continue  # INIT level de-assert: no effect on modern processors
-                t.pending_init = True
-                t.kick()
-            elif cmd.delivery_mode == DeliveryMode.STARTUP:
-                t.pending_sipi = cmd.vector
-                t.kick()
-            elif cmd.delivery_mode == DeliveryMode.NMI:
-                t.apic.accept_nmi()
-            elif cmd.delivery_mode in (DeliveryMode.FIXED, DeliveryMode.LOWEST_PRIORITY):
-                t.apic.accept(cmd.vector)
-
     def take_signals(self, vcpu: Vcpu) -> bool:
         """INIT / SIPI delivered to ``vcpu`` become its INIT-signal and SIPI exits, taken
         on its own executor (the target of an IPI sees the exit, SDM 26.2).  Returns True
         when an exit asked the vCPU to leave (e.g. a break on that exit reason)."""
         leave = False
-        if vcpu.pending_init:
-            vcpu.pending_init = False
-            vcpu.vm_exit(ExitInfo(ExitReason.INIT_SIGNAL, rip=vcpu.uc.reg_read(X.UC_X86_REG_RIP)))
+        if act.take_init(vcpu):
+            vcpu.vm_exit(ExitInfo(ExitReason.INIT_SIGNAL, rip=vcpu.engine.rip()))
             leave |= int(ExitReason.INIT_SIGNAL) in self.exit_breakpoints
-        if vcpu.pending_sipi is not None:
-            vector = vcpu.pending_sipi
-            vcpu.pending_sipi = None
-            if vcpu.activity == Activity.WAIT_FOR_SIPI:
-                leave |= not vcpu.vm_exit(ExitInfo(ExitReason.SIPI, qualification=vector,
-                                                   rip=vcpu.uc.reg_read(X.UC_X86_REG_RIP)))
+        vector = act.take_sipi(vcpu)
+        if vector is not None:
+            leave |= not vcpu.vm_exit(ExitInfo(ExitReason.SIPI, qualification=vector, rip=vcpu.engine.rip()))
         return leave
 
 

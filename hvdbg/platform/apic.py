@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Callable
+from typing import Callable, Protocol
 
 from hvdbg.arch.apic import (APIC_BASE_BSP, APIC_BASE_EN, APIC_BASE_EXTD, IA32_APIC_BASE_MSR, LVT_MASKED,
                               SHORTHAND_TEXT, TIMER_MODES, X2APIC_MSR_BASE, X2APIC_MSR_END, XAPIC_BASE,
@@ -23,15 +23,6 @@ from hvdbg.arch.apic import (APIC_BASE_BSP, APIC_BASE_EN, APIC_BASE_EXTD, IA32_A
 
 # Divide configuration register (SDM Figure 11-10): bits 3,1,0 -> divisor
 _DIVIDE = {0b000: 2, 0b001: 4, 0b010: 8, 0b011: 16, 0b100: 32, 0b101: 64, 0b110: 128, 0b111: 1}
-
-
-def encode_icr(vector: int = 0, delivery_mode: int = 0, destination: int = 0, *, logical: bool = False,
-               level_assert: bool = True, trigger_level: bool = False,
-               shorthand: Shorthand = Shorthand.NONE, x2apic: bool = False) -> int:
-    low = (vector & 0xFF) | (delivery_mode & 7) << 8 | logical << 11 | level_assert << 14 \
-        | trigger_level << 15 | int(shorthand) << 18
-    high = destination & 0xFFFFFFFF if x2apic else (destination & 0xFF) << 24
-    return high << 32 | low
 
 
 class LocalApic:
@@ -250,3 +241,66 @@ class LocalApic:
 
     def timer_mode(self) -> str:
         return TIMER_MODES.get((self.regs[Reg.LVT_TIMER] >> 17) & 3, "reserved")
+
+
+class ApicBusTarget(Protocol):
+    """A processor on the APIC bus: its local APIC, and how INIT and start-up IPIs reach
+    the processor itself (they are not interrupts: SDM 11.6.1, 9.4)."""
+
+    index: int
+    apic: LocalApic
+    ipi_log: list
+
+    def on_init_ipi(self) -> None: ...
+
+    def on_startup_ipi(self, vector: int) -> None: ...
+
+
+class ApicBus:
+    """The bus between the local APICs of one machine (QEMU's apic_deliver /
+    apic_bus_deliver role): decodes an ICR command's destination (SDM 11.6.2: shorthand,
+    physical APIC ID or broadcast, logical flat model) and delivers it by delivery mode.
+    Fixed and lowest-priority interrupts and NMIs go to the target's APIC; INIT and
+    SIPI to the processor.  Each sent command is logged at its source with its targets."""
+
+    def __init__(self) -> None:
+        self.targets: list[ApicBusTarget] = []
+
+    def attach(self, target: ApicBusTarget) -> None:
+        self.targets.append(target)
+
+    def destinations(self, source: LocalApic, cmd: IcrCommand) -> list[ApicBusTarget]:
+        out = []
+        for t in self.targets:
+            if cmd.shorthand == Shorthand.SELF:
+                ok = t.apic is source
+            elif cmd.shorthand == Shorthand.ALL_INCLUDING_SELF:
+                ok = True
+            elif cmd.shorthand == Shorthand.ALL_EXCLUDING_SELF:
+                ok = t.apic is not source
+            elif cmd.logical:
+                ok = bool(t.apic.read(Reg.LDR) >> 24 & cmd.destination & 0xFF)
+            else:
+                ok = t.apic.apic_id == cmd.destination or (cmd.destination == (0xFFFFFFFF if cmd.x2apic else 0xFF))
+            if ok:
+                out.append(t)
+        return out
+
+    def send(self, source: LocalApic, cmd: IcrCommand) -> None:
+        """Deliver an ICR command (the ``send_ipi`` callback of every LocalApic)."""
+        targets = self.destinations(source, cmd)
+        sender = next((t for t in self.targets if t.apic is source), None)
+        if sender is not None:
+            sender.ipi_log.append((cmd, [t.index for t in targets]))
+        for t in targets:
+            mode = cmd.delivery_mode
+            if mode == DeliveryMode.INIT:
+                if cmd.trigger_level and not cmd.level_assert:
+                    continue  # INIT level de-assert: no effect on modern processors
+                t.on_init_ipi()
+            elif mode == DeliveryMode.STARTUP:
+                t.on_startup_ipi(cmd.vector)
+            elif mode == DeliveryMode.NMI:
+                t.apic.accept_nmi()
+            elif mode in (DeliveryMode.FIXED, DeliveryMode.LOWEST_PRIORITY):
+                t.apic.accept(cmd.vector)

@@ -18,13 +18,22 @@ import mmap
 import threading
 from dataclasses import dataclass
 
-from unicorn import UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE, Uc
+from typing import Protocol
 
 from hvdbg.vmx.ept import Ept, EptPerm, EptRange, MemType
 from hvdbg.errors import GuestMemoryError
 
 PAGE = 0x1000
 MiB = 1 << 20
+
+
+class EngineMapping(Protocol):
+    """An execution engine's view of guest-physical memory (hvdbg.engine.cpu.EngineCpu),
+    kept equal to what the EPT maps.  ``perms`` are EPT R/W/X bits."""
+
+    def map_ram(self, gpa: int, size: int, perms: int, host_pointer: int) -> None: ...
+    def protect_ram(self, gpa: int, size: int, perms: int) -> None: ...
+    def flush_code(self, begin: int, end: int) -> None: ...
 
 
 @dataclass
@@ -101,13 +110,6 @@ class PageAllocator:
         return page
 
 
-_UC_PERMS = {EptPerm.R: UC_PROT_READ, EptPerm.W: UC_PROT_WRITE, EptPerm.X: UC_PROT_EXEC}
-
-
-def _uc_perms(perms: int) -> int:
-    return sum(v for k, v in _UC_PERMS.items() if perms & k)
-
-
 class GuestMemory:
     """Guest-physical memory of one VM (implements PhysicalMemory for GPAs)."""
 
@@ -123,7 +125,7 @@ class GuestMemory:
         self.alloc_page = PageAllocator(self.host, pool_hpa, self.POOL_SIZE)
         self.ept = Ept(self.host, self.alloc_page)
         self.ept.map(0, gpa_hpa_offset, ram_size, EptPerm.RWX, MemType.WB)
-        self._engines: list[Uc] = []
+        self._engines: list[EngineMapping] = []
         self._runs: list[EptRange] = []
         self._run_starts: list[int] = []
         self._lock = threading.Lock()
@@ -168,26 +170,25 @@ class GuestMemory:
     def flush_code(self, gpa: int, size: int) -> None:
         """Drop translated code covering a range from every engine (after the VMM or a
         debugger changed code bytes).  Call only while the vCPUs are stopped."""
-        for uc in self._engines:
-            uc.ctl_remove_cache(gpa, gpa + size)
+        for engine in self._engines:
+            engine.flush_code(gpa, gpa + size)
 
     def is_mapped(self, gpa: int) -> bool:
         return self.translate(gpa) is not None
 
-    # -- Unicorn engines --------------------------------------------------------------
-    def attach(self, uc: Uc) -> None:
+    # -- engines ----------------------------------------------------------------------
+    def attach(self, engine: "EngineMapping") -> None:
         """Give an engine the EPT's mappings (one shared host buffer, SDM 29.3 semantics:
         what the EPT does not map, the engine does not map)."""
         for r in self._runs:
             size = r.gpa_end - r.gpa_start
-            uc.mem_map_ptr(r.gpa_start, size, _uc_perms(r.perms), self.host.pointer(r.hpa_start, size))
-        self._engines.append(uc)
+            engine.map_ram(r.gpa_start, size, int(r.perms), self.host.pointer(r.hpa_start, size))
+        self._engines.append(engine)
 
     def protect(self, gpa: int, size: int, perms: EptPerm) -> None:
         """Change EPT permissions and every engine's view of them (an INVEPT)."""
         with self._lock:
             self.ept.protect(gpa, size, perms)
             self._refresh_runs()
-            for uc in self._engines:
-                uc.mem_protect(gpa, size, _uc_perms(perms))
-                uc.ctl_flush_tlb()
+            for engine in self._engines:
+                engine.protect_ram(gpa, size, int(perms))
