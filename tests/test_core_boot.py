@@ -9,19 +9,7 @@ import sys
 
 import pytest
 
-from hvdbg.api import diagnosis
-from hvdbg.config import load_config
-from hvdbg.run.executors import make_executor
-from hvdbg.hv.machine import Machine
-
-
-def boot(config_path, **overrides):
-    cfg = load_config(config_path)
-    for k, v in overrides.items():
-        cfg.set(k, v)
-    vm = Machine(cfg)
-    make_executor(vm).run()
-    return vm, diagnosis.result(vm, 0.0)
+from helpers import boot
 
 
 def test_hello_multiboot1(make_config):

@@ -8,10 +8,8 @@ import struct
 
 import pytest
 
-from hvdbg.api import diagnosis
+from helpers import boot
 from hvdbg.config import config_from_dict
-from hvdbg.run.executors import make_executor
-from hvdbg.hv.machine import Machine
 
 LOAD = 0x100000
 
@@ -30,18 +28,12 @@ def run_image(tmp_path, image: bytes, **cfg):
     k.write_bytes(image)
     data = {"kernel": str(k), "memory": "16M", "budget": {"instructions": 2_000_000, "seconds": 30}}
     data.update(cfg)
-    vm = Machine(config_from_dict(data))
-    make_executor(vm).run()
-    return vm, diagnosis.result(vm, 0)
+    return boot(config_from_dict(data))
 
 
 def test_header_magic_hang(make_config):
     cfg = config_from_dict({"kernel": str(make_config().parent / "x")} | {})  # noqa: F841 (shape check)
-    from hvdbg.config import load_config
-    c = load_config(make_config(vcpus=2, **{"loader.magic": "header"}))
-    vm = Machine(c)
-    make_executor(vm).run()
-    res = diagnosis.result(vm, 0)
+    vm, res = boot(make_config(vcpus=2, **{"loader.magic": "header"}))
     assert res["outcome"] == "hang"
     text = " ".join(res["diagnosis"])
     assert "bad_magic_halt" in text or "_start" in text
@@ -49,10 +41,7 @@ def test_header_magic_hang(make_config):
 
 
 def test_ept_violation_past_ram(make_config):
-    from hvdbg.config import load_config
-    vm = Machine(load_config(make_config(vcpus=2, memory="16M", cmdline="work_mib=32")))
-    make_executor(vm).run()
-    res = diagnosis.result(vm, 0)
+    vm, res = boot(make_config(vcpus=2, memory="16M", cmdline="work_mib=32"))
     assert res["outcome"] == "ept_violation"
     ex = vm.vcpus[0].last_exit
     assert ex.guest_physical == 0x1000000
@@ -63,17 +52,12 @@ def test_ept_violation_past_ram(make_config):
 
 
 def test_missing_high_mapping_triple_faults_then_exits_on_pf(make_config):
-    from hvdbg.config import load_config
-    vm = Machine(load_config(make_config("smp-bug-pml4.elf", vcpus=1)))
-    make_executor(vm).run()
-    res = diagnosis.result(vm, 0)
+    vm, res = boot(make_config("smp-bug-pml4.elf", vcpus=1))
     assert res["outcome"] == "triple_fault"
     text = " ".join(res["diagnosis"])
     assert "PML4E" in text and "bit 14" in text
     # with #PF in the exception bitmap the #PF itself is the VM exit
-    vm2 = Machine(load_config(make_config("smp-bug-pml4.elf", vcpus=1, **{"vmx.exception_bitmap": 0x4000})))
-    make_executor(vm2).run()
-    res2 = diagnosis.result(vm2, 0)
+    vm2, res2 = boot(make_config("smp-bug-pml4.elf", vcpus=1, **{"vmx.exception_bitmap": 0x4000}))
     assert res2["outcome"] == "exception"
     ex = vm2.vcpus[0].last_exit
     assert ex.interruption_info & 0xFF == 14 and ex.interruption_info >> 31

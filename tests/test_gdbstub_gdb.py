@@ -10,6 +10,7 @@ import pytest
 pygdbmi = pytest.importorskip("pygdbmi.gdbcontroller")
 
 from gdbstub import GdbServer, ThreadSubsetTarget  # noqa: E402
+from helpers import GDB_TIMEOUT, Gdb, GdbError  # noqa: E402,F401  (Gdb: also used by test_shell, test_gdb_hvdbg)
 from gdbstub_fake_target import (  # noqa: E402
     LOAD_OFFSET,
     STORE_OFFSET,
@@ -22,82 +23,7 @@ from gdbstub_fake_target import (  # noqa: E402
 pytestmark = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb not installed")
 
 TIDS = (1, 2, 7)  # non-contiguous on purpose: GDB must use the stub's ids
-TIMEOUT = 20.0
-
-
-class GdbError(RuntimeError):
-    pass
-
-
-class Gdb:
-    """A GDB process spoken to over MI3; keeps every record it has read."""
-
-    def __init__(self) -> None:
-        self.ctl = pygdbmi.GdbController(
-            command=["gdb", "--nx", "--quiet", "--interpreter=mi3"],
-            time_to_check_for_additional_output_sec=0.02,
-        )
-        self.records: list[dict] = []
-        self._token = 100
-        self._stops_seen = 0
-
-    def close(self) -> None:
-        self.ctl.exit()
-
-    def _read_more(self, deadline: float) -> None:
-        if time.monotonic() > deadline:
-            raise TimeoutError("gdb did not answer in time")
-        self.records += self.ctl.get_gdb_response(timeout_sec=0.05, raise_error_on_timeout=False)
-
-    def mi(self, command: str, *, allow_error: bool = False) -> tuple[dict, list[dict]]:
-        """Run an MI command; return its result record and the records up to it."""
-        self._token += 1
-        token = self._token
-        start = len(self.records)
-        self.ctl.write(f"{token}{command}", read_response=False)
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            for i in range(start, len(self.records)):
-                rec = self.records[i]
-                if rec["type"] == "result" and rec.get("token") == token:
-                    if rec["message"] == "error" and not allow_error:
-                        raise GdbError(f"{command}: {rec['payload']}")
-                    return rec, self.records[start : i + 1]
-            self._read_more(deadline)
-
-    def console(self, command: str, *, allow_error: bool = False) -> str:
-        """Run a CLI command; return its console, target (monitor) and error output."""
-        quoted = command.replace("\\", "\\\\").replace('"', '\\"')
-        result, records = self.mi(f'-interpreter-exec console "{quoted}"', allow_error=allow_error)
-        text = "".join(
-            r["payload"] for r in records if r["type"] in ("console", "target") and r["payload"]
-        )
-        if result["message"] == "error":
-            text += result["payload"].get("msg", "")
-        return text
-
-    def wait_for_stop(self) -> dict:
-        """Payload of the next ``*stopped`` record not returned before."""
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            stops = [r for r in self.records if r["type"] == "notify" and r["message"] == "stopped"]
-            if len(stops) > self._stops_seen:
-                self._stops_seen += 1
-                return stops[self._stops_seen - 1]["payload"]
-            self._read_more(deadline)
-
-    def connect(self, port: int) -> dict:
-        self.mi(f"-target-select remote 127.0.0.1:{port}")
-        return self.wait_for_stop()
-
-    def current_target_id(self) -> str:
-        result, _ = self.mi("-thread-info")
-        current = result["payload"]["current-thread-id"]
-        return next(t["target-id"] for t in result["payload"]["threads"] if t["id"] == current)
-
-    def value(self, expression: str) -> int:
-        result, _ = self.mi(f'-data-evaluate-expression "(unsigned long)({expression})"')
-        return int(result["payload"]["value"])
+TIMEOUT = GDB_TIMEOUT
 
 
 @pytest.fixture

@@ -8,15 +8,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from fuzz.run_determinism import (  # noqa: E402
+from fuzz.run_determinism import (
     BUG_SCRIPTS,
     SMP_CONFIG,
     first_difference,
@@ -25,9 +20,9 @@ from fuzz.run_determinism import (  # noqa: E402
     run_script,
     smp_args,
 )
-from fuzz.common import hvdbg_command  # noqa: E402
+from fuzz.common import hvdbg_command
 from hvdbg.api import scenario
-from hvdbg.config import SCHED_POLICIES  # noqa: E402
+from hvdbg.config import SCHED_POLICIES
 
 VOLATILE = ("wall_seconds",)
 

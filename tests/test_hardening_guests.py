@@ -11,15 +11,10 @@ import random
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from fuzz.chaos import (  # noqa: E402
+from fuzz.chaos import (
     CLASSIFIED_OUTCOMES,
     GUEST_CORPUS,
     RECIPE_WEIGHTS,
@@ -29,7 +24,7 @@ from fuzz.chaos import (  # noqa: E402
     flat_kernel,
     run_guest,
 )
-from fuzz.known_bugs import GUEST_BUGS, explaining_bug  # noqa: E402
+from fuzz.known_bugs import GUEST_BUGS, explaining_bug
 
 RECIPES = sorted(RECIPE_WEIGHTS)
 

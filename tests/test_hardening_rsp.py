@@ -22,19 +22,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from gdbstub import GdbServer  # noqa: E402
-from gdbstub.packet import frame  # noqa: E402
-from gdbstub.target import ResumeAction, ResumeKind  # noqa: E402
-from gdbstub_fake_target import FakeMachine, code_base  # noqa: E402
+from gdbstub import GdbServer
+from gdbstub.packet import frame
+from gdbstub.target import ResumeAction, ResumeKind
+from gdbstub_fake_target import FakeMachine, code_base
 
-from fuzz.churn import BUSY, REFUSALS, RawDebugger, churn  # noqa: E402
-from fuzz.common import SEEDS, free_port_block, start_hvdbg_gdb, write_config  # noqa: E402
-from fuzz.known_bugs import KNOWN_BUGS, explaining_bug, known_bug_of  # noqa: E402
-from fuzz.rsp_gen import InputSource, hypothesis_inputs, load_seed_packets  # noqa: E402
-from fuzz.rsp_harness import RSP_CORPUS, FakeTargetStub, RspFuzzer, VmStub  # noqa: E402
+from fuzz.churn import BUSY, REFUSALS, RawDebugger, churn
+from fuzz.common import SEEDS, free_port_block, start_hvdbg_gdb, write_config
+from fuzz.known_bugs import KNOWN_BUGS, explaining_bug, known_bug_of
+from fuzz.rsp_gen import InputSource, hypothesis_inputs, load_seed_packets
+from fuzz.rsp_harness import RSP_CORPUS, FakeTargetStub, RspFuzzer, VmStub
 
 OPEN_BUGS = {b.key for b in KNOWN_BUGS}
 needs_gdb = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb not installed")

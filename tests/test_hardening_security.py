@@ -8,24 +8,19 @@ import os
 import random
 import secrets
 import socket
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from gdbstub import GdbServer
+from gdbstub.packet import frame
+from gdbstub_fake_target import FakeMachine
 
-from gdbstub import GdbServer  # noqa: E402
-from gdbstub.packet import frame  # noqa: E402
-from gdbstub_fake_target import FakeMachine  # noqa: E402
-
-from fuzz.churn import RawDebugger  # noqa: E402
-from fuzz.common import free_port_block, start_hvdbg_gdb, write_config  # noqa: E402
-from fuzz.rsp_harness import RspFuzzer, VmStub  # noqa: E402
-from hvdbg.ui.cli import build_parser  # noqa: E402
+from fuzz.churn import RawDebugger
+from fuzz.common import free_port_block, start_hvdbg_gdb, write_config
+from fuzz.rsp_harness import RspFuzzer, VmStub
+from hvdbg.ui.cli import build_parser
 
 LISTEN = "0A"  # TCP state in /proc/net/tcp
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from hvdbg.api import diagnosis
+from hvdbg import api
 from hvdbg.config import load_config
-from hvdbg.run.executors import DeterministicExecutor, make_executor
+from hvdbg.run.executors import Executor, make_executor
 from hvdbg.run.sched_bridge import WAITING_REASONS
 from hvdbg.hv.vcpu import Activity
 from hvdbg.hv.machine import Machine
@@ -24,18 +24,15 @@ LOCK_OK = re.compile(r"^lock ok counter (\d+) cpus (\d+) spins (\d+)$", re.M)
 ITERS = 60
 
 
-def machine(path, **overrides) -> tuple[Machine, DeterministicExecutor]:
-    cfg = load_config(path)
-    for k, v in overrides.items():
-        cfg.set(k, v)
-    vm = Machine(cfg)
+def machine(path, **overrides) -> tuple[Machine, Executor]:
+    """A machine of the config and its executor, not run yet."""
+    vm = Machine(api.make_config(path, **overrides))
     return vm, make_executor(vm)
 
 
-def run(path, **overrides) -> tuple[Machine, DeterministicExecutor, dict]:
-    vm, ex = machine(path, **overrides)
-    ex.run()
-    return vm, ex, diagnosis.result(vm, 0.0, ex.stats())
+def run(path, **overrides) -> tuple[Machine, Executor, dict]:
+    r = api.run(path, **overrides)
+    return r.machine, r.executor, r.result
 
 
 def lock_config(make_config, pcpus: int, policy: str, lock: str = "ticket", iters: int = ITERS):

@@ -5,20 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from hvdbg.api import diagnosis
-from hvdbg.config import load_config
-from hvdbg.run.executors import DeterministicExecutor, ThreadedSchedExecutor, make_executor
-from hvdbg.hv.machine import Machine
+from hvdbg import api
+from hvdbg.run.executors import DeterministicExecutor, ThreadedSchedExecutor
 
 
 def boot(path, **overrides):
-    cfg = load_config(path)
-    for k, v in overrides.items():
-        cfg.set(k, v)
-    vm = Machine(cfg)
-    ex = make_executor(vm)
-    ex.run()
-    return vm, ex, diagnosis.result(vm, 0.0, ex.stats() if hasattr(ex, "stats") else None)
+    """The machine, the executor that ran it, the result with scheduler statistics."""
+    r = api.run(path, **overrides)
+    return r.machine, r.executor, r.result
 
 
 @pytest.mark.parametrize("policy", ["pinned", "fifo", "rr", "cfs", "smp"])
@@ -43,9 +37,6 @@ def test_threaded_scheduler_with_2_pcpus(make_config, policy):
 
 def _loop_guest(tmp_path):
     """bench/guests/loop.S: every CPU (APs started by INIT-SIPI-SIPI) runs an ALU loop."""
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from bench.guest_image import build
     return build("alu", 5_000_000, tmp_path)
 
@@ -59,9 +50,7 @@ def test_cfs_shares_follow_weights(tmp_path, weights, expect):
     cfg = config_from_dict({"kernel": str(image.path), "vcpus": 4, "pcpus": 1, "sched": "cfs",
                             "deterministic": True, "weights": weights,
                             "budget": {"instructions": 12_000_000, "seconds": 120}})
-    vm = Machine(cfg)
-    ex = make_executor(vm)
-    ex.run()
+    vm, ex, res = boot(cfg)
     assert vm.ending.outcome == "budget"
     st = ex.stats()["vcpus"]
     runs = [st[i]["run"] for i in (1, 2, 3)]  # the APs: all of their run is the loop

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import struct
 
-from hvdbg.api import diagnosis
 from hvdbg.config import config_from_dict
-from hvdbg.run.executors import make_executor
 from hvdbg.run.loop import SPIN_PROBE
-from hvdbg.hv.machine import Machine
-from test_core_boot import boot   # load a config, apply overrides, run to the end
+from helpers import boot
 
 
 def test_smp_boot_with_spin_skip_matches_the_full_run(make_config):
@@ -58,11 +55,10 @@ def test_a_spinning_guest_is_still_a_hang(tmp_path):
     kernel.write_bytes(_flat_kernel(b"\xf3\x90\xeb\xfc"))
     results = []
     for skip in (False, True):
-        vm = Machine(config_from_dict({"kernel": str(kernel), "memory": "16M", "deterministic": True,
-                                       "spin_skip": skip,
-                                       "budget": {"instructions": 100_000_000, "seconds": 60}}))
-        make_executor(vm).run()
-        results.append((diagnosis.result(vm, 0), vm.vcpus[0]))
+        vm, res = boot(config_from_dict({"kernel": str(kernel), "memory": "16M", "deterministic": True,
+                                         "spin_skip": skip,
+                                         "budget": {"instructions": 100_000_000, "seconds": 60}}))
+        results.append((res, vm.vcpus[0]))
     (full, v_full), (skip, v_skip) = results
     assert full["outcome"] == skip["outcome"] == "hang"
     assert "spinning" in " ".join(skip["diagnosis"])
@@ -76,10 +72,8 @@ def test_progress_is_never_skipped(tmp_path):
     the run ends on the instruction budget as without spin_skip."""
     kernel = tmp_path / "count.bin"
     kernel.write_bytes(_flat_kernel(b"\x40\xf3\x90\xeb\xfb"))
-    vm = Machine(config_from_dict({"kernel": str(kernel), "memory": "16M", "deterministic": True,
-                                   "spin_skip": True, "budget": {"instructions": 3_000_000, "seconds": 60}}))
-    make_executor(vm).run()
-    res = diagnosis.result(vm, 0)
+    vm, res = boot(config_from_dict({"kernel": str(kernel), "memory": "16M", "deterministic": True,
+                                     "spin_skip": True, "budget": {"instructions": 3_000_000, "seconds": 60}}))
     assert res["outcome"] == "budget"
     assert vm.vcpus[0].spin_skipped == 0
 

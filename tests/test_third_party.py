@@ -27,15 +27,14 @@ from pathlib import Path
 
 import pytest
 
-from hvdbg.api import diagnosis
+from hvdbg import api
 from hvdbg.config import load_config
 from hvdbg.platform.devices import vga
 from hvdbg.platform.firmware import bda, coreboot
 from hvdbg.platform.devices.legacy import PIT_HZ, Cmos, Pit8254, SystemControlPortB
 from hvdbg.platform.devices.uart_loopback import Uart16550Loopback
-from hvdbg.run.executors import make_executor
 from hvdbg.platform.multiboot import image_scan
-from hvdbg.platform.physmem import RegionMemory
+from hvdbg.arch.physmem import RegionMemory
 from hvdbg.hv.machine import Machine
 from hvdbg.hv.vmm import vmm_keeps_msr
 
@@ -104,15 +103,8 @@ class HvdbgRun:
 
 def run_hvdbg(config: Path, prepare=None, **overrides) -> HvdbgRun:
     """Boot ``config`` in-process; ``prepare(vm)`` may change the machine before it runs."""
-    cfg = load_config(config)
-    for key, value in overrides.items():
-        cfg.set(key.replace("__", "."), value)
-    vm = Machine(cfg)
-    if prepare is not None:
-        prepare(vm)
-    start = time.monotonic()
-    make_executor(vm).run()
-    return HvdbgRun(vm, diagnosis.result(vm, time.monotonic() - start))
+    r = api.run(config, include_stats=False, prepare=prepare, **overrides)
+    return HvdbgRun(r.machine, r.result)
 
 
 @dataclass

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from hvdbg.vmx.bitmaps import IoBitmaps, MsrBitmap
-from hvdbg.platform.physmem import RegionMemory
-from test_core_boot import boot   # load a config, apply overrides, run to the end
+from hvdbg.arch.physmem import RegionMemory
+from helpers import boot
 
 
 def pages():

@@ -11,12 +11,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from hvdbg.api import diagnosis
 from hvdbg.config import VmConfig, load_config
 from hvdbg.hv.machine import Machine
-from hvdbg.run.executors import make_executor
+from hvdbg.run.executors import Executor, make_executor
 
 if TYPE_CHECKING:
     from hvdbg.debug.session import DebugSession
@@ -25,13 +25,15 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class RunResult:
     """The end of one run: the machine (for a closer look), the JSON object of
-    ``hvdbg run --json`` (see :func:`hvdbg.api.diagnosis.result`) and the executor's
-    scheduler statistics (None for the pinned executor, which has no scheduler)."""
+    ``hvdbg run --json`` (see :func:`hvdbg.api.diagnosis.result`), the executor's
+    scheduler statistics (None for the pinned executor, which has no scheduler) and the
+    executor that ran it."""
 
     machine: Machine
     result: dict[str, Any]
     stats: dict[str, Any] | None
     wall_seconds: float
+    executor: Executor
 
     @property
     def outcome(self) -> str:
@@ -55,13 +57,16 @@ def make_config(config: str | Path | VmConfig, **overrides: Any) -> VmConfig:
 
 
 def run(config: str | Path | VmConfig, *, include_stats: bool = True, stop_on_interrupt: bool = False,
-        **overrides: Any) -> RunResult:
+        prepare: Callable[[Machine], None] | None = None, **overrides: Any) -> RunResult:
     """Boot ``config`` to its end (exit, hang, fault, budget) and classify it.
 
     ``include_stats`` puts the scheduler statistics into ``result["sched"]`` as
     ``hvdbg run --json`` does; ``stop_on_interrupt`` ends the VM with outcome ``stopped``
-    on Ctrl-C instead of raising KeyboardInterrupt."""
+    on Ctrl-C instead of raising KeyboardInterrupt; ``prepare(machine)`` may change the
+    machine before it runs (a test device, a patched register)."""
     vm = Machine(make_config(config, **overrides))
+    if prepare is not None:
+        prepare(vm)
     executor = make_executor(vm)
     start = time.monotonic()
     try:
@@ -72,7 +77,8 @@ def run(config: str | Path | VmConfig, *, include_stats: bool = True, stop_on_in
         vm.end("stopped", detail="interrupted by the user")
     wall = time.monotonic() - start
     stats = executor.stats()
-    return RunResult(vm, diagnosis.result(vm, wall, stats if include_stats else None), stats, wall)
+    return RunResult(vm, diagnosis.result(vm, wall, stats if include_stats else None), stats, wall,
+                     executor)
 
 
 def open_debug(config: str | Path | VmConfig, *, start_paused: bool = True, **overrides: Any) -> DebugSession:
