@@ -13,10 +13,8 @@ from __future__ import annotations
 import errno
 import queue
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Mapping, Sequence
-
-from unicorn import x86_const as X
 
 from gdbstub import (ConsoleOutput, DetachOps, HwBreakpointOps, KillOps, MemoryAccessError,
                      MonitorOps, PhysicalMemoryOps, ResumeAction, ResumeKind, SingleStepFlagsOps,
@@ -24,100 +22,18 @@ from gdbstub import (ConsoleOutput, DetachOps, HwBreakpointOps, KillOps, MemoryA
                      ThreadInfo, WatchKind, WatchpointOps)
 from gdbstub.arch.x86_64 import X86_64
 from gdbstub.target import SIGTRAP
-from hvdbg.arch import paging
-from hvdbg.engine import ucx
-from hvdbg.debug.session import DebugSession, Stop, StopKind
-from hvdbg.errors import GuestMemoryError, HvdbgError
+from hvdbg.arch.control_rules import ControlState, control_state_problem
 from hvdbg.arch.events import GuestFault
-from hvdbg.engine.regs import RawRegisterBatch
+from hvdbg.arch.regs import AR_L, CR0_PG
+from hvdbg.debug.session import DebugSession, Stop, StopKind
+from hvdbg.engine import debug_hooks
+from hvdbg.errors import GuestMemoryError, HvdbgError
 from hvdbg.hv.vcpu import Vcpu
 
-_GPR = {n: getattr(X, f"UC_X86_REG_{n.upper()}") for n in
-        ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11",
-         "r12", "r13", "r14", "r15", "rip")}
-_SEG = {n: getattr(X, f"UC_X86_REG_{n.upper()}") for n in ("cs", "ss", "ds", "es", "fs", "gs")}
-_MISC = {"eflags": X.UC_X86_REG_EFLAGS, "fs_base": X.UC_X86_REG_FS_BASE, "gs_base": X.UC_X86_REG_GS_BASE,
-         "cr0": X.UC_X86_REG_CR0, "cr2": X.UC_X86_REG_CR2, "cr3": X.UC_X86_REG_CR3,
-         "cr4": X.UC_X86_REG_CR4, "cr8": X.UC_X86_REG_CR8, "mxcsr": X.UC_X86_REG_MXCSR,
-         "fctrl": X.UC_X86_REG_FPCW, "fstat": X.UC_X86_REG_FPSW, "ftag": X.UC_X86_REG_FPTAG}
-_MSR = {"efer": 0xC0000080, "k_gs_base": 0xC0000102}
-_X87 = {f"st{i}": getattr(X, f"UC_X86_REG_FP{i}") for i in range(8)}
-_XMM = {f"xmm{i}": getattr(X, f"UC_X86_REG_XMM{i}") for i in range(16)}
-# what a 'g' reads, as one batch: (name, Unicorn register); st*/xmm* stay bytes
-_G_LAYOUT = tuple({**_GPR, **_SEG, **_MISC, **_X87, **_XMM}.items())
-_G_BYTES = frozenset(_X87) | frozenset(_XMM)
+__all__ = ["VmTarget", "ControlState", "control_state_problem"]
+
 _WATCH = {WatchKind.WRITE: "write", WatchKind.READ: "read", WatchKind.ACCESS: "access"}
 _WATCH_BACK = {v: k for k, v in _WATCH.items()}
-
-# Architectural bits (SDM Vol. 3A 2.5 "Control Registers", 2.2.1 "Extended Feature Enable Register").
-_CR0_PE, _CR0_NW, _CR0_CD, _CR0_PG = 1 << 0, 1 << 29, 1 << 30, 1 << 31
-_CR4_RESERVED = 1 << 15 | ~((1 << 26) - 1)        # bit 15 and 63:26 (25:0 less 15 are defined)
-_EFER_SCE, _EFER_LME, _EFER_LMA, _EFER_NXE = 1 << 0, 1 << 8, 1 << 10, 1 << 11
-_EFER_DEFINED = _EFER_SCE | _EFER_LME | _EFER_LMA | _EFER_NXE   # the Intel 64 bits
-_CS_L = 1 << 13                                    # VMCS access-rights format
-
-
-@dataclass(frozen=True)
-class ControlState:
-    """What decides whether a register write is one the CPU could make."""
-
-    cr0: int
-    cr3: int
-    cr4: int
-    efer: int
-    rip: int
-    cs_long: bool   # CS.L
-
-    @property
-    def code64(self) -> bool:
-        return bool(self.efer & _EFER_LMA) and self.cs_long
-
-
-def control_state_problem(old: ControlState, new: ControlState) -> str | None:
-    """Why the CPU could not go from ``old`` to ``new`` by MOV to CR0/CR3/CR4, WRMSR to
-    IA32_EFER and a jump (they would raise #GP), or None. Only what changes is judged.
-
-    SDM Vol. 3A 2.5 and Vol. 2B MOV (control registers) / WRMSR: reserved bits of CR0
-    (63:32), CR4 and EFER; PG without PE; NW without CD; CR3 above MAXPHYADDR (above 32
-    bits outside IA-32e mode); PG with LME but without PAE; LME changed while paging is
-    on; PAE or PG cleared in IA-32e / 64-bit mode. EFER.LMA is read-only (it is LME & PG,
-    10.8.5); RIP must fit the code size (canonical in 64-bit code).
-    """
-    cr0_changed, efer_changed = new.cr0 != old.cr0, new.efer != old.efer
-    if cr0_changed:
-        if new.cr0 >> 32:
-            return f"CR0 {new.cr0:#x}: bits 63:32 are reserved"
-        if new.cr0 & _CR0_PG and not new.cr0 & _CR0_PE:
-            return f"CR0 {new.cr0:#x}: PG without PE"
-        if new.cr0 & _CR0_NW and not new.cr0 & _CR0_CD:
-            return f"CR0 {new.cr0:#x}: NW without CD"
-        if old.code64 and not new.cr0 & _CR0_PG:
-            return "CR0.PG cannot be cleared in 64-bit code"
-    if new.cr4 != old.cr4:
-        if new.cr4 & _CR4_RESERVED:
-            return f"CR4 {new.cr4:#x}: reserved bits set"
-        if old.efer & _EFER_LMA and not new.cr4 & paging.CR4_PAE:
-            return "CR4.PAE cannot be cleared in IA-32e mode"
-    lma = bool(new.efer & _EFER_LME and new.cr0 & _CR0_PG)
-    if (cr0_changed or efer_changed) and lma and not new.cr4 & paging.CR4_PAE:
-        return "paging with EFER.LME needs CR4.PAE"
-    if efer_changed:
-        if new.efer & ~_EFER_DEFINED:
-            return f"EFER {new.efer:#x}: reserved bits set"
-        if (new.efer ^ old.efer) & _EFER_LME and old.cr0 & new.cr0 & _CR0_PG:
-            return "EFER.LME cannot change while paging is on"
-        if bool(new.efer & _EFER_LMA) != lma:
-            return f"EFER {new.efer:#x}: LMA is read-only (it is LME and CR0.PG: {int(lma)})"
-    if new.cr3 != old.cr3 and new.cr3 >> (paging.DEFAULT_MAXPHYADDR if lma else 32):
-        return f"CR3 {new.cr3:#x} is wider than {paging.DEFAULT_MAXPHYADDR if lma else 32} bits"
-    if new.rip != old.rip:
-        code64 = lma and new.cs_long
-        width = (57 if new.cr4 & paging.CR4_LA57 else 48) if code64 else 32
-        top = new.rip >> (width - 1) if code64 else new.rip >> 32
-        if top not in ((0, (1 << (65 - width)) - 1) if code64 else (0,)):
-            return f"RIP {new.rip:#x} does not fit {'64-bit (canonical)' if code64 else '16/32-bit'} code"
-    return None
-
 
 class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorOps, ThreadExtraInfoOps,
                SingleStepFlagsOps, PhysicalMemoryOps, DetachOps, KillOps):
@@ -134,7 +50,7 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
         self._sstep = SstepFlags.ENABLE | SstepFlags.NOIRQ | SstepFlags.NOTIMER
         self._current = min(self.scope)
         self._lock = threading.Lock()
-        self._g_batches: dict[int, RawRegisterBatch] = {}
+        self._g_registers: dict[int, debug_hooks.GdbRegisters] = {}
 
     @property
     def arch(self):
@@ -164,7 +80,7 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
 
     def thread_extra_info(self, tid: int) -> str:
         v = self._vcpu(tid)
-        rip = v.uc.reg_read(X.UC_X86_REG_RIP)
+        rip = debug_hooks.read_rip(v.engine)
         sym = self.vm.symbols.symbolize(rip)
         return f"{self._name(v)} {v.code_bits()}-bit" + (f" in {sym}" if sym else "")
 
@@ -173,25 +89,17 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
         """Every register of the target description with one batch read (gdb sends a
         ``g`` after every stop and step), plus the two MSRs."""
         v = self._vcpu(tid)
-        batch = self._g_batches.get(tid)
-        if batch is None:
-            batch = self._g_batches[tid] = RawRegisterBatch(v.uc, [r for _n, r in _G_LAYOUT])
-        out: dict[str, int | bytes] = {}
-        for (name, _reg), raw in zip(_G_LAYOUT, batch.read()):
-            out[name] = raw if name in _G_BYTES else int.from_bytes(raw, "little")
-        # not uc.msr_read: its RDMSR helper saves and restores RAX/RCX/RDX of the live CPU
-        out["efer"] = ucx.read_efer(v.uc)
-        out["k_gs_base"] = ucx.read_kernel_gs_base(v.uc)
-        return out
+        regs = self._g_registers.get(tid)
+        if regs is None:
+            regs = self._g_registers[tid] = debug_hooks.GdbRegisters(v.engine)
+        return regs.read()
 
     def write_registers(self, tid: int, values: Mapping[str, int | bytes]) -> None:
         """Write registers; a control state the CPU could not reach is refused with E16
         (:func:`control_state_problem`) and nothing is written."""
         v = self._vcpu(tid)
-        uc = v.uc
-        old = ControlState(uc.reg_read(X.UC_X86_REG_CR0), uc.reg_read(X.UC_X86_REG_CR3),
-                           uc.reg_read(X.UC_X86_REG_CR4), ucx.read_efer(uc),
-                           uc.reg_read(X.UC_X86_REG_RIP), bool(v.get_segment("cs").access_rights & _CS_L))
+        old = ControlState(*debug_hooks.read_control_state(v.engine),
+                           bool(v.get_segment("cs").access_rights & AR_L))
         new = replace(old, **{n: values[n] for n in ("cr0", "cr3", "cr4", "efer", "rip")
                               if isinstance(values.get(n), int)})
         problem = control_state_problem(old, new)
@@ -199,19 +107,8 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
             raise TargetError(problem, errno.EINVAL)
         # the CPU's order: leaving paging, CR0 goes first; entering it, CR0 goes last (the
         # engine sets and clears EFER.LMA on the CR0.PG transition, 10.8.5)
-        names = sorted(values, key=lambda n: (n == "cr0") == bool(new.cr0 & _CR0_PG))
-        for name in names:
-            value = values[name]
-            if name in _GPR:
-                uc.reg_write(_GPR[name], value)
-            elif name in _MISC and name not in ("fstat", "ftag"):
-                uc.reg_write(_MISC[name], value)
-            elif name in _MSR:
-                uc.msr_write(_MSR[name], value)
-            elif name.startswith("xmm") and isinstance(value, bytes):
-                uc.reg_write(getattr(X, f"UC_X86_REG_{name.upper()}"), int.from_bytes(value, "little"))
-            # segment selectors and x87 stack: read-only from GDB (their hidden parts
-            # would not follow a selector write)
+        order = sorted(values, key=lambda n: (n == "cr0") == bool(new.cr0 & CR0_PG))
+        debug_hooks.write_gdb_registers(v.engine, values, order)
 
     # -- memory ----------------------------------------------------------------------
     def read_memory(self, tid: int, address: int, length: int) -> bytes:

@@ -2,7 +2,9 @@
 watchpoints and break-on-VM-exit, shared by the GDB stubs and the shell.
 
 A :class:`DebugSession` owns the executor thread of a :class:`~hvdbg.hv.machine.Machine`.
-Breakpoints are Unicorn code hooks at the guest-linear address (so they work before
+The session owns every breakpoint, watchpoint and break-on-exit, and the numbers the
+shell shows for them (:meth:`DebugSession.numbered`); gdb's breakpoints are unnumbered.
+Breakpoints are engine code hooks at the guest-linear address (so they work before
 paging is enabled and never modify guest memory); watchpoints are memory hooks on the
 guest-physical range behind the watched linear range (so a write through any alias, by
 any vCPU of the watchpoint's scope, is caught and reported on the vCPU that did it).
@@ -19,35 +21,16 @@ import queue
 import threading
 from dataclasses import dataclass, field
 
-from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE
-from unicorn import x86_const as X
-
-from hvdbg.run.executors import RunControl, make_executor
-from hvdbg.hv.vcpu import Vcpu
+from hvdbg.engine import debug_hooks
+from hvdbg.engine.debug_hooks import ADDRESS_SPACE_END
 from hvdbg.hv.machine import Machine
+from hvdbg.hv.vcpu import Vcpu
+from hvdbg.run.executors import RunControl, make_executor
 
-
-#: One past the last linear address (64-bit).
-ADDRESS_SPACE_END = 1 << 64
 #: Longest range one watchpoint may cover. x86 debug registers watch 1, 2, 4 or 8 bytes
 #: (SDM Vol. 3B 18.2.4); GDB asks a remote stub for a whole expression (an array, a
 #: structure), so a generous bound: 64 KiB is 17 hooks per vCPU at most.
 MAX_WATCH_LENGTH = 0x10000
-
-
-def _flush_translations(uc, address: int, end: int | None = None) -> None:
-    """Drop Unicorn's translated blocks holding ``address`` (up to ``end``, exclusive), so
-    that a code hook added or removed there, or new code bytes, take effect (hooks are
-    looked up when a block is translated).
-
-    ``ctl_remove_cache`` takes an exclusive end, which cannot name the last byte of the
-    64-bit space: a range reaching it flushes the whole translation cache instead.
-    """
-    end = address + 1 if end is None else end
-    if end < ADDRESS_SPACE_END:
-        uc.ctl_remove_cache(address, end)
-    else:
-        uc.ctl_flush_tb()
 
 
 class StopKind(enum.Enum):
@@ -61,13 +44,19 @@ class StopKind(enum.Enum):
 
 @dataclass(frozen=True)
 class Stop:
-    """One stop: which vCPU (index), why, and details (address, watch kind, exit)."""
+    """One stop: which vCPU (index), why, and details: the address (of the breakpoint,
+    the watched range, the exiting instruction), the watchpoint's kind and the access that
+    hit it (``access`` "write"/"read", ``size`` bytes at guest-physical ``gpa``), the exit
+    reason name (EXIT_BREAK) or the VM's outcome (ENDED) in ``detail``."""
 
     kind: StopKind
     vcpu: int | None = None
     address: int | None = None
     watch: str | None = None      # "write" / "read" / "access"
     detail: str = ""
+    access: str | None = None
+    size: int = 0
+    gpa: int | None = None
 
 
 @dataclass
@@ -75,6 +64,17 @@ class _Breakpoint:
     address: int
     vcpus: frozenset[int]
     hooks: dict[int, int] = field(default_factory=dict)  # vcpu index -> hook handle
+
+
+@dataclass(frozen=True)
+class NumberedBreak:
+    """A breakpoint the shell numbered: on an address (``vcpus`` None: every vCPU) or,
+    with ``reason`` set, on a VM exit of that basic reason."""
+
+    number: int
+    address: int | None = None
+    vcpus: frozenset[int] | None = None
+    reason: int | None = None
 
 
 @dataclass
@@ -107,7 +107,8 @@ class DebugSession:
         self._listeners: list[queue.Queue[Stop]] = []
         self._skip_once: dict[int, int] = {}
         self.last_stop: Stop | None = None
-        self.exit_break_reasons: set[int] = set()
+        self._numbered: dict[int, NumberedBreak] = {}
+        self._next_number = 1
         vm.vmm.on_exit_breakpoint = self._exit_break
         if start_paused:
             self.control.pause(None, vm.vcpus)
@@ -177,7 +178,7 @@ class DebugSession:
     def resume(self, scope: frozenset[int] | None = None) -> None:
         """Let the vCPUs of ``scope`` run (a breakpoint at the current RIP is stepped over)."""
         for v in self.vcpus_of(scope):
-            rip = v.uc.reg_read(X.UC_X86_REG_RIP)
+            rip = debug_hooks.read_rip(v.engine)
             if any(rip == bp.address and v.index in bp.vcpus for bp in self.breakpoints.values()):
                 self._skip_once[v.index] = rip
         if scope is None:
@@ -189,18 +190,17 @@ class DebugSession:
 
     def step(self, vcpu: Vcpu, count: int = 1) -> None:
         """Single-step a parked vCPU; a Stop(STEP) is published when done."""
-        self._skip_once[vcpu.index] = vcpu.uc.reg_read(X.UC_X86_REG_RIP)
+        self._skip_once[vcpu.index] = debug_hooks.read_rip(vcpu.engine)
         self.start()
         self.control.request_step(vcpu, count)
 
     def _step_done(self, v: Vcpu) -> None:
         self._skip_once.pop(v.index, None)
-        self._publish(Stop(StopKind.STEP, v.index, v.uc.reg_read(X.UC_X86_REG_RIP)))
+        self._publish(Stop(StopKind.STEP, v.index, debug_hooks.read_rip(v.engine)))
 
     def _halt_scope(self, v: Vcpu, scope: frozenset[int]) -> None:
         """All-stop within a scope, from a hook running on ``v``'s thread."""
-        v.uc.emu_stop()
-        v._leave = True
+        v.request_leave()
         if len(scope) >= len(self.vm.vcpus):
             self.control.pause(None, [x for x in self.vm.vcpus if x is not v])
         else:
@@ -217,7 +217,7 @@ class DebugSession:
             for v in self.vm.vcpus:
                 if scope is None or v.index in scope or v.index in control.parked:
                     for begin, end in ranges:
-                        _flush_translations(v.uc, begin, end)
+                        debug_hooks.flush_code(v.engine, begin, end)
 
     # -- breakpoints ---------------------------------------------------------------------
     def add_breakpoint(self, address: int, scope: frozenset[int] | None = None) -> None:
@@ -231,8 +231,8 @@ class DebugSession:
             bp = _Breakpoint(address, scope)
             try:
                 for v in self.vcpus_of(scope):
-                    bp.hooks[v.index] = v.uc.hook_add(UC_HOOK_CODE, self._on_breakpoint, bp, address, address)
-                    _flush_translations(v.uc, address)
+                    bp.hooks[v.index] = debug_hooks.add_code_hook(
+                        v.engine, address, lambda at, v=v: self._on_breakpoint(v, at, bp))
             except BaseException:
                 self._delete_hooks(bp)  # nothing half-installed and unrecorded stays behind
                 raise
@@ -240,9 +240,7 @@ class DebugSession:
 
     def _delete_hooks(self, bp: _Breakpoint) -> None:
         for index, handle in bp.hooks.items():
-            uc = self.vm.vcpus[index].uc
-            uc.hook_del(handle)
-            _flush_translations(uc, bp.address)
+            debug_hooks.remove_code_hook(self.vm.vcpus[index].engine, handle, bp.address)
 
     def remove_breakpoint(self, address: int, scope: frozenset[int] | None = None) -> bool:
         scope = frozenset(v.index for v in self.vcpus_of(scope))
@@ -251,10 +249,12 @@ class DebugSession:
             if bp is None:
                 return False
             self._delete_hooks(bp)
+            for n, nb in list(self._numbered.items()):
+                if nb.address == address and self._scope(nb.vcpus) == scope:
+                    del self._numbered[n]
             return True
 
-    def _on_breakpoint(self, uc, address: int, size: int, bp: _Breakpoint) -> None:
-        v = next(x for x in self.vm.vcpus if x.uc is uc)
+    def _on_breakpoint(self, v: Vcpu, address: int, bp: _Breakpoint) -> None:
         if self._skip_once.get(v.index) == address:
             del self._skip_once[v.index]
             return
@@ -277,13 +277,13 @@ class DebugSession:
         scope = frozenset(v.index for v in self.vcpus_of(scope))
         cpu = translate_with or self.vcpus_of(scope)[0]
         wp = _Watchpoint(gva, length, kind, scope, self._physical_ranges(cpu, gva, length))
-        types = {"write": UC_HOOK_MEM_WRITE, "read": UC_HOOK_MEM_READ,
-                 "access": UC_HOOK_MEM_WRITE | UC_HOOK_MEM_READ}[kind]
         with self._lock:
             # only the engines of the scope: accesses by other vCPUs are not reported
             # (_on_watch), and their engines may be running (a per-vCPU stub)
             for v in self.vcpus_of(scope):
-                wp.hooks[v.index] = [v.uc.hook_add(types, self._on_watch, wp, lo, hi) for lo, hi in wp.ranges]
+                wp.hooks[v.index] = debug_hooks.add_watch_hooks(
+                    v.engine, kind, wp.ranges,
+                    lambda is_write, gpa, size, v=v, wp=wp: self._on_watch(v, is_write, gpa, size, wp))
             self.watchpoints.append(wp)
 
     @staticmethod
@@ -309,29 +309,81 @@ class DebugSession:
             for wp in self.watchpoints:
                 if (wp.gva, wp.length, wp.kind, wp.vcpus) == (gva, length, kind, scope):
                     for index, handles in wp.hooks.items():
-                        for h in handles:
-                            self.vm.vcpus[index].uc.hook_del(h)
+                        debug_hooks.remove_hooks(self.vm.vcpus[index].engine, handles)
                     self.watchpoints.remove(wp)
                     return True
         return False
 
-    def _on_watch(self, uc, access: int, address: int, size: int, value: int, wp: _Watchpoint) -> None:
-        v = next(x for x in self.vm.vcpus if x.uc is uc)
+    def _on_watch(self, v: Vcpu, is_write: bool, gpa: int, size: int, wp: _Watchpoint) -> None:
         if v.index not in wp.vcpus:
             return
-        gva = wp.gva
-        for lo, hi in wp.ranges:
-            if lo <= address <= hi:
-                break
-            gva += hi - lo + 1
         self._halt_scope(v, wp.vcpus)
         self.control.pause([v])
         self._publish(Stop(StopKind.WATCHPOINT, v.index, wp.gva, wp.kind,
-                           detail=f"{'write' if access == 17 else 'read'} of {size} bytes at GPA {address:#x}"))
+                           access="write" if is_write else "read", size=size, gpa=gpa))
+
+    # -- numbered breakpoints (the shell's) -------------------------------------------------
+    def _scope(self, vcpus: frozenset[int] | None) -> frozenset[int]:
+        return frozenset(v.index for v in self.vcpus_of(vcpus))
+
+    def _number(self, entry: NumberedBreak) -> NumberedBreak:
+        entry = NumberedBreak(self._next_number, entry.address, entry.vcpus, entry.reason)
+        self._next_number += 1
+        self._numbered[entry.number] = entry
+        return entry
+
+    def add_numbered_breakpoint(self, address: int, vcpus: frozenset[int] | None = None) -> NumberedBreak:
+        """A breakpoint on a linear address that gets the next number (``vcpus`` None:
+        every vCPU); the caller has the vCPUs parked."""
+        self.add_breakpoint(address, vcpus)
+        with self._lock:
+            return self._number(NumberedBreak(0, address=address, vcpus=vcpus))
+
+    def add_exit_break(self, reason: int) -> NumberedBreak | None:
+        """Stop the VM on VM exits of a basic reason; None if it already does."""
+        with self._lock:
+            if reason in self.exit_break_reasons:
+                return None
+            entry = self._number(NumberedBreak(0, reason=reason))
+        self.set_exit_breakpoints(self.exit_break_reasons)
+        return entry
+
+    def numbered(self) -> list[NumberedBreak]:
+        with self._lock:
+            return list(self._numbered.values())
+
+    def unnumbered_breakpoints(self) -> list[tuple[int, frozenset[int]]]:
+        """(address, vCPUs) of the breakpoints nobody numbered (gdb's)."""
+        with self._lock:
+            ours = {(nb.address, self._scope(nb.vcpus)) for nb in self._numbered.values() if nb.reason is None}
+            return [key for key in self.breakpoints if key not in ours]
+
+    def delete_numbered(self, numbers: list[int]) -> None:
+        """Delete numbered breakpoints (KeyError for an unknown number, nothing deleted);
+        the caller has the vCPUs parked."""
+        with self._lock:
+            entries = [self._numbered[n] for n in numbers]
+            for entry in entries:
+                self._numbered.pop(entry.number, None)
+                if entry.reason is None:
+                    self.remove_breakpoint(entry.address, entry.vcpus)
+        self.set_exit_breakpoints(self.exit_break_reasons)
+
+    def numbered_at(self, vcpu: int | None, address: int | None) -> NumberedBreak | None:
+        """The numbered address breakpoint a stop of ``vcpu`` at ``address`` hit."""
+        with self._lock:
+            for nb in self._numbered.values():
+                if nb.reason is None and nb.address == address and (nb.vcpus is None or vcpu in nb.vcpus):
+                    return nb
+        return None
 
     # -- break on VM exit ------------------------------------------------------------------
+    @property
+    def exit_break_reasons(self) -> set[int]:
+        return {nb.reason for nb in self.numbered() if nb.reason is not None}
+
     def set_exit_breakpoints(self, reasons: set[int]) -> None:
-        self.exit_break_reasons = set(reasons)
+        """Tell the VMM which basic exit reasons stop the VM (the numbered exit breaks)."""
         self.vm.vmm.exit_breakpoints = set(reasons)
 
     def _exit_break(self, v: Vcpu, exit) -> None:

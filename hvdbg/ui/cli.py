@@ -27,40 +27,22 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=int, help="time budget in seconds")
 
 
-def _apply_overrides(cfg, args: argparse.Namespace) -> None:
-    for key, value in (("vcpus", args.vcpus), ("pcpus", args.pcpus), ("memory", args.memory),
-                       ("sched", args.sched),
-                       ("cmdline", args.cmdline), ("deterministic", args.deterministic),
-                       ("spin_skip", args.spin_skip),
-                       ("budget.instructions", args.budget), ("budget.seconds", args.seconds)):
-        if value is not None:
-            cfg.set(key, value)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
+    from hvdbg import api
     from hvdbg.api import diagnosis
-    from hvdbg.config import load_config
-    from hvdbg.run.executors import make_executor
     from hvdbg.hv.machine import Machine
+    from hvdbg.ui import app
 
-    cfg = load_config(args.config)
-    _apply_overrides(cfg, args)
-    if not args.json and not args.quiet:
-        cfg.set("output.echo_serial", True)
-    vm = Machine(cfg)
-    start = time.monotonic()
-    executor = None
+    echo = {"output__echo_serial": True} if not args.json and not args.quiet else {}
     if args.gdb is not None:
-        _run_with_gdb(vm, args)
+        vm = Machine(app.config_from_args(args, **echo))
+        start = time.monotonic()
+        app.run_with_gdb(vm, args.gdb_host, args.gdb, args.gdb_wait)
+        wall = time.monotonic() - start
+        res = diagnosis.result(vm, wall, None)
     else:
-        executor = make_executor(vm)
-        try:
-            executor.run()
-        except KeyboardInterrupt:
-            vm.end("stopped", detail="interrupted by the user")
-    wall = time.monotonic() - start
-    stats = executor.stats() if executor is not None and hasattr(executor, "stats") else None
-    res = diagnosis.result(vm, wall, stats)
+        run = api.run(args.config, stop_on_interrupt=True, **app.overrides_from_args(args), **echo)
+        res, wall = run.result, run.wall_seconds
     if args.json:
         print(json.dumps(res, indent=None if args.compact else 2))
     else:
@@ -84,58 +66,6 @@ def cmd_shell(args: argparse.Namespace) -> int:
     from hvdbg.ui.shell import run_shell
 
     return run_shell(args)
-
-
-MAX_TCP_PORT = 65535
-
-
-def start_gdb_servers(session, host: str, port: int, monitor=None) -> list:
-    """One stub with every vCPU as a thread on ``port``, one per vCPU i on port+1+i."""
-    from gdbstub import GdbServer
-    from hvdbg.debug.gdb_target import VmTarget
-
-    last = port + len(session.vm.vcpus)
-    if not 1 <= port or last > MAX_TCP_PORT:
-        raise HvdbgError(f"--gdb {port}: the stubs need TCP ports {port}..{last} (one for all vCPUs, one per "
-                         f"vCPU); ports are 1..{MAX_TCP_PORT}")
-    servers = [GdbServer(VmTarget(session, None, monitor), host=host, port=port)]
-    for v in session.vm.vcpus:
-        servers.append(GdbServer(VmTarget(session, frozenset({v.index}), monitor), host=host,
-                                 port=port + 1 + v.index))
-    try:
-        for s in servers:
-            s.start()
-    except OSError as e:
-        for s in servers:
-            s.stop()
-        raise HvdbgError(f"cannot listen on {host}:{port}..{port + len(servers) - 1}: {e.strerror}") from None
-    return servers
-
-
-def _run_with_gdb(vm, args: argparse.Namespace) -> None:
-    from hvdbg.ui.commands import make_monitor
-    from hvdbg.debug.session import DebugSession
-
-    session = DebugSession(vm, start_paused=args.gdb_wait)
-    servers = start_gdb_servers(session, args.gdb_host, args.gdb, make_monitor(session))
-    n = len(vm.vcpus)
-    print(f"hvdbg: gdb stub for all {n} vCPUs on {args.gdb_host}:{args.gdb}; per-vCPU stubs on ports "
-          f"{args.gdb + 1}..{args.gdb + n}" + (" (guest held until gdb continues)" if args.gdb_wait else ""),
-          file=sys.stderr, flush=True)
-    session.start()
-    try:
-        while session.running:
-            session.join(0.2)
-    except KeyboardInterrupt:
-        vm.end("stopped", detail="interrupted by the user")
-        session.shutdown()
-    finally:
-        # let a debugger that just killed or detached read its last reply
-        deadline = time.monotonic() + 2.0
-        while any(s.client_connected for s in servers) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for s in servers:
-            s.stop()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,32 +20,29 @@ import sys
 import threading
 from typing import Callable, Iterable, TextIO
 
-from hvdbg.ui.commands import CommandContext, describe_stop
-from hvdbg.debug.session import DebugSession, Stop, StopKind
+from hvdbg.debug.session import Stop, StopKind
+from hvdbg.ui.commands import CommandContext
+from hvdbg.ui.render.stops import describe_stop
 
 HISTORY_FILE = "~/.hvdbg_history"
 
 
 def run_shell(args: argparse.Namespace) -> int:
     """Entry point of ``hvdbg shell`` (wired in :mod:`hvdbg.ui.cli`)."""
-    from hvdbg.ui.cli import _apply_overrides, start_gdb_servers
-    from hvdbg.config import load_config
+    from hvdbg.debug.session import DebugSession
     from hvdbg.hv.machine import Machine
+    from hvdbg.ui import app
 
-    cfg = load_config(args.config)
-    _apply_overrides(cfg, args)
     interactive = not args.command and sys.stdin.isatty() and sys.stdout.isatty()
-    cfg.set("output.echo_serial", False)  # the interactive shell echoes whole lines itself
-    vm = Machine(cfg)
+    # the interactive shell echoes whole lines itself
+    vm = Machine(app.config_from_args(args, output__echo_serial=False))
     session = DebugSession(vm, start_paused=True)
     ctx = CommandContext(session, background=interactive)
     servers: list = []
     try:
         if args.gdb is not None:
-            servers = start_gdb_servers(session, args.gdb_host, args.gdb, ctx.monitor)
-            n = len(vm.vcpus)
-            print(f"hvdbg: gdb stub for all {n} vCPUs on {args.gdb_host}:{args.gdb}; per-vCPU stubs on "
-                  f"ports {args.gdb + 1}..{args.gdb + n}", file=sys.stderr, flush=True)
+            servers = app.start_gdb_servers(session, args.gdb_host, args.gdb, ctx.monitor)
+            app.gdb_banner(vm, args.gdb_host, args.gdb)
         session.start()
         session.stop()
         if interactive:
@@ -159,12 +156,12 @@ class StopNotifier:
             if self._ours(stop):
                 self.ctx.session.stop()
                 self.ctx.current = stop.vcpu
-            self.emit(describe_stop(self.ctx, stop))
+            self.emit(describe_stop(self.ctx.session, stop))
 
     def _ours(self, stop: Stop) -> bool:
         if stop.kind is StopKind.EXIT_BREAK:
             return True
-        return stop.kind is StopKind.BREAKPOINT and self.ctx.breakpoint_at(stop.vcpu, stop.address) is not None
+        return stop.kind is StopKind.BREAKPOINT and self.ctx.session.numbered_at(stop.vcpu, stop.address) is not None
 
 
 class SerialEcho:

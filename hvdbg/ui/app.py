@@ -1,0 +1,90 @@
+"""What ``hvdbg run`` and ``hvdbg shell`` share: the configuration from the command
+line's overrides, the GDB stubs (one for every vCPU, one per vCPU) and their banner."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any, Callable
+
+from hvdbg.api import make_config
+from hvdbg.config import VmConfig
+from hvdbg.debug.session import DebugSession
+from hvdbg.errors import HvdbgError
+from hvdbg.hv.machine import Machine
+
+MAX_TCP_PORT = 65535
+
+# command-line option -> config schema key
+_OVERRIDES = (("vcpus", "vcpus"), ("pcpus", "pcpus"), ("memory", "memory"), ("sched", "sched"),
+              ("cmdline", "cmdline"), ("deterministic", "deterministic"), ("spin_skip", "spin_skip"),
+              ("budget", "budget.instructions"), ("seconds", "budget.seconds"))
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The config overrides given on the command line (``__`` for a section's dot, as
+    :func:`hvdbg.api.make_config` takes them)."""
+    return {key.replace(".", "__"): getattr(args, option) for option, key in _OVERRIDES
+            if getattr(args, option) is not None}
+
+
+def config_from_args(args: argparse.Namespace, **extra: Any) -> VmConfig:
+    """``args.config`` with the command line's overrides, then ``extra``."""
+    return make_config(args.config, **overrides_from_args(args), **extra)
+
+
+def start_gdb_servers(session: DebugSession, host: str, port: int,
+                      monitor: Callable | None = None) -> list:
+    """One stub with every vCPU as a thread on ``port``, one per vCPU i on port+1+i."""
+    from gdbstub import GdbServer
+    from hvdbg.debug.gdb_target import VmTarget
+
+    last = port + len(session.vm.vcpus)
+    if not 1 <= port or last > MAX_TCP_PORT:
+        raise HvdbgError(f"--gdb {port}: the stubs need TCP ports {port}..{last} (one for all vCPUs, one per "
+                         f"vCPU); ports are 1..{MAX_TCP_PORT}")
+    servers = [GdbServer(VmTarget(session, None, monitor), host=host, port=port)]
+    for v in session.vm.vcpus:
+        servers.append(GdbServer(VmTarget(session, frozenset({v.index}), monitor), host=host,
+                                 port=port + 1 + v.index))
+    try:
+        for s in servers:
+            s.start()
+    except OSError as e:
+        for s in servers:
+            s.stop()
+        raise HvdbgError(f"cannot listen on {host}:{port}..{port + len(servers) - 1}: {e.strerror}") from None
+    return servers
+
+
+def gdb_banner(vm: Machine, host: str, port: int, held: bool = False) -> None:
+    """Say on stderr where the stubs listen."""
+    n = len(vm.vcpus)
+    print(f"hvdbg: gdb stub for all {n} vCPUs on {host}:{port}; per-vCPU stubs on ports "
+          f"{port + 1}..{port + n}" + (" (guest held until gdb continues)" if held else ""),
+          file=sys.stderr, flush=True)
+
+
+def run_with_gdb(vm: Machine, host: str, port: int, wait: bool) -> None:
+    """Run the VM to its end under the GDB stubs (``wait``: held until gdb continues),
+    with the command registry as gdb's ``monitor``."""
+    from hvdbg.ui.commands import make_monitor
+
+    session = DebugSession(vm, start_paused=wait)
+    servers = start_gdb_servers(session, host, port, make_monitor(session))
+    gdb_banner(vm, host, port, held=wait)
+    session.start()
+    try:
+        while session.running:
+            session.join(0.2)
+    except KeyboardInterrupt:
+        vm.end("stopped", detail="interrupted by the user")
+        session.shutdown()
+    finally:
+        # let a debugger that just killed or detached read its last reply
+        deadline = time.monotonic() + 2.0
+        while any(s.client_connected for s in servers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for s in servers:
+            s.stop()

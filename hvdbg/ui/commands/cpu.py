@@ -1,0 +1,96 @@
+"""CPU state commands: registers, disassembly, the vCPUs, CPUID, the local APIC."""
+
+from __future__ import annotations
+
+from hvdbg.engine import debug_hooks
+from hvdbg.ui.commands.args import Addr, CommandError
+from hvdbg.ui.commands.context import Call
+from hvdbg.ui.commands.disasm import disassemble
+from hvdbg.ui.commands.registry import VCPU, Command, Param, register
+from hvdbg.ui.render.cpu import cpuid_notes, format_apic, format_registers
+from hvdbg.ui.render.stops import describe_ending
+from hvdbg.ui.render.text import table
+
+
+def cmd_regs(call: Call, a: dict) -> str:
+    v = call.vcpu(a["vcpu"])
+    call.require_stopped(v)
+    return "\n".join(format_registers(call.vm, v, v.registers(), debug_hooks.read_segments(v.engine)))
+
+
+def cmd_disas(call: Call, a: dict) -> str:
+    v = call.vcpu(a["vcpu"])
+    call.require_stopped(v)
+    rip = debug_hooks.read_rip(v.engine)
+    addr: Addr | None = a["addr"]
+    start = rip if addr is None else addr.value
+    count = a["count"]
+    end = None
+    if count is None and addr is not None and addr.symbol is not None and addr.symbol.size:
+        end = start + addr.symbol.size
+        count = min(addr.symbol.size, 1000)
+    count = count or 12
+    return disassemble(call, v, start, count, end)
+
+
+def cmd_vcpus(call: Call, a: dict) -> str:
+    vm = call.vm
+    rows = []
+    for v in vm.vcpus:
+        s = vm.vcpu_summary(v)
+        stopped = call.ctx.is_stopped(v)
+        rows.append((v.index, v.apic_id, s["state"], "-" if s["pcpu"] is None else s["pcpu"],
+                     "stopped" if stopped else "running",
+                     f"{v.code_bits()}-bit" if stopped else "-",
+                     vm.symbolize(s["rip"]), s["instructions"], s["exits"],
+                     f"SIPI {v.sipi_vector:#04x}" if v.started_by_sipi and v.sipi_vector is not None
+                     else ("SIPI" if v.started_by_sipi else ("BSP" if v.bsp else ""))))
+    lines = table(rows, ("vCPU", "APIC", "activity", "pCPU", "debugger", "mode", "RIP", "instructions",
+                          "exits", "start"), right={0, 1, 3, 7, 8})
+    if vm.ended:
+        lines.append(describe_ending(vm))
+    return "\n".join(lines)
+
+
+_CPUID_OVERVIEW = ((0, 0), (1, 0), (0xB, 0), (0xB, 1), (0x40000000, 0), (0x80000000, 0),
+                   (0x80000001, 0), (0x80000002, 0), (0x80000003, 0), (0x80000004, 0), (0x80000008, 0))
+
+
+def cmd_cpuid(call: Call, a: dict) -> str:
+    if a["leaf"] is None and a["vcpu"] is not None:   # one number is a LEAF
+        a = {**a, "vcpu": None, "leaf": a["vcpu"]}
+    v = call.vcpu(a["vcpu"])
+    leaves = _CPUID_OVERVIEW if a["leaf"] is None else ((a["leaf"], a["sub"] or 0),)
+    lines = [f"vCPU {v.index} CPUID (as the VMM answers CPUID exits):"]
+    for leaf, sub in leaves:
+        if not 0 <= leaf <= 0xFFFFFFFF:
+            raise CommandError(f"CPUID leaf {leaf:#x} does not fit in EAX")
+        eax, ebx, ecx, edx = v.cpuid.query(leaf, sub)
+        lines.append(f"{leaf:#010x}.{sub:<2} eax {eax:#010x} ebx {ebx:#010x} ecx {ecx:#010x} edx {edx:#010x}")
+        lines += [f"    {n}" for n in cpuid_notes(leaf, sub, eax, ebx, ecx, edx)]
+    return "\n".join(lines)
+
+
+def cmd_apic(call: Call, a: dict) -> str:
+    return "\n".join(format_apic(call.vcpu(a["vcpu"])))
+
+
+register(
+    Command("regs", (VCPU,), "registers of a vCPU with decoded flags and control registers", cmd_regs,
+            category="CPU state"),
+    Command("disas", (Param("addr", "address", optional=True), Param("count", "count", optional=True,
+                                                                     metavar="N"), VCPU),
+            "disassemble (capstone, in the vCPU's current mode) with ELF symbols", cmd_disas,
+            "Default: 12 instructions from RIP.  'disas SYMBOL' disassembles the whole function.\n"
+            "The current instruction is marked with =>.", "CPU state"),
+    Command("vcpus", (), "every vCPU: activity state, pCPU, debugger state, mode, RIP", cmd_vcpus,
+            "'activity' is the guest activity state (SDM 25.4.2: running = active, halted,\n"
+            "wait-for-SIPI, shutdown); 'debugger' says whether hvdbg holds the vCPU stopped.",
+            "CPU state"),
+    Command("cpuid", (VCPU, Param("leaf", "number", optional=True), Param("sub", "number", optional=True)),
+            "CPUID leaves as the VMM answers the vCPU's CPUID exits, decoded", cmd_cpuid,
+            "One number is a LEAF, two are VCPU LEAF, three VCPU LEAF SUB.  No LEAF: an overview.",
+            "CPU state"),
+    Command("apic", (VCPU,), "the vCPU's local APIC: ID, SVR, IRR/ISR, LVT, timer, IPIs", cmd_apic,
+            category="CPU state"),
+)
