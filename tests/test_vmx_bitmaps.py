@@ -16,7 +16,7 @@ def pages():
 
 def test_io_bitmap_bits_per_port_and_across_a_and_b():
     mem, alloc = pages()
-    io = IoBitmaps(mem, alloc)
+    io = IoBitmaps.allocate(mem, alloc)
     assert io.exits(0x3F8, 1) and io.exits(0x8000, 1)
     io.set([0x3F8, 0x3F9], exiting=False)
     assert not io.exits(0x3F8, 1) and not io.exits(0x3F8, 2)
@@ -29,7 +29,7 @@ def test_io_bitmap_bits_per_port_and_across_a_and_b():
 
 def test_msr_bitmap_layout():
     mem, alloc = pages()
-    msr = MsrBitmap(mem, alloc)
+    msr = MsrBitmap.allocate(mem, alloc)
     assert not msr.exits(0x1B, write=False)
     msr.set([0x1B, 0xC0000080], exiting=True, read=False, write=True)
     assert msr.exits(0x1B, write=True) and not msr.exits(0x1B, write=False)

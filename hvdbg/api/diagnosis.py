@@ -6,13 +6,13 @@ from __future__ import annotations
 from hvdbg.platform import multiboot
 
 from hvdbg.arch import paging
+from hvdbg.errors import Outcome
 from hvdbg.hv.exit import EptFault, ExceptionExit, TripleFault
 from hvdbg.vmx.exits import ExitReason
 from hvdbg.hv.vcpu import Activity, Vcpu
-from hvdbg.hv.machine import MB1_HEADER_MAGIC, MB2_HEADER_MAGIC, Machine
+from hvdbg.hv.machine import Machine
+from hvdbg.platform.multiboot.spec import BOOTLOADER_MAGIC, MB1_HEADER_MAGIC, MB2_HEADER_MAGIC
 
-MB1_BOOTLOADER_MAGIC = 0x2BADB002
-MB2_BOOTLOADER_MAGIC = 0x36D76289
 
 
 def _where(vm: Machine, v: Vcpu) -> str:
@@ -22,7 +22,7 @@ def _where(vm: Machine, v: Vcpu) -> str:
 
 def magic_findings(vm: Machine) -> list[str]:
     boot = vm.boot
-    want = MB1_BOOTLOADER_MAGIC if boot.version == 1 else MB2_BOOTLOADER_MAGIC
+    want = BOOTLOADER_MAGIC[boot.version]
     if boot.eax == want:
         return []
     text = multiboot.describe_magic(boot.eax, boot.version)
@@ -205,10 +205,10 @@ def screen_findings(vm: Machine) -> list[str]:
 
 
 _BY_OUTCOME = {
-    "hang": _hang,
-    "ept_violation": _ept_violation,
-    "triple_fault": _triple_fault,
-    "exception": _exception,
+    Outcome.HANG: _hang,
+    Outcome.EPT_VIOLATION: _ept_violation,
+    Outcome.TRIPLE_FAULT: _triple_fault,
+    Outcome.EXCEPTION: _exception,
 }
 
 
@@ -223,7 +223,7 @@ def diagnose(vm: Machine) -> list[str]:
         out += _BY_OUTCOME.get(ending.outcome, lambda _vm: [])(vm)
     except Exception as e:  # noqa: BLE001 - a diagnosis must never take the report down
         out.append(f"(diagnosis incomplete: hvdbg could not analyse this state: {type(e).__name__}: {e})")
-    if ending.outcome == "exited":
+    if ending.outcome == Outcome.EXITED:
         if ending.status is not None and 0x80 <= ending.status < 0xA0:
             from hvdbg.arch.events import vector_name
             out.append(f"exit status {ending.status:#x} = 0x80 + {ending.status - 0x80}: the guest's exception "
@@ -231,7 +231,7 @@ def diagnose(vm: Machine) -> list[str]:
         started = [v.index for v in vm.vcpus if v.started_by_sipi]
         if len(vm.vcpus) > 1:
             out.append(f"{len(started)} of {len(vm.vcpus) - 1} APs were started by INIT-SIPI")
-    elif ending.outcome != "hang":
+    elif ending.outcome != Outcome.HANG:
         out += magic_findings(vm)
     out += _common(vm)
     return out

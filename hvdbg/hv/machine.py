@@ -11,6 +11,7 @@ from pathlib import Path
 
 from hvdbg.platform import multiboot
 from hvdbg.platform.multiboot import image_scan
+from hvdbg.platform.multiboot.spec import HEADER_MAGIC
 from hvdbg.vmx.bitmaps import IoBitmaps, MsrBitmap
 from hvdbg.platform.firmware.acpi import ACPI_BASE, ACPI_END, install_acpi
 from hvdbg.config import VmConfig
@@ -30,15 +31,8 @@ from hvdbg.platform.symbols import SymbolTable
 from hvdbg.hv.trace import ExitTrace
 from hvdbg.arch.segments import flat_segments_32
 from hvdbg.hv.vcpu import Vcpu
-from hvdbg.hv.vmm import Vmm, vmm_keeps_msr
+from hvdbg.hv.vmm import Vmm, msr_bitmap_exiting, vmm_keeps_msr
 
-# MSRs whose MSR-bitmap bits are set: those the VMM emulates (TSC, APIC base, MISC_ENABLE,
-# PAT, TSC deadline, the x2APIC range) and EFER, whose writes switch the guest's mode (the
-# VMM traces them, then lets the engine execute them).  Every other MSR runs natively.
-VMM_MSRS = (0x10, 0x1B, 0x1A0, 0x277, 0x6E0, 0xC0000080, *range(0x800, 0x900))
-
-MB1_HEADER_MAGIC = 0x1BADB002
-MB2_HEADER_MAGIC = 0xE85250D6
 
 
 @dataclass
@@ -81,10 +75,10 @@ class Machine:
         self.cbtable = install_coreboot_table(
             self.memory, [Range(r.base, r.length, r.type) for r in self.boot.memory_map])
         msr_sites = self._scan_msr_sites()
-        self.io_bitmaps = IoBitmaps(self.memory.host, self.memory.alloc_page)   # every port exits
+        self.io_bitmaps = IoBitmaps.allocate(self.memory.host, self.memory.alloc_page)   # every port exits
         self.io_bitmaps.set(config["vmx.io_passthrough"], exiting=False)
-        self.msr_bitmap = MsrBitmap(self.memory.host, self.memory.alloc_page)   # the VMM's MSRs exit
-        self.msr_bitmap.set(VMM_MSRS, exiting=True)
+        self.msr_bitmap = MsrBitmap.allocate(self.memory.host, self.memory.alloc_page)   # the VMM's MSRs exit
+        self.msr_bitmap.set(sorted(msr_bitmap_exiting()), exiting=True)
         self.apic_bus = ApicBus()
         self.vcpus: list[Vcpu] = []
         for i in range(n):
@@ -92,8 +86,6 @@ class Machine:
             cpuid = CpuidModel(apic_id=cpuid_id, vcpu_count=n, x2apic=config["cpuid.x2apic"])
             v = Vcpu(i, self.apic_ids[i], self.memory, self.vmm, cpuid, bsp=(i == 0),
                      x2apic=config["cpuid.x2apic"], send_ipi=self.apic_bus.send, msr_sites=msr_sites)
-            v.io_bitmaps = self.io_bitmaps
-            v.msr_bitmap = self.msr_bitmap
             v.vmcs.write("EXCEPTION_BITMAP", config["vmx.exception_bitmap"])
             v.vmcs.update(self._vmx_controls(config))
             self.apic_bus.attach(v)
@@ -162,7 +154,7 @@ class Machine:
         magic = cfg["loader.magic"]
         header = multiboot.find_header(self.kernel_image)
         if magic == "header":
-            magic = MB2_HEADER_MAGIC if header is not None and header.version == 2 else MB1_HEADER_MAGIC
+            magic = HEADER_MAGIC[header.version if header is not None else 1]
         return multiboot.load(self.kernel_image, self.memory, cfg["memory"], cmdline=cfg["cmdline"],
                               modules=modules, magic=magic, reserved=[(ACPI_BASE, ACPI_END)],
                               name=self.kernel_path.name)

@@ -35,7 +35,8 @@ from hvdbg.hv.guest_view import GuestView
 from hvdbg.platform.apic import LocalApic
 from hvdbg.platform.devices.bus import IoBus
 from hvdbg.platform.memory import GuestMemory
-from hvdbg.vmx.controls import PIN_BASED, ActivityState
+from hvdbg.vmx.bitmaps import IoBitmaps, MsrBitmap, NoIoExits
+from hvdbg.vmx.controls import PIN_BASED, PRIMARY_PROCESSOR_BASED, ActivityState
 from hvdbg.vmx.exits import ExitReason, apic_access_qualification, ept_violation_qualification, io_qualification
 from hvdbg.vmx.vmcs import Vmcs
 
@@ -43,6 +44,9 @@ from hvdbg.vmx.vmcs import Vmcs
 Activity = ActivityState   # removed once every importer names ActivityState
 
 _PREEMPTION_TIMER = PIN_BASED.mask("PREEMPTION_TIMER")
+_USE_IO_BITMAPS = PRIMARY_PROCESSOR_BASED.mask("USE_IO_BITMAPS")
+_UNCONDITIONAL_IO = PRIMARY_PROCESSOR_BASED.mask("UNCONDITIONAL_IO_EXITING")
+_USE_MSR_BITMAPS = PRIMARY_PROCESSOR_BASED.mask("USE_MSR_BITMAPS")
 
 
 class ExitHandler(Protocol):
@@ -93,8 +97,10 @@ class Vcpu(GuestView, GuestStateArea):
         self.hook_error: tuple[BaseException, str] | None = None
         self.on_kick: Callable[["Vcpu"], None] | None = None   # the executor's wake-up hook
         self.ple_window = 0
-        self.io_bitmaps = None          # hvdbg.vmx.bitmaps.IoBitmaps (set by the VMM)
-        self.msr_bitmap = None          # hvdbg.vmx.bitmaps.MsrBitmap
+        # the VM-execution controls in effect, decoded from the VMCS at VM entry
+        self._controls_key: tuple[int, ...] | None = None
+        self.io_bitmaps: IoBitmaps | NoIoExits | None = None   # None: every I/O exits
+        self.msr_bitmap: MsrBitmap | None = None               # None: every RDMSR/WRMSR exits
         self.pauses_in_run = 0
         self.spin_exit = False          # the last run ended in a PAUSE-loop exit
         self.delivered: list[tuple[Event, int]] = []   # exceptions delivered to the guest (first 64)
@@ -395,6 +401,7 @@ class Vcpu(GuestView, GuestStateArea):
             return RunEnd.EXIT
         if not self._vmcs.launched:
             self._vmcs.mark_launched()   # the first VM entry is the VMLAUNCH (SDM 26.1)
+        self._load_execution_controls()
         deadline = self.apic.next_event()
         budget = max_instructions
         timer = self.preemption_timer_value()
@@ -435,6 +442,23 @@ class Vcpu(GuestView, GuestStateArea):
             return RunEnd.KICKED
         self.runs_without_exit += 1
         return RunEnd.SLICE
+
+    _CONTROL_FIELDS = ("CPU_BASED_VM_EXEC_CONTROL", "IO_BITMAP_A", "IO_BITMAP_B", "MSR_BITMAP")
+
+    def _load_execution_controls(self) -> None:
+        """VM entry: the I/O and MSR exiting the VMCS asks for (SDM 25.6.2, 25.6.4, 25.6.9)
+        is what the exit hooks consult; decoded again only when those fields change."""
+        key = tuple(self._vmcs.read(f) for f in self._CONTROL_FIELDS)
+        if key == self._controls_key:
+            return
+        self._controls_key = key
+        primary, io_a, io_b, msr_page = key
+        host = self.memory.host
+        if primary & _USE_IO_BITMAPS:
+            self.io_bitmaps = IoBitmaps(host, io_a, io_b)
+        else:
+            self.io_bitmaps = None if primary & _UNCONDITIONAL_IO else NoIoExits()
+        self.msr_bitmap = MsrBitmap(host, msr_page) if primary & _USE_MSR_BITMAPS else None
 
     def preemption_timer_value(self) -> int | None:
         """VMX-preemption timer value if the pin-based control is set (SDM 26.5.1); it counts

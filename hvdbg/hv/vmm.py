@@ -11,31 +11,40 @@ synthetic exits against a fake vCPU (tests/test_vmm_handlers.py).
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from hvdbg.arch.apic import APIC_BASE_EXTD, IA32_APIC_BASE_MSR, X2APIC_MSR_BASE, X2APIC_MSR_END, Reg
+from hvdbg.arch.regs import IA32_EFER, IA32_MISC_ENABLE, IA32_PAT, IA32_TSC, IA32_TSC_DEADLINE
 from hvdbg.platform.devices.bus import IoBus
 from hvdbg.platform.devices.debug_exit import DEBUG_EXIT_PORT
 from hvdbg.arch.events import hardware_exception
 from hvdbg.vmx.exits import ExitReason
 from hvdbg.hv.trace import ExitTrace
 from hvdbg.hv.exit import ApicAccess, ExceptionExit, ExitDecision, ExitInfo, MsrAccess
-from hvdbg.arch.segments import real_mode_segments
+from hvdbg.arch.cpuid import CpuidModel
+from hvdbg.arch.events import Event
+from hvdbg.arch.segments import Segment, real_mode_segments
+from hvdbg.platform.apic import LocalApic
+from hvdbg.vmx.controls import ActivityState
+from hvdbg.vmx.vmcs import Vmcs
 from hvdbg.hv import activity as act
-from hvdbg.hv.vcpu import Vcpu
 
 HYPERCALL_PING = 0
 HYPERCALL_EXIT = 1
 HYPERCALL_MAGIC = 0x68766462  # "hvdb"
 
-# MSRs the VMM keeps itself; everything else runs natively in the engine.
-IA32_TSC = 0x10
-IA32_MISC_ENABLE = 0x1A0
-IA32_TSC_DEADLINE = 0x6E0
-IA32_PAT = 0x277
 _CPUID_IN = ("rax", "rcx")
 _CPUID_OUT = ("rax", "rbx", "rcx", "rdx")
+#: MSRs the VMM emulates itself (besides the x2APIC range); everything else runs natively.
 VMM_MSRS = frozenset({IA32_APIC_BASE_MSR, IA32_TSC, IA32_MISC_ENABLE, IA32_TSC_DEADLINE, IA32_PAT})
+#: MSRs that exit only to be traced (their writes switch the guest's mode), then run natively.
+TRACED_MSRS = frozenset({IA32_EFER})
+
+
+def msr_bitmap_exiting() -> frozenset[int]:
+    """The MSRs whose MSR-bitmap bits the VMM sets: the emulated ones, the x2APIC range
+    and the traced ones (SDM 25.6.9)."""
+    return VMM_MSRS | TRACED_MSRS | frozenset(range(X2APIC_MSR_BASE, X2APIC_MSR_END + 1))
 
 
 def vmm_keeps_msr(msr: int, x2apic: bool = True) -> bool:
@@ -44,10 +53,50 @@ def vmm_keeps_msr(msr: int, x2apic: bool = True) -> bool:
     return msr in VMM_MSRS or (x2apic and X2APIC_MSR_BASE <= msr <= X2APIC_MSR_END)
 
 
+class EnginePort(Protocol):
+    """The engine operations the handlers use (hvdbg.engine.cpu.EngineCpu)."""
+
+    def batch_of(self, names: tuple[str, ...]) -> Any: ...
+    def read(self, name: str) -> int: ...
+    def write(self, name: str, value: int) -> None: ...
+    def rip(self) -> int: ...
+    def set_rip(self, value: int) -> None: ...
+    def load_reset_state(self) -> None: ...
+
+
+class VcpuPort(Protocol):
+    """What an exit handler may see and change of a vCPU (hvdbg.hv.vcpu.Vcpu): the
+    handlers are functions of (VcpuPort, ExitInfo), unit-tested with a fake vCPU."""
+
+    index: int
+    engine: EnginePort
+    cpuid: CpuidModel
+    apic: LocalApic
+    vmcs: Vmcs
+    msrs: dict[int, int]
+    activity: ActivityState
+    pending_init: bool
+    pending_sipi: int | None
+    pending_event: Event | None
+    pending_event_rip: int
+    started_by_sipi: bool
+    sipi_vector: int | None
+    sipi_entry: int | None
+
+    def clock(self) -> int: ...
+    def interrupts_enabled(self) -> bool: ...
+    def code_bits(self) -> int: ...
+    def get_segment(self, name: str) -> Segment: ...
+    def decode(self, rip: int, count: int = 1) -> list: ...
+    def set_guest_state(self, **state: Any) -> None: ...
+    def vm_exit(self, info: ExitInfo) -> bool: ...
+    def kick(self) -> None: ...
+
+
 class Lifecycle(Protocol):
     """How the VMM ends the VM and reaches the other vCPUs."""
 
-    vcpus: list[Vcpu]
+    vcpus: list
 
     def end(self, outcome: str, status: int | None = None, detail: str = "") -> None: ...
 
@@ -59,17 +108,16 @@ class Vmm:
     """Exit handlers for every vCPU of one VM."""
 
     def __init__(self, life: Lifecycle, bus: IoBus, trace: ExitTrace, *,
-                 sipi_offset: int = 0, exception_exits: str = "stop") -> None:
+                 sipi_offset: int = 0) -> None:
         self.life = life
         self.bus = bus
         self.trace = trace
         self.sipi_offset = sipi_offset
-        self.exception_exits = exception_exits
         self.exit_breakpoints: set[int] = set()
         self.internal_errors: list[str] = []
         self.preemption_timer = 0
-        self.on_exit_breakpoint: Callable[[Vcpu, ExitInfo], None] | None = None
-        self._handlers: dict[ExitReason, Callable[[Vcpu, ExitInfo], ExitDecision]] = {
+        self.on_exit_breakpoint: Callable[[VcpuPort, ExitInfo], None] | None = None
+        self._handlers: dict[ExitReason, Callable[[VcpuPort, ExitInfo], ExitDecision]] = {
             ExitReason.CPUID: self._cpuid,
             ExitReason.IO_INSTRUCTION: self._io,
             ExitReason.APIC_ACCESS: self._apic_access,
@@ -88,7 +136,7 @@ class Vmm:
         }
 
     # -- dispatch ---------------------------------------------------------------------
-    def handle_exit(self, vcpu: Vcpu, exit: ExitInfo) -> bool:
+    def handle_exit(self, vcpu: VcpuPort, exit: ExitInfo) -> bool:
         """Decide ``exit`` (its ``decision`` is set), record it in the trace; True if the
         guest stays in the engine, False if it leaves (not RESUME, a break on this exit
         reason, or the VM has ended)."""
@@ -100,25 +148,25 @@ class Vmm:
             return False
         return (decision is ExitDecision.RESUME or decision is ExitDecision.NATIVE) and not self.life.ended
 
-    def internal_error(self, vcpu: Vcpu, exc: BaseException, tb: str) -> None:
+    def internal_error(self, vcpu: VcpuPort, exc: BaseException, tb: str) -> None:
         """A bug in hvdbg itself while handling this vCPU: end the VM, keep the state."""
         self.internal_errors.append(tb)
         self.life.end("internal_error", detail=f"vCPU {vcpu.index}: hvdbg internal error "
                       f"({type(exc).__name__}: {exc}); the guest state is preserved for inspection")
 
-    def _unhandled(self, vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
+    def _unhandled(self, vcpu: VcpuPort, exit: ExitInfo) -> ExitDecision:
         exit.detail = f"no handler for exit reason {exit.reason.name}"
         self.life.end("fatal", detail=f"vCPU {vcpu.index}: {exit.detail}")
         return ExitDecision.LEAVE
 
-    def _fatal(self, outcome: str) -> Callable[[Vcpu, ExitInfo], ExitDecision]:
-        def handle(vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
+    def _fatal(self, outcome: str) -> Callable[[VcpuPort, ExitInfo], ExitDecision]:
+        def handle(vcpu: VcpuPort, exit: ExitInfo) -> ExitDecision:
             self.life.end(outcome, detail=f"vCPU {vcpu.index}: {exit.reason.name} at RIP {exit.rip:#x}")
             return ExitDecision.LEAVE
         return handle
 
     # -- CPUID (exit reason 10) -----------------------------------------------------------
-    def _cpuid(self, vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
+    def _cpuid(self, vcpu: VcpuPort, exit: ExitInfo) -> ExitDecision:
         rax, rcx = vcpu.engine.batch_of(_CPUID_IN).read()
         leaf = rax & 0xFFFFFFFF
         sub = rcx & 0xFFFFFFFF
@@ -130,7 +178,7 @@ class Vmm:
         return ExitDecision.RESUME
 
     # -- I/O instruction (exit reason 30) -------------------------------------------------
-    def _io(self, vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
+    def _io(self, vcpu: VcpuPort, exit: ExitInfo) -> ExitDecision:
         q = exit.qualification
         size = (q & 7) + 1
         port = q >> 16
@@ -145,7 +193,7 @@ class Vmm:
         return ExitDecision.RESUME
 
     # -- APIC access (exit reason 44) ------------------------------------------------------
-    def _apic_access(self, vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
+    def _apic_access(self, vcpu: VcpuPort, exit: ExitInfo) -> ExitDecision:
         offset = exit.qualification & 0xFFF
         size = exit.payload.size if isinstance(exit.payload, ApicAccess) else 4
         reg = offset & ~0xF
@@ -165,7 +213,7 @@ class Vmm:
         return ExitDecision.LEAVE if self.life.ended else ExitDecision.RESUME
 
     @staticmethod
-    def _complete_write(vcpu: Vcpu, exit: ExitInfo) -> None:
+    def _complete_write(vcpu: VcpuPort, exit: ExitInfo) -> None:
         """An APIC-access exit is fault-like: the VMM emulates the access and moves RIP past
         the instruction (SDM 29.4.2, 28.2.1).  Doing so here matters when the write makes
         this vCPU leave the engine (a self-IPI or self-NMI, an EOI that unmasks a pending
@@ -179,7 +227,7 @@ class Vmm:
             vcpu.engine.set_rip(exit.rip + insns[0].size)
 
     # -- RDMSR / WRMSR (exit reasons 31, 32) ------------------------------------------------
-    def _msr_read(self, vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
+    def _msr_read(self, vcpu: VcpuPort, exit: ExitInfo) -> ExitDecision:
         msr = _msr_of(exit)
         exit.detail = f"rdmsr {msr:#x}"
         if msr == IA32_APIC_BASE_MSR:
@@ -197,7 +245,7 @@ class Vmm:
         exit.detail += f" -> {exit.data:#x}"
         return ExitDecision.RESUME
 
-    def _msr_write(self, vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
+    def _msr_write(self, vcpu: VcpuPort, exit: ExitInfo) -> ExitDecision:
         msr = _msr_of(exit)
         value = exit.data
         exit.detail = f"wrmsr {msr:#x} <- {value:#x}"
@@ -216,7 +264,7 @@ class Vmm:
             return ExitDecision.NATIVE
         return ExitDecision.RESUME
 
-    def _inject_gp(self, vcpu: Vcpu, exit: ExitInfo, why: str) -> ExitDecision:
+    def _inject_gp(self, vcpu: VcpuPort, exit: ExitInfo, why: str) -> ExitDecision:
         exit.detail += f": #GP injected ({why})"
         vcpu.pending_event = hardware_exception(13, 0)
         vcpu.pending_event_rip = exit.rip
@@ -224,7 +272,7 @@ class Vmm:
         return ExitDecision.FAULT
 
     # -- HLT (exit reason 12) ---------------------------------------------------------------
-    def _hlt(self, vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
+    def _hlt(self, vcpu: VcpuPort, exit: ExitInfo) -> ExitDecision:
         if vcpu.interrupts_enabled() and vcpu.apic.has_pending():
             exit.detail = "interrupt already pending: not halting"
             return ExitDecision.LEAVE
@@ -233,20 +281,20 @@ class Vmm:
         return ExitDecision.LEAVE
 
     # -- PAUSE-loop exiting (exit reason 40) --------------------------------------------------
-    def _pause_loop(self, vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
+    def _pause_loop(self, vcpu: VcpuPort, exit: ExitInfo) -> ExitDecision:
         """The vCPU spins on PAUSE: leave the engine so the scheduler can run another
         vCPU (the lock holder, with luck); the guest resumes at the next PAUSE."""
         return ExitDecision.LEAVE
 
     # -- VMX-preemption timer (exit reason 52) ------------------------------------------------
-    def _preemption_timer(self, vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
+    def _preemption_timer(self, vcpu: VcpuPort, exit: ExitInfo) -> ExitDecision:
         """Re-arm the timer (the VMM's time slice tick) and go on."""
         vcpu.vmcs.write("VMX_PREEMPTION_TIMER_VALUE", self.preemption_timer)
         exit.detail = f"re-armed with {self.preemption_timer}"
         return ExitDecision.LEAVE
 
     # -- VMCALL (exit reason 18) -------------------------------------------------------------
-    def _vmcall(self, vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
+    def _vmcall(self, vcpu: VcpuPort, exit: ExitInfo) -> ExitDecision:
         e = vcpu.engine
         nr = e.read("rax")
         if nr == HYPERCALL_PING:
@@ -263,18 +311,14 @@ class Vmm:
         return ExitDecision.RESUME
 
     # -- exceptions the exception bitmap intercepts (exit reason 0) ---------------------------
-    def _exception(self, vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
+    def _exception(self, vcpu: VcpuPort, exit: ExitInfo) -> ExitDecision:
         ev = exit.payload.event if isinstance(exit.payload, ExceptionExit) else None
         exit.detail = ev.describe() if ev else "exception"
-        if self.exception_exits == "reflect" and ev is not None:
-            vcpu.pending_event = ev
-            vcpu.pending_event_rip = exit.rip
-            return ExitDecision.LEAVE
         self.life.end("exception", detail=f"vCPU {vcpu.index}: exception exit: {exit.detail}")
         return ExitDecision.LEAVE
 
     # -- INIT and SIPI (exit reasons 3 and 4, SDM 26.2 / 9.4) ---------------------------------
-    def _init_signal(self, vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
+    def _init_signal(self, vcpu: VcpuPort, exit: ExitInfo) -> ExitDecision:
         """INIT (SDM 9.1.1, Table 9-1): the processor state after INIT, then wait-for-SIPI."""
         vcpu.engine.load_reset_state()
         vcpu.apic.reset()
@@ -283,7 +327,7 @@ class Vmm:
         exit.detail = "INIT: vCPU reset, now waiting for SIPI"
         return ExitDecision.LEAVE
 
-    def _sipi(self, vcpu: Vcpu, exit: ExitInfo) -> ExitDecision:
+    def _sipi(self, vcpu: VcpuPort, exit: ExitInfo) -> ExitDecision:
         vector = exit.qualification & 0xFF
         base = (vector << 12) + self.sipi_offset  # sipi_offset != 0 only in the bug scenario
         vcpu.set_guest_state(rip=0, cr0=0x60000010, segments=real_mode_segments(vector << 8, base),
@@ -295,7 +339,7 @@ class Vmm:
         exit.detail = f"SIPI vector {vector:#04x}: real mode at CS:IP {vector << 8:#06x}:0000 (base {base:#x})"
         return ExitDecision.RESUME
 
-    def take_signals(self, vcpu: Vcpu) -> bool:
+    def take_signals(self, vcpu: VcpuPort) -> bool:
         """INIT / SIPI delivered to ``vcpu`` become its INIT-signal and SIPI exits, taken
         on its own executor (the target of an IPI sees the exit, SDM 26.2).  Returns True
         when an exit asked the vCPU to leave (e.g. a break on that exit reason)."""

@@ -15,13 +15,20 @@ PAGE = 0x1000
 class IoBitmaps:
     """Bitmap A covers ports 0x0000-0x7FFF, bitmap B 0x8000-0xFFFF; one bit per port."""
 
-    def __init__(self, mem: PhysicalMemory, alloc_page: Callable[[], int], exit_all: bool = True) -> None:
+    def __init__(self, mem: PhysicalMemory, a: int, b: int) -> None:
+        """The bitmaps at host-physical ``a`` and ``b`` (the VMCS's IO_BITMAP_A/B)."""
         self.mem = mem
-        self.a = alloc_page()
-        self.b = alloc_page()
+        self.a = a
+        self.b = b
+
+    @classmethod
+    def allocate(cls, mem: PhysicalMemory, alloc_page: Callable[[], int], exit_all: bool = True) -> "IoBitmaps":
+        """Two new pages, every port exiting unless ``exit_all`` is False."""
+        bitmaps = cls(mem, alloc_page(), alloc_page())
         if exit_all:
-            for page in (self.a, self.b):
+            for page in (bitmaps.a, bitmaps.b):
                 mem.write(page, b"\xff" * PAGE)
+        return bitmaps
 
     def _where(self, port: int) -> tuple[int, int]:
         page = self.a if port < 0x8000 else self.b
@@ -50,9 +57,15 @@ class MsrBitmap:
     """Read-low 0x000, read-high 0x400, write-low 0x800, write-high 0xC00 (SDM 25.6.9):
     low MSRs 0x00000000-0x00001FFF, high MSRs 0xC0000000-0xC0001FFF; others always exit."""
 
-    def __init__(self, mem: PhysicalMemory, alloc_page: Callable[[], int]) -> None:
+    def __init__(self, mem: PhysicalMemory, page: int) -> None:
+        """The bitmap at host-physical ``page`` (the VMCS's MSR_BITMAP)."""
         self.mem = mem
-        self.page = alloc_page()
+        self.page = page
+
+    @classmethod
+    def allocate(cls, mem: PhysicalMemory, alloc_page: Callable[[], int]) -> "MsrBitmap":
+        """A new page: no MSR exits until :meth:`set` says so."""
+        return cls(mem, alloc_page())
 
     def _where(self, msr: int, write: bool) -> tuple[int, int] | None:
         if msr <= 0x1FFF:
@@ -83,3 +96,10 @@ class MsrBitmap:
             return True
         addr, bit = where
         return bool(self.mem.read(addr, 1)[0] >> bit & 1)
+
+
+class NoIoExits:
+    """Neither unconditional I/O exiting nor I/O bitmaps (SDM 25.6.2): no port exits."""
+
+    def exits(self, port: int, size: int) -> bool:
+        return False
