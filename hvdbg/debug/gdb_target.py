@@ -80,7 +80,7 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
 
     def thread_extra_info(self, tid: int) -> str:
         v = self._vcpu(tid)
-        rip = debug_hooks.read_rip(v.engine)
+        rip = v.engine.rip()
         sym = self.vm.symbols.symbolize(rip)
         return f"{self._name(v)} {v.code_bits()}-bit" + (f" in {sym}" if sym else "")
 
@@ -98,7 +98,7 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
         """Write registers; a control state the CPU could not reach is refused with E16
         (:func:`control_state_problem`) and nothing is written."""
         v = self._vcpu(tid)
-        old = ControlState(*debug_hooks.read_control_state(v.engine),
+        old = ControlState(*(v.engine.read(n) for n in ("cr0", "cr3", "cr4", "efer", "rip")),
                            bool(v.get_segment("cs").access_rights & AR_L))
         new = replace(old, **{n: values[n] for n in ("cr0", "cr3", "cr4", "efer", "rip")
                               if isinstance(values.get(n), int)})

@@ -178,7 +178,7 @@ class DebugSession:
     def resume(self, scope: frozenset[int] | None = None) -> None:
         """Let the vCPUs of ``scope`` run (a breakpoint at the current RIP is stepped over)."""
         for v in self.vcpus_of(scope):
-            rip = debug_hooks.read_rip(v.engine)
+            rip = v.engine.rip()
             if any(rip == bp.address and v.index in bp.vcpus for bp in self.breakpoints.values()):
                 self._skip_once[v.index] = rip
         if scope is None:
@@ -190,13 +190,13 @@ class DebugSession:
 
     def step(self, vcpu: Vcpu, count: int = 1) -> None:
         """Single-step a parked vCPU; a Stop(STEP) is published when done."""
-        self._skip_once[vcpu.index] = debug_hooks.read_rip(vcpu.engine)
+        self._skip_once[vcpu.index] = vcpu.engine.rip()
         self.start()
         self.control.request_step(vcpu, count)
 
     def _step_done(self, v: Vcpu) -> None:
         self._skip_once.pop(v.index, None)
-        self._publish(Stop(StopKind.STEP, v.index, debug_hooks.read_rip(v.engine)))
+        self._publish(Stop(StopKind.STEP, v.index, v.engine.rip()))
 
     def _halt_scope(self, v: Vcpu, scope: frozenset[int]) -> None:
         """All-stop within a scope, from a hook running on ``v``'s thread."""

@@ -18,7 +18,6 @@ from unicorn import x86_const as X
 from hvdbg.engine import ucx
 from hvdbg.engine.cpu import EngineCpu
 from hvdbg.engine.regs import RawRegisterBatch
-from hvdbg.engine.ucx import Segment
 
 #: One past the last linear address (64-bit).
 ADDRESS_SPACE_END = 1 << 64
@@ -71,20 +70,12 @@ def flush_code(engine: EngineCpu, address: int, end: int | None = None) -> None:
     """
     end = address + 1 if end is None else end
     if end < ADDRESS_SPACE_END:
-        engine.uc.ctl_remove_cache(address, end)
+        engine.flush_code(address, end)
     else:
         engine.uc.ctl_flush_tb()
 
 
 # -- registers -------------------------------------------------------------------------
-
-def read_rip(engine: EngineCpu) -> int:
-    return engine.uc.reg_read(X.UC_X86_REG_RIP)
-
-
-def read_segments(engine: EngineCpu) -> dict[str, Segment]:
-    return ucx.read_segments(engine.uc)
-
 
 _GPR = {n: getattr(X, f"UC_X86_REG_{n.upper()}") for n in
         ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11",
@@ -119,13 +110,6 @@ class GdbRegisters:
         out["efer"] = ucx.read_efer(self.engine.uc)
         out["k_gs_base"] = ucx.read_kernel_gs_base(self.engine.uc)
         return out
-
-
-def read_control_state(engine: EngineCpu) -> tuple[int, int, int, int, int]:
-    """CR0, CR3, CR4, EFER and RIP."""
-    uc = engine.uc
-    return (uc.reg_read(X.UC_X86_REG_CR0), uc.reg_read(X.UC_X86_REG_CR3), uc.reg_read(X.UC_X86_REG_CR4),
-            ucx.read_efer(uc), uc.reg_read(X.UC_X86_REG_RIP))
 
 
 def write_gdb_registers(engine: EngineCpu, values: Mapping[str, int | bytes], order: list[str]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from hvdbg.engine import debug_hooks
 from hvdbg.ui.commands.args import Addr, CommandError
 from hvdbg.ui.commands.context import Call
 from hvdbg.ui.commands.disasm import disassemble
@@ -15,13 +14,13 @@ from hvdbg.ui.render.text import table
 def cmd_regs(call: Call, a: dict) -> str:
     v = call.vcpu(a["vcpu"])
     call.require_stopped(v)
-    return "\n".join(format_registers(call.vm, v, v.registers(), debug_hooks.read_segments(v.engine)))
+    return "\n".join(format_registers(call.vm, v, v.registers(), v.engine.segments()))
 
 
 def cmd_disas(call: Call, a: dict) -> str:
     v = call.vcpu(a["vcpu"])
     call.require_stopped(v)
-    rip = debug_hooks.read_rip(v.engine)
+    rip = v.engine.rip()
     addr: Addr | None = a["addr"]
     start = rip if addr is None else addr.value
     count = a["count"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from hvdbg.engine import debug_hooks
 from hvdbg.hv.vcpu import Vcpu
 from hvdbg.ui.commands.args import CommandError
 from hvdbg.ui.commands.context import Call
@@ -11,7 +10,7 @@ from hvdbg.ui.render.code import format_disassembly
 
 def disassemble(call: Call, v: Vcpu, start: int, count: int, end: int | None = None) -> str:
     """``count`` instructions of a stopped vCPU from ``start`` (those before ``end``)."""
-    rip = debug_hooks.read_rip(v.engine)
+    rip = v.engine.rip()
     if count > 1000:
         raise CommandError("at most 1000 instructions at a time")
     insns = v.decode(start, count)

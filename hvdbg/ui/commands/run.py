@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from hvdbg.debug.session import StopKind
-from hvdbg.engine import debug_hooks
 from hvdbg.hv.vcpu import Activity, Vcpu
 from hvdbg.ui.commands.args import CommandError
 from hvdbg.ui.commands.context import Call
@@ -18,7 +17,7 @@ def _require_alive(call: Call) -> None:
 
 
 def _where(call: Call, v: Vcpu) -> str:
-    rip = debug_hooks.read_rip(v.engine)
+    rip = v.engine.rip()
     insns = v.decode(rip, 1)
     text = f"{insns[0].mnemonic} {insns[0].op_str}".rstrip() if insns else "(no code)"
     return f"=> {call.vm.symbolize(rip)}:  {text}"

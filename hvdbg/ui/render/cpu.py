@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from hvdbg.arch.cpuid import ECX1, ECX_EXT, EDX1, EDX_EXT
 from hvdbg.arch.regs import CR0_BITS, CR4_BITS, EFER_BITS, RFLAGS_BITS
-from hvdbg.engine.ucx import Segment
+from hvdbg.arch.segments import Segment
 from hvdbg.hv.vcpu import Vcpu
 from hvdbg.platform.apic import (APIC_BASE_BSP, APIC_BASE_EN, APIC_BASE_EXTD, IA32_APIC_BASE_MSR, LVT_MASKED,
                                  TIMER_MODES, Reg)

@@ -4,7 +4,6 @@ stop notifier)."""
 from __future__ import annotations
 
 from hvdbg.debug.session import DebugSession, NumberedBreak, Stop, StopKind
-from hvdbg.engine import debug_hooks
 from hvdbg.ui.render.vmcs import exit_sentence
 from hvdbg.vmx.exits import ExitReason
 
@@ -28,7 +27,7 @@ def describe_stop(session: DebugSession, stop: Stop) -> str:
     if stop.vcpu is None:
         return f"stopped ({stop.kind.value})"
     v = vm.vcpus[stop.vcpu]
-    where = vm.symbolize(debug_hooks.read_rip(v.engine))
+    where = vm.symbolize(v.engine.rip())
     if stop.kind is StopKind.BREAKPOINT:
         bp = session.numbered_at(stop.vcpu, stop.address)
         label = f"breakpoint {bp.number}" if bp else "a breakpoint"
