@@ -74,32 +74,22 @@ def jain_index(values: list[int]) -> float:
 
 def run_once(workload: Workload, pcpus: int, policy: str, deterministic: bool, slice_len: int,
              seconds: float) -> Result:
-    from hvdbg.api import diagnosis
-    from hvdbg.config import load_config
-    from hvdbg.run.executors import make_executor
-    from hvdbg.hv.machine import Machine
+    from hvdbg import api
 
-    cfg = load_config(CONFIG)
-    for key, value in {"vcpus": VCPUS, "pcpus": pcpus, "sched": policy, "deterministic": deterministic,
-                       "cmdline": workload.cmdline, "slice": slice_len,
-                       "budget.instructions": INSTRUCTION_BUDGET, "budget.seconds": seconds}.items():
-        cfg.set(key, value)
-    vm = Machine(cfg)
-    ex = make_executor(vm)
-    with harness.Timer() as t:
-        ex.run()
-    stats = ex.stats() if hasattr(ex, "stats") else None
-    res = diagnosis.result(vm, t.seconds, stats)
+    r = api.run(CONFIG, vcpus=VCPUS, pcpus=pcpus, sched=policy, deterministic=deterministic,
+                cmdline=workload.cmdline, slice=slice_len,
+                budget__instructions=INSTRUCTION_BUDGET, budget__seconds=seconds)
+    vm, res, stats = r.machine, r.result, r.stats
     match = RESULT_LINE.search(res["serial"])
     ok = res["outcome"] == "exited" and res["exit_status"] == 0 and match is not None
-    sched = getattr(ex, "sched", None)
+    sched = getattr(r.executor, "sched", None)
     if stats is not None:
         runs = [row["run"] for row in stats["vcpus"].values()]
         switches = sum(row["switches"] for row in stats["pcpus"].values())
     else:   # the pinned executor: vCPU i is pCPU i, no scheduler
         runs = [v.instructions for v in vm.vcpus]
         switches = None
-    return Result(res["outcome"], ok, res["instructions"], t.seconds,
+    return Result(res["outcome"], ok, res["instructions"], r.wall_seconds,
                   max(sched.clock) if deterministic and sched is not None else None,
                   jain_index(runs), switches, res["exits"].get("PAUSE_INSTRUCTION", 0),
                   int(match.group(4)) if match and match.group(4) else None)

@@ -27,11 +27,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from fuzz.common import CORPUS, SMP_ELF
+from hvdbg.errors import Outcome
 
 #: Outcomes documented in README.md that are a proper end of a run.
-CLASSIFIED_OUTCOMES = frozenset({"exited", "hang", "triple_fault", "ept_violation", "ept_misconfig",
-                                 "exception", "budget", "stopped", "killed"})
-BUG_OUTCOMES = frozenset({"internal_error", "fatal"})
+BUG_OUTCOMES = frozenset({Outcome.INTERNAL_ERROR, Outcome.FATAL})
+CLASSIFIED_OUTCOMES = frozenset(Outcome) - BUG_OUTCOMES
 GUEST_CORPUS = CORPUS / "guests"
 
 LOAD = 0x100000
@@ -275,10 +275,9 @@ class GuestMutator:
 
 def run_guest(guest: ChaosGuest) -> ChaosResult:
     """Boot ``guest`` in this process to its end and classify what happened."""
-    from hvdbg.api import diagnosis
+    from hvdbg import api
     from hvdbg.config import config_from_dict
     from hvdbg.errors import HvdbgError
-    from hvdbg.run.executors import make_executor
     from hvdbg.hv.machine import Machine
 
     start = time.monotonic()
@@ -294,8 +293,7 @@ def run_guest(guest: ChaosGuest) -> ChaosResult:
         except Exception:  # noqa: BLE001 - the bug being looked for
             return ChaosResult("exception", None, traceback.format_exc(), time.monotonic() - start)
         try:
-            make_executor(vm).run()
-            result = diagnosis.result(vm, time.monotonic() - start)
+            result = api.run_machine(vm, include_stats=False).result
             json.dumps(result)
         except Exception:  # noqa: BLE001
             return ChaosResult("exception", vm.ending.outcome if vm.ending else None, traceback.format_exc(),

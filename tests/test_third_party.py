@@ -103,8 +103,10 @@ class HvdbgRun:
 
 def run_hvdbg(config: Path, prepare=None, **overrides) -> HvdbgRun:
     """Boot ``config`` in-process; ``prepare(vm)`` may change the machine before it runs."""
-    r = api.run(config, include_stats=False, prepare=prepare, **overrides)
-    return HvdbgRun(r.machine, r.result)
+    vm = Machine(api.make_config(config, **overrides))
+    if prepare is not None:
+        prepare(vm)
+    return HvdbgRun(vm, api.run_machine(vm, include_stats=False).result)
 
 
 @dataclass

@@ -11,10 +11,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from hvdbg.api import diagnosis
 from hvdbg.config import VmConfig, load_config
+from hvdbg.errors import Outcome
 from hvdbg.hv.machine import Machine
 from hvdbg.run.executors import Executor, make_executor
 
@@ -57,16 +58,20 @@ def make_config(config: str | Path | VmConfig, **overrides: Any) -> VmConfig:
 
 
 def run(config: str | Path | VmConfig, *, include_stats: bool = True, stop_on_interrupt: bool = False,
-        prepare: Callable[[Machine], None] | None = None, **overrides: Any) -> RunResult:
-    """Boot ``config`` to its end (exit, hang, fault, budget) and classify it.
+        **overrides: Any) -> RunResult:
+    """Boot ``config`` to its end (exit, hang, fault, budget) and classify it; see
+    :func:`run_machine` for the keywords."""
+    return run_machine(Machine(make_config(config, **overrides)), include_stats=include_stats,
+                       stop_on_interrupt=stop_on_interrupt)
+
+
+def run_machine(vm: Machine, *, include_stats: bool = True, stop_on_interrupt: bool = False) -> RunResult:
+    """Run a machine built already (and maybe changed: a test device, a patched
+    register) to its end and classify it.
 
     ``include_stats`` puts the scheduler statistics into ``result["sched"]`` as
     ``hvdbg run --json`` does; ``stop_on_interrupt`` ends the VM with outcome ``stopped``
-    on Ctrl-C instead of raising KeyboardInterrupt; ``prepare(machine)`` may change the
-    machine before it runs (a test device, a patched register)."""
-    vm = Machine(make_config(config, **overrides))
-    if prepare is not None:
-        prepare(vm)
+    on Ctrl-C instead of raising KeyboardInterrupt."""
     executor = make_executor(vm)
     start = time.monotonic()
     try:
@@ -74,7 +79,7 @@ def run(config: str | Path | VmConfig, *, include_stats: bool = True, stop_on_in
     except KeyboardInterrupt:
         if not stop_on_interrupt:
             raise
-        vm.end("stopped", detail="interrupted by the user")
+        vm.end(Outcome.STOPPED, detail="interrupted by the user")
     wall = time.monotonic() - start
     stats = executor.stats()
     return RunResult(vm, diagnosis.result(vm, wall, stats if include_stats else None), stats, wall,
@@ -89,4 +94,4 @@ def open_debug(config: str | Path | VmConfig, *, start_paused: bool = True, **ov
     return DebugSession(Machine(make_config(config, **overrides)), start_paused=start_paused)
 
 
-__all__ = ["RunResult", "make_config", "open_debug", "run"]
+__all__ = ["RunResult", "make_config", "open_debug", "run", "run_machine"]

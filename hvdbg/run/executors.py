@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 
+from hvdbg.errors import Outcome
 from hvdbg.hv.machine import Machine
 from hvdbg.hv.vcpu import RunEnd, Vcpu
 from hvdbg.run.control import RunControl
@@ -88,7 +89,7 @@ class PinnedExecutor(Executor):
                     v.wait_for_kick(SPIN_YIELD_SECONDS)
         except BaseException as e:  # reported by run(); never lost silently
             self.errors.append(e)
-            vm.end("fatal", detail=f"vCPU {v.index} thread crashed: {type(e).__name__}: {e}")
+            vm.end(Outcome.FATAL, detail=f"vCPU {v.index} thread crashed: {type(e).__name__}: {e}")
 
     def run(self) -> None:
         for v in self.vm.vcpus:
@@ -178,7 +179,7 @@ class ThreadedSchedExecutor(ScheduledExecutor):
                 self.busy[p] += time.perf_counter() - t0
         except BaseException as e:  # noqa: BLE001 - reported as the VM's ending
             self.errors.append(e)
-            vm.end("internal_error", detail=f"pCPU {p} thread crashed: {type(e).__name__}: {e}")
+            vm.end(Outcome.INTERNAL_ERROR, detail=f"pCPU {p} thread crashed: {type(e).__name__}: {e}")
 
     def run(self) -> None:
         self.started = time.perf_counter()

@@ -7,7 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hvdbg.hv.machine import Machine
-from hvdbg.hv.vcpu import Activity, RunEnd, Vcpu
+from hvdbg.hv import activity
+from hvdbg.hv.vcpu import RunEnd, Vcpu
+from hvdbg.vmx.controls import ActivityState
 
 @dataclass
 class VcpuProgress:
@@ -34,29 +36,11 @@ class VcpuLoop:
         self.progress = {v.index: VcpuProgress() for v in vm.vcpus}
         self.spin_skip = False     # config spin_skip: set by the deterministic and pinned executors
 
-    def wake_if_possible(self, v: Vcpu) -> bool:
-        """A halted vCPU resumes on an interrupt it can take (SDM 26.6.2 / HLT);
-        with only its own timer pending, its idle clock jumps to the deadline."""
-        if v.activity != Activity.HLT:
-            return v.activity == Activity.ACTIVE
-        if v.apic.nmi_pending:
-            v.activity = Activity.ACTIVE
-            return True
-        if v.interrupts_enabled():
-            if v.apic.pending_vector() is None:
-                deadline = v.apic.next_event()
-                if deadline is not None and deadline > v.clock():
-                    v.idle_ticks += deadline - v.clock()
-            if v.apic.pending_vector() is not None:
-                v.activity = Activity.ACTIVE
-                return True
-        return False
-
     def run_slice(self, v: Vcpu, budget: int | None = None) -> RunEnd:
         """Run ``v`` for up to ``budget`` guest instructions (default: the slice length)."""
         if self.vm.vmm.take_signals(v):
             return RunEnd.EXIT  # an exit breakpoint: park before running
-        if not self.wake_if_possible(v):
+        if not activity.wake_if_possible(v):
             return RunEnd.NOT_RUNNABLE
         budget = budget or self.slice_len
         if self.spin_skip and self.progress[v.index].spin_slices and budget > SPIN_PROBE:
@@ -106,16 +90,10 @@ class VcpuLoop:
         p.last_states = (p.last_states + (state,))[-SPIN_HISTORY:]
 
     def stuck(self, v: Vcpu) -> str | None:
-        """Why this vCPU can never make progress on its own, or None."""
-        if v.activity == Activity.SHUTDOWN:
-            return "shutdown"
-        if v.activity == Activity.WAIT_FOR_SIPI and not v.pending_sipi and not v.pending_init:
-            return "wait-for-SIPI"
-        if v.activity == Activity.HLT and not v.apic.nmi_pending and not v.pending_init:
-            if not v.interrupts_enabled():
-                return "halted with IF=0"
-            if v.apic.pending_vector() is None and v.apic.next_event() is None:
-                return "halted with IF=1 but no interrupt source armed"
-        if v.activity == Activity.ACTIVE and self.progress[v.index].spin_slices >= self.vm.config["budget.idle_slices"]:
+        """Why this vCPU can never make progress on its own, or None: its activity state
+        (:func:`hvdbg.hv.activity.stuck_reason`), or a loop without progress."""
+        reason = activity.stuck_reason(v)
+        if reason is None and v.activity == ActivityState.ACTIVE \
+                and self.progress[v.index].spin_slices >= self.vm.config["budget.idle_slices"]:
             return "spinning without VM exits in a loop that makes no progress"
-        return None
+        return reason

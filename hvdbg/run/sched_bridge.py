@@ -6,7 +6,8 @@ from __future__ import annotations
 import threading
 
 from hvdbg.hv.machine import Machine
-from hvdbg.hv.vcpu import Activity, RunEnd, Vcpu
+from hvdbg.hv import activity
+from hvdbg.hv.vcpu import RunEnd, Vcpu
 from hvdbg.platform.codescan import PAUSE, find_sites
 from hvdbg.run.control import RunControl
 from hvdbg.run.loop import VcpuLoop
@@ -80,27 +81,12 @@ class SchedCore:
 
     def runnable(self, v: Vcpu) -> bool:
         """Can this vCPU use a pCPU now (or make progress when picked)?"""
-        if v.pending_init or v.pending_sipi is not None:
-            return True
-        if v.activity == Activity.ACTIVE:
-            return True
-        if v.activity == Activity.HLT:
-            if v.apic.nmi_pending:
-                return True
-            if v.interrupts_enabled() and (v.apic.pending_vector() is not None or v.apic.next_event() is not None):
-                return True
-        return False
+        return activity.blocked_reason(v) is None
 
     def blocked_reason(self, v: Vcpu) -> str:
-        """The waiting reason of a vCPU that is not runnable (from its activity state)."""
-        if v.activity == Activity.WAIT_FOR_SIPI:
-            return "wait-for-SIPI"
-        if v.activity == Activity.SHUTDOWN:
-            return "finished"
-        if v.activity == Activity.HLT and not v.interrupts_enabled() \
-                and not v.apic.nmi_pending and not v.pending_init:
-            return "finished"
-        return "halted"
+        """The waiting reason of a vCPU that leaves its pCPU blocked; one runnable again at
+        once (woken while it ran) counts as "halted" until its wake-up."""
+        return activity.blocked_reason(v) or "halted"
 
     def _set_reason(self, index: int, reason: str, now: int) -> None:
         """Close the current waiting period of vCPU ``index`` and open one for ``reason``

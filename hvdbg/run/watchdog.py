@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from hvdbg.errors import Outcome
 from hvdbg.hv.machine import Machine
 from hvdbg.run.loop import VcpuLoop
 
@@ -29,11 +30,11 @@ class Watchdog:
         if all(reasons):
             # a hang says more than "budget": check it first (the vCPU threads may have used
             # the whole budget between two checks)
-            vm.end("hang", detail="; ".join(f"vCPU {v.index}: {r}" for v, r in zip(vm.vcpus, reasons)))
+            vm.end(Outcome.HANG, detail="; ".join(f"vCPU {v.index}: {r}" for v, r in zip(vm.vcpus, reasons)))
             return
         if vm.total_instructions() >= vm.config["budget.instructions"]:
-            vm.end("budget", detail=f"instruction budget of {vm.config['budget.instructions']} used up")
+            vm.end(Outcome.BUDGET, detail=f"instruction budget of {vm.config['budget.instructions']} used up")
             return
         if self.running_seconds >= vm.config["budget.seconds"]:
-            vm.end("budget", detail=f"time budget of {vm.config['budget.seconds']} s used up")
+            vm.end(Outcome.BUDGET, detail=f"time budget of {vm.config['budget.seconds']} s used up")
             return
