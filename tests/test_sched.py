@@ -13,7 +13,7 @@ import pytest
 
 from hvdbg.run.sched import (NICE_0_WEIGHT, POLICIES, UNLIMITED, CfsParams, RunFeedback, SchedError,
                          SchedPolicy, SliceEnd, make_policy)
-from hvdbg.run.sched.bench import SCENARIOS, VARIANTS, measure, table
+from bench.sched_sim import SCENARIOS, VARIANTS, measure, table
 from hvdbg.run.sched.sim import (Compute, Halt, SendIpi, SimConfig, SimError, Simulator, cpu_bound, jain_index,
                              lock_heavy, shootdowns)
 
@@ -360,7 +360,7 @@ def test_same_calls_same_decisions(name):
 
 def test_decisions_do_not_depend_on_hash_seed():
     code = ("import hashlib, json;"
-            "from hvdbg.run.sched.bench import VARIANTS;"
+            "from bench.sched_sim import VARIANTS;"
             "from hvdbg.run.sched import make_policy;"
             "from hvdbg.run.sched.sim import Simulator, SimConfig, lock_heavy;"
             "out = [];"

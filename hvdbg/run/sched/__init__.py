@@ -2,7 +2,7 @@
 
 Pure policy objects (no Unicorn, no threads, no clocks) driven by an executor through
 the :class:`SchedPolicy` calls; :mod:`hvdbg.run.sched.sim` drives them with a simulated SMP
-guest for tests and the benchmark (``python -m hvdbg.run.sched.bench``).
+guest for tests and the benchmark (``python bench/sched_sim.py``).
 """
 
 from __future__ import annotations

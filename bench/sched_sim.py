@@ -1,6 +1,6 @@
 """Benchmark the policies on simulated SMP workloads (docs/scheduling.md, "Results").
 
-    python -m hvdbg.run.sched.bench [--seeds N] [--policies cfs,smp,...]
+    python bench/sched_sim.py [--seeds N] [--policies cfs,smp,...]
 
 Every number is virtual time in guest instructions (or Jain's index for fairness) and
 is the same on every machine and every run: the simulator and the policies are
@@ -129,7 +129,7 @@ def table(scenarios: list[Scenario], variants: list[str], seeds: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hvdbg.run.sched.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python bench/sched_sim.py", description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=8, help="workload variants per seeded scenario")
     parser.add_argument("--policies", default=",".join(VARIANTS), help="comma-separated rows to run")
     parser.add_argument("--scenarios", default=",".join(s.name for s in SCENARIOS))
