@@ -212,10 +212,9 @@ class DebugSession:
         the caller) and the other vCPUs the run control has parked. A running engine is
         never touched from another thread; it keeps its translation of the old bytes until
         Unicorn evicts it."""
-        control = self.control
-        with control._cond:  # a parked vCPU cannot leave RunControl.serve meanwhile
+        with self.control.holding_parked() as parked:  # a parked vCPU cannot leave meanwhile
             for v in self.vm.vcpus:
-                if scope is None or v.index in scope or v.index in control.parked:
+                if scope is None or v.index in scope or v.index in parked:
                     for begin, end in ranges:
                         debug_hooks.flush_code(v.engine, begin, end)
 
