@@ -4,23 +4,12 @@ diagnosis, never a Python exception."""
 from __future__ import annotations
 
 import random
-import struct
 
 import pytest
 
+from fuzz.chaos import flat_kernel
 from helpers import boot
 from hvdbg.config import config_from_dict
-
-LOAD = 0x100000
-
-
-def flat_kernel(code: bytes) -> bytes:
-    """A multiboot 1 image using the a.out kludge: header, then 32-bit code at LOAD+0x20."""
-    flags = 1 << 16
-    magic = 0x1BADB002
-    header = struct.pack("<8I", magic, flags, (-(magic + flags)) & 0xFFFFFFFF,
-                         LOAD, LOAD, 0, 0, LOAD + 0x20)
-    return header + code
 
 
 def run_image(tmp_path, image: bytes, **cfg):

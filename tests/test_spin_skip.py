@@ -4,11 +4,10 @@ serial output, same exits, same virtual times), for a fraction of the host work.
 
 from __future__ import annotations
 
-import struct
-
+from fuzz.chaos import flat_kernel
+from helpers import boot
 from hvdbg.config import config_from_dict
 from hvdbg.run.loop import SPIN_PROBE
-from helpers import boot
 
 
 def test_smp_boot_with_spin_skip_matches_the_full_run(make_config):
@@ -41,18 +40,11 @@ def test_spin_skip_is_deterministic(make_config):
     assert len(hashes) == 1
 
 
-def _flat_kernel(code: bytes) -> bytes:
-    """Multiboot 1, a.out kludge: 32-bit code at 0x100020."""
-    load, flags, magic = 0x100000, 1 << 16, 0x1BADB002
-    header = struct.pack("<8I", magic, flags, (-(magic + flags)) & 0xFFFFFFFF, load, load, 0, 0, load + 0x20)
-    return header + code
-
-
 def test_a_spinning_guest_is_still_a_hang(tmp_path):
     """pause; jmp back: no progress ever. The hang detector counts probes as slices, so
     the verdict is the same, after far fewer executed instructions."""
     kernel = tmp_path / "spin.bin"
-    kernel.write_bytes(_flat_kernel(b"\xf3\x90\xeb\xfc"))
+    kernel.write_bytes(flat_kernel(b"\xf3\x90\xeb\xfc"))
     results = []
     for skip in (False, True):
         vm, res = boot(config_from_dict({"kernel": str(kernel), "memory": "16M", "deterministic": True,
@@ -71,7 +63,7 @@ def test_progress_is_never_skipped(tmp_path):
     """inc eax; pause; jmp back: EAX changes every iteration, so nothing is skipped and
     the run ends on the instruction budget as without spin_skip."""
     kernel = tmp_path / "count.bin"
-    kernel.write_bytes(_flat_kernel(b"\x40\xf3\x90\xeb\xfb"))
+    kernel.write_bytes(flat_kernel(b"\x40\xf3\x90\xeb\xfb"))
     vm, res = boot(config_from_dict({"kernel": str(kernel), "memory": "16M", "deterministic": True,
                                      "spin_skip": True, "budget": {"instructions": 3_000_000, "seconds": 60}}))
     assert res["outcome"] == "budget"

@@ -86,7 +86,7 @@ def run_machine(vm: Machine, *, include_stats: bool = True, stop_on_interrupt: b
                      executor)
 
 
-def open_debug(config: str | Path | VmConfig, *, start_paused: bool = True, **overrides: Any) -> DebugSession:
+def open_debug(config: str | Path | VmConfig, *, start_paused: bool = False, **overrides: Any) -> DebugSession:
     """A VM of ``config`` under a :class:`~hvdbg.debug.session.DebugSession` (its
     executor thread not started yet: call ``start()``)."""
     from hvdbg.debug.session import DebugSession
