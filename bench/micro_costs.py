@@ -106,7 +106,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hvdbg-micro-") as d:
         vm = hv_machine(build("alu", 10, Path(d)), 1, deterministic=True)
     v = vm.vcpus[0]
-    uc = v.uc
+    uc = v.engine.uc
     rax = Reg64(uc, X.UC_X86_REG_RAX)
     four = RegBatch(uc, CPUID_REGS)
     spin_ids = list(getattr(v, "_SPIN_IDS", [X.UC_X86_REG_RIP] + list(CPUID_REGS)))

@@ -62,20 +62,20 @@ def main() -> None:
     stop = target.wait_for_stop(60)
     target.remove_sw_breakpoint(KMAIN, 1)
     vcpu = vm.vcpus[0]
-    if stop is None or vcpu.uc.reg_read(X.UC_X86_REG_RIP) != KMAIN:
+    if stop is None or vcpu.engine.uc.reg_read(X.UC_X86_REG_RIP) != KMAIN:
         raise SystemExit(f"did not stop at kmain: {stop}")
 
     regs = target.read_registers(1)
-    batch = RegisterBatch(vcpu.uc, GPRS)
+    batch = RegisterBatch(vcpu.engine.uc, GPRS)
     cells = [(ctypes.c_ubyte * 16)() for _ in XMMS]
 
     def xmm_direct() -> list[bytes]:
         for reg, cell in zip(XMMS, cells):
-            _lib.uc_reg_read(vcpu.uc._uch, reg, ctypes.byref(cell))
+            _lib.uc_reg_read(vcpu.engine.uc._uch, reg, ctypes.byref(cell))
         return [bytes(c) for c in cells]
 
-    assert xmm_direct() == [vcpu.uc.reg_read(r).to_bytes(16, "little") for r in XMMS]
-    assert list(batch.read()) == [vcpu.uc.reg_read(r) for r in GPRS]
+    assert xmm_direct() == [vcpu.engine.uc.reg_read(r).to_bytes(16, "little") for r in XMMS]
+    assert list(batch.read()) == [vcpu.engine.uc.reg_read(r) for r in GPRS]
 
     def step() -> None:
         target.resume({1: ResumeAction(ResumeKind.STEP)})
@@ -84,10 +84,10 @@ def main() -> None:
     rows = [
         ("g", "VmTarget.read_registers (all 61 values)", lambda: target.read_registers(1), 200),
         ("g", "X86_64.encode_registers (the reply's hex)", lambda: X86_64.encode_registers(regs), 200),
-        ("g", "17 GPRs + RIP by binding reg_read", lambda: [vcpu.uc.reg_read(r) for r in GPRS], 500),
+        ("g", "17 GPRs + RIP by binding reg_read", lambda: [vcpu.engine.uc.reg_read(r) for r in GPRS], 500),
         ("g", "the same 17 by hvdbg.engine.regs.RegisterBatch.read", batch.read, 2000),
         ("g", "16 XMM by binding reg_read + to_bytes",
-         lambda: [vcpu.uc.reg_read(r).to_bytes(16, "little") for r in XMMS], 500),
+         lambda: [vcpu.engine.uc.reg_read(r).to_bytes(16, "little") for r in XMMS], 500),
         ("g", "the same 16 by uc_reg_read into preallocated buffers", xmm_direct, 2000),
         ("m", "Vcpu.read_linear(stack, 64)", lambda: vcpu.read_linear(STACK_READ, 64), 500),
         ("m", "Vcpu.page_walk(stack) (4-level walk, 2 MiB page)", lambda: vcpu.page_walk(STACK_READ), 500),

@@ -112,7 +112,7 @@ def test_vmcs_guest_state_matches_the_stopped_engine(debugger, elf):
     v = ctx.vm.vcpus[i]
     boot_pml4_phys = elf.phys(elf.symbols["boot_pml4"])
     cr3 = hexval(r"^  = (0x[0-9a-f]+)$", ok(ctx, f"vmcs {i} GUEST_CR3"))
-    assert cr3 == v.uc.reg_read(X.UC_X86_REG_CR3) == boot_pml4_phys
+    assert cr3 == v.engine.uc.reg_read(X.UC_X86_REG_CR3) == boot_pml4_phys
     rip = hexval(r"^  = (0x[0-9a-f]+)$", ok(ctx, f"vmcs {i} guest_rip"))  # names are case-insensitive
     assert rip == elf.symbols["work_run"]
     by_encoding = ok(ctx, f"vmcs {i} 0x6802")  # GUEST_CR3 by its Appendix B encoding
@@ -121,9 +121,9 @@ def test_vmcs_guest_state_matches_the_stopped_engine(debugger, elf):
     for title in ("*** Guest State ***", "*** Host State ***", "*** Control State ***", "*** Exit Information ***"):
         assert title in full
     assert hexval(r"^GUEST_CR3\s+0x6802 = (0x[0-9a-f]+)", full) == boot_pml4_phys
-    assert hexval(r"^GUEST_RSP\s+0x681c = (0x[0-9a-f]+)", full) == v.uc.reg_read(X.UC_X86_REG_RSP)
+    assert hexval(r"^GUEST_RSP\s+0x681c = (0x[0-9a-f]+)", full) == v.engine.uc.reg_read(X.UC_X86_REG_RSP)
     cs = re.search(r"^CS\s+(0x[0-9a-f]+)\s+(0x[0-9a-f]+)", full, re.M)
-    assert int(cs.group(1), 16) == v.uc.reg_read(X.UC_X86_REG_CS)
+    assert int(cs.group(1), 16) == v.engine.uc.reg_read(X.UC_X86_REG_CS)
     assert "code execute/read, DPL=0 P L" in full  # 64-bit code segment, decoded access rights
 
 
@@ -265,7 +265,7 @@ def test_regs_x_and_disas_at_a_breakpoint(debugger, elf):
     v = ctx.vm.vcpus[i]
     regs = ok(ctx, "regs")  # the stopped vCPU became the default
     assert regs.startswith(f"vCPU {i} ")
-    rsp = v.uc.reg_read(X.UC_X86_REG_RSP)
+    rsp = v.engine.uc.reg_read(X.UC_X86_REG_RSP)
     assert hexval(r"rsp (0x[0-9a-f]+)", regs) == rsp
     assert re.search(rf"rip {elf.symbols['work_run']:#x} <work_run>", regs)
     assert "efer 0x500 [LME LMA]" in regs and "[PE ET PG]" in regs
@@ -325,7 +325,7 @@ def test_step_executes_instructions_on_one_vcpu(debugger, elf):
     text = ok(ctx, f"step {i} 3")
     assert v.instructions - before == 3
     assert text.startswith(f"vCPU {i}: 3 instructions executed")
-    rip = v.uc.reg_read(X.UC_X86_REG_RIP)
+    rip = v.engine.uc.reg_read(X.UC_X86_REG_RIP)
     assert f"=> {ctx.vm.symbolize(rip)}:" in text
     assert rip != elf.symbols["work_run"]
     assert {x.index: x.instructions for x in ctx.vm.vcpus if x is not v} == others
@@ -410,7 +410,7 @@ def test_break_on_sipi_exit_stops_before_the_ap_runs(debugger):
     assert text.startswith("vCPU 1 stopped on VM exit SIPI"), text
     v = ctx.vm.vcpus[1]
     assert v.last_exit.reason is ExitReason.SIPI
-    assert v.uc.reg_read(X.UC_X86_REG_RIP) == 0 and v.instructions == 0
+    assert v.engine.uc.reg_read(X.UC_X86_REG_RIP) == 0 and v.instructions == 0
 
 
 # --------------------------------------------------------------------------------------

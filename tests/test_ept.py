@@ -7,11 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hvdbg.vmx.exits import EptViolationQualification, ept_violation_qualification
-from hvdbg.vmx.ept import (
-    ACCESSED, DIRTY, GPA_WIDTH, LARGE_PAGE, PAGE_1G, PAGE_2M, PAGE_4K, SW_MAPPED,
-    Ept, EptCaps, EptPerm, EptPointer, EptRange, EptStatus, MemType,
-    eptp_problems, format_ranges, format_walk, walk_ept,
-)
+from hvdbg.vmx.ept import ACCESSED, DIRTY, GPA_WIDTH, LARGE_PAGE, PAGE_1G, PAGE_2M, PAGE_4K, SW_MAPPED, EptCaps, EptPerm, EptPointer, EptStatus, MemType, eptp_problems, format_ranges, format_walk, walk_ept
+from hvdbg.vmx.ept_tables import Ept, EptRange
 from hvdbg.arch.physmem import RegionMemory, read_u64, write_u64
 
 TABLE_BASE = 0x10_0000

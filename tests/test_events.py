@@ -9,7 +9,7 @@ import pytest
 
 from hvdbg.arch.events import (Event, EventType, Shutdown, combine, deliver, hardware_exception)
 from hvdbg.arch.physmem import RegionMemory
-from hvdbg.engine.ucx import Segment
+from hvdbg.arch.segments import Segment
 
 
 class FakeCpu:

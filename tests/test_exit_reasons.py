@@ -10,26 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hvdbg.vmx.exits import (
-    ApicAccessQualification,
-    ApicAccessType,
-    CrAccessQualification,
-    CrAccessType,
-    DrAccessQualification,
-    DrDirection,
-    EptViolationQualification,
-    ExitReason,
-    ExitReasonField,
-    IoDirection,
-    IoOperand,
-    IoQualification,
-    IoSize,
-    TaskSwitchQualification,
-    TaskSwitchSource,
-    apic_register_name,
-    describe_exception,
-    describe_exit,
-)
+from hvdbg.vmx.exits import ApicAccessQualification, ApicAccessType, CrAccessQualification, CrAccessType, DrAccessQualification, DrDirection, EptViolationQualification, ExitReason, ExitReasonField, IoDirection, IoOperand, IoQualification, IoSize, TaskSwitchQualification, TaskSwitchSource, apic_register_name
+
+from hvdbg.vmx.exit_text import describe_exception, describe_exit
 from hvdbg.vmx.controls import InterruptionInfo, InterruptionType
 
 SDM_EXIT_REASONS = {

@@ -146,7 +146,7 @@ def test_reset_state_has_no_long_mode_bits(guest_kernels):
     assert ap["efer"] == 0 and ap["cr4"] == 0, f"AP EFER {ap['efer']:#x} CR4 {ap['cr4']:#x} in wait-for-SIPI"
     from unicorn import x86_const as X
 
-    assert vm.vcpus[1].uc.reg_read(X.UC_X86_REG_MXCSR) == 0x1F80   # Table 9-1, also what gdb shows
+    assert vm.vcpus[1].engine.uc.reg_read(X.UC_X86_REG_MXCSR) == 0x1F80   # Table 9-1, also what gdb shows
 
 
 def test_engine_reset_state_is_table_9_1():

@@ -16,7 +16,7 @@ from hvdbg import api
 from hvdbg.config import load_config
 from hvdbg.run.executors import Executor, make_executor
 from hvdbg.run.sched_bridge import WAITING_REASONS
-from hvdbg.hv.vcpu import Activity
+from hvdbg.vmx.controls import ActivityState
 from hvdbg.hv.machine import Machine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,12 +122,12 @@ def test_halted_and_finished_reasons_follow_the_activity_state(make_config):
     vm, ex = machine(make_config(vcpus=2, pcpus=1, sched="cfs", deterministic=True))
     ap = vm.vcpus[1]
     assert ex.sched.blocked_reason(ap) == "wait-for-SIPI"
-    ap.activity = Activity.HLT
+    ap.activity = ActivityState.HLT
     ap.set_reg("rflags", 0x202)                               # IF=1: an interrupt may wake it
     assert ex.sched.blocked_reason(ap) == "halted"
     ap.set_reg("rflags", 0x2)                                 # cli; hlt: nothing but NMI/INIT
     assert ex.sched.blocked_reason(ap) == "finished"
-    ap.activity = Activity.SHUTDOWN
+    ap.activity = ActivityState.SHUTDOWN
     assert ex.sched.blocked_reason(ap) == "finished"
 
 
@@ -139,13 +139,13 @@ def test_a_slice_ending_in_hlt_shows_halted(make_config):
 
     vm, ex = machine(make_config(vcpus=2, pcpus=1, sched="rr", deterministic=True))
     sched, ap = ex.sched, vm.vcpus[1]
-    ap.activity = Activity.ACTIVE
+    ap.activity = ActivityState.ACTIVE
     sched._on_kick(ap)                                        # runnable: queued behind the BSP
     assert ex.stats()["vcpus"][1]["waiting"] == "queued"
     while (v := sched.pick(0)) is not ap:
         sched.finish(v, 0, RunEnd.SLICE, 1000, 0, ())
     assert ex.stats()["vcpus"][1]["waiting"] == "running"
-    ap.activity = Activity.HLT
+    ap.activity = ActivityState.HLT
     ap.set_reg("rflags", 0x202)
     sched.finish(ap, 0, RunEnd.EXIT, 500, 1, ())
     row = ex.stats()["vcpus"][1]

@@ -9,7 +9,8 @@ from hvdbg.arch import paging
 from hvdbg.errors import Outcome
 from hvdbg.hv.exit import EptFault, ExceptionExit, TripleFault
 from hvdbg.vmx.exits import ExitReason
-from hvdbg.hv.vcpu import Activity, Vcpu
+from hvdbg.hv.vcpu import Vcpu
+from hvdbg.vmx.controls import ActivityState
 from hvdbg.hv.machine import Machine
 from hvdbg.platform.multiboot.spec import BOOTLOADER_MAGIC, MB1_HEADER_MAGIC, MB2_HEADER_MAGIC
 
@@ -36,14 +37,14 @@ def _hang(vm: Machine) -> list[str]:
     for v in vm.vcpus:
         regs = v.registers()
         iflag = "IF=1" if regs["rflags"] & (1 << 9) else "IF=0"
-        if v.activity == Activity.HLT:
+        if v.activity == ActivityState.HLT:
             fn = vm.symbols.function_of(regs["rip"] - 1) or vm.symbols.function_of(regs["rip"])
             where = f" in function {fn}" if fn else ""
             out.append(f"vCPU {v.index} is halted{where} at RIP {vm.symbolize(regs['rip'])} with {iflag}"
                        + (" and nothing can wake it (no NMI, INIT or SIPI pending)" if iflag == "IF=0" else ""))
-        elif v.activity == Activity.WAIT_FOR_SIPI:
+        elif v.activity == ActivityState.WAIT_FOR_SIPI:
             out.append(f"vCPU {v.index} (APIC id {v.apic_id}) is still in wait-for-SIPI: no INIT/SIPI ever reached it")
-        elif v.activity == Activity.SHUTDOWN:
+        elif v.activity == ActivityState.SHUTDOWN:
             out.append(f"vCPU {v.index} is in shutdown state")
         else:
             out.append(f"vCPU {v.index} is spinning at {_where(vm, v)} with {iflag} without VM exits")

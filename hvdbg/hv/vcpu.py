@@ -40,9 +40,6 @@ from hvdbg.vmx.controls import PIN_BASED, PRIMARY_PROCESSOR_BASED, ActivityState
 from hvdbg.vmx.exits import ExitReason, apic_access_qualification, ept_violation_qualification, io_qualification
 from hvdbg.vmx.vmcs import Vmcs
 
-# The one activity-state enum (SDM 25.4.2) is hvdbg.vmx.controls.ActivityState.
-Activity = ActivityState   # removed once every importer names ActivityState
-
 _PREEMPTION_TIMER = PIN_BASED.mask("PREEMPTION_TIMER")
 _USE_IO_BITMAPS = PRIMARY_PROCESSOR_BASED.mask("USE_IO_BITMAPS")
 _UNCONDITIONAL_IO = PRIMARY_PROCESSOR_BASED.mask("UNCONDITIONAL_IO_EXITING")
@@ -85,7 +82,6 @@ class Vcpu(GuestView, GuestStateArea):
         self._vmcs = Vmcs()
         self._guest_stale = False       # the engine holds newer guest state than the VMCS
         self.engine = EngineCpu()       # SDM Table 9-1 reset state loaded
-        self.uc = self.engine.uc        # removed once debug/ and ui/ use the engine's API
         self.regs = self.engine.regs    # hot-path register access (hvdbg.engine.regs)
         self.counter = self.engine.counter
         self.instructions = 0          # retired in finished runs

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 
 from typing import Protocol
 
-from hvdbg.vmx.ept import Ept, EptPerm, EptRange, MemType
+from hvdbg.vmx.ept import EptPerm, MemType
+
+from hvdbg.vmx.ept_tables import Ept, EptRange
 from hvdbg.errors import GuestMemoryError
 
 PAGE = 0x1000

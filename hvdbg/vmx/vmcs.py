@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Callable, Iterable, Iterator, Mapping
 
-from hvdbg.vmx.exits import describe_exit
+from hvdbg.vmx.exit_text import describe_exit
 from hvdbg.vmx.fields import BY_NAME, FIELDS, GROUPS, VmcsField, resolve
 from hvdbg.vmx.controls import (
     CONTROL_SETS,

@@ -10,7 +10,8 @@ from hvdbg.ui.commands.context import Call
 from hvdbg.ui.commands.registry import VCPU, Command, Param, register
 from hvdbg.ui.render.stops import describe_break
 from hvdbg.ui.render.text import table
-from hvdbg.vmx.exits import ExitReason, describe_exit
+from hvdbg.vmx.exits import ExitReason
+from hvdbg.vmx.exit_text import describe_exit
 
 
 def _exit_line(vm, rec: ExitRecord) -> str:

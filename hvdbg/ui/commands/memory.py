@@ -4,6 +4,7 @@ and the multiboot load (Multiboot 0.6.96 / Multiboot2)."""
 from __future__ import annotations
 
 from hvdbg.arch import paging
+from hvdbg.arch.paging_ranges import mapped_ranges
 from hvdbg.errors import GuestMemoryError
 from hvdbg.hv.vcpu import Vcpu
 from hvdbg.platform import multiboot
@@ -60,7 +61,7 @@ def cmd_pt_map(call: Call, a: dict) -> str:
     r = v.control_regs()
     limit = a["count"] or 256
     header, _mode = mode_line(v)
-    ranges = paging.mapped_ranges(call.vm.memory.read, r["cr0"], r["cr3"], r["cr4"], r["efer"], limit)
+    ranges = mapped_ranges(call.vm.memory.read, r["cr0"], r["cr3"], r["cr4"], r["efer"], limit)
     rows = []
     for rg in ranges:
         sym = call.vm.symbols.symbolize(rg.gva_start)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from hvdbg.debug.session import StopKind
-from hvdbg.hv.vcpu import Activity, Vcpu
+from hvdbg.hv.vcpu import Vcpu
+from hvdbg.vmx.controls import ActivityState
 from hvdbg.ui.commands.args import CommandError
 from hvdbg.ui.commands.context import Call
 from hvdbg.ui.commands.cpu import cmd_vcpus
@@ -73,7 +74,7 @@ def cmd_step(call: Call, a: dict) -> str:
     lines = [f"vCPU {v.index}: {done} instruction{'s' if done != 1 else ''} executed, activity {v.activity.label}"]
     if stop.kind is not StopKind.STEP:
         lines.append(describe_stop(ctx.session, stop))
-    if v.activity not in (Activity.WAIT_FOR_SIPI, Activity.SHUTDOWN):  # no meaningful RIP then
+    if v.activity not in (ActivityState.WAIT_FOR_SIPI, ActivityState.SHUTDOWN):  # no meaningful RIP then
         lines.append(_where(call, v))
     return "\n".join(lines)
 

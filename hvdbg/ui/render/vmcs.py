@@ -9,7 +9,7 @@ from hvdbg.hv.vcpu import Vcpu
 from hvdbg.ui.render.text import table
 from hvdbg.vmx import ept as ept_mod
 from hvdbg.vmx.controls import CONTROL_SETS, SegmentAccessRights
-from hvdbg.vmx.exits import describe_exit
+from hvdbg.vmx.exit_text import describe_exit
 from hvdbg.vmx.fields import FieldRef, FieldWidth
 from hvdbg.vmx.vmcs import Vmcs
 
