@@ -34,6 +34,23 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> VmConfig:
     return make_config(args.config, **overrides_from_args(args), **extra)
 
 
+def run_to_end(args: argparse.Namespace, echo_serial: bool) -> tuple[dict[str, Any], float]:
+    """``hvdbg run``: the VM of ``args`` run to its end (under the GDB stubs with
+    ``--gdb``); the result object of :func:`hvdbg.api.diagnosis.result` and the wall time."""
+    from hvdbg import api
+    from hvdbg.api import diagnosis
+
+    echo = {"output__echo_serial": True} if echo_serial else {}
+    if args.gdb is None:
+        run = api.run(args.config, stop_on_interrupt=True, **overrides_from_args(args), **echo)
+        return run.result, run.wall_seconds
+    vm = Machine(config_from_args(args, **echo))
+    start = time.monotonic()
+    run_with_gdb(vm, args.gdb_host, args.gdb, args.gdb_wait)
+    wall = time.monotonic() - start
+    return diagnosis.result(vm, wall, None), wall
+
+
 def start_gdb_servers(session: DebugSession, host: str, port: int,
                       monitor: Callable | None = None) -> list:
     """One stub with every vCPU as a thread on ``port``, one per vCPU i on port+1+i."""

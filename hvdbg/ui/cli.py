@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from typing import Sequence
 
 from hvdbg import __version__
@@ -28,37 +27,16 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from hvdbg import api
-    from hvdbg.api import diagnosis
-    from hvdbg.hv.machine import Machine
     from hvdbg.ui import app
+    from hvdbg.ui.render.report import format_run_report
 
-    echo = {"output__echo_serial": True} if not args.json and not args.quiet else {}
-    if args.gdb is not None:
-        vm = Machine(app.config_from_args(args, **echo))
-        start = time.monotonic()
-        app.run_with_gdb(vm, args.gdb_host, args.gdb, args.gdb_wait)
-        wall = time.monotonic() - start
-        res = diagnosis.result(vm, wall, None)
-    else:
-        run = api.run(args.config, stop_on_interrupt=True, **app.overrides_from_args(args), **echo)
-        res, wall = run.result, run.wall_seconds
+    res, wall = app.run_to_end(args, echo_serial=not args.json and not args.quiet)
     if args.json:
         print(json.dumps(res, indent=None if args.compact else 2))
     else:
         if args.quiet:
             sys.stdout.write(res["serial"])
-        print(f"\n--- hvdbg: outcome {res['outcome']}"
-              + (f", exit status {res['exit_status']}" if res["exit_status"] is not None else "")
-              + f", {res['instructions']} guest instructions in {wall:.2f} s")
-        for v in res["vcpus"]:
-            sym = f" <{v['symbol']}>" if v["symbol"] else ""
-            print(f"    vCPU {v['id']} (APIC id {v['apic_id']}): {v['state']}, RIP {v['rip']:#x}{sym}, "
-                  f"{v['instructions']} instructions, {v['exits']} exits"
-                  + (", started by SIPI" if v["started_by_sipi"] else ""))
-        print("    exits: " + ", ".join(f"{k} {n}" for k, n in res["exits"].items()))
-        for line in res["diagnosis"]:
-            print(f"    * {line}")
+        print(format_run_report(res, wall))
     return 0 if res["outcome"] == "exited" and not res["exit_status"] else 1
 
 
