@@ -25,7 +25,7 @@ from guest_image import build
 from hvdbg.arch.cpuid import CpuidModel
 from hvdbg.vmx.exits import ExitReason
 from hvdbg.hv.trace import ExitTrace
-from hvdbg.hv.vcpu import ExitInfo
+from hvdbg.hv.exit import ExitInfo
 from hvdbg.vmx.fields import BY_NAME
 from runners import hv_machine
 

@@ -19,7 +19,7 @@ from harness import Run, Timer
 from hvdbg.engine import ucx
 from hvdbg.config import config_from_dict
 from hvdbg.run.executors import make_executor
-from hvdbg.hv.vcpu import flat_segments_32
+from hvdbg.arch.segments import flat_segments_32
 from hvdbg.hv.machine import Machine
 
 RAM = 16 << 20
