@@ -375,31 +375,27 @@ def test_break_on_vm_exit_then_delete_and_run_to_the_end(debugger):
 
 
 def test_sched_shows_vcpus_and_a_policy_s_statistics(debugger):
-    from hvdbg.run.sched import make_policy
-
     ctx = debugger()
     text = ok(ctx, "sched")
     v0 = ctx.vm.vcpus[0]
     pcpu = "-" if v0.pcpu is None else str(v0.pcpu)
     assert re.search(rf"^\s+0\s+running\s+{pcpu}\s+stopped\s+yes\s+0\s+0\s+0$", text, re.M), text
     assert re.search(r"^\s+3\s+wait-for-SIPI\s+\S+\s+stopped\s+no\s+0\s+0\s+0$", text, re.M), text
-    policy = make_policy("cfs")
-    for i in range(4):
-        policy.add_vcpu(i)
-    policy.set_pcpus(2)
-    policy.wake(0, 0, "test")
-    assert policy.pick_next(0, 0) == 0
-    ctx.session.executor.policy = policy
+    assert "policy statistics" not in text and "policy Pinned" not in text  # pinned: no scheduler
+
+    ctx = debugger(sched="cfs", pcpus=2)
     text = ok(ctx, "sched")
+    assert text.startswith("executor ThreadedSchedExecutor, policy 'cfs', 2 pCPUs"), text
     assert "policy CfsPolicy:" in text and "policy: cfs" in text
-    row = re.search(r"^\s+0\s+0\s+0\s+1\s.*running", text, re.M)  # vCPU 0: dispatched once
-    assert row, text
+    header = next(line for line in text.splitlines() if line.strip().startswith("vcpu "))
+    assert "waiting" in header.split(), text
+    assert re.search(r"^\s+3\s.*\swait-for-SIPI\s", text, re.M), text  # the scheduler core's reason
 
     class Broken:
         def stats(self):
             raise RuntimeError("boom")
 
-    ctx.session.executor.policy = Broken()
+    ctx.session.executor.sched.policy = Broken()
     assert "policy statistics unavailable: RuntimeError: boom" in ok(ctx, "sched")
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
+
+from hvdbg.run.executors import ScheduledExecutor
 
 from hvdbg.ui.commands.args import CommandError, eval_address
 from hvdbg.ui.commands.context import Call
@@ -34,19 +35,14 @@ def cmd_sched(call: Call, a: dict) -> str:
                      "yes" if v.runnable() else "no", v.instructions, v.exit_count, len(v.ipi_log)))
     lines += table(rows, ("vCPU", "activity", "pCPU", "debugger", "runnable", "instructions", "exits",
                            "IPIs sent"), right={0, 2, 5, 6, 7})
-    # the scheduling policy, on the executor or on its scheduler core (hvdbg.run.sched)
-    owner = executor if getattr(executor, "policy", None) is not None else getattr(executor, "sched", None)
-    policy = getattr(owner, "policy", None)
-    # a scheduler core adds per-vCPU waiting reasons and times to the policy's statistics
-    stats_fn = getattr(owner, "stats", None) if hasattr(owner, "waiting") else getattr(policy, "stats", None)
-    if callable(stats_fn):
+    if isinstance(executor, ScheduledExecutor):
+        # the policy's statistics with the scheduler core's waiting reasons and times
         try:
-            with getattr(owner, "lock", None) or contextlib.nullcontext():  # policies are not thread-safe
-                stats = stats_fn()
+            stats = executor.sched.stats()
         except Exception as e:  # noqa: BLE001 - a scheduler bug must not break the shell
             lines.append(f"policy statistics unavailable: {type(e).__name__}: {e}")
         else:
-            lines.append(f"policy {type(policy).__name__}:")
+            lines.append(f"policy {type(executor.sched.policy).__name__}:")
             lines += format_stats(stats, "  ")
     return "\n".join(lines)
 
