@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 
+from hvdbg.arch import regs
 from hvdbg.api import diagnosis
 
 from hvdbg.engine import ucx
@@ -45,7 +46,7 @@ def test_efer_from_the_saved_context_matches_the_msr():
 
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
     for value in (0, 0x100, 0x501, 0xD01):
-        uc.msr_write(ucx.EFER_MSR, value)
-        assert ucx.read_efer(uc) == uc.msr_read(ucx.EFER_MSR)
+        uc.msr_write(regs.IA32_EFER, value)
+        assert ucx.read_efer(uc) == uc.msr_read(regs.IA32_EFER)
     uc.msr_write(0xC0000102, 0xFFFF800012345000)
     assert ucx.read_kernel_gs_base(uc) == 0xFFFF800012345000

@@ -155,20 +155,21 @@ def test_engine_reset_state_is_table_9_1():
     from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
     from unicorn import x86_const as X
 
+    from hvdbg.arch import regs
     from hvdbg.engine import ucx
 
     fresh = Uc(UC_ARCH_X86, UC_MODE_64)
-    assert fresh.msr_read(ucx.EFER_MSR) & ucx.EFER_LMA  # what Unicorn gives: LMA with paging off
+    assert fresh.msr_read(regs.IA32_EFER) & regs.EFER_LMA  # what Unicorn gives: LMA with paging off
     ucx.set_control_registers(fresh, 0x11, 0, 0, 0)  # the multiboot entry state
-    assert fresh.msr_read(ucx.EFER_MSR) == 0 and fresh.reg_read(X.UC_X86_REG_CR0) == 0x11
+    assert fresh.msr_read(regs.IA32_EFER) == 0 and fresh.reg_read(X.UC_X86_REG_CR0) == 0x11
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
     ucx.load_reset_state(uc)
     got = (uc.reg_read(X.UC_X86_REG_CR0), uc.reg_read(X.UC_X86_REG_CR3), uc.reg_read(X.UC_X86_REG_CR4),
-           uc.msr_read(ucx.EFER_MSR), uc.reg_read(X.UC_X86_REG_MXCSR))
+           uc.msr_read(regs.IA32_EFER), uc.reg_read(X.UC_X86_REG_MXCSR))
     assert got == (0x60000010, 0, 0, 0, 0x1F80), [hex(x) for x in got]
     # and long mode still works after it: PAE, LME, PG set LMA
     ucx.set_control_registers(uc, 0x80000011, 0x1000, 0x20, 0x100)
-    assert uc.msr_read(ucx.EFER_MSR) == 0x500
+    assert uc.msr_read(regs.IA32_EFER) == 0x500
 
 
 def test_bsp_enters_multiboot_without_long_mode_bits(guest_kernels):

@@ -7,7 +7,8 @@ import time
 import pytest
 
 from hvdbg.errors import GuestMemoryError
-from hvdbg.arch.paging import CR0_PG, CR0_WP, CR4_LA57, CR4_PAE, CR4_PSE, CR4_SMAP, CR4_SMEP, EFER_LME, EFER_NXE, FaultKind, PagingMode, PfError, PteFlag, format_walk, is_canonical, paging_mode, translate, walk
+from hvdbg.arch.regs import CR0_PG, CR0_WP, CR4_LA57, CR4_PAE, CR4_PSE, CR4_SMAP, CR4_SMEP, EFER_LME, EFER_NXE
+from hvdbg.arch.paging import FaultKind, PagingMode, PfError, PteFlag, format_walk, is_canonical, paging_mode, translate, walk
 from hvdbg.arch.paging_ranges import PtRange, mapped_ranges
 from hvdbg.arch.physmem import RegionMemory, write_u32, write_u64
 

@@ -7,7 +7,7 @@ from hvdbg.platform import multiboot
 
 from hvdbg.arch import paging
 from hvdbg.errors import Outcome
-from hvdbg.hv.exit import EptFault, ExceptionExit, TripleFault
+from hvdbg.hv.exit import EptFault, ExceptionExit, ExitInfo, TripleFault
 from hvdbg.vmx.exits import ExitReason
 from hvdbg.hv.vcpu import Vcpu
 from hvdbg.vmx.controls import ActivityState
@@ -52,12 +52,14 @@ def _hang(vm: Machine) -> list[str]:
     return out
 
 
+def _last_exits(vm: Machine, reason: ExitReason) -> list[tuple[Vcpu, ExitInfo]]:
+    """The vCPUs whose last VM exit had ``reason``, with that exit."""
+    return [(v, v.last_exit) for v in vm.vcpus if v.last_exit is not None and v.last_exit.reason == reason]
+
+
 def _ept_violation(vm: Machine) -> list[str]:
     out = []
-    for v in vm.vcpus:
-        ex = v.last_exit
-        if ex is None or ex.reason != ExitReason.EPT_VIOLATION:
-            continue
+    for v, ex in _last_exits(vm, ExitReason.EPT_VIOLATION):
         access = ex.payload.access if isinstance(ex.payload, EptFault) else "?"
         gla = f"GLA {ex.guest_linear:#x}" if ex.guest_linear is not None else "no valid GLA"
         kind = "a paging-structure entry" if not (ex.qualification >> 8 & 1) and ex.guest_linear is not None else "the page"
@@ -81,10 +83,7 @@ def _ept_violation(vm: Machine) -> list[str]:
 
 def _triple_fault(vm: Machine) -> list[str]:
     out = []
-    for v in vm.vcpus:
-        ex = v.last_exit
-        if ex is None or ex.reason != ExitReason.TRIPLE_FAULT:
-            continue
+    for v, ex in _last_exits(vm, ExitReason.TRIPLE_FAULT):
         regs = v.registers()
         fault = ex.payload if isinstance(ex.payload, TripleFault) else TripleFault()
         if fault.internal is not None:
@@ -111,10 +110,7 @@ def _triple_fault(vm: Machine) -> list[str]:
 
 def _exception(vm: Machine) -> list[str]:
     out = []
-    for v in vm.vcpus:
-        ex = v.last_exit
-        if ex is None or ex.reason != ExitReason.EXCEPTION_NMI:
-            continue
+    for v, ex in _last_exits(vm, ExitReason.EXCEPTION_NMI):
         ev = ex.payload.event if isinstance(ex.payload, ExceptionExit) else None
         out.append(f"vCPU {v.index}: exception VM exit (exception bitmap bit {ev.vector if ev else '?'} set): "
                    f"{ex.detail} at {vm.symbolize(ex.rip)}")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol
 
+from hvdbg.arch.regs import RFLAGS_AC, RFLAGS_IF, RFLAGS_NT, RFLAGS_RF, RFLAGS_TF, RFLAGS_VM
 from hvdbg.arch.segments import Segment
 
 VECTOR_NAMES = {
@@ -35,12 +36,6 @@ NP = 11
 SS_FAULT = 12
 TS = 10
 
-RFLAGS_TF = 1 << 8
-RFLAGS_IF = 1 << 9
-RFLAGS_NT = 1 << 14
-RFLAGS_RF = 1 << 16
-RFLAGS_VM = 1 << 17
-RFLAGS_AC = 1 << 18
 
 
 def vector_name(vector: int) -> str:

@@ -18,21 +18,13 @@ import functools
 from dataclasses import dataclass
 from typing import Callable, Literal
 
+from hvdbg.arch.regs import CR0_PG, CR0_WP, CR4_LA57, CR4_PAE, CR4_PSE, CR4_SMAP, CR4_SMEP, EFER_LME, EFER_NXE
+
 ReadPhys = Callable[[int, int], bytes]
 Access = Literal["read", "write", "fetch"]
 
 DEFAULT_MAXPHYADDR = 46
 
-# Control-register and EFER bits (SDM 2.5 "Control Registers", 2.2.1 "Extended Feature Enable Register").
-CR0_WP = 1 << 16
-CR0_PG = 1 << 31
-CR4_PSE = 1 << 4
-CR4_PAE = 1 << 5
-CR4_LA57 = 1 << 12
-CR4_SMEP = 1 << 20
-CR4_SMAP = 1 << 21
-EFER_LME = 1 << 8
-EFER_NXE = 1 << 11
 
 
 class PagingMode(enum.Enum):

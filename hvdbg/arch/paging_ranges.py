@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import struct
 from typing import Iterator, NamedTuple
 
-from hvdbg.arch.paging import (CANONICAL_BITS, CR4_PSE, DEFAULT_MAXPHYADDR, EFER_NXE, FORMATS, PagingMode, PteFlag, ReadPhys, _Format, _LEAF_CACHE_BITS, _RIGHTS_ALL, _XD, _frame, _reserved_mask, _sign_extend, _top_table, paging_mode)
+from hvdbg.arch.regs import CR4_PSE, EFER_NXE
+from hvdbg.arch.paging import (CANONICAL_BITS, DEFAULT_MAXPHYADDR, FORMATS, PagingMode, PteFlag, ReadPhys, _Format, _LEAF_CACHE_BITS, _RIGHTS_ALL, _XD, _frame, _reserved_mask, _sign_extend, _top_table, paging_mode)
 
 
 class PtRange(NamedTuple):

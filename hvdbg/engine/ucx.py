@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from dataclasses import dataclass
 
 import unicorn
 from unicorn import UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, Uc
@@ -54,14 +53,9 @@ _HF_COMPUTED = (HF_CPL_MASK | HF_CS32_MASK | HF_SS32_MASK | HF_ADDSEG_MASK | HF_
 DESC_B_MASK = 1 << 22
 DESC_L_MASK = 1 << 21
 
-EFER_MSR = 0xC0000080
-EFER_LME = 1 << 8
-EFER_LMA = 1 << 10
-CR0_PE = 1 << 0
-CR0_PG = 1 << 31
-CR4_PAE = 1 << 5
 
 
+from hvdbg.arch.regs import CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, IA32_EFER  # noqa: E402
 from hvdbg.arch.segments import Segment  # noqa: E402
 
 
@@ -212,7 +206,7 @@ def set_control_registers(uc: Uc, cr0: int, cr3: int, cr4: int, efer: int) -> No
     if read_efer(uc) & EFER_LMA and not uc.reg_read(X.UC_X86_REG_CR0) & CR0_PG:
         _leave_long_mode(uc)
     uc.reg_write(X.UC_X86_REG_CR0, cr0 & ~CR0_PG)
-    uc.msr_write(EFER_MSR, efer & ~EFER_LMA)
+    uc.msr_write(IA32_EFER, efer & ~EFER_LMA)
     uc.reg_write(X.UC_X86_REG_CR4, cr4)
     uc.reg_write(X.UC_X86_REG_CR3, cr3)
     if cr0 & CR0_PG:
@@ -239,7 +233,7 @@ def _leave_long_mode(uc: Uc) -> None:
     mode (CR4.PAE, EFER.LME, CR0.PE|PG), then clear CR0.PG, the transition on which QEMU
     clears LMA. The caller loads the real CR0/CR3/CR4/EFER (and RIP) afterwards."""
     uc.reg_write(X.UC_X86_REG_CR4, uc.reg_read(X.UC_X86_REG_CR4) | CR4_PAE)
-    uc.msr_write(EFER_MSR, EFER_LME)
+    uc.msr_write(IA32_EFER, EFER_LME)
     uc.reg_write(X.UC_X86_REG_CR0, CR0_PE | CR0_PG)
     uc.reg_write(X.UC_X86_REG_CR0, CR0_PE)
 
@@ -305,13 +299,13 @@ def self_test() -> None:
     if blob.i32(_CTX_OLD_EXCEPTION) != -1:
         raise UnicornLayoutError("uc_context old_exception offset differs from Unicorn 2.1.4")
     for value in (0x0D01, 0x0100):
-        uc.msr_write(EFER_MSR, value)
-        if read_efer(uc) != uc.msr_read(EFER_MSR):
+        uc.msr_write(IA32_EFER, value)
+        if read_efer(uc) != uc.msr_read(IA32_EFER):
             raise UnicornLayoutError("uc_context EFER offset differs from Unicorn 2.1.4")
     uc.msr_write(0xC0000102, 0x8877665544332211)
     if read_kernel_gs_base(uc) != 0x8877665544332211:
         raise UnicornLayoutError("uc_context KERNEL_GS_BASE offset differs from Unicorn 2.1.4")
-    uc.msr_write(EFER_MSR, 0)
+    uc.msr_write(IA32_EFER, 0)
     # real-mode load: CS base must follow the blob patch
     set_control_registers(uc, 0x10, 0, 0, 0)
     write_segments(uc, {"cs": Segment(0x0800, 0x8000, 0xFFFF, 0x9B)})
