@@ -242,7 +242,7 @@ def render(rows: list[Row], samples: dict[str, list[Sample]]) -> tuple[str, list
             ratios(s, samples, bases, "command_seconds"),
             f"{instructions:,.0f}" if not row.qemu else "-",
             ratios(s, samples, bases, "instructions") if not row.qemu else "-",
-            f"{median([x.instructions / x.run_seconds for x in s]) / 1e6:.3g}" if not row.qemu else "-",
+            f"{median([x.instructions / max(x.run_seconds, 1e-3) for x in s]) / 1e6:.3g}" if not row.qemu else "-",
             f"{median([x.exits for x in s]):,.0f} ({median([x.pause_exits for x in s]):,.0f})" if not row.qemu
             else "-",
             f"{median([x.cpu_seconds / x.command_seconds for x in s]):.2f}", s[-1].detail]) + " |")

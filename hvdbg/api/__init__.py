@@ -72,8 +72,8 @@ def run_machine(vm: Machine, *, include_stats: bool = True, stop_on_interrupt: b
     ``include_stats`` puts the scheduler statistics into ``result["sched"]`` as
     ``hvdbg run --json`` does; ``stop_on_interrupt`` ends the VM with outcome ``stopped``
     on Ctrl-C instead of raising KeyboardInterrupt."""
+    start = time.monotonic()   # building the executor counts: it scans the image for PAUSE sites
     executor = make_executor(vm)
-    start = time.monotonic()
     try:
         executor.run()
     except KeyboardInterrupt:
