@@ -11,7 +11,9 @@ the guest state intact (a Python exception would otherwise vanish in the binding
 
 from __future__ import annotations
 
+import collections
 import functools
+import threading
 import traceback
 from typing import Callable, Protocol
 
@@ -66,6 +68,41 @@ class EngineEvents(Protocol):
     def on_apic_read(self, offset: int, size: int) -> int: ...
     def on_apic_write(self, offset: int, size: int, value: int) -> None: ...
     def hook_failed(self, exc: BaseException, tb: str) -> None: ...
+
+
+class ExecutionTurns:
+    """Only one engine of a machine executes guest code at any instant, and engines take
+    turns in the order they asked (a FIFO hand-off lock).
+
+    Unicorn 2.1.4 never translates with CF_PARALLEL, so ``lock xadd``/``cmpxchg``/``xchg``
+    are plain load-op-store sequences: two engines running at once on two host threads
+    over one RAM lose updates (../shared/notes/unicorn-2.1.4.md, 2026-12-01).  With one
+    engine at a time every instruction, locked or not, is atomic with respect to the other
+    vCPUs, as in QEMU's single-threaded TCG.  The executors still model pCPUs and run
+    vCPU threads; only guest execution is serialized.  FIFO order keeps a spinning vCPU
+    from starving the lock holder it waits for."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: collections.deque[threading.Event] = collections.deque()
+        self._busy = False
+
+    def __enter__(self) -> "ExecutionTurns":
+        with self._lock:
+            if not self._busy:
+                self._busy = True
+                return self
+            turn = threading.Event()
+            self._waiting.append(turn)
+        turn.wait()   # the previous holder handed its turn over: _busy stays True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            if self._waiting:
+                self._waiting.popleft().set()
+            else:
+                self._busy = False
 
 
 class EngineError:

@@ -24,6 +24,7 @@ from hvdbg.platform.devices.debug_exit import DEBUG_EXIT_PORT
 from hvdbg.platform.devices.uart_loopback import Uart16550Loopback
 from hvdbg.platform.devices.vga import CRTC_INDEX, VgaCrtc
 from hvdbg.errors import GuestLoadError
+from hvdbg.engine.cpu import ExecutionTurns
 from hvdbg.platform.apic import ApicBus
 from hvdbg.platform.memory import GuestMemory
 from hvdbg.platform.multiboot.memmap import LOW_MEMORY_END
@@ -80,12 +81,14 @@ class Machine:
         self.msr_bitmap = MsrBitmap.allocate(self.memory.host, self.memory.alloc_page)   # the VMM's MSRs exit
         self.msr_bitmap.set(sorted(msr_bitmap_exiting()), exiting=True)
         self.apic_bus = ApicBus()
+        self.turns = ExecutionTurns()   # one engine executes at a time (hvdbg.engine.cpu)
         self.vcpus: list[Vcpu] = []
         for i in range(n):
             cpuid_id = 0 if config["cpuid.apic_ids"] == "same" else self.apic_ids[i]
             cpuid = CpuidModel(apic_id=cpuid_id, vcpu_count=n, x2apic=config["cpuid.x2apic"])
             v = Vcpu(i, self.apic_ids[i], self.memory, self.vmm, cpuid, bsp=(i == 0),
-                     x2apic=config["cpuid.x2apic"], send_ipi=self.apic_bus.send, msr_sites=msr_sites)
+                     x2apic=config["cpuid.x2apic"], send_ipi=self.apic_bus.send, msr_sites=msr_sites,
+                     turns=self.turns)
             v.vmcs.write("EXCEPTION_BITMAP", config["vmx.exception_bitmap"])
             v.vmcs.update(self._vmx_controls(config))
             self.apic_bus.attach(v)

@@ -25,7 +25,7 @@ from hvdbg.arch.apic import XAPIC_BASE, XAPIC_SIZE
 from hvdbg.arch.cpuid import CpuidModel
 from hvdbg.arch.events import PF, Delivery, Event, EventType, Shutdown, deliver, hardware_exception
 from hvdbg.arch.regs import RFLAGS_IF
-from hvdbg.engine.cpu import EngineCpu, EngineError
+from hvdbg.engine.cpu import EngineCpu, EngineError, ExecutionTurns
 from hvdbg.engine.regs import RegisterBatch
 from hvdbg.hv import activity as act
 from hvdbg.hv.exit import (ApicAccess, EptFault, ExceptionExit, ExitDecision, ExitInfo, MsrAccess,
@@ -73,7 +73,7 @@ class Vcpu(GuestView, GuestStateArea):
 
     def __init__(self, index: int, apic_id: int, memory: GuestMemory, handler: ExitHandler,
                  cpuid: CpuidModel, *, bsp: bool, x2apic: bool,
-                 send_ipi: Callable, msr_sites: list[int] = ()) -> None:
+                 send_ipi: Callable, msr_sites: list[int] = (), turns: ExecutionTurns | None = None) -> None:
         self.index = index
         self.memory = memory
         self.handler = handler
@@ -82,6 +82,7 @@ class Vcpu(GuestView, GuestStateArea):
         self._vmcs = Vmcs()
         self._guest_stale = False       # the engine holds newer guest state than the VMCS
         self.engine = EngineCpu()       # SDM Table 9-1 reset state loaded
+        self.turns = turns if turns is not None else ExecutionTurns()   # shared by the machine's vCPUs
         self.regs = self.engine.regs    # hot-path register access (hvdbg.engine.regs)
         self.counter = self.engine.counter
         self.instructions = 0          # retired in finished runs
@@ -405,12 +406,13 @@ class Vcpu(GuestView, GuestStateArea):
             budget = min(budget, max(1, timer << 5))
         if deadline is not None:
             budget = max(1, min(budget, deadline - self.instructions))
-        rip = self.engine.rip()
-        self._in_run = True
-        try:
-            error = self.engine.run(rip, budget)
-        finally:
-            self._in_run = False
+        with self.turns:     # one engine of the machine at a time: atomic across vCPUs
+            rip = self.engine.rip()
+            self._in_run = True
+            try:
+                error = self.engine.run(rip, budget)
+            finally:
+                self._in_run = False
         counted = self.counter.value()
         natural = not self._leave and not self._kick.is_set() and counted <= budget and error is None
         executed = counted if natural else max(0, counted - 1)
