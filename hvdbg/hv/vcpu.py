@@ -407,6 +407,10 @@ class Vcpu(GuestView, GuestStateArea):
         if deadline is not None:
             budget = max(1, min(budget, deadline - self.instructions))
         with self.turns:     # one engine of the machine at a time: atomic across vCPUs
+            if self._kick.is_set():
+                # kicked while waiting for the turn (a debugger stop, an IPI to take at
+                # the next entry): do not run a whole slice past it
+                return RunEnd.KICKED
             rip = self.engine.rip()
             self._in_run = True
             try:
