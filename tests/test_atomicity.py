@@ -54,3 +54,21 @@ def test_default_sum_is_exact_with_host_threads(guest_kernels):
                     cmdline="work_mib=8")
     assert res["outcome"] == "exited" and res["exit_status"] == 0, res["diagnosis"]
     assert "smp: 4 of 4 CPUs online" in res["serial"] and "sum ok" in res["serial"]
+
+
+def test_code_at_linear_address_zero_runs(guest_kernels):
+    """Code at linear (and physical) 0 executes: an AP started by SIPI vector 0 begins at
+    CS:IP 0000:0000 (kvm-unit-tests does that).  Before 2026-12-01 every run had the stop
+    address 0 and such code never ran; the vCPU looked halted at RIP 0."""
+    from hvdbg.api import make_config, run_machine
+    from hvdbg.arch.segments import real_mode_segments
+    from hvdbg.hv.machine import Machine
+
+    vm = Machine(make_config("examples/hello.toml", kernel=str(guest_kernels / "hello.elf")))
+    vm.memory.write(0, bytes.fromhex("b83412" "bb7856" "f4"))     # mov ax,0x1234; mov bx,0x5678; hlt
+    vm.vcpus[0].set_guest_state(rip=0, cr0=0x60000010, segments=real_mode_segments(0, 0))
+    res = run_machine(vm, include_stats=False)
+    regs = vm.vcpus[0].registers()
+    assert regs["rax"] & 0xFFFF == 0x1234 and regs["rbx"] & 0xFFFF == 0x5678, res.result["diagnosis"]
+    hlt = [e for e in vm.trace.last(5) if e.reason_name == "HLT"]
+    assert hlt and hlt[-1].rip == 6          # the HLT at 0000:0006 exited, after both moves ran

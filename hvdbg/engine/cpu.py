@@ -131,6 +131,12 @@ class EngineCpu:
     def __init__(self) -> None:
         ucx.self_test()
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        # No stop address: emu_start's ``until`` is an address (0 would stop code at linear
+        # 0, e.g. an AP started by SIPI vector 0), and after each run Unicorn invalidates the
+        # block at until - 1 through a guest page walk that can leave a sticky #PF.  An empty
+        # exits list turns both off (../shared/notes/unicorn-2.1.4.md, 2026-12-01).
+        self.uc.ctl_exits_enabled(True)
+        self.uc.ctl_set_exits([])
         ucx.load_reset_state(self.uc)
         self.regs = RegisterFile(self.uc)
         self.counter = ucx.InstructionCounter(self.uc)
