@@ -37,6 +37,7 @@ from harness import ROOT, Case, Metric, Run
 
 sys.path.insert(0, str(ROOT))
 from fuzz.common import free_port_block as free_port  # noqa: E402  (PORT..PORT+n free)
+from tests.helpers import Gdb as MiGdb  # noqa: E402  (the MI3 driver of the tests)
 from gdbstub.packet import decode_payload, frame  # noqa: E402  (the project's RSP framing)
 
 GUEST = ROOT / "guests" / "build" / "smp.elf"
@@ -139,58 +140,12 @@ def start_qemu(workdir: Path) -> StubProcess:
 
 
 # -- gdb ---------------------------------------------------------------------------------
-class Gdb:
-    """One gdb process over MI3 (pygdbmi)."""
+class Gdb(MiGdb):
+    """One gdb process over MI3 (tests/helpers.py's driver), polling fast, with a
+    timing command."""
 
     def __init__(self) -> None:
-        from pygdbmi.gdbcontroller import GdbController
-
-        self.ctl = GdbController(command=[GDB, "--nx", "--quiet", "--interpreter=mi3"],
-                                 time_to_check_for_additional_output_sec=0.01)
-        self.records: list[dict] = []
-        self._token = 0
-        self._stops = 0
-
-    def close(self) -> None:
-        self.ctl.exit()
-
-    def _read(self, deadline: float) -> None:
-        if time.monotonic() > deadline:
-            raise BenchError("gdb did not answer in time")
-        self.records += self.ctl.get_gdb_response(timeout_sec=0.05, raise_error_on_timeout=False)
-
-    def mi(self, command: str) -> list[dict]:
-        """Run an MI command; return the records up to its result (raises on ^error)."""
-        self._token += 1
-        token, start = self._token, len(self.records)
-        self.ctl.write(f"{token}{command}", read_response=False)
-        deadline = time.monotonic() + COMMAND_TIMEOUT
-        while True:
-            for i in range(start, len(self.records)):
-                rec = self.records[i]
-                if rec["type"] == "result" and rec.get("token") == token:
-                    if rec["message"] == "error":
-                        raise BenchError(f"gdb: {command}: {rec['payload']}")
-                    return self.records[start:i + 1]
-            self._read(deadline)
-
-    def console(self, command: str) -> str:
-        quoted = command.replace("\\", "\\\\").replace('"', '\\"')
-        records = self.mi(f'-interpreter-exec console "{quoted}"')
-        return "".join(r["payload"] for r in records if r["type"] in ("console", "target") and r["payload"])
-
-    def wait_for_stop(self) -> dict:
-        deadline = time.monotonic() + COMMAND_TIMEOUT
-        while True:
-            stops = [r for r in self.records if r["type"] == "notify" and r["message"] == "stopped"]
-            if len(stops) > self._stops:
-                self._stops += 1
-                return stops[self._stops - 1]["payload"]
-            self._read(deadline)
-
-    def value(self, expression: str) -> int:
-        records = self.mi(f'-data-evaluate-expression "(unsigned long)({expression})"')
-        return int(records[-1]["payload"]["value"])
+        super().__init__(gdb=GDB, timeout=COMMAND_TIMEOUT, poll=0.01)
 
     def timed(self, command: str) -> float:
         """Seconds gdb spends in ``command``, measured inside gdb (no MI polling in it).
@@ -204,7 +159,7 @@ class Gdb:
             for rec in self.records[start:]:
                 if rec["type"] == "console" and (m := _TIMED.search(rec["payload"] or "")):
                     return float(m.group(1))
-            self._read(deadline)
+            self._read_more(deadline)
 
 
 @dataclass

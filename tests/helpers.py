@@ -27,15 +27,18 @@ class GdbError(RuntimeError):
 
 
 class Gdb:
-    """A GDB process spoken to over MI3; keeps every record it has read."""
+    """A GDB process spoken to over MI3; keeps every record it has read.  ``timeout``:
+    seconds an answer may take; ``poll``: pygdbmi's wait for more output (the benchmark
+    bench/p4_gdb.py uses a shorter one)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, gdb: str = "gdb", timeout: float = GDB_TIMEOUT, poll: float = 0.02) -> None:
         from pygdbmi.gdbcontroller import GdbController
 
         self.ctl = GdbController(
-            command=["gdb", "--nx", "--quiet", "--interpreter=mi3"],
-            time_to_check_for_additional_output_sec=0.02,
+            command=[gdb, "--nx", "--quiet", "--interpreter=mi3"],
+            time_to_check_for_additional_output_sec=poll,
         )
+        self.timeout = timeout
         self.records: list[dict] = []
         self._token = 100
         self._stops_seen = 0
@@ -54,7 +57,7 @@ class Gdb:
         token = self._token
         start = len(self.records)
         self.ctl.write(f"{token}{command}", read_response=False)
-        deadline = time.monotonic() + GDB_TIMEOUT
+        deadline = time.monotonic() + self.timeout
         while True:
             for i in range(start, len(self.records)):
                 rec = self.records[i]
@@ -77,7 +80,7 @@ class Gdb:
 
     def wait_for_stop(self) -> dict:
         """Payload of the next ``*stopped`` record not returned before."""
-        deadline = time.monotonic() + GDB_TIMEOUT
+        deadline = time.monotonic() + self.timeout
         while True:
             stops = [r for r in self.records if r["type"] == "notify" and r["message"] == "stopped"]
             if len(stops) > self._stops_seen:
