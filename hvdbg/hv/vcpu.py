@@ -432,8 +432,9 @@ class Vcpu(GuestView, GuestStateArea):
         if error is not None and (not error.memory or not self._leave):
             self._internal_error(error, rip)
         if natural:
-            # emu_start returned by itself before the budget: the guest executed HLT
-            self._on_hlt()
+            # emu_start returned by itself before the budget: Unicorn does that after a HLT
+            # (it has no HLT hook), and after its own internal stops; only the first is HLT
+            self._on_early_return()
         if self._leave or natural or error is not None:
             # an exit that leaves the engine: the VMCS guest area gets the whole state
             # (lazily, on the next read of the VMCS: see the vmcs property)
@@ -477,8 +478,13 @@ class Vcpu(GuestView, GuestStateArea):
         self._vmcs.write("VMX_PREEMPTION_TIMER_VALUE", 0)
         self.vm_exit(ExitInfo(ExitReason.PREEMPTION_TIMER, rip=self.engine.rip()))
 
-    def _on_hlt(self) -> None:
-        self.vm_exit(ExitInfo(ExitReason.HLT, rip=self.engine.rip() - 1, instruction_length=1))
+    def _on_early_return(self) -> None:
+        rip = self.engine.rip()
+        if self.read_linear_safe(self.code_base() + rip - 1, 1) == b"\xf4":
+            self.vm_exit(ExitInfo(ExitReason.HLT, rip=rip - 1, instruction_length=1))
+            return
+        self._internal_error(EngineError(f"the engine stopped by itself at RIP {rip:#x}, not after a HLT "
+                                         "(an internal Unicorn stop, e.g. its own triple fault)", False), rip)
 
     def _internal_error(self, error: EngineError, rip: int) -> None:
         info = ExitInfo(ExitReason.TRIPLE_FAULT, rip=rip, detail=f"emulation error: {error}",
