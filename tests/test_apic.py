@@ -95,3 +95,20 @@ def test_timer_periodic_and_one_shot_in_virtual_time():
     t["now"] = 1010
     assert apic.pending_vector() == 0x40
     assert apic.next_event() is None
+
+
+def test_an_expired_timer_is_taken_even_when_nobody_asks_for_interrupts():
+    """With IF=0 the vCPU never asks for a pending vector; the slice sizing still must see
+    the next expiry, not the passed one (it cut every slice to one instruction)."""
+    apic, t = make_apic()
+    apic.write(Reg.SVR, 0x1FF)
+    apic.write(Reg.TIMER_DIVIDE, 0b1011)              # divide by 1
+    apic.write(Reg.LVT_TIMER, 0x40 | 1 << 17)         # periodic, vector 0x40
+    apic.write(Reg.TIMER_INITIAL, 1000)
+    t["now"] = 1500                                   # expired while the guest ran with IF=0
+    assert apic.next_event() == 2000                  # the next expiry, in the future
+    assert apic.irr >> 0x40 & 1                       # and the expiry that passed is pending
+    apic.write(Reg.LVT_TIMER, 0x41)                   # one-shot
+    apic.write(Reg.TIMER_INITIAL, 10)
+    t["now"] = 1600
+    assert apic.next_event() is None and apic.irr >> 0x41 & 1

@@ -233,8 +233,13 @@ class LocalApic:
             self.irr |= 1 << (lvt & 0xFF)
 
     def next_event(self) -> int | None:
-        """Virtual time of the next timer expiry, for slice sizing."""
-        return self.timer_deadline
+        """Virtual time of the next timer expiry, for slice sizing.  An expiry that has
+        passed is taken first (IRR set, a periodic timer re-armed, a one-shot one
+        disarmed), so the answer is never in the past: the timer keeps time while the
+        vCPU runs with IF=0, as on hardware (SDM 11.5.4)."""
+        with self._lock:
+            self._check_timer()
+            return self.timer_deadline
 
     def has_pending(self) -> bool:
         return self.nmi_pending or self.pending_vector() is not None
