@@ -115,6 +115,7 @@ class Vcpu(GuestView, GuestStateArea):
         self.msrs: dict[int, int] = {}
         self._kick = threading.Event()
         self._leave = False
+        self._park = False              # a debugger stop arrived: skip the next slice
         self.pcpu: int | None = None
         self.apic = LocalApic(apic_id, bsp=bsp, x2apic_supported=x2apic, send_ipi=send_ipi,
                               clock=self.clock, on_pending=self.kick)
@@ -336,6 +337,12 @@ class Vcpu(GuestView, GuestStateArea):
         if self.on_kick is not None:
             self.on_kick(self)
 
+    def request_park(self) -> None:
+        """The debugger's run control stops this vCPU: leave the engine now, and do not
+        start the slice it may be waiting to run (hvdbg.engine.cpu.ExecutionTurns)."""
+        self._park = True
+        self.kick()
+
     def on_init_ipi(self) -> None:
         """The APIC bus delivered INIT (hvdbg.platform.apic.ApicBus)."""
         act.post_init(self)
@@ -407,9 +414,10 @@ class Vcpu(GuestView, GuestStateArea):
         if deadline is not None:
             budget = max(1, min(budget, deadline - self.instructions))
         with self.turns:     # one engine of the machine at a time: atomic across vCPUs
-            if self._kick.is_set():
-                # kicked while waiting for the turn (a debugger stop, an IPI to take at
-                # the next entry): do not run a whole slice past it
+            if self._park:
+                # the debugger stopped this vCPU while it waited for its turn: do not run
+                # a whole slice past the stop
+                self._park = False
                 return RunEnd.KICKED
             rip = self.engine.rip()
             self._in_run = True

@@ -34,7 +34,7 @@ class RunControl:
                 self.paused.update(v.index for v in vcpus)
                 targets = vcpus
         for v in targets:
-            v.kick()
+            v.request_park()
 
     def resume(self, vcpus: list[Vcpu] | None = None) -> None:
         with self._cond:
