@@ -343,6 +343,10 @@ class Vcpu(GuestView, GuestStateArea):
         self._park = True
         self.kick()
 
+    def parked(self) -> None:
+        """The run control holds this vCPU: the stop has taken effect (single steps run)."""
+        self._park = False
+
     def on_init_ipi(self) -> None:
         """The APIC bus delivered INIT (hvdbg.platform.apic.ApicBus)."""
         act.post_init(self)

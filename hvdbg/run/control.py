@@ -74,7 +74,10 @@ class RunControl:
                         for v in owned:
                             self.parked.discard(v.index)
                         return
-                    self.parked.update(v.index for v in owned if self.is_paused(v))
+                    for v in owned:
+                        if self.is_paused(v):
+                            self.parked.add(v.index)
+                            v.parked()          # the stop has taken effect: steps run
                     self._cond.notify_all()
                     self._cond.wait(0.05)
                     continue
