@@ -11,7 +11,6 @@ from pathlib import Path
 
 from hvdbg.platform import multiboot
 from hvdbg.platform.multiboot import image_scan
-from hvdbg.platform.multiboot.spec import HEADER_MAGIC
 from hvdbg.vmx.bitmaps import IoBitmaps, MsrBitmap
 from hvdbg.platform.firmware.acpi import ACPI_BASE, ACPI_END, install_acpi
 from hvdbg.config import VmConfig
@@ -32,6 +31,7 @@ from hvdbg.platform.symbols import SymbolTable
 from hvdbg.hv.trace import ExitTrace
 from hvdbg.arch.segments import flat_segments_32
 from hvdbg.hv.vcpu import Vcpu
+from hvdbg.hv.faults import InjectedFaults
 from hvdbg.hv.vmm import Vmm, msr_bitmap_exiting, vmm_keeps_msr
 
 
@@ -61,8 +61,9 @@ class Machine:
         self.debug_exit = DebugExit(lambda status: self.end("exited", status=status,
                                                             detail="guest wrote to the debug-exit port"))
         self._register_devices()
+        self.faults = InjectedFaults.from_config(config)
         self.vmm = Vmm(self, self.bus, self.trace,
-                       sipi_offset=config["gpa_hpa_offset"] if config["faults.sipi_uses_hpa"] else 0)
+                       sipi_offset=self.faults.sipi_offset(config["gpa_hpa_offset"]))
         self.vmm.preemption_timer = config["vmx.preemption_timer"]
         self.kernel_path = Path(config["kernel"])
         self.kernel_image = self._read(self.kernel_path, "kernel")
@@ -84,7 +85,7 @@ class Machine:
         self.turns = ExecutionTurns()   # one engine executes at a time (hvdbg.engine.cpu)
         self.vcpus: list[Vcpu] = []
         for i in range(n):
-            cpuid_id = 0 if config["cpuid.apic_ids"] == "same" else self.apic_ids[i]
+            cpuid_id = self.faults.cpuid_apic_id(self.apic_ids[i])
             cpuid = CpuidModel(apic_id=cpuid_id, vcpu_count=n, x2apic=config["cpuid.x2apic"])
             v = Vcpu(i, self.apic_ids[i], self.memory, self.vmm, cpuid, bsp=(i == 0),
                      x2apic=config["cpuid.x2apic"], send_ipi=self.apic_bus.send, msr_sites=msr_sites,
@@ -154,10 +155,8 @@ class Machine:
     def _load_kernel(self) -> multiboot.BootInfo:
         cfg = self.config
         modules = [(self._read(Path(p), "module"), Path(p).name) for p in cfg["modules"]]
-        magic = cfg["loader.magic"]
         header = multiboot.find_header(self.kernel_image)
-        if magic == "header":
-            magic = HEADER_MAGIC[header.version if header is not None else 1]
+        magic = self.faults.entry_magic(header.version if header is not None else None)
         return multiboot.load(self.kernel_image, self.memory, cfg["memory"], cmdline=cfg["cmdline"],
                               modules=modules, magic=magic, reserved=[(ACPI_BASE, ACPI_END)],
                               name=self.kernel_path.name)
@@ -169,7 +168,7 @@ class Machine:
         segments = [(paddr, self.memory.read(paddr, filesz)) for paddr, filesz, _ in self.boot.segments]
         x2apic = self.config["cpuid.x2apic"]
         sites = image_scan.select_sites(segments, lambda msr: vmm_keeps_msr(msr, x2apic))
-        deltas = {0} | {d for _lo, _hi, d in self.symbols._phys_deltas}
+        deltas = {0} | set(self.symbols.phys_deltas())
         if deltas == {0}:
             alias = image_scan.higher_half_alias(segments)
             if alias is not None:

@@ -361,7 +361,8 @@ class Vcpu(GuestView, GuestStateArea):
         self._kick.clear()
 
     def runnable(self) -> bool:
-        return self.activity == ActivityState.ACTIVE
+        """Can this vCPU make progress when given a pCPU (hvdbg.hv.activity)?"""
+        return act.blocked_reason(self) is None
 
     def interrupts_enabled(self) -> bool:
         return bool(self.engine.rflags() & RFLAGS_IF)

@@ -28,6 +28,12 @@ class SymbolTable:
             self._load(image)
         self._starts = [s.address for s in self._syms]
 
+
+    def phys_deltas(self) -> list[int]:
+        """Virtual-minus-physical offset of every loaded segment whose ELF addresses differ
+        from its load addresses (a higher-half kernel's aliases)."""
+        return [d for _lo, _hi, d in self._phys_deltas]
+
     def _load(self, image: bytes) -> None:
         try:
             elf = ELFFile(io.BytesIO(image))

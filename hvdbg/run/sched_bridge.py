@@ -74,7 +74,7 @@ class SchedCore:
 
     def _enable_pause_loop_exiting(self) -> None:
         """Overcommitted pCPUs: spinning vCPUs must give way (like KVM's PLE)."""
-        deltas = [d for _lo, _hi, d in self.vm.symbols._phys_deltas]
+        deltas = self.vm.symbols.phys_deltas()
         sites = find_sites(self.vm.memory, self.vm.boot.segments, deltas, [PAUSE])
         for v in self.vm.vcpus:
             v.enable_pause_exiting(sites, self.PLE_WINDOW)
