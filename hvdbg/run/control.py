@@ -82,6 +82,7 @@ class RunControl:
                     self._cond.wait(0.05)
                     continue
             for v, count in todo:
+                v.parked()              # a step of a held vCPU runs, whatever stop came before
                 run_step(v, count)
                 if self.on_step_done is not None:
                     self.on_step_done(v)
