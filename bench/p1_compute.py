@@ -16,7 +16,7 @@ from __future__ import annotations
 import harness
 from guest_image import build
 from harness import GUEST_INSTRUCTIONS, Case, per_unit_overhead, switches_per
-from runners import RawMode, default_slice, hv_run, raw_single, raw_threads
+from runners import RawMode, default_slice, hv_run, qemu_cases, raw_single, raw_threads
 
 SMP_KERNEL_MSR_SITES = 8        # RDMSR/WRMSR sites hvdbg finds in guests/build/smp.elf
 FULL_ITERATIONS = 10_000_000     # per vCPU: 40 M guest instructions
@@ -32,7 +32,9 @@ def cases(iterations: int, workdir) -> list[Case]:
     image = build("alu", iterations, workdir)
     with_msr_sites = build("alu", iterations, workdir, msr_sites=SMP_KERNEL_MSR_SITES)
     s = default_slice()
-    return [
+    # QEMU TCG first: the targets are 0.5x (default) / 0.25x (deterministic) of it
+    qemu, first = qemu_cases("alu", iterations, workdir)
+    return qemu + [
         Case("raw", "bare Unicorn, 1 emu_start, no count",
              lambda: raw_single(image, RawMode.UNCOUNTED, s)),
         Case("raw-count", "bare Unicorn, 1 emu_start with count",
@@ -40,8 +42,11 @@ def cases(iterations: int, workdir) -> list[Case]:
         Case("raw-sliced", f"bare Unicorn, emu_start(count={s}) slices (as hvdbg)",
              lambda: raw_single(image, RawMode.SLICED, s), ("raw",), note=cpu_per_slice),
         Case("hv-1", "hvdbg, 1 vCPU, pinned executor",
-             lambda: hv_run(image, 1, deterministic=False), ("raw-sliced", "raw"), target=0.8,
-             note=per_slice),
+             lambda: hv_run(image, 1, deterministic=False), first + ("raw-sliced", "raw"),
+             target=0.5 if qemu else None, note=per_slice if not qemu else None),
+        Case("det-1", "hvdbg, 1 vCPU, deterministic executor (the default)",
+             lambda: hv_run(image, 1, deterministic=True), first + ("hv-1",),
+             target=0.25 if qemu else None),
         Case("hv-1-msr", f"hvdbg, 1 vCPU, same loop, image with {SMP_KERNEL_MSR_SITES} RDMSR sites (as smp.elf)",
              lambda: hv_run(with_msr_sites, 1, deterministic=False), ("raw-sliced", "hv-1"), note=per_slice),
         Case("raw-2t", f"2 bare engines, 2 threads, count={s} slices",

@@ -8,14 +8,19 @@ guest (a few dozen boot instructions more, counted by hvdbg itself).
 
 from __future__ import annotations
 
+import resource
+import shutil
+import subprocess
 import threading
+import time
 from enum import Enum
+from pathlib import Path
 
 from unicorn import UC_ARCH_X86, UC_HOOK_INSN, UC_MODE_64, UC_PROT_ALL, Uc
 from unicorn import x86_const as X
 
-from guest_image import XAPIC_BASE, XAPIC_SIZE, GuestImage
-from harness import Run, Timer
+from guest_image import DEBUG_EXIT_PORT, XAPIC_BASE, XAPIC_SIZE, GuestImage, build
+from harness import Case, Run, Timer
 from hvdbg.engine import ucx
 from hvdbg.config import config_from_dict
 from hvdbg.run.executors import make_executor
@@ -195,3 +200,63 @@ def check_hv_run(vm: Machine, image: GuestImage) -> None:
     if reason and vm.trace.counts.get(reason, 0) < image.iterations * len(vm.vcpus):
         raise BenchError(f"expected {image.iterations * len(vm.vcpus)} {reason} exits, "
                          f"got {vm.trace.counts.get(reason, 0)}")
+
+
+# -- QEMU TCG on the same guest ------------------------------------------------------------
+QEMU = shutil.which("qemu-system-x86_64")
+_QEMU_ARGS = ("-m", "16", "-smp", "1", "-accel", "tcg", "-display", "none", "-monitor", "none",
+              "-serial", "null", "-no-reboot", "-device", f"isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=4")
+#: isa-debug-exit makes QEMU exit with (status << 1) | 1: loop.S writes status 0
+_QEMU_EXIT_OK = 1
+
+
+def _qemu_once(elf: Path, timeout: float) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system) of one whole QEMU process booting ``elf``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = time.perf_counter()
+    proc = subprocess.run([QEMU, "-kernel", str(elf), *_QEMU_ARGS], capture_output=True, timeout=timeout)
+    wall = time.perf_counter() - wall
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != _QEMU_EXIT_OK:
+        raise BenchError(f"QEMU on {elf.name} exited {proc.returncode}: {proc.stderr.decode(errors='replace')[-300:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+#: QEMU runs the same loop this many times longer than hvdbg's row, so that its time is well
+#: above the jitter of its ~0.1 s start-up; the rows compare rates (per second), not times.
+QEMU_SCALE = 100
+#: at least ~0.5 s of QEMU per workload (measured rates: ALU 2.9 G instr/s, CPUID ~170 M/s,
+#: unclaimed OUT faster still, UART OUT ~30 M/s, xAPIC read ~6 M/s)
+_QEMU_MIN_ITERATIONS = {"alu": 400_000_000, "cpuid": 100_000_000, "out_unclaimed": 200_000_000,
+                        "out_uart": 20_000_000, "apic_read": 4_000_000}
+_QEMU_MIN_EXIT_ITERATIONS = 3_000_000
+
+
+def qemu_iterations(workload: str, iterations: int) -> int:
+    """How many iterations QEMU's image gets for a row whose hvdbg image has ``iterations``."""
+    return min(max(iterations * QEMU_SCALE, _QEMU_MIN_ITERATIONS.get(workload, _QEMU_MIN_EXIT_ITERATIONS)),
+               2**32 - 1)
+
+
+def qemu_run(image: GuestImage, startup: GuestImage, timeout: float = 600) -> Run:
+    """QEMU TCG (one CPU) running the same guest (built with :func:`qemu_iterations`) to
+    its debug-exit write.  QEMU is timed as a whole process, so its
+    start-up (measured in the same round on ``startup``, the same guest with one
+    iteration) is taken off wall and CPU time alike."""
+    if QEMU is None:
+        raise BenchError("qemu-system-x86_64 is not installed (scripts/setup.sh installs it)")
+    base_wall, base_cpu = _qemu_once(startup.path, timeout)
+    wall, cpu = _qemu_once(image.path, timeout)
+    exits = image.iterations if image.workload.exit_reason else 0
+    return Run(image.loop_instructions(), exits, max(wall - base_wall, 1e-6), 1, 0, max(cpu - base_cpu, 0.0))
+
+
+def qemu_cases(workload: str, iterations: int, workdir: Path) -> tuple[list[Case], tuple[str, ...]]:
+    """The ``qemu`` row for a table whose 1-vCPU hvdbg image has ``iterations``, and the
+    baseline names hvdbg's rows put first (both empty without qemu-system-x86_64)."""
+    if QEMU is None:
+        return [], ()
+    big, startup = build(workload, qemu_iterations(workload, iterations), workdir), build(workload, 1, workdir)
+    return [Case("qemu", "QEMU TCG, 1 CPU, a longer run of the same loop, process time minus start-up",
+                 lambda: qemu_run(big, startup))], ("qemu",)

@@ -31,7 +31,7 @@
 
 #define TRAMPOLINE_PHYS  0x8000             /* SIPI vector 0x08 */
 #define DEBUG_EXIT_PORT  0xF4
-#define UNCLAIMED_PORT   0x510              /* no hvdbg device decodes it */
+#define UNCLAIMED_PORT   0x5F0              /* no device decodes it, in hvdbg or QEMU (0x510 is fw_cfg) */
 #define UART_THR         0x3F8
 
 #define CODE32_SEL       0x08
