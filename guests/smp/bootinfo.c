@@ -56,6 +56,8 @@ static void apply_option(const char *word, uint64_t len, struct boot_options *op
         opt->max_aps = number;
     else if (eq && word_is(word, key_len, "workload") && word_is(value, value_len, "lock"))
         opt->workload = WORKLOAD_LOCK;
+    else if (eq && word_is(word, key_len, "workload") && word_is(value, value_len, "atomics"))
+        opt->workload = WORKLOAD_ATOMICS;
     else if (eq && word_is(word, key_len, "workload") && word_is(value, value_len, "sum"))
         opt->workload = WORKLOAD_SUM;
     else if (eq && word_is(word, key_len, "lock") && word_is(value, value_len, "tas"))
@@ -68,6 +70,11 @@ static void apply_option(const char *word, uint64_t len, struct boot_options *op
         opt->lock_inside = number;
     else if (eq && word_is(word, key_len, "lock_outside") && parse_u64(value, value_len, &number))
         opt->lock_outside = number;
+    else if (eq && word_is(word, key_len, "atomic_iters") && parse_u64(value, value_len, &number))
+        opt->atomic_iters = number;
+    else if (eq && word_is(word, key_len, "sipi_vector") && parse_u64(value, value_len, &number) &&
+             (number == 0 || number == TRAMPOLINE_VECTOR))
+        opt->trampoline_phys = (uint32_t)(number << 12);
 }
 
 static void parse_cmdline(struct boot_options *opt)
@@ -95,6 +102,8 @@ void bootinfo_parse(uint32_t magic, uint32_t info_phys, struct boot_options *out
     out->lock_iters = DEFAULT_LOCK_ITERS;
     out->lock_inside = DEFAULT_LOCK_INSIDE;
     out->lock_outside = DEFAULT_LOCK_OUTSIDE;
+    out->atomic_iters = DEFAULT_ATOMIC_ITERS;
+    out->trampoline_phys = TRAMPOLINE_PHYS;
     if (info->flags & MBI_FLAG_MEM) {
         out->have_mem = true;
         out->mem_lower_kib = info->mem_lower;

@@ -10,8 +10,9 @@
 #define DEFAULT_LOCK_ITERS 1000ULL
 #define DEFAULT_LOCK_INSIDE 20ULL
 #define DEFAULT_LOCK_OUTSIDE 100ULL
+#define DEFAULT_ATOMIC_ITERS 1000000ULL
 
-enum workload_kind { WORKLOAD_SUM, WORKLOAD_LOCK };
+enum workload_kind { WORKLOAD_SUM, WORKLOAD_LOCK, WORKLOAD_ATOMICS };
 
 struct boot_options {
     uint32_t magic;
@@ -28,6 +29,8 @@ struct boot_options {
     uint64_t lock_iters;         /* critical sections per CPU */
     uint64_t lock_inside;        /* work steps inside the critical section */
     uint64_t lock_outside;       /* work steps outside */
+    uint64_t atomic_iters;       /* workload=atomics: updates per CPU and primitive */
+    uint32_t trampoline_phys;    /* AP trampoline (SIPI vector << 12): 0x8000 or 0 */
 };
 
 /*
@@ -38,6 +41,9 @@ struct boot_options {
  *   max_aps=N    start at most N APs (default: all the MADT lists)
  *   workload=lock  the lock-heavy workload (lock.h) instead of the parallel sum
  *   lock=tas|ticket, lock_iters=N, lock_inside=N, lock_outside=N  its parameters
+ *   workload=atomics  lock incq / lock cmpxchgq / xchg counters (atomics.h)
+ *   atomic_iters=N    its updates per CPU and primitive (default DEFAULT_ATOMIC_ITERS)
+ *   sipi_vector=0|8   start the APs at physical 0 (vector 0) or 0x8000 (8, the default)
  * Other words (QEMU passes the kernel path first) are ignored.
  */
 void bootinfo_parse(uint32_t magic, uint32_t info_phys, struct boot_options *out);

@@ -1,7 +1,9 @@
 /* BSP C entry: boot info, IDT, LAPIC, MADT, AP start-up, self-tests, workload. */
 #include "acpi.h"
+#include "atomics.h"
 #include "bootinfo.h"
 #include "console.h"
+#include "cpucheck.h"
 #include "lapic.h"
 #include "lock.h"
 #include "selftest.h"
@@ -33,31 +35,48 @@ __attribute__((noreturn)) void kmain(uint32_t magic, uint32_t mb_info_phys)
     if (!acpi_find_cpus(&madt_cpus))
         debug_exit(EXIT_ACPI_ERROR);
 
+    /* workload=cpu: CPU conformance checks on the BSP (cpucheck.h), no array. */
+    bool cpu_checks = cpucheck_requested(options.cmdline);
+
     /* The bump allocator may overwrite the loader's multiboot info: parsed above. */
-    if (options.workload == WORKLOAD_LOCK) {
+    if (cpu_checks) {
+        /* nothing to prepare */
+    } else if (options.workload == WORKLOAD_LOCK) {
         lock_prepare(&lock_work, options.lock_tas ? LOCK_TAS : LOCK_TICKET, options.lock_iters,
                      options.lock_inside, options.lock_outside);
         work.lock = &lock_work;
+    } else if (options.workload == WORKLOAD_ATOMICS) {
+        atomics_prepare(options.atomic_iters);  /* no array */
     } else {
         work_prepare(&work, options.work_entries);
     }
 
-    smp_start_aps(&madt_cpus, bsp_apic_id, options.ap_wait_loops, options.max_aps, &started_aps);
+    smp_start_aps(&madt_cpus, bsp_apic_id, options.ap_wait_loops, options.max_aps, options.trampoline_phys,
+                  &started_aps);
     uint32_t online = 1 + started_aps.count;
     kprintf("smp: %u of %u CPUs online\n", online, madt_cpus.count);
     if (online < madt_cpus.count) {
         kprintf("smp: %u CPUs missing\n", madt_cpus.count - online);
-        debug_exit(EXIT_CPUS_MISSING);
+        if (!cpu_checks)  /* the CPU checks run on the BSP alone */
+            debug_exit(EXIT_CPUS_MISSING);
     }
 
     if (options.selftest && !selftest_run(&started_aps))
         debug_exit(EXIT_SELFTEST_FAILED);
+    if (cpu_checks)
+        cpucheck_run();
 
     work_set_cpus(&work, online);
+    if (atomics_active())
+        atomics_set_cpus(&work, online);
     smp_release(&work);
     if (work.lock) {
         lock_run(&work, 0);
         lock_finish(work.lock, online);
+    }
+    if (atomics_active()) {
+        atomics_run(&work, 0);
+        atomics_finish(online);
     }
     work_run(&work, 0);
 

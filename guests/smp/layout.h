@@ -18,7 +18,9 @@
 /* Size of the boot page tables' identity and high-half mappings. */
 #define BOOT_MAP_SIZE       UL(0x40000000)
 
-/* Real-mode AP trampoline: copied here, started by SIPI vector 0x08. */
+/* Real-mode AP trampoline: assembled for and by default copied here, started by SIPI
+ * vector 0x08. `sipi_vector=0` copies it to physical 0 instead (relocated by the BSP,
+ * see trampoline.S) and sends SIPI vector 0x00. */
 #define TRAMPOLINE_PHYS     0x8000
 #define TRAMPOLINE_VECTOR   (TRAMPOLINE_PHYS >> 12)
 
@@ -56,6 +58,8 @@
 #define EXIT_SELFTEST_FAILED 4
 #define EXIT_ACPI_ERROR     5
 #define EXIT_LOCK_BAD       6
+#define EXIT_CPU_CHECKS_FAILED 7
+#define EXIT_ATOMICS_BAD    8
 #define EXIT_EXCEPTION_BASE 0x80
 
 #endif

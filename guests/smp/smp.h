@@ -16,14 +16,15 @@ extern uint8_t ap_stacks[MAX_CPUS][AP_STACK_SIZE];
 extern volatile uint32_t ap_online;
 
 /*
- * Copy the trampoline to TRAMPOLINE_PHYS and start the CPUs of `cpus`
+ * Copy the trampoline to `trampoline_phys` (TRAMPOLINE_PHYS or 0, relocated
+ * there) and start the CPUs of `cpus`
  * other than `bsp_apic_id` (at most `max_aps` of them), one at a time,
  * waiting up to `wait_loops` PAUSE loops for each to come online. The APs
- * then wait for smp_release().
+ * then wait for smp_release(). The SIPI vector is trampoline_phys >> 12.
  * Fills `started` with the MADT APIC IDs of the APs that came up.
  */
 void smp_start_aps(const struct cpu_table *cpus, uint32_t bsp_apic_id, uint64_t wait_loops,
-                   uint64_t max_aps, struct cpu_table *started);
+                   uint64_t max_aps, uint32_t trampoline_phys, struct cpu_table *started);
 
 /* Let the waiting APs run `work` (their CPU index is their start order). */
 void smp_release(struct workload *work);

@@ -42,6 +42,16 @@ static struct idt_gate idt[IDT_ENTRIES] __attribute__((aligned(16)));
 volatile uint64_t trap_breakpoint_count;
 volatile uint64_t trap_timer_ticks;
 volatile uint32_t trap_ipi_count[MAX_CPUS];
+struct trap_expect trap_expect;
+
+_Static_assert(__builtin_offsetof(struct trap_expect, active) == TE_ACTIVE, "TE_ACTIVE");
+_Static_assert(__builtin_offsetof(struct trap_expect, hit) == TE_HIT, "TE_HIT");
+_Static_assert(__builtin_offsetof(struct trap_expect, vector) == TE_VECTOR, "TE_VECTOR");
+_Static_assert(__builtin_offsetof(struct trap_expect, error_code) == TE_ERROR_CODE, "TE_ERROR_CODE");
+_Static_assert(__builtin_offsetof(struct trap_expect, rip) == TE_RIP, "TE_RIP");
+_Static_assert(__builtin_offsetof(struct trap_expect, cs) == TE_CS, "TE_CS");
+_Static_assert(__builtin_offsetof(struct trap_expect, fixup_rip) == TE_FIXUP_RIP, "TE_FIXUP_RIP");
+_Static_assert(__builtin_offsetof(struct trap_expect, fixup_rsp) == TE_FIXUP_RSP, "TE_FIXUP_RSP");
 
 void idt_init(void)
 {
@@ -72,8 +82,38 @@ __attribute__((noreturn)) static void fatal_trap(const struct trap_frame *frame)
     debug_exit(EXIT_EXCEPTION_BASE + (uint32_t)frame->vector);
 }
 
+/* An exception the armed trap_expect accepts (not NMI, #BP, #DF, #MC). */
+static bool trap_expected(uint64_t vector)
+{
+    return trap_expect.active && vector < 32 && vector != 2 && vector != 3 && vector != 8 &&
+           vector != 18;
+}
+
+/* Record the exception and resume at the fixup (see struct trap_expect). */
+static void trap_expect_fixup(struct trap_frame *frame)
+{
+    trap_expect.vector = frame->vector;
+    trap_expect.error_code = frame->error_code;
+    trap_expect.rip = frame->rip;
+    trap_expect.cs = frame->cs;
+    frame->rip = trap_expect.fixup_rip;
+    if (trap_expect.fixup_rsp) {
+        /* IRETQ in 64-bit mode pops SS:RSP at the same CPL too (SDM Vol. 3A 6.14.3) */
+        frame->cs = GDT_CODE64_SEL;
+        frame->ss = GDT_DATA_SEL;
+        frame->rsp = trap_expect.fixup_rsp;
+    }
+    frame->rflags &= ~(1UL << 8);  /* TF */
+    trap_expect.active = 0;
+    trap_expect.hit = 1;
+}
+
 void trap_dispatch(struct trap_frame *frame)
 {
+    if (trap_expected(frame->vector)) {
+        trap_expect_fixup(frame);
+        return;
+    }
     switch (frame->vector) {
     case 3:  /* int3 is a trap: RIP already points past it, just return */
         __atomic_fetch_add(&trap_breakpoint_count, 1, __ATOMIC_SEQ_CST);

@@ -108,9 +108,11 @@ class _PitChannel:
 class Pit8254:
     """8254 PIT at 0x40-0x43, counting at 1.193182 MHz on ``clock`` (nanoseconds).
 
-    The clock is the host's monotonic clock by default, the time base of the TSC that
-    Unicorn gives the guest, so a kernel that calibrates its TSC or local-APIC timer
-    against the PIT (Xen, GRUB, Linux) gets consistent numbers.  Channel 2's gate is
+    The machine gives it the VM's virtual time, the time base of the guest's TSC, APIC
+    timer and ACPI PM timer, so a kernel that calibrates its TSC or local-APIC timer
+    against the PIT (Xen, GRUB, Linux) gets consistent numbers, and a deterministic run
+    reads the same counts every time (the host's monotonic clock is only the default for
+    a PIT on its own).  Channel 2's gate is
     port 0x61 bit 0 (:class:`SystemControlPortB`).  No interrupt is raised on IRQ 0."""
 
     name = "pit8254"

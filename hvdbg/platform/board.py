@@ -1,0 +1,70 @@
+"""The PC board: which device answers at which I/O port (the role of QEMU's hw/i386/pc.c
+``pc_basic_device_init``), so that the machine only composes a board, memory and vCPUs.
+
+Port map (docs/platform.md): 0x20/0xA0 8259 PICs, 0x40-0x43 8254 PIT, 0x61 port B,
+0x70-0x71 CMOS/RTC, 0x80 POST, 0xF4 debug exit, 0x3D4 VGA CRTC, 0x3F8 COM1,
+0x510-0x511 QEMU fw_cfg, 0x600-0x60B ACPI PM1a and PM timer, 0xCF8-0xCFF PCI configuration
+mechanism #1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from hvdbg.platform.devices import (Cmos, DebugExit, IoBus, PciConfigAbsent, Pic8259, Pit8254, PostPort,
+                                    SystemControlPortB)
+from hvdbg.platform.devices.acpi_pm import PM_BASE, PM_LENGTH, AcpiPm
+from hvdbg.platform.devices.debug_exit import DEBUG_EXIT_PORT
+from hvdbg.platform.devices.fw_cfg import SELECTOR_PORT, FwCfg, e820_table
+from hvdbg.platform.devices.uart import COM1, Uart16550
+from hvdbg.platform.devices.vga import CRTC_INDEX, VgaCrtc
+
+
+@dataclass
+class PcBoard:
+    """The legacy devices of one VM, registered on its I/O bus."""
+
+    bus: IoBus
+    uart: Uart16550
+    debug_exit: DebugExit
+    pic: Pic8259
+    pit: Pit8254
+    cmos: Cmos
+    vga: VgaCrtc
+    fw_cfg: FwCfg | None = None
+    acpi_pm: AcpiPm | None = None
+
+    def add_acpi_pm(self, clock: Callable[[], int], on_soft_off: Callable[[], None]) -> AcpiPm:
+        """The ACPI PM1a blocks and PM timer the FADT points at, timed by ``clock``
+        (the VM's virtual time in guest instructions)."""
+        self.acpi_pm = AcpiPm(clock, on_soft_off)
+        self.bus.register(PM_BASE, PM_LENGTH, self.acpi_pm)
+        return self.acpi_pm
+
+    def add_fw_cfg(self, *, ram_size: int, nb_cpus: int,
+                   e820: list[tuple[int, int, int]]) -> FwCfg:
+        """QEMU's fw_cfg with the CPU count, the RAM size and ``etc/e820`` (base, length,
+        type) as the guest's memory map lists them."""
+        self.fw_cfg = FwCfg(ram_size=ram_size, nb_cpus=nb_cpus, files={"etc/e820": e820_table(e820)})
+        self.bus.register(SELECTOR_PORT, 2, self.fw_cfg)
+        return self.fw_cfg
+
+
+def build_pc_board(bus: IoBus, *, ram_size: int, uart: Uart16550,
+                   on_debug_exit: Callable[[int], None], clock: Callable[[], int]) -> PcBoard:
+    """Register the PC's legacy devices on ``bus``; the PIT and the RTC's update flag
+    count on ``clock`` (the VM's virtual time in nanoseconds, the TSC's time base)."""
+    debug_exit = DebugExit(on_debug_exit)
+    pic, pit, cmos, vga = Pic8259(), Pit8254(clock), Cmos(ram_size, clock), VgaCrtc()
+    bus.register(COM1, 8, uart)
+    bus.register(DEBUG_EXIT_PORT, 4, debug_exit)
+    bus.register(0x20, 2, pic)
+    bus.register(0xA0, 2, pic)
+    bus.register(0x40, 4, pit)
+    bus.register(0x61, 1, SystemControlPortB(pit))
+    bus.register(0x70, 2, cmos)
+    bus.register(0x80, 1, PostPort())
+    bus.register(0xCF8, 8, PciConfigAbsent())
+    bus.register(CRTC_INDEX, 2, vga)
+    return PcBoard(bus, uart, debug_exit, pic, pit, cmos, vga)

@@ -1,0 +1,85 @@
+"""kvm-unit-tests cases that pass under hvdbg, from the snapshot in ../shared/third_party
+(unpacked and built at test time, ~10 s; never copied into the project), run the way
+``hvdbg conformance kut`` runs them; and the runner against QEMU TCG side by side."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hvdbg.api import conformance
+
+THIRD_PARTY = Path(__file__).resolve().parents[1].parent / "shared" / "third_party"
+SNAPSHOT = next(iter(sorted(THIRD_PARTY.glob("kvm-unit-tests-*.tar.gz"))), None) if THIRD_PARTY.is_dir() else None
+
+#: Measured passing under hvdbg (docs/conformance.md).
+# vmexit_cpuid, vmexit_vmcall, vmexit_ipi_halt, vmexit_cr0_wp and vmexit_cr4_pge passed until the
+# TSC became the VM clock (2026-12-02): vmexit.flat repeats each test until 2^27 TSC cycles pass,
+# and a VM exit costs no virtual time yet, so they now use up the 90 s budget.  A per-exit time
+# cost (as on hardware, ~1 us) would bring them back.
+PASSING = [
+    "smptest", "smptest3", "vmexit_mov_from_cr8", "vmexit_mov_to_cr8",
+    "vmexit_inl_pmtimer", "vmexit_ipi", "vmexit_ple_round_robin", "vmexit_tscdeadline",
+    "vmexit_tscdeadline_immed", "hypercall", "memory", "setjmp", "xsave",
+    "rmap_chain", "pcid-enabled", "pcid-disabled", "pcid-asymmetric", "rdpru", "umip",
+]
+
+pytestmark = pytest.mark.skipif(SNAPSHOT is None, reason=f"no kvm-unit-tests snapshot in {THIRD_PARTY}")
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    if shutil.which("make") is None or shutil.which("gcc") is None:
+        pytest.skip("make and gcc are needed to build kvm-unit-tests")
+    return conformance.prepare(SNAPSHOT, tmp_path_factory.mktemp("kut"))
+
+
+@pytest.fixture(scope="module")
+def cases(tree):
+    return {c.name: c for c in conformance.parse_unittests_cfg((tree / "x86" / "unittests.cfg").read_text())}
+
+
+@pytest.mark.parametrize("name", PASSING)
+def test_case_passes_under_hvdbg(tree, cases, name):
+    run = conformance.run_hvdbg(tree, cases[name])
+    assert run.verdict == conformance.PASS, (run.first_fail or run.diagnosis or run.status)
+    assert run.status == 0
+
+
+def test_smp_cases_find_their_cpus_through_fw_cfg(tree, cases):
+    """smptest with 3 vCPUs: the CPU count comes from fw_cfg (no NR_CPUS environment)."""
+    case = cases["smptest3"]
+    assert case.smp == 3
+    run = conformance.run_hvdbg(tree, case, vcpus=4)
+    assert run.verdict == conformance.PASS
+
+
+def test_side_by_side_with_qemu(tree):
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    report = conformance.run_suite(tree, cases=["smptest", "msr64"])
+    rows = {r.case.name: r for r in report.rows}
+    assert rows["smptest"].qemu.verdict == rows["smptest"].hvdbg.verdict == conformance.PASS
+    # QEMU 7.2 TCG and hvdbg both miss the #GP of a non-canonical FS_BASE write
+    assert rows["msr64"].qemu.first_fail.startswith("FAIL: Expected #GP on WRMSR(MSR_FS_BASE")
+    table = report.markdown()
+    assert "| smptest | 2 | PASS" in table and "QEMU TCG:" in table
+
+
+def test_unittests_cfg_parsing(cases):
+    assert cases["vmexit_ipi"].smp == 2 and cases["vmexit_ipi"].test_args == "ipi"
+    assert cases["x2apic"].cpu_flags() == {"x2apic": True, "tsc-deadline": True}
+    assert cases["cmpxchg8b"].not_applicable() == "arch = i386"
+    assert "nested" in cases["vmx"].not_applicable()
+    assert conformance.hvdbg_config(Path("/k"), cases["vmexit_ipi"])["cmdline"] == "/k/x86/vmexit.flat ipi"
+    assert conformance.hvdbg_config(Path("/k"), cases["cet"])["memory"] == "2048M"
+
+
+def test_bad_source_is_one_line(tmp_path):
+    with pytest.raises(conformance.ConformanceError, match="no such kvm-unit-tests tree"):
+        conformance.prepare(tmp_path / "absent.tar.gz")
+    (tmp_path / "junk.tar.gz").write_bytes(b"not a tarball")
+    with pytest.raises(conformance.ConformanceError, match="cannot unpack"):
+        conformance.prepare(tmp_path / "junk.tar.gz", tmp_path / "out")
