@@ -375,7 +375,7 @@ def test_break_on_vm_exit_then_delete_and_run_to_the_end(debugger):
 
 
 def test_sched_shows_vcpus_and_a_policy_s_statistics(debugger):
-    ctx = debugger()
+    ctx = debugger(deterministic=False)
     text = ok(ctx, "sched")
     v0 = ctx.vm.vcpus[0]
     pcpu = "-" if v0.pcpu is None else str(v0.pcpu)
@@ -383,7 +383,7 @@ def test_sched_shows_vcpus_and_a_policy_s_statistics(debugger):
     assert re.search(r"^\s+3\s+wait-for-SIPI\s+\S+\s+stopped\s+no\s+0\s+0\s+0$", text, re.M), text
     assert "policy statistics" not in text and "policy Pinned" not in text  # pinned: no scheduler
 
-    ctx = debugger(sched="cfs", pcpus=2)
+    ctx = debugger(sched="cfs", pcpus=2, deterministic=False)
     text = ok(ctx, "sched")
     assert text.startswith("executor ThreadedSchedExecutor, policy 'cfs', 2 pCPUs"), text
     assert "policy CfsPolicy:" in text and "policy: cfs" in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -58,6 +59,15 @@ def gdb(guest_kernels):
     g.console(f"file {guest_kernels / 'smp.elf'}")
     yield g
     g.close()
+
+
+def _detach_to_the_end(gdb, proc) -> str:
+    """Delete the breakpoints, detach, and return hvdbg's output once the guest has exited 0."""
+    gdb.console("delete")
+    gdb.console("detach")
+    out, _ = proc.communicate(timeout=60)
+    assert '"outcome": "exited"' in out and '"exit_status": 0' in out
+    return out
 
 
 def test_threads_break_regs_memory_kill(hvdbg_gdb, gdb, guest_kernels):
@@ -126,11 +136,51 @@ def test_watchpoint_fires_on_the_ap_that_writes(hvdbg_gdb, gdb, guest_kernels):
     assert "watchpoint" in stop["reason"]
     assert stop["thread-id"] == "2"  # vCPU 1, the only AP, increments ap_online
     assert gdb.value("ap_online") == 1
-    gdb.console("delete")
     # detach: the guest runs to its end; reconnecting afterwards is refused only if it has exited
-    gdb.console("detach")
-    out, _ = proc.communicate(timeout=60)
-    assert '"outcome": "exited"' in out and '"exit_status": 0' in out
+    _detach_to_the_end(gdb, proc)
+
+
+def test_watch_stops_once_per_write_after_it(hvdbg_gdb, gdb, guest_kernels):
+    """``watch ap_online`` with 3 APs: one stop per increment, reported after the writing
+    instruction with gdb's old and new values, and resuming does not execute the write
+    again (until 2026-12-02 the stop came before the access and the instruction ran twice:
+    "one AP online, counter reads 2").  The guest's own check then sees 4 of 4 CPUs."""
+    proc, port = hvdbg_gdb(vcpus=4)
+    gdb.connect(port)
+    gdb.console("break kmain")
+    gdb.console("continue")
+    gdb.wait_for_stop()
+    gdb.console("delete")
+    gdb.console("watch ap_online")
+    threads = set()
+    for n in range(3):
+        gdb.console("continue")
+        stop = gdb.wait_for_stop()
+        assert stop["reason"] == "watchpoint-trigger", stop
+        assert (int(stop["value"]["old"]), int(stop["value"]["new"])) == (n, n + 1)
+        assert gdb.value("ap_online") == n + 1
+        threads.add(stop["thread-id"])
+    assert len(threads) == 3                     # each AP stopped for its own write
+    assert "smp: 4 of 4 CPUs online" in _detach_to_the_end(gdb, proc)
+
+
+def test_hbreak_stops_the_ap_in_its_real_mode_trampoline(hvdbg_gdb, gdb, guest_kernels):
+    """``hbreak *0x8000``: the AP started by SIPI vector 8 stops at its first instruction,
+    CS:IP 0800:0000, in 16-bit real mode; gdb's $pc is the linear address (CS.base + IP)
+    so that the stop matches the breakpoint; stepi goes on from there."""
+    proc, port = hvdbg_gdb(vcpus=2)
+    gdb.connect(port)
+    gdb.console("hbreak *0x8000")
+    gdb.console("continue")
+    stop = gdb.wait_for_stop()
+    assert stop["reason"] == "breakpoint-hit" and stop["thread-id"] == "2", stop
+    assert gdb.value("$pc") == 0x8000 and gdb.value("$cs") == 0x800
+    assert gdb.value("$cr0") & 1 == 0                       # real mode
+    assert "16-bit" in gdb.console("info threads")
+    gdb.console("stepi")
+    gdb.wait_for_stop()
+    assert 0x8000 < gdb.value("$pc") < 0x8010 and gdb.value("$cs") == 0x800
+    assert "smp: 2 of 2 CPUs online" in _detach_to_the_end(gdb, proc)
 
 
 def test_detach_and_reconnect(hvdbg_gdb, gdb, guest_kernels):
@@ -171,3 +221,92 @@ def test_per_vcpu_stub_sees_only_its_vcpu(hvdbg_gdb, gdb, guest_kernels):
     assert stop["frame"]["func"] == "work_run"
     gdb.console("kill")
     proc.communicate(timeout=30)
+
+
+def test_paging_off_addresses_are_32_bit_and_beyond_ram_is_an_error(hvdbg_gdb, gdb, guest_kernels):
+    """At the multiboot entry (protected mode, paging off) a linear address is a 32-bit
+    physical one: 0xdead00000000 is no address (not physical 0 after a cut to 32 bits),
+    and RAM ends where the config says (128 MiB), as on QEMU: "Cannot access memory"."""
+    proc, port = hvdbg_gdb(vcpus=1, memory="128M")
+    gdb.connect(port)
+    assert gdb.value("*(unsigned int *)0x100000") == 0x1BADB002     # the multiboot header
+    for address in (0xDEAD00000000, 0x100000000, 0x8000000):
+        out = gdb.console(f"x/2gx {address:#x}", allow_error=True)
+        assert f"Cannot access memory at address {address:#x}" in out, out
+    out = gdb.console("x/2gx 0x7fffff8", allow_error=True)       # the last 8 bytes of RAM, then none
+    assert "0x7fffff8:\t0x" in out and "Cannot access memory at address 0x8000000" in out, out
+    assert "gpa: 0x101070" not in gdb.console("monitor gva2gpa 0xdead00101070")
+    gdb.console("kill")
+    proc.communicate(timeout=30)
+
+
+def test_qemu_monitor_subset_as_qemu_prints_it(hvdbg_gdb, gdb, guest_kernels):
+    """The lines pwndbg, GEF and gdb-pt-dump parse, in QEMU 7.2's format (compared with
+    qemu-system-x86_64 -s -S on the same kernel at kmain)."""
+    proc, port = hvdbg_gdb(vcpus=2)
+    gdb.connect(port)
+    assert gdb.console("monitor info mem").strip() == "PG disabled"
+    gdb.console("break kmain")
+    gdb.console("continue")
+    gdb.wait_for_stop()
+    assert gdb.console("monitor info mem").splitlines() == [
+        "0000000000000000-0000000040000000 0000000040000000 -rw",
+        "00000000fee00000-00000000ff000000 0000000000200000 -rw",
+        "ffffff8000000000-ffffff8040000000 0000000040000000 -rw"]
+    tlb = gdb.console("monitor info tlb").splitlines()
+    assert tlb[0] == "0000000000000000: 0000000000000000 --PDA---W"
+    assert "ffffff8000000000: 0000000000000000 --PDA---W" in tlb
+    regs = gdb.console("monitor info registers").splitlines()
+    assert regs[:2] == ["", "CPU#0"]
+    assert regs[6].startswith("RIP=ffffff8000101070 RFL=00000046 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=0")
+    assert regs[8] == "CS =0018 0000000000000000 ffffffff 00af9a00 DPL=0 CS64 [-R-]"
+    assert any(re.fullmatch(r"GDT=     ffffff80001024c0 0000001f", line) for line in regs)
+    assert "CPU#1" in gdb.console("monitor info registers -a")
+    assert gdb.console("monitor info cpus").splitlines()[0].startswith("* CPU #0: thread_id=")
+    assert gdb.console("monitor gva2gpa 0xffffff8000101070").strip() == "gpa: 0x101070"
+    assert gdb.console("monitor gva2gpa 0x7000000000").strip() == "Unmapped"
+    assert re.fullmatch(r"Host virtual address for 0x100000 \(guest RAM\) is 0x[0-9a-f]+\n",
+                        gdb.console("monitor gpa2hva 0x100000"))
+    assert gdb.console("monitor gpa2hva 0x100000000").strip() == "No memory is mapped at address 0x100000000"
+    gdb.console("kill")
+    proc.communicate(timeout=30)
+
+
+def test_gdb_wait_holds_through_a_bare_connect_and_a_detach_without_continue(hvdbg_gdb, gdb, guest_kernels):
+    """--gdb-wait holds until a debugger continues (QEMU -S): a TCP connect/close, or a
+    gdb that looks and detaches, does not release the guest."""
+    import socket
+
+    proc, port = hvdbg_gdb(vcpus=1)
+    socket.create_connection(("127.0.0.1", port)).close()
+    time.sleep(0.5)
+    stop = gdb.connect(port)
+    assert int(stop["frame"]["addr"], 16) == 0x100020
+    gdb.console("detach")
+    time.sleep(0.5)
+    stop = gdb.connect(port)
+    assert int(stop["frame"]["addr"], 16) == 0x100020    # still at the multiboot entry
+    gdb.console("break kmain")
+    gdb.console("continue")
+    assert gdb.wait_for_stop()["frame"]["func"] == "kmain"
+    gdb.console("kill")
+    proc.communicate(timeout=30)
+
+
+def test_an_ept_violation_is_a_stop_to_inspect_until_kill(hvdbg_gdb, gdb, guest_kernels):
+    """A fatal guest event ends the VM but not the gdb session: SIGSEGV at the faulting
+    instruction, registers, memory and the VMCS exit fields readable, every continue
+    reports it again, kill ends it (was "Program terminated with signal SIGKILL")."""
+    proc, port = hvdbg_gdb(vcpus=1, memory="16M", cmdline="work_mib=32")   # its array runs past 16 MiB
+    gdb.connect(port)
+    gdb.console("continue")
+    stop = gdb.wait_for_stop()
+    assert stop["reason"] == "signal-received" and stop["signal-name"] == "SIGSEGV", stop
+    assert stop["frame"]["func"] == "work_prepare"
+    assert "EPT violation: write to GPA 0x1000000" in gdb.console("monitor vmcs 0 VM_EXIT_REASON")
+    assert gdb.value("$pc") == int(stop["frame"]["addr"], 16)
+    gdb.console("continue")
+    assert gdb.wait_for_stop()["signal-name"] == "SIGSEGV"
+    gdb.console("kill")
+    out, _ = proc.communicate(timeout=30)
+    assert '"outcome": "ept_violation"' in out

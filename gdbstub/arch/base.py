@@ -149,6 +149,8 @@ class Arch:
     byteorder: Literal["little", "big"] = "little"
     registers: tuple[RegisterDef, ...] = field(init=False)
     _index: Mapping[str, int] = field(init=False, repr=False)
+    #: (name, size, value mask) per register, in order: the ``g`` reply's encoding plan
+    _plan: tuple[tuple[str, int, int], ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         regs = tuple(r for f in self.features for r in f.registers)
@@ -157,6 +159,7 @@ class Arch:
         if len(index) != len(regs):
             raise ValueError("duplicate register names in layout")
         object.__setattr__(self, "_index", index)
+        object.__setattr__(self, "_plan", tuple((r.name, r.size, (1 << (8 * r.size)) - 1) for r in regs))
 
     # ---- layout queries
 
@@ -197,8 +200,26 @@ class Arch:
         return int.from_bytes(raw, self.byteorder)
 
     def encode_registers(self, values: Mapping[str, RegisterValue]) -> bytes:
-        """A full ``g`` reply; registers missing from ``values`` read as unavailable."""
-        return b"".join(self.encode_value(r, values.get(r.name)) for r in self.registers)
+        """A full ``g`` reply; registers missing from ``values`` read as unavailable.
+
+        The raw bytes are gathered first and hexed once (gdb asks for ``g`` after every
+        stop and step: this is on the stepi round trip)."""
+        parts: list[bytes] = []
+        raw = bytearray()
+        order = self.byteorder
+        for name, size, mask in self._plan:
+            value = values.get(name)
+            if value is None:
+                parts += [raw.hex().encode(), b"xx" * size]
+                raw = bytearray()
+            elif isinstance(value, (bytes, bytearray)):
+                if len(value) != size:
+                    raise ValueError(f"{name}: expected {size} bytes, got {len(value)}")
+                raw += value
+            else:
+                raw += (int(value) & mask).to_bytes(size, order)
+        parts.append(raw.hex().encode())
+        return b"".join(parts)
 
     def decode_registers(self, text: bytes) -> dict[str, RegisterValue]:
         """Parse a ``G`` payload; a shorter payload sets only the leading registers."""

@@ -24,7 +24,7 @@ from gdbstub.arch.x86_64 import X86_64
 from gdbstub.target import SIGTRAP
 from hvdbg.arch.control_rules import ControlState, control_state_problem
 from hvdbg.arch.events import GuestFault
-from hvdbg.arch.regs import AR_L, CR0_PG
+from hvdbg.arch.regs import AR_L, CR0_PG, EFER_LMA
 from hvdbg.debug.session import DebugSession, Stop, StopKind
 from hvdbg.engine import debug_hooks
 from hvdbg.errors import GuestMemoryError, HvdbgError
@@ -34,6 +34,11 @@ __all__ = ["VmTarget", "ControlState", "control_state_problem"]
 
 _WATCH = {WatchKind.WRITE: "write", WatchKind.READ: "read", WatchKind.ACCESS: "access"}
 _WATCH_BACK = {v: k for k, v in _WATCH.items()}
+
+#: The signal of the stop that reports the VM's end, by outcome (hvdbg.errors.Outcome).
+END_SIGNALS = {"triple_fault": 11, "ept_violation": 11, "ept_misconfig": 11, "exception": 11,
+               "budget": 24, "hang": 14, "internal_error": 6, "fatal": 6, "stopped": 2}
+
 
 class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorOps, ThreadExtraInfoOps,
                SingleStepFlagsOps, PhysicalMemoryOps, DetachOps, KillOps):
@@ -51,6 +56,7 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
         self._current = min(self.scope)
         self._lock = threading.Lock()
         self._g_registers: dict[int, debug_hooks.GdbRegisters] = {}
+        self._resume_on_detach = True
 
     @property
     def arch(self):
@@ -92,12 +98,29 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
         regs = self._g_registers.get(tid)
         if regs is None:
             regs = self._g_registers[tid] = debug_hooks.GdbRegisters(v.engine)
-        return regs.read()
+        values = regs.read()
+        base = self._pc_base(v)
+        if base:
+            values["rip"] = base + int(values["rip"])
+        return values
+
+    @staticmethod
+    def _pc_base(v) -> int:
+        """Outside 64-bit mode gdb's $pc is the linear address CS.base + EIP: gdb's x86
+        target knows no segments, and breakpoints (``hbreak *0x8000`` in an AP's real-mode
+        trampoline), ``x/i $pc`` and the stop PC must all agree on one address.  Writes of
+        $pc subtract the base again (docs/gdb.md)."""
+        if v.code_bits() == 64:
+            return 0
+        return v.get_segment("cs").base
 
     def write_registers(self, tid: int, values: Mapping[str, int | bytes]) -> None:
         """Write registers; a control state the CPU could not reach is refused with E16
         (:func:`control_state_problem`) and nothing is written."""
         v = self._vcpu(tid)
+        base = self._pc_base(v)
+        if base and isinstance(values.get("rip"), int):
+            values = {**values, "rip": (int(values["rip"]) - base) & 0xFFFFFFFF}
         old = ControlState(*(v.engine.read(n) for n in ("cr0", "cr3", "cr4", "efer", "rip")),
                            bool(v.get_segment("cs").access_rights & AR_L))
         new = replace(old, **{n: values[n] for n in ("cr0", "cr3", "cr4", "efer", "rip")
@@ -111,14 +134,26 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
         debug_hooks.write_gdb_registers(v.engine, values, order)
 
     # -- memory ----------------------------------------------------------------------
+    @staticmethod
+    def _check_linear(v: Vcpu, address: int, length: int) -> None:
+        """Outside IA-32e mode linear addresses have 32 bits (SDM 3.3.1): gdb's 64-bit
+        address 0xdead00000000 is no address of the vCPU (QEMU: "Cannot access memory"),
+        not linear 0 after a cut to 32 bits."""
+        end = address + length
+        if end > 1 << 64 or (end > 1 << 32 and not v.engine.read("efer") & EFER_LMA):
+            raise MemoryAccessError(f"{address:#x}+{length:#x} is beyond the vCPU's linear address space")
+
     def read_memory(self, tid: int, address: int, length: int) -> bytes:
+        v = self._vcpu(tid)
+        self._check_linear(v, address, length)
         try:
-            return self._vcpu(tid).read_linear(address, length)
+            return v.read_linear(address, length)
         except (GuestFault, GuestMemoryError, ValueError) as e:
             raise MemoryAccessError(str(e)) from None
 
     def write_memory(self, tid: int, address: int, data: bytes) -> None:
         v = self._vcpu(tid)
+        self._check_linear(v, address, len(data))
         try:
             v.write_linear(address, data)
             gpa = v.linear_to_physical(address)
@@ -142,15 +177,25 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
     # -- run control -----------------------------------------------------------------
     def attach(self) -> StopEvent:
         self._ensure_events()
+        control = self.session.control
+        # held before this debugger came (--gdb-wait, or stopped by another debugger):
+        # leaving without a continue leaves it held, as QEMU -S stays paused
+        self._resume_on_detach = not (control.paused_vm or self.scope <= control.paused)
         self.session.stop(self._scope_arg())
         if self.vm.ended and not self.session.running:
             return self._ended_event()
         return StopEvent.signalled(self._current + 1, SIGTRAP)
 
     def resume(self, actions: Mapping[int, ResumeAction]) -> None:
+        self._resume_on_detach = True
         events = self._ensure_events()
         while not events.empty():  # stops seen while gdb was stopped (e.g. a shell step)
             events.get_nowait()
+        if self.vm.ended and not self.session.running:
+            # the VM ended while gdb looked at it (its ENDED stop was just drained): the
+            # resume ends at once with the exit, as on a target process that has exited
+            events.put(Stop(StopKind.ENDED))
+            return
         steps = [tid for tid, a in actions.items() if a.kind == ResumeKind.STEP]
         if steps:
             # the stepped vCPU runs one instruction; the others stay stopped (like
@@ -186,10 +231,16 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
         return StopEvent.signalled(tid, SIGTRAP)
 
     def _ended_event(self) -> StopEvent:
+        """The guest exiting is an exit, gdb's kill a kill; any other end (EPT violation,
+        triple fault, budget, ...) is a stop with a signal (:data:`END_SIGNALS`), so the
+        user can still read registers, memory and ``monitor vmcs`` (the exit fields):
+        every continue reports it again, only ``kill`` ends the session."""
         ending = self.vm.ending
         if ending is not None and ending.outcome == "exited":
             return StopEvent.exited((ending.status or 0) & 0xFF)
-        return StopEvent.terminated()
+        if ending is None or ending.outcome == "killed":
+            return StopEvent.terminated()
+        return StopEvent.signalled(self._current + 1, END_SIGNALS.get(str(ending.outcome), SIGTRAP))
 
     def interrupt(self) -> None:
         self.session.stop(self._scope_arg())
@@ -230,7 +281,8 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
             text = self.monitor(command, self.vm.vcpus[self._current])
         except HvdbgError as e:
             text = f"error: {e}\n"
-        out.write(text if text.endswith("\n") else text + "\n")
+        if text.strip():        # QEMU sends no output at all for a command that prints nothing
+            out.write(text if text.endswith("\n") else text + "\n")
 
     def single_step_flags(self) -> SstepFlags:
         return self._sstep
@@ -242,7 +294,8 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
         for bp in list(self.session.breakpoints.values()):
             if bp.vcpus == self.scope:
                 self.session.remove_breakpoint(bp.address, self._scope_arg())
-        self.session.resume(self._scope_arg())
+        if self._resume_on_detach:
+            self.session.resume(self._scope_arg())
         if self._events is not None:
             self.session.unsubscribe(self._events)
             self._events = None

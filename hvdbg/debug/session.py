@@ -126,6 +126,10 @@ class DebugSession:
             self.vm.end("internal_error", detail=f"executor crashed: {type(e).__name__}: {e}")
         self._publish(Stop(StopKind.ENDED, detail=self.vm.ending.outcome if self.vm.ending else ""))
 
+    def executor_thread_id(self) -> int | None:
+        """The host thread id of the executor thread (QEMU's ``info cpus`` thread_id)."""
+        return self._thread.native_id if self._thread is not None else None
+
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -167,6 +171,8 @@ class DebugSession:
     def stop(self, scope: frozenset[int] | None = None, timeout: float = 10.0) -> bool:
         """Stop the vCPUs of ``scope`` (all if None) and wait until they are parked."""
         vcpus = self.vcpus_of(scope)
+        if self.vm.ended and not self.running:
+            return True     # nothing runs any more: nobody to wait for
         if scope is None:
             self.control.pause(None, self.vm.vcpus)
         else:
@@ -316,6 +322,7 @@ class DebugSession:
     def _on_watch(self, v: Vcpu, is_write: bool, gpa: int, size: int, wp: _Watchpoint) -> None:
         if v.index not in wp.vcpus:
             return
+        v.leave_after_instruction()   # the stop comes after the access (a trap, like DRn)
         self._halt_scope(v, wp.vcpus)
         self.control.pause([v])
         self._publish(Stop(StopKind.WATCHPOINT, v.index, wp.gva, wp.kind,

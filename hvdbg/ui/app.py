@@ -15,6 +15,10 @@ from hvdbg.errors import HvdbgError
 from hvdbg.hv.machine import Machine
 
 MAX_TCP_PORT = 65535
+#: The process name while gdb stubs listen: gdb-pt-dump (pwndbg's ``vmmap`` on a kernel)
+#: looks for the emulator with ``pgrep qemu-system`` and then reads guest memory from
+#: /proc/PID/mem at the host address ``monitor gpa2hva`` gives (docs/gdb.md).
+PROCESS_NAME = "qemu-system-hv"
 
 # command-line option -> config schema key
 _OVERRIDES = (("vcpus", "vcpus"), ("pcpus", "pcpus"), ("memory", "memory"), ("sched", "sched"),
@@ -72,7 +76,20 @@ def start_gdb_servers(session: DebugSession, host: str, port: int,
         for s in servers:
             s.stop()
         raise HvdbgError(f"cannot listen on {host}:{port}..{port + len(servers) - 1}: {e.strerror}") from None
+    name_process(PROCESS_NAME)
     return servers
+
+
+def name_process(name: str) -> None:
+    """Set the process name ``ps`` and ``pgrep`` see (Linux: the main thread's comm, at
+    most 15 bytes); elsewhere, or if /proc refuses, nothing happens."""
+    import threading
+
+    try:
+        with open(f"/proc/self/task/{threading.main_thread().native_id}/comm", "w") as f:
+            f.write(name[:15])
+    except OSError:
+        pass
 
 
 def gdb_banner(vm: Machine, host: str, port: int, held: bool = False) -> None:
@@ -99,9 +116,15 @@ def run_with_gdb(vm: Machine, host: str, port: int, wait: bool) -> None:
         vm.end("stopped", detail="interrupted by the user")
         session.shutdown()
     finally:
-        # let a debugger that just killed or detached read its last reply
-        deadline = time.monotonic() + 2.0
-        while any(s.client_connected for s in servers) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # let a debugger that just killed or detached read its last reply; after any
+        # other end (EPT violation, triple fault, budget) a connected debugger keeps its
+        # stop to inspect until it kills or detaches (docs/gdb.md)
+        outcome = str(vm.ending.outcome) if vm.ending is not None else ""
+        deadline = time.monotonic() + (2.0 if outcome in ("exited", "killed", "stopped") else float("inf"))
+        try:
+            while any(s.client_connected for s in servers) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        except KeyboardInterrupt:
+            pass
         for s in servers:
             s.stop()

@@ -18,8 +18,9 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory", help="guest RAM, e.g. 16M")
     p.add_argument("--cmdline", help="kernel command line")
     p.add_argument("--sched", help="scheduling policy: pinned, fifo, rr, cfs, smp")
-    p.add_argument("--deterministic", action="store_true", default=None,
-                   help="one host thread, instruction-counted slices: same config, same trace")
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                   help="one host thread, instruction-counted slices: same config, same trace (the default; "
+                        "--no-deterministic runs vCPUs on host threads, in host-timed order)")
     p.add_argument("--spin-skip", action="store_true", default=None, dest="spin_skip",
                    help="loops without progress skip the rest of their slice (and, pinned, yield the host core)")
     p.add_argument("--budget", type=int, help="instruction budget")
@@ -38,6 +39,31 @@ def cmd_run(args: argparse.Namespace) -> int:
             sys.stdout.write(res["serial"])
         print(format_run_report(res, wall))
     return 0 if res["outcome"] == "exited" and not res["exit_status"] else 1
+
+
+def cmd_check_determinism(args: argparse.Namespace) -> int:
+    from hvdbg.api import determinism
+    from hvdbg.ui import app
+
+    overrides = {k: v for k, v in app.overrides_from_args(args).items() if k != "deterministic"}
+    report = determinism.check(args.config, **overrides)
+    print("\n".join(report.lines()))
+    return 0 if report.repeatable and not report.differences() else 1
+
+
+def cmd_conformance(args: argparse.Namespace) -> int:
+    from hvdbg.api import conformance
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    if not (args.source or args.tarball):
+        raise conformance.ConformanceError("conformance kut: give a kvm-unit-tests tree or --from TARBALL")
+    tree = conformance.prepare(args.source or args.tarball, args.build_dir, progress)
+    report = conformance.run_suite(tree, cases=args.case or None, qemu=not args.no_qemu,
+                                   overcommit=args.overcommit, max_timeout=args.timeout, progress=progress)
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.markdown())
+    return 0
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
@@ -61,6 +87,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gdb-host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     _add_overrides(run)
     run.set_defaults(func=cmd_run)
+    check = sub.add_parser("check-determinism",
+                           help="run a VM twice deterministically and once on host threads; compare")
+    check.add_argument("config", help="VM configuration (TOML)")
+    _add_overrides(check)
+    check.set_defaults(func=cmd_check_determinism)
+    conf = sub.add_parser("conformance", help="run a conformance suite under hvdbg and QEMU, side by side")
+    conf.add_argument("suite", choices=["kut"], help="kut: kvm-unit-tests (x86/unittests.cfg)")
+    conf.add_argument("source", nargs="?", help="a kvm-unit-tests tree (built if needed)")
+    conf.add_argument("--from", dest="tarball", help="a kvm-unit-tests .tar.gz snapshot to unpack and build")
+    conf.add_argument("--build-dir", help="where to unpack --from (default: a temporary folder)")
+    conf.add_argument("--case", action="append", default=[], help="run only this case (repeatable)")
+    conf.add_argument("--no-qemu", action="store_true", help="do not run QEMU alongside")
+    conf.add_argument("--overcommit", action="store_true", help="also run cases of 3+ vCPUs on 2 pCPUs")
+    conf.add_argument("--timeout", type=int, help="cap every case's timeout (seconds)")
+    conf.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
+    conf.set_defaults(func=cmd_conformance)
     shell = sub.add_parser("shell", help="interactive shell on a VM (inspect, run, stop, step)")
     shell.add_argument("config", help="VM configuration (TOML)")
     shell.add_argument("--gdb", type=int, metavar="PORT", help="also serve GDB on PORT (and PORT+1+i)")
