@@ -142,7 +142,8 @@ SCHEMA: tuple[Option, ...] = (
     Option("pcpus", _int, 0, "number of pCPUs (host threads); 0 = one per vCPU"),
     Option("sched", _choice(*SCHED_POLICIES), "pinned", "vCPU scheduling policy when vCPUs share pCPUs: pinned, fifo, rr, cfs or smp (CFS + spin/IPI awareness, docs/scheduling.md)"),
     Option("weights", _affinity_weights, {}, "per-vCPU CFS weights, e.g. { 0 = 2048 } (default 1024)"),
-    Option("deterministic", _bool, False, "run every vCPU on one host thread in instruction-counted slices"),
+    Option("deterministic", _bool, True, "run every vCPU on one host thread in instruction-counted slices "
+           "(false: host threads; no faster, since one engine executes at a time)"),
     Option("spin_skip", _bool, False, "a vCPU caught in a loop without progress (the hang detector's test) runs 840-instruction probes and the rest of each slice passes as idle virtual time, as if the loop ran slower; the pinned executor also yields the host core for 0.5 ms. Cuts the host time of many-vCPU boots (deterministic: same exit trace; fewer executed instructions)"),
     Option("slice", _int, 50_000, "time slice in guest instructions (100 .. 2^32)"),
     Option("affinity", _affinity, {}, "per-vCPU allowed pCPUs, e.g. { 0 = [0], 1 = [1] }"),
@@ -158,6 +159,8 @@ SCHEMA: tuple[Option, ...] = (
     Option("vmx.io_passthrough", _int_list, [], "I/O ports whose I/O-bitmap bit is clear: the guest reaches the device without a VM exit"),
     Option("vmx.unrestricted_guest", _bool, True, "secondary control 'unrestricted guest' (real-mode APs)"),
     Option("faults.sipi_uses_hpa", _bool, False, "VMM bug: compute the SIPI entry from the host-physical address (adds gpa_hpa_offset)"),
+    Option("platform.fw_cfg", _bool, True, "QEMU's fw_cfg at I/O ports 0x510/0x511: signature, CPU count, RAM size, etc/e820 (docs/platform.md)"),
+    Option("platform.acpi_pm", _bool, True, "ACPI FADT, FACS and a DSDT with \\_S5, the PM1a blocks at 0x600 and the 3.579545 MHz PM timer at 0x608 on the VM's clock (one guest instruction = 1 ns; docs/platform.md)"),
     Option("output.echo_serial", _bool, False, "copy guest serial output to stdout while running"),
 )
 _BY_KEY = {o.key: o for o in SCHEMA}

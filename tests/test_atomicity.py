@@ -41,8 +41,8 @@ def test_pinned_threads_keep_the_guests_lock_exact(guest_kernels, lock, run):
     assert_exact(lock_boot(guest_kernels, lock))
 
 
-@pytest.mark.parametrize("sched, lock", [("fifo", "ticket"), ("fifo", "tas"), ("smp", "tas"),
-                                         ("cfs", "tas"), ("rr", "tas")])
+@pytest.mark.parametrize("lock", ["ticket", "tas"])
+@pytest.mark.parametrize("sched", ["fifo", "smp", "cfs", "rr"])
 def test_threaded_scheduler_keeps_the_guests_lock_exact(guest_kernels, sched, lock):
     """4 vCPUs on 2 pCPU threads under each policy."""
     assert_exact(lock_boot(guest_kernels, lock, pcpus=2, sched=sched))
@@ -72,3 +72,35 @@ def test_code_at_linear_address_zero_runs(guest_kernels):
     assert regs["rax"] & 0xFFFF == 0x1234 and regs["rbx"] & 0xFFFF == 0x5678, res.result["diagnosis"]
     hlt = [e for e in vm.trace.last(5) if e.reason_name == "HLT"]
     assert hlt and hlt[-1].rip == 6          # the HLT at 0000:0006 exited, after both moves ran
+
+
+ATOMICS_OK = re.compile(r"atomics ok inc (\d+) cmpxchg (\d+) xchg (\d+) cpus (\d+)")
+
+
+@pytest.mark.parametrize("executor", [
+    dict(deterministic=True), dict(deterministic=False),
+    dict(deterministic=True, pcpus=2, sched="smp"), dict(deterministic=False, pcpus=2, sched="fifo"),
+    dict(deterministic=False, pcpus=2, sched="cfs"), dict(deterministic=True, pcpus=1, sched="rr"),
+], ids=["deterministic-1to1", "pinned-threads", "deterministic-smp-2", "threads-fifo-2", "threads-cfs-2",
+        "deterministic-rr-1"])
+def test_a_million_lock_inc_cmpxchg_and_xchg_updates_per_vcpu_are_exact(guest_kernels, executor):
+    """4 vCPUs each do 1 M ``lock incq``, 1 M ``lock cmpxchgq`` increments and 1 M
+    increments under an ``xchg`` test-and-set lock, interleaved, on shared counters
+    (guests/smp/atomics.c); every total is exactly 4 M.  On 1 or 2 pCPUs fewer iterations
+    keep the run short (the spinning under rr/cfs costs more instructions)."""
+    iters = 1_000_000 if executor.get("pcpus") is None else 50_000
+    _vm, res = boot("examples/smp-4vcpu.toml", kernel=str(guest_kernels / "smp.elf"),
+                    cmdline=f"workload=atomics atomic_iters={iters}", **executor)
+    assert res["outcome"] == "exited" and res["exit_status"] == 0, (res["diagnosis"], res["serial"][-400:])
+    m = ATOMICS_OK.search(res["serial"])
+    assert m and tuple(map(int, m.groups())) == (4 * iters, 4 * iters, 4 * iters, 4), res["serial"][-400:]
+
+
+def test_an_ap_started_with_sipi_vector_0_runs_its_trampoline_at_physical_0(guest_kernels):
+    """The SMP kernel with ``sipi_vector=0`` copies its AP trampoline to physical 0 and
+    sends SIPI vector 0 (as kvm-unit-tests does): every AP starts at CS:IP 0000:0000."""
+    vm, res = boot("examples/smp-4vcpu.toml", kernel=str(guest_kernels / "smp.elf"), cmdline="sipi_vector=0")
+    assert res["outcome"] == "exited" and res["exit_status"] == 0, res["diagnosis"]
+    assert "smp: 4 of 4 CPUs online" in res["serial"] and "sum ok" in res["serial"]
+    assert [v.sipi_vector for v in vm.vcpus[1:]] == [0, 0, 0]
+    assert all(v.started_by_sipi for v in vm.vcpus[1:])

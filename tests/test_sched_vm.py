@@ -29,7 +29,7 @@ def test_every_policy_finishes_4_vcpus(make_config, policy, pcpus):
 
 @pytest.mark.parametrize("policy", ["rr", "cfs"])
 def test_threaded_scheduler_with_2_pcpus(make_config, policy):
-    vm, ex, res = boot(make_config(vcpus=4, pcpus=2, sched=policy))
+    vm, ex, res = boot(make_config(vcpus=4, pcpus=2, sched=policy, deterministic=False))
     assert isinstance(ex, ThreadedSchedExecutor)
     assert res["outcome"] == "exited" and res["exit_status"] == 0
     assert set(res["sched"]["pcpu_utilisation"]) == {"0", "1"}

@@ -9,6 +9,7 @@ import pytest
 from hvdbg.arch.apic import APIC_BASE_EXTD, IA32_APIC_BASE_MSR, Reg, encode_icr
 from hvdbg.arch.cpuid import CpuidModel
 from hvdbg.arch.events import Event, EventType, hardware_exception
+from hvdbg.hv import timekeeping
 from hvdbg.arch.regs import IA32_PAT, IA32_TSC, IA32_TSC_DEADLINE, RFLAGS_IF
 from hvdbg.arch.segments import Segment
 from hvdbg.hv import activity as act
@@ -66,6 +67,7 @@ class FakeVcpu:
         self.engine = FakeEngine()
         self.cpuid = CpuidModel(apic_id=index, vcpu_count=2, x2apic=True)
         self.ticks = 0
+        self.tsc_adjust = 0
         self.apic = LocalApic(index, bsp=bsp, x2apic_supported=True,
                               send_ipi=bus.send if bus else (lambda src, cmd: None),
                               clock=self.clock, on_pending=lambda: None)
@@ -87,6 +89,12 @@ class FakeVcpu:
 
     def clock(self) -> int:
         return self.ticks
+
+    def tsc(self) -> int:
+        return timekeeping.tsc(self)
+
+    def set_tsc(self, value: int) -> None:
+        timekeeping.set_tsc(self, value)
 
     def interrupts_enabled(self) -> bool:
         return bool(self.engine.regs["rflags"] & RFLAGS_IF)
@@ -249,6 +257,18 @@ def test_rdmsr_of_emulated_msrs(setup, msr, value):
     assert stay and decision is ExitDecision.RESUME
     expected = 0xFEE00900 if msr == IA32_APIC_BASE_MSR else 12345     # BSP: base | BSP | EN
     assert info.data == expected
+
+
+def test_wrmsr_ia32_tsc_sets_the_counter_which_goes_on_with_the_clock(setup):
+    """SDM 18.17: WRMSR to IA32_TSC loads the counter; it then counts on from there."""
+    vmm, v, _ = setup
+    v.ticks = 500
+    stay, decision = decide(vmm, v, ExitInfo(ExitReason.MSR_WRITE, data=1_000_000, payload=MsrAccess(IA32_TSC)))
+    assert stay and decision is ExitDecision.RESUME
+    v.ticks = 700
+    info = ExitInfo(ExitReason.MSR_READ, payload=MsrAccess(IA32_TSC))
+    decide(vmm, v, info)
+    assert info.data == 1_000_200 == v.tsc()
 
 
 def test_rdmsr_of_an_msr_the_vmm_does_not_keep_runs_natively(setup):

@@ -182,8 +182,46 @@ def wild_rip_findings(vm: Machine) -> list[str]:
     return out
 
 
+#: thresholds of the machine-trouble findings (a healthy boot of the SMP kernel: no repeated
+#: exception, no 1-instruction entries, a few blocked injections)
+EXCEPTION_STORM = 1_000
+TINY_ENTRIES = 1_000
+BLOCKED_INJECTIONS = 100
+
+
+def trouble_findings(vm: Machine) -> list[str]:
+    """Signs that the machine, not only the guest, is in trouble: an exception storm, VM
+    entries of one instruction, interrupts held back entry after entry, an SMP VM in
+    which no vCPU touched its local APIC."""
+    from hvdbg.arch.events import vector_name
+    out = []
+    for v in vm.vcpus:
+        if v.longest_exception_streak >= EXCEPTION_STORM:
+            total = sum(v.exception_counts.values())
+            top = ", ".join(f"{vector_name(vec)} x{n}" for vec, n in
+                            sorted(v.exception_counts.items(), key=lambda kv: -kv[1])[:3])
+            out.append(f"vCPU {v.index}: exception storm: {v.longest_exception_streak} times in a row the same "
+                       f"exception at the same RIP ({total} exceptions in all: {top}; the last "
+                       f"{vector_name(v.last_exception_vector)} at {vm.symbolize(v.last_exception_rip)}): a handler "
+                       "returns to the faulting instruction without fixing its cause")
+        if v.tiny_entries >= TINY_ENTRIES and v.tiny_entries * 10 >= v.entries:
+            out.append(f"vCPU {v.index} ran {v.tiny_entries} of its {v.entries} VM entries for one instruction "
+                       "(an event deadline kept expiring): the run loop, not the guest, is slow here")
+        if v.blocked_injections >= BLOCKED_INJECTIONS:
+            vec = v.apic.pending_vector()
+            now = f"; vector {vec:#x} is pending now with RFLAGS.IF={int(v.interrupts_enabled())}" if vec is not None else ""
+            out.append(f"vCPU {v.index}: {v.blocked_injections} VM entries found an interrupt pending that the guest "
+                       f"could not take (RFLAGS.IF = 0 or an STI/MOV SS shadow){now}")
+    counts = vm.trace.counts
+    if len(vm.vcpus) > 1 and not counts.get("APIC_ACCESS") and not counts.get("INIT_SIGNAL") \
+            and not any(v.started_by_sipi for v in vm.vcpus) and not any(v.apic.x2apic_mode for v in vm.vcpus):
+        out.append(f"the VM has {len(vm.vcpus)} vCPUs but no vCPU touched its local APIC (no APIC-access exit, "
+                   "x2APIC off): the guest never tried to start its APs (INIT/SIPI go through the ICR)")
+    return out
+
+
 def _common(vm: Machine) -> list[str]:
-    out = sipi_findings(vm) + apic_id_findings(vm) + wild_rip_findings(vm)
+    out = sipi_findings(vm) + apic_id_findings(vm) + wild_rip_findings(vm) + trouble_findings(vm)
     if vm.bus.unhandled:
         ports = ", ".join(f"{p:#x}" for p in sorted(vm.bus.unhandled)[:12])
         out.append(f"the guest used I/O ports no device claims: {ports}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hvdbg.arch.paging import DEFAULT_MAXPHYADDR
-from hvdbg.arch.regs import (CR0_CD, CR0_NW, CR0_PE, CR0_PG, CR4_LA57, CR4_PAE, CR4_RESERVED, EFER_DEFINED,
+from hvdbg.arch.regs import (CR0_CD, CR0_NW, CR0_PE, CR0_PG, CR4_LA57, CR4_PAE, CR4_PCIDE, CR4_RESERVED, EFER_DEFINED,
                              EFER_LMA, EFER_LME)
 
 
@@ -71,4 +71,31 @@ def control_state_problem(old: ControlState, new: ControlState) -> str | None:
         top = new.rip >> (width - 1) if code64 else new.rip >> 32
         if top not in ((0, (1 << (65 - width)) - 1) if code64 else (0,)):
             return f"RIP {new.rip:#x} does not fit {'64-bit (canonical)' if code64 else '16/32-bit'} code"
+    return None
+
+
+#: CR4 bits that exist only with a CPUID feature (SDM Vol. 3A 2.5 "Control Registers"; Vol. 2A
+#: CPUID): setting one the vCPU's CPUID does not report raises #GP(0), as on hardware.
+#: Feature names as in hvdbg.arch.cpuid; a name the CPUID model never offers keeps the bit
+#: reserved.
+CR4_FEATURES: tuple[tuple[int, str], ...] = (
+    (0, "vme"), (1, "vme"), (2, "tsc"), (3, "de"), (4, "pse"), (5, "pae"), (6, "mce"), (7, "pge"),
+    (9, "fxsr"), (10, "sse"), (11, "umip"), (12, "la57"), (13, "vmx"), (14, "smx"), (16, "fsgsbase"),
+    (17, "pcid"), (18, "xsave"), (19, "kl"), (20, "smep"), (21, "smap"), (22, "pku"), (23, "cet"),
+    (24, "pks"), (25, "uintr"),
+)
+
+
+def cr4_write_problem(old: ControlState, new_cr4: int, features: frozenset[str]) -> str | None:
+    """Why MOV to CR4 of ``new_cr4`` raises #GP(0) beyond :func:`control_state_problem`:
+    a bit of a feature CPUID hides, LA57 changed in IA-32e mode, PCIDE set outside IA-32e
+    mode or with CR3[11:0] != 0 (SDM Vol. 2B MOV (control registers), Vol. 3A 4.10.1)."""
+    for bit, feature in CR4_FEATURES:
+        if new_cr4 >> bit & 1 and not old.cr4 >> bit & 1 and feature not in features:
+            return f"CR4 {new_cr4:#x}: bit {bit} needs CPUID feature {feature}, which this vCPU does not offer"
+    lma = bool(old.efer & EFER_LMA)
+    if lma and (old.cr4 ^ new_cr4) & CR4_LA57:
+        return "CR4.LA57 cannot change in IA-32e mode"
+    if new_cr4 & CR4_PCIDE and not old.cr4 & CR4_PCIDE and (not lma or old.cr3 & 0xFFF):
+        return "CR4.PCIDE needs IA-32e mode and CR3[11:0] = 0"
     return None

@@ -21,7 +21,7 @@ ECX_EXT = {"lahf_lm": 0}
 
 DEFAULT_FEATURES = (
     "sse3", "ssse3", "cx16", "sse4_1", "sse4_2", "popcnt", "hypervisor",
-    "fpu", "de", "pse", "tsc", "msr", "pae", "cx8", "apic", "sep", "pge", "cmov", "pat", "pse36",
+    "fpu", "de", "pse", "tsc", "msr", "pae", "cx8", "apic", "sep", "mtrr", "pge", "cmov", "pat", "pse36",
     "clflush", "mmx", "fxsr", "sse", "sse2", "htt",
     "syscall", "nx", "lm", "lahf_lm",
 )

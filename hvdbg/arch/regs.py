@@ -63,6 +63,7 @@ X2APIC_MSR_BASE = 0x800                   # x2APIC registers 0x800-0x8FF (SDM 11
 X2APIC_MSR_END = 0x8FF
 IA32_EFER = 0xC0000080
 IA32_KERNEL_GS_BASE = 0xC0000102
+IA32_TSC_AUX = 0xC0000103
 
 # -- segment access rights, VMX format (SDM 25.4.1 Table 25-2) ----------------------------------
 AR_L = 1 << 13                             # 64-bit code segment

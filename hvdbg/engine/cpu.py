@@ -5,7 +5,8 @@ unicorn (tests/test_layers.py).
 
 The engine reports what it cannot execute by itself as calls on an :class:`EngineEvents`
 (the vCPU): CPUID, IN/OUT, interrupts and exceptions, invalid opcodes, accesses outside
-what the EPT maps, the xAPIC page, and code sites (RDMSR/WRMSR/PAUSE).  Each callback is
+what the EPT maps, the xAPIC page, and (through hvdbg.engine.intercepts) every RDMSR,
+WRMSR, HLT, MOV to CR0/CR4, PAUSE when asked, and interrupt windows.  Each callback is
 guarded: an exception inside it is handed to ``hook_failed`` and the engine stops, with
 the guest state intact (a Python exception would otherwise vanish in the binding)."""
 
@@ -29,6 +30,7 @@ from unicorn import x86_const as X
 from hvdbg.arch.regs import IA32_EFER
 from hvdbg.arch.segments import Segment
 from hvdbg.engine import hooks, ucx
+from hvdbg.engine.intercepts import Intercepted, Intercepts
 from hvdbg.engine.regs import RegisterBatch, RegisterFile
 
 #: Register names -> Unicorn ids for single reads/writes (RFLAGS through the 32-bit
@@ -60,9 +62,19 @@ class EngineEvents(Protocol):
     """What the engine tells its vCPU (each call is made on the engine's thread)."""
 
     def on_cpuid(self) -> None: ...
+    def on_rdtsc(self, rdtscp: bool) -> None: ...
     def on_in(self, port: int, size: int) -> int: ...
     def on_out(self, port: int, size: int, value: int) -> None: ...
     def on_interrupt(self, vector: int) -> None: ...
+    def on_msr(self, write: bool) -> None: ...
+    def on_cr_write(self, cr: int) -> None: ...
+    def on_hlt(self) -> None: ...
+    def on_pause(self) -> None: ...
+    def on_interrupt_window(self) -> None: ...
+    def on_nmi_window(self) -> None: ...
+    def on_shutdown(self) -> None: ...
+    def on_syscall(self) -> None: ...
+    def on_sysenter(self) -> None: ...
     def on_invalid_opcode(self) -> None: ...
     def on_memory_fault(self, access: str, gpa: int) -> bool: ...
     def on_apic_read(self, offset: int, size: int) -> int: ...
@@ -137,7 +149,9 @@ class EngineCpu:
         # exits list turns both off (../shared/notes/unicorn-2.1.4.md, 2026-12-01).
         self.uc.ctl_exits_enabled(True)
         self.uc.ctl_set_exits([])
+        ucx.use_live_state(self.uc)     # CPU state read and patched in place, no context copies
         ucx.load_reset_state(self.uc)
+        self.intercepts = Intercepts(self.uc)
         self.regs = RegisterFile(self.uc)
         self.counter = ucx.InstructionCounter(self.uc)
         self._batches: dict[tuple[int, ...], RegisterBatch] = {}
@@ -173,8 +187,24 @@ class EngineCpu:
         def port_out(_uc, port, size, value, _ud) -> None:
             events.on_out(port, size, value)
 
+        intercepted = {Intercepted.RDMSR: lambda _cr: events.on_msr(False),
+                       Intercepted.WRMSR: lambda _cr: events.on_msr(True),
+                       Intercepted.MOV_TO_CR: events.on_cr_write,
+                       Intercepted.HLT: lambda _cr: events.on_hlt(),
+                       Intercepted.PAUSE: lambda _cr: events.on_pause(),
+                       Intercepted.INTERRUPT_WINDOW: lambda _cr: events.on_interrupt_window(),
+                       Intercepted.NMI_WINDOW: lambda _cr: events.on_nmi_window(),
+                       Intercepted.SHUTDOWN: lambda _cr: events.on_shutdown()}
+        decode = self.intercepts.decode
+        exception_taken = self.intercepts.exception_taken
+
         def interrupt(_uc, intno, _ud) -> None:
-            events.on_interrupt(intno)
+            event = decode(intno)
+            if event is None:
+                events.on_interrupt(intno)
+                exception_taken()
+            else:
+                intercepted[event[0]](event[1])
 
         def invalid(_uc, _ud) -> bool:
             events.on_invalid_opcode()
@@ -189,7 +219,11 @@ class EngineCpu:
         def apic_write(_uc, offset, size, value, _ud) -> None:
             events.on_apic_write(offset, size, value)
 
+        hooks.add_system_call_hook(uc, X.UC_X86_INS_SYSCALL, g(lambda _uc, _ud: events.on_syscall(), None))
+        hooks.add_system_call_hook(uc, X.UC_X86_INS_SYSENTER, g(lambda _uc, _ud: events.on_sysenter(), None))
         hooks.add_cpuid_hook(uc, g(cpuid, 1))
+        hooks.add_tsc_hook(uc, X.UC_X86_INS_RDTSC, g(lambda _uc, _ud: events.on_rdtsc(False) or 1, 1))
+        hooks.add_tsc_hook(uc, X.UC_X86_INS_RDTSCP, g(lambda _uc, _ud: events.on_rdtsc(True) or 1, 1))
         hooks.add_in_hook(uc, g(port_in, 0))
         hooks.add_out_hook(uc, g(port_out, None))
         uc.hook_add(UC_HOOK_INTR, g(interrupt, None))
@@ -215,6 +249,12 @@ class EngineCpu:
     def stop(self) -> None:
         """Make a running engine return from emu_start at the next instruction boundary."""
         self.uc.emu_stop()
+
+    def stop_after_instruction(self) -> None:
+        """From a memory hook: let the instruction doing the access complete, and stop
+        before the next one.  ``emu_stop`` there lets the store happen but rolls RIP back
+        to the instruction, which resuming would then execute a second time."""
+        self.counter.end_budget_now()
 
     # -- registers -----------------------------------------------------------------------------
     def batch(self, reg_ids: tuple[int, ...]) -> RegisterBatch:
@@ -242,12 +282,22 @@ class EngineCpu:
 
     def write(self, name: str, value: int) -> None:
         if name == "efer":
-            self.uc.msr_write(IA32_EFER, value)
+            ucx.msr_write(self.uc, IA32_EFER, value)
         else:
             self.uc.reg_write(REG_IDS[name], value)
 
     def rip(self) -> int:
         return self.regs.read(_RIP)
+
+    def land_system_call(self, target: int, length: int) -> None:
+        """From a SYSCALL/SYSENTER event: continue at ``target``.  Unicorn's helper adds
+        the instruction length to RIP after the hook returns, so RIP is set that much
+        lower."""
+        self.uc.reg_write(_RIP, (target - length) & 0xFFFFFFFFFFFFFFFF)
+
+    def system_call_msrs(self) -> dict[str, int]:
+        """SYSENTER_CS/ESP/EIP, STAR, LSTAR, CSTAR, FMASK (no RDMSR helper)."""
+        return ucx.read_system_call_msrs(self.uc)
 
     def rflags(self) -> int:
         return self.regs.read(_RFLAGS)
@@ -278,6 +328,15 @@ class EngineCpu:
     def load_reset_state(self) -> None:
         """The state after RESET/INIT (SDM Table 9-1)."""
         ucx.load_reset_state(self.uc)
+        self.intercepts.arm()
+
+    def msr_read(self, msr: int) -> int:
+        """RDMSR as the engine's CPU model implements it (never intercepted); only on
+        this engine's own thread (it uses the live RAX/RCX/RDX)."""
+        return ucx.msr_read(self.uc, msr)
+
+    def msr_write(self, msr: int, value: int) -> None:
+        ucx.msr_write(self.uc, msr, value)
 
     def take_exception_error_code(self) -> int:
         """The error code of the exception being reported, clearing Unicorn's sticky

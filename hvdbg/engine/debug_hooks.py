@@ -125,6 +125,6 @@ def write_gdb_registers(engine: EngineCpu, values: Mapping[str, int | bytes], or
         elif name in _MISC:
             uc.reg_write(_MISC[name], value)
         elif name in _MSR:
-            uc.msr_write(_MSR[name], value)
+            ucx.msr_write(uc, _MSR[name], value)
         elif name in _XMM and isinstance(value, bytes):
             uc.reg_write(_XMM[name], int.from_bytes(value, "little"))

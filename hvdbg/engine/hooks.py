@@ -20,7 +20,7 @@ from typing import Callable
 from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, Uc
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.arch.intel import (HOOK_INSN_CPUID_CFUNC, HOOK_INSN_IN_CFUNC,
-                                            HOOK_INSN_OUT_CFUNC)
+                                            HOOK_INSN_OUT_CFUNC, HOOK_INSN_SYSCALL_CFUNC)
 from unicorn.unicorn_py3.unicorn import HOOK_CODE_CFUNC
 
 
@@ -50,3 +50,18 @@ def add_out_hook(uc: Uc, callback: Callable[[Uc, int, int, int, None], None]) ->
     """OUT/OUTS: ``callback(uc, port, size, value, None)``."""
     fptr = HOOK_INSN_OUT_CFUNC(lambda _h, port, size, value, _key: callback(uc, port, size, value, None))
     return _add(uc, UC_HOOK_INSN, fptr, 1, 0, ctypes.c_int(X.UC_X86_INS_OUT))
+
+
+def add_tsc_hook(uc: Uc, insn: int, callback: Callable[[Uc, None], int]) -> int:
+    """RDTSC or RDTSCP (``insn`` = UC_X86_INS_RDTSC / RDTSCP): ``callback(uc, None)`` returns
+    1 when it wrote EDX:EAX (and ECX) itself.  Unicorn calls it after the CR4.TSD check, with
+    RIP at the instruction; without it the guest reads the host's TSC."""
+    fptr = HOOK_INSN_CPUID_CFUNC(lambda _h, _key: callback(uc, None))
+    return _add(uc, UC_HOOK_INSN, fptr, 1, 0, ctypes.c_int(insn))
+
+
+def add_system_call_hook(uc: Uc, insn: int, callback: Callable[[Uc, None], None]) -> int:
+    """SYSCALL or SYSENTER (``insn`` = UC_X86_INS_SYSCALL / SYSENTER): ``callback(uc, None)``
+    instead of Unicorn's no-op helper (src/qemu/target/i386/seg_helper.c)."""
+    fptr = HOOK_INSN_SYSCALL_CFUNC(lambda _h, _key: callback(uc, None))
+    return _add(uc, UC_HOOK_INSN, fptr, 1, 0, ctypes.c_int(insn))

@@ -32,9 +32,29 @@ _CTX_EFER = 632           # env->efer
 _CTX_KERNEL_GS_BASE = 4904   # env->kernelgsbase
 _CTX_ERROR_CODE = 5424
 _CTX_OLD_EXCEPTION = 5536
+#: The blob is ``struct uc_context`` (a 40-byte header) followed by a copy of CPUX86State,
+#: so the live CPU state has the same layout at ``blob offset - _CTX_DATA``.
+_CTX_DATA = 40
+
+# Live CPUX86State fields (target/i386/cpu.h of Unicorn 2.1.4), for hvdbg.engine.intercepts.
+ENV_HFLAGS = _CTX_HFLAGS - _CTX_DATA
+ENV_HFLAGS2 = ENV_HFLAGS + 4
+ENV_ERROR_CODE = _CTX_ERROR_CODE - _CTX_DATA
+ENV_EXCEPTION_IS_INT = ENV_ERROR_CODE + 4
+ENV_VM_VMCB = _CTX_OLD_EXCEPTION - _CTX_DATA + 8      # uint64 after int old_exception
+ENV_INTERCEPT = ENV_VM_VMCB + 16                      # after tsc_offset
+ENV_INTERCEPT_CR_READ = ENV_INTERCEPT + 8
+ENV_INTERCEPT_CR_WRITE = ENV_INTERCEPT + 10
+ENV_INTERCEPT_EXCEPTIONS = ENV_INTERCEPT + 16
+# CPUState fields (include/hw/core/cpu.h) and the engine's CPUState pointer (uc_struct.cpu).
+CPU_INTERRUPT_REQUEST = 28
+CPU_ENV_PTR = 296
+CPU_ICOUNT_DECR_PTR = 304
+_UC_CPU = 440
 
 # QEMU hflags bits (target/i386/cpu.h)
 HF_CPL_MASK = 0x3
+HF_GUEST_MASK = 1 << 21      # SVM intercepts are active (hvdbg.engine.intercepts)
 HF_INHIBIT_IRQ_MASK = 1 << 3
 HF_CS32_MASK = 1 << 4
 HF_SS32_MASK = 1 << 5
@@ -46,6 +66,7 @@ HF_TS_MASK = 1 << 11
 HF_LMA_MASK = 1 << 14
 HF_CS64_MASK = 1 << 15
 HF_OSFXSR_MASK = 1 << 22
+HF2_NMI_MASK = 1 << 2        # hflags2: NMIs blocked until the next IRET
 _HF_COMPUTED = (HF_CPL_MASK | HF_CS32_MASK | HF_SS32_MASK | HF_ADDSEG_MASK | HF_PE_MASK
                 | HF_MP_MASK | HF_EM_MASK | HF_TS_MASK | HF_LMA_MASK | HF_CS64_MASK | HF_OSFXSR_MASK)
 
@@ -81,10 +102,28 @@ def engine_address(uc: Uc) -> int:
     return ctypes.cast(uc._uch, ctypes.c_void_p).value  # type: ignore[attr-defined]
 
 
+#: attribute of a Uc object holding the address of its live CPUX86State (from
+#: :func:`locate_cpu_state`).  Kept on the engine object, not in a table keyed by the
+#: engine's address: a closed engine's address is reused by the next one malloc gives,
+#: and a stale entry made ucx patch freed memory (seen as a bench engine's unmapped read).
+_LIVE_ENV_ATTR = "_hvdbg_live_env"
+#: size of a uc_context of Unicorn 2.1.4 x86-64: the header and CPUX86State up to
+#: end_reset_fields (verified by self_test)
+_CTX_SIZE = 5608
+_CTX_ENV_SIZE = _CTX_SIZE - _CTX_DATA
+
+
 class _Blob:
-    """A mutable view of a saved uc_context."""
+    """A mutable view of the engine's CPU state at uc_context offsets: the live
+    CPUX86State where it has been located (reads cost no context save, writes take
+    effect at once), else a saved uc_context that :meth:`restore` writes back."""
 
     def __init__(self, uc: Uc) -> None:
+        env = getattr(uc, _LIVE_ENV_ATTR, None)
+        if env is not None:
+            self.ctx = None
+            self.view = (ctypes.c_char * (_CTX_DATA + _CTX_ENV_SIZE)).from_address(env - _CTX_DATA)
+            return
         self.ctx = uc.context_save()
         self.addr = ctypes.cast(self.ctx.context, ctypes.c_void_p).value
         self.view = (ctypes.c_char * self.ctx.size).from_address(self.addr)
@@ -113,7 +152,8 @@ class _Blob:
                          base & 0xFFFFFFFFFFFFFFFF, limit & 0xFFFFFFFF, flags & 0xFFFFFFFF)
 
     def restore(self, uc: Uc) -> None:
-        uc.context_restore(self.ctx)
+        if self.ctx is not None:
+            uc.context_restore(self.ctx)
 
 
 def read_segments(uc: Uc) -> dict[str, Segment]:
@@ -136,9 +176,82 @@ def read_efer(uc: Uc) -> int:
     return _Blob(uc).u64(_CTX_EFER)
 
 
+def msr_write(uc: Uc, msr: int, value: int) -> None:
+    """WRMSR through Unicorn's helper, outside guest execution.  The helper starts with
+    QEMU's SVM MSR intercept check, which with hvdbg's intercepts armed would leave
+    through a ``longjmp`` into no running emulation: the intercepts are lifted around it."""
+    with _intercepts_lifted(uc):
+        uc.msr_write(msr, value)
+
+
+def msr_read(uc: Uc, msr: int) -> int:
+    """RDMSR through Unicorn's helper (see :func:`msr_write`); it saves and restores
+    RAX/RCX/RDX, so only on an engine that is not running on another thread."""
+    with _intercepts_lifted(uc):
+        return uc.msr_read(msr)
+
+
+class _intercepts_lifted:
+    def __init__(self, uc: Uc) -> None:
+        self.uc = uc
+        self.armed = False
+
+    def __enter__(self) -> None:
+        blob = _Blob(self.uc)
+        hf = blob.u32(_CTX_HFLAGS)
+        self.armed = bool(hf & HF_GUEST_MASK)
+        if self.armed:
+            blob.put_u32(_CTX_HFLAGS, hf & ~HF_GUEST_MASK)
+            blob.restore(self.uc)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.armed:
+            blob = _Blob(self.uc)
+            blob.put_u32(_CTX_HFLAGS, blob.u32(_CTX_HFLAGS) | HF_GUEST_MASK)
+            blob.restore(self.uc)
+
+
+def locate_cpu_state(uc: Uc) -> tuple[int, int]:
+    """Addresses of the engine's live CPUState and CPUX86State (``uc->cpu`` and its
+    ``env_ptr``), checked against register values written through the API."""
+    probe = (0x1122334455667788, 0x99AABBCCDDEEFF00)
+    saved = (uc.reg_read(X.UC_X86_REG_RAX), uc.reg_read(X.UC_X86_REG_RCX))
+    uc.reg_write(X.UC_X86_REG_RAX, probe[0])
+    uc.reg_write(X.UC_X86_REG_RCX, probe[1])
+    try:
+        cpu = ctypes.c_uint64.from_address(engine_address(uc) + _UC_CPU).value
+        env = ctypes.c_uint64.from_address(cpu + CPU_ENV_PTR).value if cpu else 0
+        if not env or tuple((ctypes.c_uint64 * 2).from_address(env)) != probe:
+            raise UnicornLayoutError("cannot locate Unicorn's CPU state; hvdbg needs unicorn==2.1.4")
+    finally:
+        uc.reg_write(X.UC_X86_REG_RAX, saved[0])
+        uc.reg_write(X.UC_X86_REG_RCX, saved[1])
+    return cpu, env
+
+
+def use_live_state(uc: Uc) -> None:
+    """From now on read and patch this engine's CPU state in place (no context copies)."""
+    _cpu, env = locate_cpu_state(uc)
+    setattr(uc, _LIVE_ENV_ATTR, env)
+
+
 def read_kernel_gs_base(uc: Uc) -> int:
     """IA32_KERNEL_GS_BASE, like :func:`read_efer` (no RDMSR helper)."""
     return _Blob(uc).u64(_CTX_KERNEL_GS_BASE)
+
+
+#: Offsets of the SYSENTER/SYSCALL MSRs in CPUX86State, before kernelgsbase
+#: (sysenter_cs is a uint32 padded to 8 bytes; vm_hsave sits between star and lstar).
+_SYSTEM_CALL_MSRS = {"sysenter_cs": -64, "sysenter_esp": -56, "sysenter_eip": -48, "star": -40,
+                     "lstar": -24, "cstar": -16, "fmask": -8}
+
+
+def read_system_call_msrs(uc: Uc) -> dict[str, int]:
+    """IA32_SYSENTER_CS/ESP/EIP, IA32_STAR/LSTAR/CSTAR/FMASK from one saved context."""
+    blob = _Blob(uc)
+    out = {name: blob.u64(_CTX_KERNEL_GS_BASE + off) for name, off in _SYSTEM_CALL_MSRS.items()}
+    out["sysenter_cs"] &= 0xFFFFFFFF
+    return out
 
 
 def current_cpl(uc: Uc) -> int:
@@ -206,7 +319,7 @@ def set_control_registers(uc: Uc, cr0: int, cr3: int, cr4: int, efer: int) -> No
     if read_efer(uc) & EFER_LMA and not uc.reg_read(X.UC_X86_REG_CR0) & CR0_PG:
         _leave_long_mode(uc)
     uc.reg_write(X.UC_X86_REG_CR0, cr0 & ~CR0_PG)
-    uc.msr_write(IA32_EFER, efer & ~EFER_LMA)
+    msr_write(uc, IA32_EFER, efer & ~EFER_LMA)
     uc.reg_write(X.UC_X86_REG_CR4, cr4)
     uc.reg_write(X.UC_X86_REG_CR3, cr3)
     if cr0 & CR0_PG:
@@ -216,13 +329,17 @@ def set_control_registers(uc: Uc, cr0: int, cr3: int, cr4: int, efer: int) -> No
 #: Registers whose value after INIT/RESET Unicorn's 64-bit engine does not have (SDM Vol. 3A
 #: 9.1.1, Table 9-1); CR0/CR3/CR4/EFER go through :func:`set_control_registers`.
 RESET_CONTROL = {"cr0": 0x60000010, "cr3": 0, "cr4": 0, "efer": 0}
-RESET_REGISTERS = {X.UC_X86_REG_MXCSR: 0x1F80}
+#: MXCSR per Table 9-1; the x87 control word 37FH with every tag empty is QEMU's reset
+#: (the state FNINIT leaves, SDM Vol. 1 8.1.5), which gdb users compare against
+#: (``p $fctrl`` = 895); a new Unicorn engine has FPCW 0 and FPTAG 5555H.
+RESET_REGISTERS = {X.UC_X86_REG_MXCSR: 0x1F80, X.UC_X86_REG_FPCW: 0x37F, X.UC_X86_REG_FPTAG: 0xFFFF}
 
 
 def load_reset_state(uc: Uc) -> None:
     """Give a new engine the processor state after RESET/INIT where Unicorn differs:
     it starts with CR0 = 11H, CR4 = 50200H, EFER = 500H (LMA with paging off) and
-    MXCSR = 0; Table 9-1 has CR0 = 60000010H, CR4 = 0, EFER = 0, MXCSR = 1F80H."""
+    MXCSR = 0; Table 9-1 has CR0 = 60000010H, CR4 = 0, EFER = 0, MXCSR = 1F80H (and
+    see :data:`RESET_REGISTERS` for the x87 state)."""
     set_control_registers(uc, **RESET_CONTROL)
     for reg, value in RESET_REGISTERS.items():
         uc.reg_write(reg, value)
@@ -233,7 +350,7 @@ def _leave_long_mode(uc: Uc) -> None:
     mode (CR4.PAE, EFER.LME, CR0.PE|PG), then clear CR0.PG, the transition on which QEMU
     clears LMA. The caller loads the real CR0/CR3/CR4/EFER (and RIP) afterwards."""
     uc.reg_write(X.UC_X86_REG_CR4, uc.reg_read(X.UC_X86_REG_CR4) | CR4_PAE)
-    uc.msr_write(IA32_EFER, EFER_LME)
+    msr_write(uc, IA32_EFER, EFER_LME)
     uc.reg_write(X.UC_X86_REG_CR0, CR0_PE | CR0_PG)
     uc.reg_write(X.UC_X86_REG_CR0, CR0_PE)
 
@@ -258,9 +375,15 @@ class InstructionCounter:
         if InstructionCounter.offset is None:
             InstructionCounter.offset = _calibrate_counter()
         self._cell = ctypes.c_uint64.from_address(engine_address(uc) + InstructionCounter.offset)
+        self._budget = ctypes.c_uint64.from_address(engine_address(uc) + InstructionCounter.offset + 8)
 
     def value(self) -> int:
         return self._cell.value
+
+    def end_budget_now(self) -> None:
+        """Make the running ``emu_start(count=...)`` stop before the next instruction (the
+        budget ``emu_count`` follows ``emu_counter`` in uc_struct)."""
+        self._budget.value = self._cell.value
 
 
 def _calibrate_counter() -> int:
@@ -294,6 +417,8 @@ def self_test() -> None:
     uc.reg_write(X.UC_X86_REG_FS_BASE, 0x1122334455667788)
     uc.reg_write(X.UC_X86_REG_GS_BASE, 0x0102030405060708)
     blob = _Blob(uc)
+    if blob.ctx.size != _CTX_SIZE:
+        raise UnicornLayoutError("uc_context size differs from Unicorn 2.1.4")
     if blob.seg(4)[1] != 0x1122334455667788 or blob.seg(5)[1] != 0x0102030405060708:
         raise UnicornLayoutError("uc_context segment cache layout differs from Unicorn 2.1.4")
     if blob.i32(_CTX_OLD_EXCEPTION) != -1:
@@ -306,6 +431,11 @@ def self_test() -> None:
     if read_kernel_gs_base(uc) != 0x8877665544332211:
         raise UnicornLayoutError("uc_context KERNEL_GS_BASE offset differs from Unicorn 2.1.4")
     uc.msr_write(IA32_EFER, 0)
+    for i, msr in enumerate((0x174, 0x175, 0x176, 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084)):
+        uc.msr_write(msr, 0x100 + i)
+    if list(read_system_call_msrs(uc).values()) != [0x100 + i for i in range(7)]:
+        raise UnicornLayoutError("uc_context SYSENTER/SYSCALL MSR offsets differ from Unicorn 2.1.4")
+    locate_cpu_state(uc)
     # real-mode load: CS base must follow the blob patch
     set_control_registers(uc, 0x10, 0, 0, 0)
     write_segments(uc, {"cs": Segment(0x0800, 0x8000, 0xFFFF, 0x9B)})

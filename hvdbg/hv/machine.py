@@ -10,18 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hvdbg.platform import multiboot
-from hvdbg.platform.multiboot import image_scan
 from hvdbg.vmx.bitmaps import IoBitmaps, MsrBitmap
 from hvdbg.platform.firmware.acpi import ACPI_BASE, ACPI_END, install_acpi
 from hvdbg.config import VmConfig
 from hvdbg.arch.cpuid import CpuidModel
-from hvdbg.platform.devices import (Cmos, DebugExit, IoBus, PciConfigAbsent, Pic8259, Pit8254, PostPort,
-                           SystemControlPortB)
+from hvdbg.platform.board import build_pc_board
+from hvdbg.platform.devices import IoBus
 from hvdbg.platform.firmware.bda import VGA_WINDOW, install_bda, install_ivt
 from hvdbg.platform.firmware.coreboot import Range, install_coreboot_table
-from hvdbg.platform.devices.debug_exit import DEBUG_EXIT_PORT
 from hvdbg.platform.devices.uart_loopback import Uart16550Loopback
-from hvdbg.platform.devices.vga import CRTC_INDEX, VgaCrtc
 from hvdbg.errors import GuestLoadError
 from hvdbg.engine.cpu import ExecutionTurns
 from hvdbg.platform.apic import ApicBus
@@ -32,7 +29,7 @@ from hvdbg.hv.trace import ExitTrace
 from hvdbg.arch.segments import flat_segments_32
 from hvdbg.hv.vcpu import Vcpu
 from hvdbg.hv.faults import InjectedFaults
-from hvdbg.hv.vmm import Vmm, msr_bitmap_exiting, vmm_keeps_msr
+from hvdbg.hv.vmm import Vmm, msr_bitmap_exiting
 
 
 
@@ -58,9 +55,11 @@ class Machine:
         self.memory = GuestMemory(config["memory"], config["gpa_hpa_offset"])
         self.bus = IoBus()
         self.uart = Uart16550Loopback(sink=self._echo if config["output.echo_serial"] else None)
-        self.debug_exit = DebugExit(lambda status: self.end("exited", status=status,
-                                                            detail="guest wrote to the debug-exit port"))
-        self._register_devices()
+        self.board = build_pc_board(self.bus, ram_size=config["memory"], uart=self.uart,
+                                    clock=self.virtual_time,
+                                    on_debug_exit=lambda status: self.end(
+                                        "exited", status=status, detail="guest wrote to the debug-exit port"))
+        self.debug_exit, self.pit, self.vga = self.board.debug_exit, self.board.pit, self.board.vga
         self.faults = InjectedFaults.from_config(config)
         self.vmm = Vmm(self, self.bus, self.trace,
                        sipi_offset=self.faults.sipi_offset(config["gpa_hpa_offset"]))
@@ -70,13 +69,18 @@ class Machine:
         self.symbols = SymbolTable(self.kernel_image)
         n = config["vcpus"]
         self.apic_ids = list(range(n))
-        self.acpi = install_acpi(self.memory, self.apic_ids)
+        self.acpi = install_acpi(self.memory, self.apic_ids, fadt=config["platform.acpi_pm"])
+        if config["platform.acpi_pm"]:
+            self.board.add_acpi_pm(self.virtual_time, lambda: self.end(
+                "exited", detail="the guest entered ACPI S5 (soft off) through PM1a_CNT"))
         self.bda = install_bda(self.memory, LOW_MEMORY_END, VGA_WINDOW)
         self.bios_stub = install_ivt(self.memory)
         self.boot = self._load_kernel()
+        if config["platform.fw_cfg"]:
+            self.board.add_fw_cfg(ram_size=config["memory"], nb_cpus=n,
+                                  e820=[(r.base, r.length, r.type) for r in self.boot.memory_map])
         self.cbtable = install_coreboot_table(
             self.memory, [Range(r.base, r.length, r.type) for r in self.boot.memory_map])
-        msr_sites = self._scan_msr_sites()
         self.io_bitmaps = IoBitmaps.allocate(self.memory.host, self.memory.alloc_page)   # every port exits
         self.io_bitmaps.set(config["vmx.io_passthrough"], exiting=False)
         self.msr_bitmap = MsrBitmap.allocate(self.memory.host, self.memory.alloc_page)   # the VMM's MSRs exit
@@ -88,8 +92,7 @@ class Machine:
             cpuid_id = self.faults.cpuid_apic_id(self.apic_ids[i])
             cpuid = CpuidModel(apic_id=cpuid_id, vcpu_count=n, x2apic=config["cpuid.x2apic"])
             v = Vcpu(i, self.apic_ids[i], self.memory, self.vmm, cpuid, bsp=(i == 0),
-                     x2apic=config["cpuid.x2apic"], send_ipi=self.apic_bus.send, msr_sites=msr_sites,
-                     turns=self.turns)
+                     x2apic=config["cpuid.x2apic"], send_ipi=self.apic_bus.send, turns=self.turns)
             v.vmcs.write("EXCEPTION_BITMAP", config["vmx.exception_bitmap"])
             v.vmcs.update(self._vmx_controls(config))
             self.apic_bus.attach(v)
@@ -136,22 +139,6 @@ class Machine:
         sys.stdout.write(data.decode("utf-8", "replace"))
         sys.stdout.flush()
 
-    def _register_devices(self) -> None:
-        bus = self.bus
-        bus.register(0x3F8, 8, self.uart)
-        bus.register(DEBUG_EXIT_PORT, 4, self.debug_exit)
-        pic = Pic8259()
-        bus.register(0x20, 2, pic)
-        bus.register(0xA0, 2, pic)
-        self.pit = Pit8254()
-        bus.register(0x40, 4, self.pit)
-        bus.register(0x61, 1, SystemControlPortB(self.pit))
-        bus.register(0x70, 2, Cmos(self.config["memory"]))
-        bus.register(0x80, 1, PostPort())
-        bus.register(0xCF8, 8, PciConfigAbsent())
-        self.vga = VgaCrtc()
-        bus.register(CRTC_INDEX, 2, self.vga)
-
     def _load_kernel(self) -> multiboot.BootInfo:
         cfg = self.config
         modules = [(self._read(Path(p), "module"), Path(p).name) for p in cfg["modules"]]
@@ -160,21 +147,6 @@ class Machine:
         return multiboot.load(self.kernel_image, self.memory, cfg["memory"], cmdline=cfg["cmdline"],
                               modules=modules, magic=magic, reserved=[(ACPI_BASE, ACPI_END)],
                               name=self.kernel_path.name)
-
-    def _scan_msr_sites(self) -> list[int]:
-        """Addresses of the RDMSR/WRMSR the VMM hooks (its MSR exits), at their physical
-        address and at every virtual alias of the image: the ELF symbol table's, or the
-        higher-half alias inferred from the image (see hvdbg.platform.multiboot.image_scan)."""
-        segments = [(paddr, self.memory.read(paddr, filesz)) for paddr, filesz, _ in self.boot.segments]
-        x2apic = self.config["cpuid.x2apic"]
-        sites = image_scan.select_sites(segments, lambda msr: vmm_keeps_msr(msr, x2apic))
-        deltas = {0} | set(self.symbols.phys_deltas())
-        if deltas == {0}:
-            alias = image_scan.higher_half_alias(segments)
-            if alias is not None:
-                deltas.add(alias)
-        self.image_aliases = sorted(deltas)
-        return sorted({(a + d) & 0xFFFFFFFFFFFFFFFF for a in sites for d in deltas})
 
     def _enter_multiboot(self, bsp: Vcpu) -> None:
         """The machine state of Multiboot 0.6.96 3.2 / Multiboot2 3.3 (i386)."""
@@ -196,6 +168,10 @@ class Machine:
         return self.ending is not None
 
     # -- queries -----------------------------------------------------------------------
+    def virtual_time(self) -> int:
+        """The VM's clock: the latest virtual time (guest instructions) of any vCPU."""
+        return max((v.clock() for v in self.vcpus), default=0)
+
     def total_instructions(self) -> int:
         return sum(v.clock() - v.idle_ticks for v in self.vcpus)
 

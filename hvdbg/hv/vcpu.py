@@ -27,23 +27,27 @@ from hvdbg.arch.events import PF, Delivery, Event, EventType, Shutdown, deliver,
 from hvdbg.arch.regs import RFLAGS_IF
 from hvdbg.engine.cpu import EngineCpu, EngineError, ExecutionTurns
 from hvdbg.engine.regs import RegisterBatch
+from hvdbg.arch.msrs import MsrModel
 from hvdbg.hv import activity as act
+from hvdbg.hv import cr_access, injection, msr_access, system_calls, timekeeping
 from hvdbg.hv.exit import (ApicAccess, EptFault, ExceptionExit, ExitDecision, ExitInfo, MsrAccess,
                           TripleFault)
 from hvdbg.hv.guest_state import GPRS, GuestStateArea
 from hvdbg.hv.guest_view import GuestView
+from hvdbg.hv.timekeeping import PORT_ACCESS_NS
 from hvdbg.platform.apic import LocalApic
 from hvdbg.platform.devices.bus import IoBus
 from hvdbg.platform.memory import GuestMemory
 from hvdbg.vmx.bitmaps import IoBitmaps, MsrBitmap, NoIoExits
-from hvdbg.vmx.controls import PIN_BASED, PRIMARY_PROCESSOR_BASED, ActivityState
+from hvdbg.vmx.controls import PRIMARY_PROCESSOR_BASED, ActivityState
 from hvdbg.vmx.exits import ExitReason, apic_access_qualification, ept_violation_qualification, io_qualification
 from hvdbg.vmx.vmcs import Vmcs
 
-_PREEMPTION_TIMER = PIN_BASED.mask("PREEMPTION_TIMER")
 _USE_IO_BITMAPS = PRIMARY_PROCESSOR_BASED.mask("USE_IO_BITMAPS")
 _UNCONDITIONAL_IO = PRIMARY_PROCESSOR_BASED.mask("UNCONDITIONAL_IO_EXITING")
 _USE_MSR_BITMAPS = PRIMARY_PROCESSOR_BASED.mask("USE_MSR_BITMAPS")
+_INTERRUPT_WINDOW = PRIMARY_PROCESSOR_BASED.mask("INTERRUPT_WINDOW_EXITING")
+_NMI_WINDOW = PRIMARY_PROCESSOR_BASED.mask("NMI_WINDOW_EXITING")
 
 
 class ExitHandler(Protocol):
@@ -73,7 +77,7 @@ class Vcpu(GuestView, GuestStateArea):
 
     def __init__(self, index: int, apic_id: int, memory: GuestMemory, handler: ExitHandler,
                  cpuid: CpuidModel, *, bsp: bool, x2apic: bool,
-                 send_ipi: Callable, msr_sites: list[int] = (), turns: ExecutionTurns | None = None) -> None:
+                 send_ipi: Callable, turns: ExecutionTurns | None = None) -> None:
         self.index = index
         self.memory = memory
         self.handler = handler
@@ -84,6 +88,7 @@ class Vcpu(GuestView, GuestStateArea):
         self.engine = EngineCpu()       # SDM Table 9-1 reset state loaded
         self.turns = turns if turns is not None else ExecutionTurns()   # shared by the machine's vCPUs
         self.regs = self.engine.regs    # hot-path register access (hvdbg.engine.regs)
+        self.msr_regs = self.engine.batch_of(("rcx", "rax", "rdx"))
         self.counter = self.engine.counter
         self.instructions = 0          # retired in finished runs
         self.idle_ticks = 0            # virtual time that passed without instructions
@@ -101,6 +106,13 @@ class Vcpu(GuestView, GuestStateArea):
         self.pauses_in_run = 0
         self.spin_exit = False          # the last run ended in a PAUSE-loop exit
         self.delivered: list[tuple[Event, int]] = []   # exceptions delivered to the guest (first 64)
+        self.exception_counts: dict[int, int] = {}      # vector -> exceptions delivered
+        self.last_exception_vector, self.last_exception_rip = -1, 0
+        self.exception_streak = 0           # the same exception at the same RIP, in a row
+        self.longest_exception_streak = 0
+        self.entries = 0                # VM entries (runs)
+        self.tiny_entries = 0           # ... whose budget was one instruction
+        self.blocked_injections = 0     # entries with an interrupt pending that could not be injected
         self._in_run = False
         self.activity = ActivityState.ACTIVE if bsp else ActivityState.WAIT_FOR_SIPI
         self.started_by_sipi = False
@@ -113,6 +125,17 @@ class Vcpu(GuestView, GuestStateArea):
         self.exit_count = 0
         self.runs_without_exit = 0
         self.msrs: dict[int, int] = {}
+        self.tsc_adjust = 0             # IA32_TSC minus the virtual time (WRMSR to IA32_TSC)
+        self.msr_model = MsrModel(cpuid.features + (("x2apic",) if x2apic else ()))
+        self.msr_faults: list[tuple[int, bool, int, str]] = []   # (msr, write, rip, why): last 16 #GPs
+        self.cr_faults: list[tuple[int, int, int, str]] = []     # (cr, value, rip, why): last 16 #GPs
+        self._hlt_at: int | None = None       # RIP of the HLT that ended the run
+        self._boundary_stop = False           # the run stopped between two instructions
+        self._window_exiting = False          # primary control bit 2 at the last entry
+        self._nmi_window_exiting = False      # ... and bit 22
+        self._finishing = False               # leaving after the current instruction
+        self._event_deadline: int | None = None   # the APIC's next event, when the run began
+        self._budget_cut = False              # the run's budget was ended early (I/O time)
         self._kick = threading.Event()
         self._leave = False
         self._park = False              # a debugger stop arrived: skip the next slice
@@ -121,8 +144,6 @@ class Vcpu(GuestView, GuestStateArea):
                               clock=self.clock, on_pending=self.kick)
         memory.attach(self.engine)
         self.engine.connect(self, XAPIC_BASE, XAPIC_SIZE)
-        for site in sorted(set(msr_sites)):
-            self.engine.add_code_site(site, self._on_msr_site)
 
     def batch(self, reg_ids: tuple[int, ...]) -> RegisterBatch:
         """A register batch on this vCPU's engine (built once per register list)."""
@@ -146,6 +167,13 @@ class Vcpu(GuestView, GuestStateArea):
         if self._in_run:
             return self.instructions + self.idle_ticks + self.counter.value()
         return self.instructions + self.idle_ticks
+
+    def tsc(self) -> int:
+        """The time-stamp counter: the virtual time at 1 GHz (hvdbg.hv.timekeeping)."""
+        return timekeeping.tsc(self)
+
+    def set_tsc(self, value: int) -> None:
+        timekeeping.set_tsc(self, value)
 
     # -- VM exits ------------------------------------------------------------------------
     _EXIT_FIELDS = Vmcs.plan(("VM_EXIT_REASON", "EXIT_QUALIFICATION", "GUEST_RIP", "VM_EXIT_INSTRUCTION_LEN"))
@@ -180,7 +208,19 @@ class Vcpu(GuestView, GuestStateArea):
     def on_cpuid(self) -> None:
         self.vm_exit(ExitInfo(ExitReason.CPUID, rip=self.engine.rip(), instruction_length=2))
 
+    def on_rdtsc(self, rdtscp: bool) -> None:
+        timekeeping.rdtsc(self, rdtscp)
+
+    def _port_access_time(self) -> None:
+        """An IN/OUT takes PORT_ACCESS_NS; reaching the APIC's next event ends the run after
+        this instruction, so that the interrupt is taken on time."""
+        self.idle_ticks += PORT_ACCESS_NS
+        if self._event_deadline is not None and self._in_run and self.clock() >= self._event_deadline:
+            self._budget_cut = True
+            self.engine.stop_after_instruction()
+
     def on_in(self, port: int, size: int) -> int:
+        self._port_access_time()
         if self.io_bitmaps is not None and not self.io_bitmaps.exits(port, size):
             return self.handler.bus.read(port, size)  # I/O-bitmap bit clear: no VM exit
         info = ExitInfo(ExitReason.IO_INSTRUCTION, qualification=io_qualification(port, size, True),
@@ -189,6 +229,7 @@ class Vcpu(GuestView, GuestStateArea):
         return info.data & ((1 << (8 * size)) - 1)
 
     def on_out(self, port: int, size: int, value: int) -> None:
+        self._port_access_time()
         if self.io_bitmaps is not None and not self.io_bitmaps.exits(port, size):
             self.handler.bus.write(port, size, value)
             return
@@ -206,42 +247,66 @@ class Vcpu(GuestView, GuestStateArea):
                               rip=self.engine.rip(), guest_physical=XAPIC_BASE + offset, data=value,
                               payload=ApicAccess(size)))
 
-    def _on_msr_site(self, address: int, size: int) -> None:
-        code = self.read_linear_safe(address, 2)
-        if code not in (b"\x0f\x30", b"\x0f\x32"):
-            return
-        write = code == b"\x0f\x30"
-        e = self.engine
-        ecx = e.read("rcx") & 0xFFFFFFFF
-        if self.msr_bitmap is not None and not self.msr_bitmap.exits(ecx, write):
-            return  # MSR-bitmap bit clear: the engine executes it, no VM exit
-        value = (e.read("rdx") & 0xFFFFFFFF) << 32 | (e.read("rax") & 0xFFFFFFFF)
-        info = ExitInfo(ExitReason.MSR_WRITE if write else ExitReason.MSR_READ, rip=address,
-                        instruction_length=2, data=value if write else 0, payload=MsrAccess(ecx))
-        self.vm_exit(info)
-        decision = info.decision
-        if decision is ExitDecision.NATIVE or decision is ExitDecision.FAULT:
-            return  # the engine executes it / the #GP is delivered at the next entry
-        if not write:
-            e.write("rax", info.data & 0xFFFFFFFF)
-            e.write("rdx", (info.data >> 32) & 0xFFFFFFFF)
-        e.set_rip(address + 2)
+    def on_msr(self, write: bool) -> None:
+        msr_access.rdmsr_wrmsr(self, write)
 
-    def enable_pause_exiting(self, sites: list[int], window: int) -> None:
+    def enable_pause_exiting(self, window: int) -> None:
         """PAUSE-loop exiting (SDM 25.1.3): after ``window`` PAUSEs in one run the vCPU
         exits with reason 40 so that the scheduler can run someone else (KVM's PLE)."""
         self.ple_window = window
-        for site in sites:
-            self.engine.add_code_site(site, self._on_pause_site)
+        self.engine.intercepts.set_pause_exiting(True)
 
-    def _on_pause_site(self, address: int, size: int) -> None:
-        if size != 2:
-            return  # not an instruction boundary at this site (the F3 90 bytes were data)
+    def on_pause(self) -> None:
+        rip = self.engine.rip()
+        self.engine.set_rip(rip + 2)   # F3 90: PAUSE completes
         self.pauses_in_run += 1
         if self.pauses_in_run == self.ple_window:
             self.spin_exit = True
-            self.vm_exit(ExitInfo(ExitReason.PAUSE_INSTRUCTION, rip=address, instruction_length=2,
+            self.vm_exit(ExitInfo(ExitReason.PAUSE_INSTRUCTION, rip=rip, instruction_length=2,
                                   detail=f"{self.ple_window} PAUSEs in one run: spinning"))
+
+    def on_hlt(self) -> None:
+        """HLT completes (RIP past it) and the vCPU leaves the engine; the exit is taken
+        after the run, as the VMM's HLT handling needs the vCPU out of the engine."""
+        rip = self.engine.rip()
+        self.engine.set_rip(rip + 1)
+        self.engine.intercepts.end_interrupt_shadow()   # "sti; hlt" wakes on an interrupt
+        self._hlt_at = rip
+        self._stop_between_instructions()
+
+    def on_cr_write(self, cr: int) -> None:
+        cr_access.mov_to_cr(self, cr)
+
+    def on_syscall(self) -> None:
+        system_calls.syscall(self)
+
+    def on_sysenter(self) -> None:
+        system_calls.sysenter(self)
+
+    def on_interrupt_window(self) -> None:
+        """The guest can take an external interrupt now, and interrupt-window exiting is
+        on (hvdbg.engine.intercepts, SDM 25.2): VM exit reason 7, at an instruction
+        boundary."""
+        self._boundary_stop = True
+        self.vm_exit(ExitInfo(ExitReason.INTERRUPT_WINDOW, rip=self.engine.rip()))
+        self.request_leave()
+
+    def on_nmi_window(self) -> None:
+        """No NMI blocking any more, and NMI-window exiting is on: VM exit reason 8."""
+        self._boundary_stop = True
+        self.vm_exit(ExitInfo(ExitReason.NMI_WINDOW, rip=self.engine.rip()))
+        self.request_leave()
+
+    def on_shutdown(self) -> None:
+        """The engine's own triple fault (QEMU's check_exception): a shutdown."""
+        self._internal_error(EngineError("triple fault inside the engine", False), self.engine.rip())
+        self.request_leave()
+
+    def _stop_between_instructions(self) -> None:
+        """Leave the engine at an instruction boundary after the last counted instruction
+        completed (the run's instruction count is exact, see :meth:`run`)."""
+        self._boundary_stop = True
+        self.request_leave()
 
     def on_invalid_opcode(self) -> None:
         rip = self.engine.rip()
@@ -251,7 +316,7 @@ class Vcpu(GuestView, GuestStateArea):
                 self.engine.set_rip(rip + 3)
             return
         # any other invalid opcode is a #UD for the guest
-        self._raise_exception(hardware_exception(6), rip)
+        self.raise_exception(hardware_exception(6), rip)
 
     def on_interrupt(self, intno: int) -> None:
         rip = self.engine.rip()
@@ -260,20 +325,20 @@ class Vcpu(GuestView, GuestStateArea):
             # INT3 / INTO / INT n: trap-like, RIP already points past the instruction
             length = 1 if intno in (3, 4) else 2
             ev = Event(intno, EventType.SOFTWARE_EXCEPTION if intno in (3, 4) else EventType.SOFTWARE_INTERRUPT)
-            self._raise_exception(ev, rip, length)
+            self.raise_exception(ev, rip, length)
             return
         cr2 = self.engine.read("cr2") if intno == PF else None
         ev = hardware_exception(intno, error, cr2)
         if intno == PF and self._paging_structure_ept_violation(cr2 or 0, error):
             return
-        self._raise_exception(ev, rip)
+        self.raise_exception(ev, rip)
 
     def _is_int_n(self, rip: int, intno: int) -> bool:
         """INT n with n < 32 (BIOS INT 10h/13h/15h) reaches the interrupt hook like an
         exception; it is a software interrupt if the bytes before RIP are CD n."""
         return self.read_linear_safe(self.code_base() + rip - 2, 2) == bytes((0xCD, intno))
 
-    def _raise_exception(self, ev: Event, rip: int, length: int = 0) -> None:
+    def raise_exception(self, ev: Event, rip: int, length: int = 0) -> None:
         """An exception in the guest: a VM exit if its exception-bitmap bit is set
         (SDM 26.2), otherwise delivered through the guest IDT at the next entry."""
         if ev.vector < 32 and ev.type != EventType.SOFTWARE_INTERRUPT and \
@@ -327,12 +392,22 @@ class Vcpu(GuestView, GuestStateArea):
         """Make the engine return at the next instruction boundary and the run loop
         leave (from a hook on this vCPU's thread: an exit, a breakpoint, a watchpoint)."""
         self._leave = True
-        self.engine.stop()
+        if not self._finishing:
+            self.engine.stop()
+
+    def leave_after_instruction(self) -> None:
+        """From a memory hook on this vCPU's thread (a watchpoint): leave the engine once
+        the accessing instruction has completed, so that the debugger stops after the
+        access, as hardware data breakpoints do (SDM 18.2.4: trap-like), and resuming
+        does not execute it again.  A park requested meanwhile waits for that boundary."""
+        self._leave = True
+        self._finishing = True
+        self.engine.stop_after_instruction()
 
     def kick(self) -> None:
         """Make a running vCPU leave the engine soon (like a posted-interrupt IPI)."""
         self._kick.set()
-        if self._in_run:
+        if self._in_run and not self._finishing:
             self.engine.stop()
         if self.on_kick is not None:
             self.on_kick(self)
@@ -367,29 +442,23 @@ class Vcpu(GuestView, GuestStateArea):
     def interrupts_enabled(self) -> bool:
         return bool(self.engine.rflags() & RFLAGS_IF)
 
-    def _inject_pending(self) -> None:
-        """VM entry event injection (SDM 27.6): a pending exception first, then the highest
-        pending APIC interrupt if RFLAGS.IF = 1."""
-        if self.pending_event is not None:
-            ev, rip = self.pending_event, self.pending_event_rip
-            self.pending_event = None
-            self._deliver(ev, rip)
-            return
-        if self.apic.nmi_pending:
-            self.apic.nmi_pending = False
-            self._deliver(Event(2, EventType.NMI), self.engine.rip())
-            return
-        if self.interrupts_enabled():
-            vec = self.apic.pending_vector()
-            if vec is not None:
-                self.apic.ack(vec)
-                self._deliver(Event(vec, EventType.EXTERNAL), self.engine.rip())
+    def request_window(self, control: int) -> None:
+        """Set interrupt- or NMI-window exiting in the primary controls (SDM 25.2)."""
+        controls = self._vmcs.read("CPU_BASED_VM_EXEC_CONTROL")
+        self._vmcs.write("CPU_BASED_VM_EXEC_CONTROL", controls | control)
 
-    def _deliver(self, ev: Event, rip: int) -> None:
+    def deliver(self, ev: Event, rip: int) -> None:
+        """Deliver an event through the guest IDT now (a triple fault shuts the vCPU down)."""
         try:
             self.last_delivery = deliver(self, ev, rip)
-            if ev.type != EventType.EXTERNAL and len(self.delivered) < 64:
-                self.delivered.append((self.last_delivery.event, rip))
+            if ev.type != EventType.EXTERNAL:
+                if len(self.delivered) < 64:
+                    self.delivered.append((self.last_delivery.event, rip))
+                self.exception_counts[ev.vector] = self.exception_counts.get(ev.vector, 0) + 1
+                same = (ev.vector, rip) == (self.last_exception_vector, self.last_exception_rip)
+                self.exception_streak = self.exception_streak + 1 if same else 1
+                self.longest_exception_streak = max(self.longest_exception_streak, self.exception_streak)
+                self.last_exception_vector, self.last_exception_rip = ev.vector, rip
         except Shutdown as sd:
             chain = "; ".join(f"{e.describe()}: {why}" for e, why in sd.chain)
             info = ExitInfo(ExitReason.TRIPLE_FAULT, rip=rip, detail=chain, payload=TripleFault(sd.chain, ev))
@@ -402,22 +471,34 @@ class Vcpu(GuestView, GuestStateArea):
             return RunEnd.NOT_RUNNABLE
         self._kick.clear()
         self._leave = False
+        self._hlt_at = None
+        self._boundary_stop = False
+        self._finishing = False
         self.pauses_in_run = 0
         self.spin_exit = False
-        self._inject_pending()
+        injection.inject_pending(self)
         if self.activity != ActivityState.ACTIVE or self._leave:
             self._guest_stale = True
             return RunEnd.EXIT
         if not self._vmcs.launched:
             self._vmcs.mark_launched()   # the first VM entry is the VMLAUNCH (SDM 26.1)
         self._load_execution_controls()
+        if self._window_exiting:
+            self.engine.intercepts.request_interrupt_window(True)
+        if self._nmi_window_exiting:
+            self.engine.intercepts.request_nmi_window(True)
         deadline = self.apic.next_event()
         budget = max_instructions
         timer = self.preemption_timer_value()
         if timer is not None:
             budget = min(budget, max(1, timer << 5))
         if deadline is not None:
-            budget = max(1, min(budget, deadline - self.instructions))
+            budget = max(1, min(budget, deadline - self.clock()))
+        self._event_deadline = deadline
+        self._budget_cut = False
+        self.entries += 1
+        if budget == 1:
+            self.tiny_entries += 1
         with self.turns:     # one engine of the machine at a time: atomic across vCPUs
             if self._park:
                 # the debugger stopped this vCPU while it waited for its turn: do not run
@@ -430,12 +511,17 @@ class Vcpu(GuestView, GuestStateArea):
                 error = self.engine.run(rip, budget)
             finally:
                 self._in_run = False
+                self.engine.intercepts.request_interrupt_window(False)
+                self.engine.intercepts.request_nmi_window(False)
         counted = self.counter.value()
-        natural = not self._leave and not self._kick.is_set() and counted <= budget and error is None
-        executed = counted if natural else max(0, counted - 1)
+        natural = (not self._leave and not self._kick.is_set() and not self._budget_cut
+                   and counted <= budget and error is None)
+        # Unicorn counts an instruction before it executes it: a stop inside an instruction
+        # (an exception, the budget, a kick) counted one that did not complete
+        executed = counted if natural or self._boundary_stop else max(0, counted - 1)
         self.instructions += executed
         if timer is not None:
-            self._tick_preemption_timer(timer, executed)
+            timekeeping.tick_preemption_timer(self, self._vmcs, timer, executed)
         if self.hook_error is not None:
             exc, tb = self.hook_error
             self.hook_error = None
@@ -444,10 +530,12 @@ class Vcpu(GuestView, GuestStateArea):
             return RunEnd.EXIT
         if error is not None and (not error.memory or not self._leave):
             self._internal_error(error, rip)
-        if natural:
-            # emu_start returned by itself before the budget: Unicorn does that after a HLT
-            # (it has no HLT hook), and after its own internal stops; only the first is HLT
-            self._on_early_return()
+        if self._hlt_at is not None:
+            self.vm_exit(ExitInfo(ExitReason.HLT, rip=self._hlt_at, instruction_length=1))
+        elif natural:
+            # emu_start returned by itself before the budget, with no intercepted HLT
+            self._internal_error(EngineError(f"the engine stopped by itself at RIP {self.engine.rip():#x} "
+                                             "(an internal Unicorn stop)", False), rip)
         if self._leave or natural or error is not None:
             # an exit that leaves the engine: the VMCS guest area gets the whole state
             # (lazily, on the next read of the VMCS: see the vmcs property)
@@ -475,29 +563,11 @@ class Vcpu(GuestView, GuestStateArea):
         else:
             self.io_bitmaps = None if primary & _UNCONDITIONAL_IO else NoIoExits()
         self.msr_bitmap = MsrBitmap(host, msr_page) if primary & _USE_MSR_BITMAPS else None
+        self._window_exiting = bool(primary & _INTERRUPT_WINDOW)
+        self._nmi_window_exiting = bool(primary & _NMI_WINDOW)
 
     def preemption_timer_value(self) -> int | None:
-        """VMX-preemption timer value if the pin-based control is set (SDM 26.5.1); it counts
-        down once every 2^5 guest instructions (our TSC), like IA32_VMX_MISC[4:0] = 5."""
-        if not self._vmcs.read("PIN_BASED_VM_EXEC_CONTROL") & _PREEMPTION_TIMER:
-            return None
-        return self._vmcs.read("VMX_PREEMPTION_TIMER_VALUE")
-
-    def _tick_preemption_timer(self, value: int, executed: int) -> None:
-        left = value - (executed >> 5)
-        if left > 0:
-            self._vmcs.write("VMX_PREEMPTION_TIMER_VALUE", left)
-            return
-        self._vmcs.write("VMX_PREEMPTION_TIMER_VALUE", 0)
-        self.vm_exit(ExitInfo(ExitReason.PREEMPTION_TIMER, rip=self.engine.rip()))
-
-    def _on_early_return(self) -> None:
-        rip = self.engine.rip()
-        if self.read_linear_safe(self.code_base() + rip - 1, 1) == b"\xf4":
-            self.vm_exit(ExitInfo(ExitReason.HLT, rip=rip - 1, instruction_length=1))
-            return
-        self._internal_error(EngineError(f"the engine stopped by itself at RIP {rip:#x}, not after a HLT "
-                                         "(an internal Unicorn stop, e.g. its own triple fault)", False), rip)
+        return timekeeping.preemption_timer_value(self._vmcs)
 
     def _internal_error(self, error: EngineError, rip: int) -> None:
         info = ExitInfo(ExitReason.TRIPLE_FAULT, rip=rip, detail=f"emulation error: {error}",

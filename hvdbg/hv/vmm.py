@@ -25,7 +25,7 @@ from hvdbg.arch.cpuid import CpuidModel
 from hvdbg.arch.events import Event
 from hvdbg.arch.segments import Segment, real_mode_segments
 from hvdbg.platform.apic import LocalApic
-from hvdbg.vmx.controls import ActivityState
+from hvdbg.vmx.controls import PRIMARY_PROCESSOR_BASED, ActivityState
 from hvdbg.vmx.vmcs import Vmcs
 from hvdbg.hv import activity as act
 
@@ -33,9 +33,12 @@ HYPERCALL_PING = 0
 HYPERCALL_EXIT = 1
 HYPERCALL_MAGIC = 0x68766462  # "hvdb"
 
+_INTERRUPT_WINDOW = PRIMARY_PROCESSOR_BASED.mask("INTERRUPT_WINDOW_EXITING")
+_NMI_WINDOW = PRIMARY_PROCESSOR_BASED.mask("NMI_WINDOW_EXITING")
 _CPUID_IN = ("rax", "rcx")
 _CPUID_OUT = ("rax", "rbx", "rcx", "rdx")
-#: MSRs the VMM emulates itself (besides the x2APIC range); everything else runs natively.
+#: MSRs the VMM emulates itself (besides the x2APIC range); the processor executes the rest
+#: (hvdbg.arch.msrs: #GP for an MSR it does not implement).
 VMM_MSRS = frozenset({IA32_APIC_BASE_MSR, IA32_TSC, IA32_MISC_ENABLE, IA32_TSC_DEADLINE, IA32_PAT})
 #: MSRs that exit only to be traced (their writes switch the guest's mode), then run natively.
 TRACED_MSRS = frozenset({IA32_EFER})
@@ -45,12 +48,6 @@ def msr_bitmap_exiting() -> frozenset[int]:
     """The MSRs whose MSR-bitmap bits the VMM sets: the emulated ones, the x2APIC range
     and the traced ones (SDM 25.6.9)."""
     return VMM_MSRS | TRACED_MSRS | frozenset(range(X2APIC_MSR_BASE, X2APIC_MSR_END + 1))
-
-
-def vmm_keeps_msr(msr: int, x2apic: bool = True) -> bool:
-    """True if RDMSR/WRMSR of ``msr`` needs the VMM (its MSR-bitmap bit would be set): the
-    MSRs above and, with x2APIC offered, the x2APIC range (SDM 11.12.1)."""
-    return msr in VMM_MSRS or (x2apic and X2APIC_MSR_BASE <= msr <= X2APIC_MSR_END)
 
 
 class EnginePort(Protocol):
@@ -84,6 +81,8 @@ class VcpuPort(Protocol):
     sipi_entry: int | None
 
     def clock(self) -> int: ...
+    def tsc(self) -> int: ...
+    def set_tsc(self, value: int) -> None: ...
     def interrupts_enabled(self) -> bool: ...
     def code_bits(self) -> int: ...
     def get_segment(self, name: str) -> Segment: ...
@@ -133,6 +132,8 @@ class Vmm:
             ExitReason.EXCEPTION_NMI: self._exception,
             ExitReason.PAUSE_INSTRUCTION: self._pause_loop,
             ExitReason.PREEMPTION_TIMER: self._preemption_timer,
+            ExitReason.INTERRUPT_WINDOW: self._window(_INTERRUPT_WINDOW, "interrupt window open"),
+            ExitReason.NMI_WINDOW: self._window(_NMI_WINDOW, "NMI window open (the last NMI's IRET ran)"),
         }
 
     # -- dispatch ---------------------------------------------------------------------
@@ -237,7 +238,7 @@ class Vmm:
                 return self._inject_gp(vcpu, exit, "x2APIC MSR read while x2APIC mode is off")
             exit.data = vcpu.apic.read_msr(msr)
         elif msr == IA32_TSC:
-            exit.data = vcpu.clock()
+            exit.data = vcpu.tsc()
         elif msr in vcpu.msrs:
             exit.data = vcpu.msrs[msr]
         else:
@@ -258,6 +259,8 @@ class Vmm:
                 return self._inject_gp(vcpu, exit, "x2APIC MSR write while x2APIC mode is off")
             vcpu.apic.write_msr(msr, value)
             return ExitDecision.LEAVE if self.life.ended else ExitDecision.RESUME
+        elif msr == IA32_TSC:
+            vcpu.set_tsc(value)
         elif msr in (IA32_TSC_DEADLINE, IA32_PAT, IA32_MISC_ENABLE):
             vcpu.msrs[msr] = value
         else:
@@ -270,6 +273,19 @@ class Vmm:
         vcpu.pending_event_rip = exit.rip
         vcpu.engine.set_rip(exit.rip)
         return ExitDecision.FAULT
+
+    # -- interrupt and NMI windows (exit reasons 7, 8) --------------------------------------------------
+    def _window(self, control: int, detail: str) -> Callable[[VcpuPort, ExitInfo], ExitDecision]:
+        """Interrupt window (reason 7) / NMI window (reason 8): the guest can take the
+        event the VMM holds for it.  Stop asking for the window (VM entry set it when it
+        could not inject, like KVM's enable_irq_window / enable_nmi_window) and leave, so
+        that the next VM entry injects it (SDM 25.2)."""
+        def handle(vcpu: VcpuPort, exit: ExitInfo) -> ExitDecision:
+            controls = vcpu.vmcs.read("CPU_BASED_VM_EXEC_CONTROL")
+            vcpu.vmcs.write("CPU_BASED_VM_EXEC_CONTROL", controls & ~control)
+            exit.detail = detail
+            return ExitDecision.LEAVE
+        return handle
 
     # -- HLT (exit reason 12) ---------------------------------------------------------------
     def _hlt(self, vcpu: VcpuPort, exit: ExitInfo) -> ExitDecision:

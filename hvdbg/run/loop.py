@@ -42,7 +42,12 @@ class VcpuLoop:
             return RunEnd.EXIT  # an exit breakpoint: park before running
         if not activity.wake_if_possible(v):
             return RunEnd.NOT_RUNNABLE
-        budget = budget or self.slice_len
+        left = self.vm.config["budget.instructions"] - self.vm.total_instructions()
+        if left <= 0:
+            return RunEnd.NOT_RUNNABLE  # the watchdog ends the VM (it checks for a hang first)
+        # the host threads of the threaded executors see the budget here, not only at the
+        # watchdog's next check: a guest faster than that check stops at its budget too
+        budget = min(budget or self.slice_len, left)
         if self.spin_skip and self.progress[v.index].spin_slices and budget > SPIN_PROBE:
             return self._probe_spin(v, budget)
         end = v.run(budget)

@@ -8,7 +8,6 @@ import threading
 from hvdbg.hv.machine import Machine
 from hvdbg.hv import activity
 from hvdbg.hv.vcpu import RunEnd, Vcpu
-from hvdbg.platform.codescan import PAUSE, find_sites
 from hvdbg.run.control import RunControl
 from hvdbg.run.loop import VcpuLoop
 from hvdbg.run.sched import RunFeedback, SliceEnd, make_policy
@@ -74,10 +73,8 @@ class SchedCore:
 
     def _enable_pause_loop_exiting(self) -> None:
         """Overcommitted pCPUs: spinning vCPUs must give way (like KVM's PLE)."""
-        deltas = self.vm.symbols.phys_deltas()
-        sites = find_sites(self.vm.memory, self.vm.boot.segments, deltas, [PAUSE])
         for v in self.vm.vcpus:
-            v.enable_pause_exiting(sites, self.PLE_WINDOW)
+            v.enable_pause_exiting(self.PLE_WINDOW)
 
     def runnable(self, v: Vcpu) -> bool:
         """Can this vCPU use a pCPU now (or make progress when picked)?"""

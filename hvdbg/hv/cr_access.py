@@ -1,0 +1,148 @@
+"""MOV to CR0/CR4, CLTS and LMSW as the processor performs them in VMX non-root operation.
+
+The engine hands every such write over before executing it (hvdbg.engine.intercepts),
+with RIP at the instruction.  The vCPU then does what the CPU does: the #GP(0) checks
+of SDM Vol. 2B "MOV - Move to/from Control Registers" and Vol. 3A 2.5 (reserved bits,
+PG without PE, features CPUID hides, ...); the VMX view, a control-register-access VM exit
+(reason 28) when a bit the CR0/CR4 guest/host mask owns would differ from its read shadow
+(SDM 26.1.3, qualification Table 28-3); else the write itself, and RIP past it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import capstone
+
+from hvdbg.arch.control_rules import ControlState, control_state_problem, cr4_write_problem
+from hvdbg.arch.events import hardware_exception
+from hvdbg.arch.regs import AR_L
+from hvdbg.hv.exit import ExitInfo
+from hvdbg.vmx.exits import ExitReason
+
+GPR64 = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+_LEGACY_PREFIXES = frozenset((0x66, 0x67, 0xF2, 0xF3, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65))
+CR0_TS = 1 << 3
+
+# Access types of the exit qualification (SDM Table 28-3, bits 5:4)
+MOV_TO_CR, CLTS, LMSW = 0, 2, 3
+
+
+@dataclass(frozen=True)
+class CrWrite:
+    """One decoded write to a control register."""
+
+    cr: int
+    access: int            # MOV_TO_CR, CLTS or LMSW
+    length: int
+    gpr: int | None = None  # MOV to CR / register-form LMSW: the source register
+    lmsw_memory: bool = False
+
+
+def decode_cr_write(code: bytes, bits: int) -> CrWrite | None:
+    """Decode MOV to CRn (0F 22 /r), CLTS (0F 06) or LMSW (0F 01 /6) at the start of
+    ``code`` for ``bits``-bit code; None if it is none of them."""
+    i, rex = 0, 0
+    while i < len(code) and code[i] in _LEGACY_PREFIXES:
+        i += 1
+    if bits == 64 and i < len(code) and 0x40 <= code[i] <= 0x4F:
+        rex = code[i]
+        i += 1
+    if len(code) < i + 2 or code[i] != 0x0F:
+        return None
+    op = code[i + 1]
+    if op == 0x06:
+        return CrWrite(0, CLTS, i + 2)
+    if len(code) < i + 3:
+        return None
+    modrm = code[i + 2]
+    mod, reg, rm = modrm >> 6, (modrm >> 3) & 7, modrm & 7
+    if op == 0x22:   # MOV CRn, r: the mod bits are ignored (always a register operand)
+        return CrWrite(reg | (8 if rex & 4 else 0), MOV_TO_CR, i + 3, gpr=rm | (8 if rex & 1 else 0))
+    if op == 0x01 and reg == 6:
+        if mod == 3:
+            return CrWrite(0, LMSW, i + 3, gpr=rm | (8 if rex & 1 else 0))
+        return CrWrite(0, LMSW, 0, lmsw_memory=True)   # length and operand: from capstone
+    return None
+
+
+_DETAIL: dict[int, capstone.Cs] = {}
+
+
+def _lmsw_memory_operand(vcpu, linear: int, bits: int) -> tuple[int, int]:
+    """(source value, instruction length) of a memory-form LMSW."""
+    md = _DETAIL.get(bits)
+    if md is None:
+        md = _DETAIL[bits] = capstone.Cs(capstone.CS_ARCH_X86, {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32,
+                                                                  64: capstone.CS_MODE_64}[bits])
+        md.detail = True
+    insn = next(md.disasm(vcpu.read_linear(linear, 15), linear), None)
+    if insn is None or not insn.operands:
+        raise RuntimeError(f"cannot decode LMSW at {linear:#x}")
+    mem = insn.operands[0].mem
+    ea = mem.disp
+    if mem.base:
+        ea += vcpu.engine.read(insn.reg_name(mem.base))
+    if mem.index:
+        ea += vcpu.engine.read(insn.reg_name(mem.index)) * mem.scale
+    ea &= (1 << bits) - 1 if bits != 16 else 0xFFFF
+    seg = insn.reg_name(mem.segment) if mem.segment else "ds"
+    base = vcpu.engine.segments()[seg].base if bits != 64 or seg in ("fs", "gs") else 0
+    return int.from_bytes(vcpu.read_linear(base + ea, 2), "little"), insn.size
+
+
+def mov_to_cr(vcpu, cr: int) -> None:
+    """Perform the intercepted write to control register ``cr`` on ``vcpu`` (a
+    hvdbg.hv.vcpu.Vcpu inside its engine callback)."""
+    e = vcpu.engine
+    rip = e.rip()
+    bits = vcpu.code_bits()
+    linear = vcpu.code_base() + rip
+    code = vcpu.read_linear_safe(linear, 15) or b""
+    w = decode_cr_write(code, bits)
+    if w is None or w.cr != cr:
+        raise RuntimeError(f"CR{cr} write intercepted at RIP {rip:#x}, but the bytes {code[:6].hex()} "
+                           "are not MOV to CR / CLTS / LMSW")
+    old = e.read(f"cr{cr}")
+    length, source = w.length, 0
+    if w.access == MOV_TO_CR:
+        source = e.read(GPR64[w.gpr])
+        new = source if bits == 64 else source & 0xFFFFFFFF
+    elif w.access == CLTS:
+        new = old & ~CR0_TS
+    else:
+        if w.lmsw_memory:
+            source, length = _lmsw_memory_operand(vcpu, linear, bits)
+        else:
+            source = e.read(GPR64[w.gpr]) & 0xFFFF
+        new = (old & ~0xF) | (source & 0xF) | (old & 1)   # LMSW cannot clear PE
+    state = _control_state(vcpu, e)
+    if cr == 0:
+        problem = control_state_problem(state, replace(state, cr0=new))
+    else:
+        problem = control_state_problem(state, replace(state, cr4=new)) or \
+            cr4_write_problem(state, new, frozenset(vcpu.cpuid.features))
+    if problem is not None:
+        vcpu.cr_faults.append((cr, new, rip, problem))
+        del vcpu.cr_faults[:-16]
+        vcpu.raise_exception(hardware_exception(13, 0), rip)
+        return
+    mask = vcpu.vmcs.read(f"CR{cr}_GUEST_HOST_MASK")
+    if (new ^ vcpu.vmcs.read(f"CR{cr}_READ_SHADOW")) & mask:
+        qual = cr | w.access << 4 | (w.lmsw_memory << 6) | ((w.gpr or 0) << 8 if w.access == MOV_TO_CR else 0)
+        if w.access == LMSW:
+            qual |= (source & 0xFFFF) << 16
+        vcpu.vm_exit(ExitInfo(ExitReason.CR_ACCESS, qualification=qual, rip=rip, instruction_length=length,
+                              data=new, detail=f"mov cr{cr} <- {new:#x}"))
+        vcpu.request_leave()
+        return
+    # bits the mask owns keep the value the guest cannot change (SDM 26.3, guest/host mask)
+    e.write(f"cr{cr}", (new & ~mask) | (old & mask))
+    e.set_rip(rip + length)
+
+
+def _control_state(vcpu, e) -> ControlState:
+    cs = e.segments()["cs"]
+    return ControlState(cr0=e.read("cr0"), cr3=e.read("cr3"), cr4=e.read("cr4"), efer=e.read("efer"),
+                        rip=e.rip(), cs_long=bool(cs.access_rights & AR_L))

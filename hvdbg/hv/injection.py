@@ -1,0 +1,43 @@
+"""VM-entry event injection (SDM 27.6) as hvdbg's VMM does it for its vCPUs: a pending
+exception first, then an NMI unless NMIs are blocked (until the IRET of the last one,
+SDM 6.7.1), then the highest pending APIC interrupt if the guest is interruptible
+(RFLAGS.IF = 1 and no STI / MOV SS shadow).  An event that has to wait sets interrupt- or
+NMI-window exiting (SDM 25.2), as KVM's enable_irq_window / enable_nmi_window do: the
+engine stops at the first instruction boundary where it can be taken (hvdbg.engine.
+intercepts), the VMM clears the control, and the next entry injects it.
+"""
+
+from __future__ import annotations
+
+from hvdbg.arch.events import Event, EventType
+from hvdbg.vmx.controls import PRIMARY_PROCESSOR_BASED
+
+_INTERRUPT_WINDOW = PRIMARY_PROCESSOR_BASED.mask("INTERRUPT_WINDOW_EXITING")
+_NMI_WINDOW = PRIMARY_PROCESSOR_BASED.mask("NMI_WINDOW_EXITING")
+
+
+def inject_pending(vcpu) -> None:
+    """Inject what ``vcpu`` (a hvdbg.hv.vcpu.Vcpu at VM entry) has pending, or ask for
+    the window in which it can be injected."""
+    if vcpu.pending_event is not None:
+        ev, rip = vcpu.pending_event, vcpu.pending_event_rip
+        vcpu.pending_event = None
+        vcpu.deliver(ev, rip)
+        return
+    intercepts = vcpu.engine.intercepts
+    if vcpu.apic.nmi_pending:
+        if not intercepts.nmi_blocked():
+            vcpu.apic.nmi_pending = False
+            vcpu.deliver(Event(2, EventType.NMI), vcpu.engine.rip())
+            intercepts.set_nmi_blocked(True)
+            return
+        vcpu.request_window(_NMI_WINDOW)   # after the IRET of the NMI being handled
+    vec = vcpu.apic.pending_vector()
+    if vec is None:
+        return
+    if vcpu.interrupts_enabled() and not intercepts.interrupt_shadow():
+        vcpu.apic.ack(vec)
+        vcpu.deliver(Event(vec, EventType.EXTERNAL), vcpu.engine.rip())
+    else:   # the VMM asks for an interrupt-window exit (KVM's enable_irq_window)
+        vcpu.blocked_injections += 1
+        vcpu.request_window(_INTERRUPT_WINDOW)

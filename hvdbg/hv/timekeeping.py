@@ -1,0 +1,67 @@
+"""Time as the guest sees it in VMX non-root operation.
+
+One clock serves every timer the guest can read: the vCPU's virtual time (guest
+instructions at 1 ns each, plus :data:`PORT_ACCESS_NS` per I/O instruction, plus the time
+it slept halted).  The time-stamp counter (SDM Vol. 3B 18.17) counts it at 1 GHz; the local
+APIC timer, the PIT, the RTC and the ACPI PM timer count it too, so a kernel calibrating one
+against another measures what the other really does.  RDTSC exiting is never set
+(SDM 25.3), so RDTSC/RDTSCP are performed here, not exits: Unicorn's own RDTSC would
+return the host's TSC, which runs on another clock altogether.
+"""
+
+from __future__ import annotations
+
+from hvdbg.arch.regs import IA32_TSC_AUX
+from hvdbg.hv.exit import ExitInfo
+from hvdbg.vmx.controls import PIN_BASED
+from hvdbg.vmx.exits import ExitReason
+from hvdbg.vmx.vmcs import Vmcs
+
+#: Virtual time one IN or OUT takes (ns of the VM clock).  On hardware a port access to the
+#: chipset (PM timer, PIT, UART) costs about 1 us, and a VM exit for it about as much again:
+#: a guest polling a timer port must see time pass per read, not one instruction's worth.
+PORT_ACCESS_NS = 1000
+
+_U64 = (1 << 64) - 1
+
+
+def rdtsc(vcpu, rdtscp: bool) -> None:
+    """Perform RDTSC (EDX:EAX = TSC) or RDTSCP (and ECX = IA32_TSC_AUX[31:0]) for ``vcpu``
+    (a hvdbg.hv.vcpu.Vcpu inside its engine callback; Unicorn has already checked CR4.TSD)."""
+    value = tsc(vcpu)
+    e = vcpu.engine
+    e.write("rax", value & 0xFFFFFFFF)
+    e.write("rdx", value >> 32)
+    if rdtscp:
+        e.write("rcx", e.msr_read(IA32_TSC_AUX) & 0xFFFFFFFF)
+
+
+def tsc(vcpu) -> int:
+    """``vcpu``'s time-stamp counter: its clock at 1 GHz plus ``vcpu.tsc_adjust``."""
+    return (vcpu.clock() + vcpu.tsc_adjust) & _U64
+
+
+def set_tsc(vcpu, value: int) -> None:
+    """WRMSR to IA32_TSC: ``vcpu``'s counter goes on from ``value``."""
+    vcpu.tsc_adjust = (value & _U64) - vcpu.clock()
+
+
+# -- the VMX-preemption timer (SDM 26.5.1, 27.5.1) -----------------------------------------
+_PREEMPTION_TIMER = PIN_BASED.mask("PREEMPTION_TIMER")
+
+
+def preemption_timer_value(vmcs: Vmcs) -> int | None:
+    """The VMX-preemption timer value if the pin-based control is set (SDM 26.5.1); it
+    counts down once every 2^5 guest instructions (TSC ticks), as IA32_VMX_MISC[4:0] = 5 says."""
+    if not vmcs.read("PIN_BASED_VM_EXEC_CONTROL") & _PREEMPTION_TIMER:
+        return None
+    return vmcs.read("VMX_PREEMPTION_TIMER_VALUE")
+
+
+def tick_preemption_timer(vcpu, vmcs: Vmcs, value: int, executed: int) -> None:
+    """After a run of ``executed`` instructions: count the timer in ``vcpu``'s ``vmcs`` down,
+    and take the VMX-preemption timer exit (reason 52) when it reaches zero."""
+    left = value - (executed >> 5)
+    vmcs.write("VMX_PREEMPTION_TIMER_VALUE", max(left, 0))
+    if left <= 0:
+        vcpu.vm_exit(ExitInfo(ExitReason.PREEMPTION_TIMER, rip=vcpu.engine.rip()))
