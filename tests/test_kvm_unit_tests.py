@@ -15,15 +15,12 @@ THIRD_PARTY = Path(__file__).resolve().parents[1].parent / "shared" / "third_par
 SNAPSHOT = next(iter(sorted(THIRD_PARTY.glob("kvm-unit-tests-*.tar.gz"))), None) if THIRD_PARTY.is_dir() else None
 
 #: Measured passing under hvdbg (docs/conformance.md).
-# vmexit_cpuid, vmexit_vmcall, vmexit_ipi_halt, vmexit_cr0_wp and vmexit_cr4_pge passed until the
-# TSC became the VM clock (2026-12-02): vmexit.flat repeats each test until 2^27 TSC cycles pass,
-# and a VM exit costs no virtual time yet, so they now use up the 90 s budget.  A per-exit time
-# cost (as on hardware, ~1 us) would bring them back.
 PASSING = [
-    "smptest", "smptest3", "vmexit_mov_from_cr8", "vmexit_mov_to_cr8",
+    "smptest", "smptest3", "vmexit_cpuid", "vmexit_vmcall", "vmexit_ipi_halt", "vmexit_cr0_wp",
+    "vmexit_cr4_pge", "vmexit_mov_from_cr8", "vmexit_mov_to_cr8",
     "vmexit_inl_pmtimer", "vmexit_ipi", "vmexit_ple_round_robin", "vmexit_tscdeadline",
     "vmexit_tscdeadline_immed", "hypercall", "memory", "setjmp", "xsave",
-    "rmap_chain", "pcid-enabled", "pcid-disabled", "pcid-asymmetric", "rdpru", "umip",
+    "ioapic", "rmap_chain", "pcid-enabled", "pcid-disabled", "pcid-asymmetric", "rdpru", "umip",
 ]
 
 pytestmark = pytest.mark.skipif(SNAPSHOT is None, reason=f"no kvm-unit-tests snapshot in {THIRD_PARTY}")
@@ -46,6 +43,30 @@ def test_case_passes_under_hvdbg(tree, cases, name):
     run = conformance.run_hvdbg(tree, cases[name])
     assert run.verdict == conformance.PASS, (run.first_fail or run.diagnosis or run.status)
     assert run.status == 0
+
+
+@pytest.mark.parametrize("setup", [
+    {"deterministic": True, "sched": "rr", "pcpus": 2},
+    {"deterministic": True, "sched": "cfs", "pcpus": 1},   # (fifo never preempts the spinner)
+    {"deterministic": False},                                   # pinned: 4 host threads
+    {"deterministic": False, "sched": "cfs", "pcpus": 2},
+    {"deterministic": False, "sched": "smp", "pcpus": 2},
+], ids=["det-rr-2", "det-cfs-1", "threads-pinned", "threads-cfs-2", "threads-smp-2"])
+def test_ioapic_case_under_every_executor(tree, cases, setup, tmp_path):
+    """The I/O APIC case in every executor: its logical-destination test delivers one
+    level-triggered interrupt to 3 vCPUs whose handlers count under a spinlock (contended,
+    exact total), its SMP tests raise the line from vCPU 1 while vCPU 0 spins."""
+    from hvdbg import api
+    cfg = conformance.hvdbg_config(tree, cases["ioapic"])
+    cfg.update(setup)
+    path = tmp_path / "ioapic.toml"
+    path.write_text(conformance._toml(cfg))
+    r = api.run(path, output__echo_serial=False)
+    serial = r.result["serial"]
+    assert r.outcome == "exited" and r.exit_status == 0, (r.outcome, r.result["diagnosis"], serial[-400:])
+    assert "PASS: ioapic logical destination mode" in serial and "FAIL" not in serial
+    assert "SUMMARY: 30 tests\r\n" in serial
+    assert r.result["exits"]["EPT_VIOLATION"] > 100      # the I/O APIC's MMIO exits
 
 
 def test_smp_cases_find_their_cpus_through_fw_cfg(tree, cases):

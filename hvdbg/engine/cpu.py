@@ -79,6 +79,8 @@ class EngineEvents(Protocol):
     def on_memory_fault(self, access: str, gpa: int) -> bool: ...
     def on_apic_read(self, offset: int, size: int) -> int: ...
     def on_apic_write(self, offset: int, size: int, value: int) -> None: ...
+    def on_mmio_read(self, gpa: int, size: int) -> int: ...
+    def on_mmio_write(self, gpa: int, size: int, value: int) -> None: ...
     def hook_failed(self, exc: BaseException, tb: str) -> None: ...
 
 
@@ -171,8 +173,10 @@ class EngineCpu:
                 return default
         return hook
 
-    def connect(self, events: EngineEvents, apic_base: int, apic_size: int) -> None:
-        """Route the engine's hooks to ``events``; map the xAPIC page as MMIO."""
+    def connect(self, events: EngineEvents, apic_base: int, apic_size: int,
+                mmio_ranges: list[tuple[int, int]] = ()) -> None:
+        """Route the engine's hooks to ``events``; map the xAPIC page and the device
+        ``mmio_ranges`` (base, length) as MMIO."""
         self._events = events
         g = self._guard
         uc = self.uc
@@ -230,6 +234,13 @@ class EngineCpu:
         uc.hook_add(UC_HOOK_INSN_INVALID, g(invalid, True))
         uc.hook_add(_FAULT_HOOKS, g(fault, False))
         uc.mmio_map(apic_base, apic_size, g(apic_read, 0), None, g(apic_write, None), None)
+        for base, length in mmio_ranges:
+            def mmio_read(_uc, offset, size, _ud, base=base) -> int:
+                return events.on_mmio_read(base + offset, size)
+
+            def mmio_write(_uc, offset, size, value, _ud, base=base) -> None:
+                events.on_mmio_write(base + offset, size, value)
+            uc.mmio_map(base, length, g(mmio_read, 0), None, g(mmio_write, None), None)
 
     def add_code_site(self, address: int, callback: Callable[[int, int], None]) -> None:
         """Call ``callback(address, instruction_size)`` before the instruction at ``address``

@@ -40,6 +40,16 @@ class ApicAccess:
 
 
 @dataclass(slots=True)
+class MmioAccess:
+    """EPT violation on device MMIO (reason 48): the access the engine decoded, and the
+    EPT walk that found the GPA unmapped."""
+
+    size: int
+    write: bool
+    walk: object = None
+
+
+@dataclass(slots=True)
 class MsrAccess:
     """RDMSR/WRMSR exit (reasons 31/32): the MSR index (ECX at the exit)."""
 

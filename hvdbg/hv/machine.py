@@ -54,14 +54,16 @@ class Machine:
         self.trace = ExitTrace()
         self.memory = GuestMemory(config["memory"], config["gpa_hpa_offset"])
         self.bus = IoBus()
+        self.apic_bus = ApicBus()
         self.uart = Uart16550Loopback(sink=self._echo if config["output.echo_serial"] else None)
         self.board = build_pc_board(self.bus, ram_size=config["memory"], uart=self.uart,
-                                    clock=self.virtual_time,
+                                    apic_bus=self.apic_bus, clock=self.virtual_time,
                                     on_debug_exit=lambda status: self.end(
                                         "exited", status=status, detail="guest wrote to the debug-exit port"))
         self.debug_exit, self.pit, self.vga = self.board.debug_exit, self.board.pit, self.board.vga
         self.faults = InjectedFaults.from_config(config)
-        self.vmm = Vmm(self, self.bus, self.trace,
+        self.ioapic = self.board.ioapic
+        self.vmm = Vmm(self, self.bus, self.trace, mmio=self.board.mmio,
                        sipi_offset=self.faults.sipi_offset(config["gpa_hpa_offset"]))
         self.vmm.preemption_timer = config["vmx.preemption_timer"]
         self.kernel_path = Path(config["kernel"])
@@ -85,14 +87,15 @@ class Machine:
         self.io_bitmaps.set(config["vmx.io_passthrough"], exiting=False)
         self.msr_bitmap = MsrBitmap.allocate(self.memory.host, self.memory.alloc_page)   # the VMM's MSRs exit
         self.msr_bitmap.set(sorted(msr_bitmap_exiting()), exiting=True)
-        self.apic_bus = ApicBus()
         self.turns = ExecutionTurns()   # one engine executes at a time (hvdbg.engine.cpu)
         self.vcpus: list[Vcpu] = []
         for i in range(n):
             cpuid_id = self.faults.cpuid_apic_id(self.apic_ids[i])
             cpuid = CpuidModel(apic_id=cpuid_id, vcpu_count=n, x2apic=config["cpuid.x2apic"])
             v = Vcpu(i, self.apic_ids[i], self.memory, self.vmm, cpuid, bsp=(i == 0),
-                     x2apic=config["cpuid.x2apic"], send_ipi=self.apic_bus.send, turns=self.turns)
+                     x2apic=config["cpuid.x2apic"], send_ipi=self.apic_bus.send, turns=self.turns,
+                     mmio_ranges=self.board.mmio.ranges())
+            v.apic.on_level_eoi = self.ioapic.eoi   # the EOI message (SDM 11.8.5)
             v.vmcs.write("EXCEPTION_BITMAP", config["vmx.exception_bitmap"])
             v.vmcs.update(self._vmx_controls(config))
             self.apic_bus.attach(v)

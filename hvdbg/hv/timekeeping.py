@@ -1,8 +1,8 @@
 """Time as the guest sees it in VMX non-root operation.
 
 One clock serves every timer the guest can read: the vCPU's virtual time (guest
-instructions at 1 ns each, plus :data:`PORT_ACCESS_NS` per I/O instruction, plus the time
-it slept halted).  The time-stamp counter (SDM Vol. 3B 18.17) counts it at 1 GHz; the local
+instructions at 1 ns each, plus :data:`PORT_ACCESS_NS` per I/O instruction, plus
+:data:`VM_EXIT_NS` per other VM exit, plus the time it slept halted).  The time-stamp counter (SDM Vol. 3B 18.17) counts it at 1 GHz; the local
 APIC timer, the PIT, the RTC and the ACPI PM timer count it too, so a kernel calibrating one
 against another measures what the other really does.  RDTSC exiting is never set
 (SDM 25.3), so RDTSC/RDTSCP are performed here, not exits: Unicorn's own RDTSC would
@@ -21,6 +21,17 @@ from hvdbg.vmx.vmcs import Vmcs
 #: chipset (PM timer, PIT, UART) costs about 1 us, and a VM exit for it about as much again:
 #: a guest polling a timer port must see time pass per read, not one instruction's worth.
 PORT_ACCESS_NS = 1000
+
+#: Virtual time a VM exit and the VM entry back take (ns), for exits other than I/O ones
+#: (their time is in PORT_ACCESS_NS).  A round trip costs ~1000 cycles on current hardware;
+#: a guest that measures an exit with RDTSC (kvm-unit-tests vmexit.flat loops until 2^27
+#: cycles) must see it take time, or it loops for hours of wall time.
+VM_EXIT_NS = 1000
+
+
+def exit_time(reason: int) -> int:
+    """The virtual time (ns) a VM exit for ``reason`` adds to the vCPU's clock."""
+    return PORT_ACCESS_NS if reason == ExitReason.IO_INSTRUCTION else VM_EXIT_NS
 
 _U64 = (1 << 64) - 1
 

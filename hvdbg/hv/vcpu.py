@@ -29,18 +29,17 @@ from hvdbg.engine.cpu import EngineCpu, EngineError, ExecutionTurns
 from hvdbg.engine.regs import RegisterBatch
 from hvdbg.arch.msrs import MsrModel
 from hvdbg.hv import activity as act
-from hvdbg.hv import cr_access, injection, msr_access, system_calls, timekeeping
-from hvdbg.hv.exit import (ApicAccess, EptFault, ExceptionExit, ExitDecision, ExitInfo, MsrAccess,
-                          TripleFault)
+from hvdbg.hv import cr_access, injection, mmio_access, msr_access, system_calls, timekeeping
+from hvdbg.hv.exit import EptFault, ExceptionExit, ExitDecision, ExitInfo, TripleFault
 from hvdbg.hv.guest_state import GPRS, GuestStateArea
 from hvdbg.hv.guest_view import GuestView
-from hvdbg.hv.timekeeping import PORT_ACCESS_NS
+from hvdbg.hv.timekeeping import PORT_ACCESS_NS, exit_time
 from hvdbg.platform.apic import LocalApic
 from hvdbg.platform.devices.bus import IoBus
 from hvdbg.platform.memory import GuestMemory
 from hvdbg.vmx.bitmaps import IoBitmaps, MsrBitmap, NoIoExits
 from hvdbg.vmx.controls import PRIMARY_PROCESSOR_BASED, ActivityState
-from hvdbg.vmx.exits import ExitReason, apic_access_qualification, ept_violation_qualification, io_qualification
+from hvdbg.vmx.exits import ExitReason, ept_violation_qualification, io_qualification
 from hvdbg.vmx.vmcs import Vmcs
 
 _USE_IO_BITMAPS = PRIMARY_PROCESSOR_BASED.mask("USE_IO_BITMAPS")
@@ -77,7 +76,8 @@ class Vcpu(GuestView, GuestStateArea):
 
     def __init__(self, index: int, apic_id: int, memory: GuestMemory, handler: ExitHandler,
                  cpuid: CpuidModel, *, bsp: bool, x2apic: bool,
-                 send_ipi: Callable, turns: ExecutionTurns | None = None) -> None:
+                 send_ipi: Callable, turns: ExecutionTurns | None = None,
+                 mmio_ranges: list[tuple[int, int]] = ()) -> None:
         self.index = index
         self.memory = memory
         self.handler = handler
@@ -143,7 +143,7 @@ class Vcpu(GuestView, GuestStateArea):
         self.apic = LocalApic(apic_id, bsp=bsp, x2apic_supported=x2apic, send_ipi=send_ipi,
                               clock=self.clock, on_pending=self.kick)
         memory.attach(self.engine)
-        self.engine.connect(self, XAPIC_BASE, XAPIC_SIZE)
+        self.engine.connect(self, XAPIC_BASE, XAPIC_SIZE, mmio_ranges)
 
     def batch(self, reg_ids: tuple[int, ...]) -> RegisterBatch:
         """A register batch on this vCPU's engine (built once per register list)."""
@@ -193,6 +193,7 @@ class Vcpu(GuestView, GuestStateArea):
                 v.write("VM_EXIT_INTR_ERROR_CODE", info.interruption_error)
         self.exit_count += 1
         self.last_exit = info
+        self._pass_time(exit_time(info.reason))
         stay = self.handler.handle_exit(self, info)
         if not stay:
             self.request_leave()
@@ -211,17 +212,17 @@ class Vcpu(GuestView, GuestStateArea):
     def on_rdtsc(self, rdtscp: bool) -> None:
         timekeeping.rdtsc(self, rdtscp)
 
-    def _port_access_time(self) -> None:
-        """An IN/OUT takes PORT_ACCESS_NS; reaching the APIC's next event ends the run after
-        this instruction, so that the interrupt is taken on time."""
-        self.idle_ticks += PORT_ACCESS_NS
+    def _pass_time(self, ns: int) -> None:
+        """An IN/OUT or a VM exit takes ``ns`` of virtual time; reaching the APIC's next
+        event ends the run after this instruction, so that the interrupt is taken on time."""
+        self.idle_ticks += ns
         if self._event_deadline is not None and self._in_run and self.clock() >= self._event_deadline:
             self._budget_cut = True
             self.engine.stop_after_instruction()
 
     def on_in(self, port: int, size: int) -> int:
-        self._port_access_time()
         if self.io_bitmaps is not None and not self.io_bitmaps.exits(port, size):
+            self._pass_time(PORT_ACCESS_NS)
             return self.handler.bus.read(port, size)  # I/O-bitmap bit clear: no VM exit
         info = ExitInfo(ExitReason.IO_INSTRUCTION, qualification=io_qualification(port, size, True),
                         rip=self.engine.rip(), instruction_length=1)
@@ -229,23 +230,24 @@ class Vcpu(GuestView, GuestStateArea):
         return info.data & ((1 << (8 * size)) - 1)
 
     def on_out(self, port: int, size: int, value: int) -> None:
-        self._port_access_time()
         if self.io_bitmaps is not None and not self.io_bitmaps.exits(port, size):
+            self._pass_time(PORT_ACCESS_NS)
             self.handler.bus.write(port, size, value)
             return
         self.vm_exit(ExitInfo(ExitReason.IO_INSTRUCTION, qualification=io_qualification(port, size, False),
                               rip=self.engine.rip(), instruction_length=1, data=value))
 
     def on_apic_read(self, offset: int, size: int) -> int:
-        info = ExitInfo(ExitReason.APIC_ACCESS, qualification=apic_access_qualification(offset, False),
-                        rip=self.engine.rip(), guest_physical=XAPIC_BASE + offset, payload=ApicAccess(size))
-        self.vm_exit(info)
-        return info.data
+        return mmio_access.apic_read(self, offset, size)
 
     def on_apic_write(self, offset: int, size: int, value: int) -> None:
-        self.vm_exit(ExitInfo(ExitReason.APIC_ACCESS, qualification=apic_access_qualification(offset, True),
-                              rip=self.engine.rip(), guest_physical=XAPIC_BASE + offset, data=value,
-                              payload=ApicAccess(size)))
+        mmio_access.apic_write(self, offset, size, value)
+
+    def on_mmio_read(self, gpa: int, size: int) -> int:
+        return mmio_access.mmio_access(self, gpa, size, None)
+
+    def on_mmio_write(self, gpa: int, size: int, value: int) -> None:
+        mmio_access.mmio_access(self, gpa, size, value)
 
     def on_msr(self, write: bool) -> None:
         msr_access.rdmsr_wrmsr(self, write)

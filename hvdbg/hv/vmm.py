@@ -15,12 +15,12 @@ from typing import Any, Callable, Protocol
 
 from hvdbg.arch.apic import APIC_BASE_EXTD, IA32_APIC_BASE_MSR, X2APIC_MSR_BASE, X2APIC_MSR_END, Reg
 from hvdbg.arch.regs import IA32_EFER, IA32_MISC_ENABLE, IA32_PAT, IA32_TSC, IA32_TSC_DEADLINE
-from hvdbg.platform.devices.bus import IoBus
+from hvdbg.platform.devices.bus import IoBus, MmioBus
 from hvdbg.platform.devices.debug_exit import DEBUG_EXIT_PORT
 from hvdbg.arch.events import hardware_exception
 from hvdbg.vmx.exits import ExitReason
 from hvdbg.hv.trace import ExitTrace
-from hvdbg.hv.exit import ApicAccess, ExceptionExit, ExitDecision, ExitInfo, MsrAccess
+from hvdbg.hv.exit import ApicAccess, ExceptionExit, ExitDecision, ExitInfo, MmioAccess, MsrAccess
 from hvdbg.arch.cpuid import CpuidModel
 from hvdbg.arch.events import Event
 from hvdbg.arch.segments import Segment, real_mode_segments
@@ -107,15 +107,17 @@ class Vmm:
     """Exit handlers for every vCPU of one VM."""
 
     def __init__(self, life: Lifecycle, bus: IoBus, trace: ExitTrace, *,
-                 sipi_offset: int = 0) -> None:
+                 mmio: MmioBus | None = None, sipi_offset: int = 0) -> None:
         self.life = life
         self.bus = bus
+        self.mmio = mmio if mmio is not None else MmioBus()
         self.trace = trace
         self.sipi_offset = sipi_offset
         self.exit_breakpoints: set[int] = set()
         self.internal_errors: list[str] = []
         self.preemption_timer = 0
         self.on_exit_breakpoint: Callable[[VcpuPort, ExitInfo], None] | None = None
+        self._ept_fatal = self._fatal("ept_violation")
         self._handlers: dict[ExitReason, Callable[[VcpuPort, ExitInfo], ExitDecision]] = {
             ExitReason.CPUID: self._cpuid,
             ExitReason.IO_INSTRUCTION: self._io,
@@ -126,7 +128,7 @@ class Vmm:
             ExitReason.VMCALL: self._vmcall,
             ExitReason.INIT_SIGNAL: self._init_signal,
             ExitReason.SIPI: self._sipi,
-            ExitReason.EPT_VIOLATION: self._fatal("ept_violation"),
+            ExitReason.EPT_VIOLATION: self._ept_violation,
             ExitReason.EPT_MISCONFIG: self._fatal("ept_misconfig"),
             ExitReason.TRIPLE_FAULT: self._fatal("triple_fault"),
             ExitReason.EXCEPTION_NMI: self._exception,
@@ -192,6 +194,26 @@ class Vmm:
         if port == DEBUG_EXIT_PORT:
             return ExitDecision.LEAVE  # the debug-exit device ended the VM
         return ExitDecision.RESUME
+
+    # -- EPT violation (exit reason 48) ----------------------------------------------------
+    def _ept_violation(self, vcpu: VcpuPort, exit: ExitInfo) -> ExitDecision:
+        """An access to device MMIO is emulated (the device model completes it, as KVM's
+        MMIO emulation does); any other EPT violation ends the VM (the guest touched a
+        GPA it was not given)."""
+        access = exit.payload
+        if isinstance(access, MmioAccess):
+            gpa = exit.guest_physical
+            if access.write:
+                if self.mmio.write(gpa, access.size, exit.data):
+                    exit.detail = f"mmio write {gpa:#x} <- {exit.data:#x}"
+                    return ExitDecision.RESUME
+            else:
+                value = self.mmio.read(gpa, access.size)
+                if value is not None:
+                    exit.data = value
+                    exit.detail = f"mmio read {gpa:#x} -> {value:#x}"
+                    return ExitDecision.RESUME
+        return self._ept_fatal(vcpu, exit)
 
     # -- APIC access (exit reason 44) ------------------------------------------------------
     def _apic_access(self, vcpu: VcpuPort, exit: ExitInfo) -> ExitDecision:

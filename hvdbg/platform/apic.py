@@ -56,6 +56,7 @@ class LocalApic:
         self.timer_fired = 0
         self.ipis_sent = 0
         self.ipis_received = 0
+        self.on_level_eoi: Callable[[int], None] = lambda vector: None   # set by the machine (I/O APIC)
         self.reset()
 
     # -- state -------------------------------------------------------------------------
@@ -95,6 +96,8 @@ class LocalApic:
                 return self.VERSION
             if offset == Reg.PPR:
                 return self._ppr()
+            if offset == Reg.LDR and self.x2apic_mode:
+                return self.logical_id
             if Reg.ISR0 <= offset < Reg.ISR0 + 0x80:
                 return (self.isr >> ((offset - Reg.ISR0) // 0x10 * 32)) & 0xFFFFFFFF
             if Reg.TMR0 <= offset < Reg.TMR0 + 0x80:
@@ -109,10 +112,11 @@ class LocalApic:
         """32-bit write of the register at an xAPIC offset."""
         offset &= 0xFF0
         value &= 0xFFFFFFFF
+        if offset == Reg.EOI:
+            self.eoi()    # outside the lock: its EOI message may reach other APICs
+            return
         with self._lock:
-            if offset == Reg.EOI:
-                self.eoi()
-            elif offset == Reg.ICR_LOW:
+            if offset == Reg.ICR_LOW:
                 self.regs[Reg.ICR_LOW] = value & ~(1 << 12)  # delivery status: idle
                 self._issue(self.regs[Reg.ICR_HIGH] << 32 | value)
             elif offset == Reg.TIMER_INITIAL:
@@ -128,6 +132,8 @@ class LocalApic:
                 self.accept(value & 0xFF)
             else:
                 self.regs[offset] = value
+        if offset == Reg.TPR and self.pending_vector() is not None:
+            self._on_pending()   # a lower task priority lets a held-back request through
 
     def read_msr(self, msr: int) -> int:
         """x2APIC MSR read (SDM 11.12.1.2)."""
@@ -154,7 +160,8 @@ class LocalApic:
 
     # -- interrupt acceptance (SDM 11.8) -------------------------------------------------
     def accept(self, vector: int, level: bool = False) -> None:
-        """Set IRR for a fixed interrupt arriving at this APIC."""
+        """Set IRR for a fixed interrupt arriving at this APIC; TMR records its trigger
+        mode (SDM 11.8.4: set for level-triggered, cleared for edge-triggered)."""
         if vector < 16:
             self.regs[Reg.ESR] |= 1 << 6  # receive illegal vector
             return
@@ -162,6 +169,8 @@ class LocalApic:
             self.irr |= 1 << vector
             if level:
                 self.tmr |= 1 << vector
+            else:
+                self.tmr &= ~(1 << vector)
             self.ipis_received += 1
         self._on_pending()
 
@@ -192,11 +201,39 @@ class LocalApic:
             self.isr |= 1 << vector
 
     def eoi(self) -> None:
+        """EOI (SDM 11.8.5): the highest in-service vector ends; if it was level-triggered
+        (its TMR bit), the EOI message goes to the I/O APIC (``on_level_eoi(vector)``)."""
         with self._lock:
-            if self.isr:
-                vec = self.isr.bit_length() - 1
-                self.isr &= ~(1 << vec)
-                self.tmr &= ~(1 << vec)
+            if not self.isr:
+                return
+            vec = self.isr.bit_length() - 1
+            self.isr &= ~(1 << vec)
+            level = bool(self.tmr >> vec & 1)
+        if level:
+            self.on_level_eoi(vec)
+        if self.pending_vector() is not None:
+            self._on_pending()   # a request the in-service one held back can now be taken
+
+    @property
+    def logical_id(self) -> int:
+        """The logical APIC ID a logical destination is matched against: LDR[31:24] in
+        xAPIC mode; in x2APIC mode derived from the x2APIC ID (SDM 11.12.10.2)."""
+        if self.x2apic_mode:
+            return (self.apic_id >> 4) << 16 | 1 << (self.apic_id & 0xF)
+        return self.regs[Reg.LDR] >> 24
+
+    def matches_logical(self, destination: int) -> bool:
+        """Does a logical ``destination`` select this APIC (SDM 11.6.2.2: the flat model
+        ANDs the 8-bit masks; the cluster model, and x2APIC, match the cluster and AND the
+        member bits)."""
+        if self.x2apic_mode:
+            ldr = self.logical_id
+            return destination >> 16 == ldr >> 16 and bool(destination & ldr & 0xFFFF)
+        ldr = self.logical_id
+        destination &= 0xFF
+        if self.regs[Reg.DFR] >> 28 == 0xF:      # flat model
+            return bool(ldr & destination)
+        return destination >> 4 == ldr >> 4 and bool(destination & ldr & 0xF)
 
     # -- timer (SDM 11.5.4) --------------------------------------------------------------
     def _divisor(self) -> int:
@@ -274,7 +311,7 @@ class ApicBus:
     def attach(self, target: ApicBusTarget) -> None:
         self.targets.append(target)
 
-    def destinations(self, source: LocalApic, cmd: IcrCommand) -> list[ApicBusTarget]:
+    def destinations(self, source: LocalApic | None, cmd: IcrCommand) -> list[ApicBusTarget]:
         out = []
         for t in self.targets:
             if cmd.shorthand == Shorthand.SELF:
@@ -284,7 +321,7 @@ class ApicBus:
             elif cmd.shorthand == Shorthand.ALL_EXCLUDING_SELF:
                 ok = t.apic is not source
             elif cmd.logical:
-                ok = bool(t.apic.read(Reg.LDR) >> 24 & cmd.destination & 0xFF)
+                ok = t.apic.matches_logical(cmd.destination)
             else:
                 ok = t.apic.apic_id == cmd.destination or (cmd.destination == (0xFFFFFFFF if cmd.x2apic else 0xFF))
             if ok:
@@ -297,8 +334,22 @@ class ApicBus:
         sender = next((t for t in self.targets if t.apic is source), None)
         if sender is not None:
             sender.ipi_log.append((cmd, [t.index for t in targets]))
+        self._deliver(targets, cmd, level=False)
+
+    def deliver(self, cmd: IcrCommand, level: bool) -> None:
+        """Deliver an interrupt message from the I/O APIC (82093AA 3.2.4: its redirection
+        entry's vector, delivery mode, destination mode and destination); ``level`` marks
+        a level-triggered interrupt, whose EOI goes back to the I/O APIC."""
+        self._deliver(self.destinations(None, cmd), cmd, level)
+
+    @staticmethod
+    def _deliver(targets: list[ApicBusTarget], cmd: IcrCommand, level: bool) -> None:
+        mode = cmd.delivery_mode
+        if mode == DeliveryMode.LOWEST_PRIORITY and targets:
+            # one processor: the lowest task priority, then the lowest APIC ID (SDM 11.6.2.4
+            # leaves the choice among equals to the chipset; this one is deterministic)
+            targets = [min(targets, key=lambda t: (t.apic.regs[Reg.TPR] & 0xF0, t.apic.apic_id))]
         for t in targets:
-            mode = cmd.delivery_mode
             if mode == DeliveryMode.INIT:
                 if cmd.trigger_level and not cmd.level_assert:
                     continue  # INIT level de-assert: no effect on modern processors
@@ -308,4 +359,4 @@ class ApicBus:
             elif mode == DeliveryMode.NMI:
                 t.apic.accept_nmi()
             elif mode in (DeliveryMode.FIXED, DeliveryMode.LOWEST_PRIORITY):
-                t.apic.accept(cmd.vector)
+                t.apic.accept(cmd.vector, level)

@@ -4,7 +4,8 @@
 Port map (docs/platform.md): 0x20/0xA0 8259 PICs, 0x40-0x43 8254 PIT, 0x61 port B,
 0x70-0x71 CMOS/RTC, 0x80 POST, 0xF4 debug exit, 0x3D4 VGA CRTC, 0x3F8 COM1,
 0x510-0x511 QEMU fw_cfg, 0x600-0x60B ACPI PM1a and PM timer, 0xCF8-0xCFF PCI configuration
-mechanism #1.
+mechanism #1, 0xE0 and 0x2000-0x2017 pc-testdev.  MMIO: the I/O APIC at 0xFEC00000 (the
+local APIC at 0xFEE00000 is the vCPU's APIC-access page, not a board device).
 """
 
 from __future__ import annotations
@@ -12,13 +13,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from hvdbg.platform.apic import ApicBus
 from hvdbg.platform.devices import (Cmos, DebugExit, IoBus, PciConfigAbsent, Pic8259, Pit8254, PostPort,
                                     SystemControlPortB)
+from hvdbg.platform.devices.bus import MmioBus
+from hvdbg.platform.devices.pc_testdev import IRQ_LINE_PORT, IRQ_LINES, SCRATCH_PORT, IrqLinePorts, ScratchPort
 from hvdbg.platform.devices.acpi_pm import PM_BASE, PM_LENGTH, AcpiPm
 from hvdbg.platform.devices.debug_exit import DEBUG_EXIT_PORT
 from hvdbg.platform.devices.fw_cfg import SELECTOR_PORT, FwCfg, e820_table
 from hvdbg.platform.devices.uart import COM1, Uart16550
 from hvdbg.platform.devices.vga import CRTC_INDEX, VgaCrtc
+from hvdbg.platform.ioapic import IOAPIC_BASE, IOAPIC_SIZE, IoApic
 
 
 @dataclass
@@ -32,6 +37,8 @@ class PcBoard:
     pit: Pit8254
     cmos: Cmos
     vga: VgaCrtc
+    mmio: MmioBus
+    ioapic: IoApic
     fw_cfg: FwCfg | None = None
     acpi_pm: AcpiPm | None = None
 
@@ -51,11 +58,17 @@ class PcBoard:
         return self.fw_cfg
 
 
-def build_pc_board(bus: IoBus, *, ram_size: int, uart: Uart16550,
+def build_pc_board(bus: IoBus, *, ram_size: int, uart: Uart16550, apic_bus: ApicBus,
                    on_debug_exit: Callable[[int], None], clock: Callable[[], int]) -> PcBoard:
-    """Register the PC's legacy devices on ``bus``; the PIT and the RTC's update flag
-    count on ``clock`` (the VM's virtual time in nanoseconds, the TSC's time base)."""
+    """Register the PC's legacy devices on ``bus`` and its MMIO devices on a new MMIO bus;
+    the PIT and the RTC's update flag count on ``clock`` (the VM's virtual time in
+    nanoseconds, the TSC's time base); the I/O APIC sends on ``apic_bus``."""
     debug_exit = DebugExit(on_debug_exit)
+    ioapic = IoApic(apic_bus.deliver)
+    mmio = MmioBus()
+    mmio.register(IOAPIC_BASE, IOAPIC_SIZE, ioapic)
+    bus.register(IRQ_LINE_PORT, IRQ_LINES, IrqLinePorts(ioapic.set_irq))
+    bus.register(SCRATCH_PORT, 4, ScratchPort())
     pic, pit, cmos, vga = Pic8259(), Pit8254(clock), Cmos(ram_size, clock), VgaCrtc()
     bus.register(COM1, 8, uart)
     bus.register(DEBUG_EXIT_PORT, 4, debug_exit)
@@ -67,4 +80,4 @@ def build_pc_board(bus: IoBus, *, ram_size: int, uart: Uart16550,
     bus.register(0x80, 1, PostPort())
     bus.register(0xCF8, 8, PciConfigAbsent())
     bus.register(CRTC_INDEX, 2, vga)
-    return PcBoard(bus, uart, debug_exit, pic, pit, cmos, vga)
+    return PcBoard(bus, uart, debug_exit, pic, pit, cmos, vga, mmio, ioapic)
