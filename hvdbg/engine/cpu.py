@@ -157,6 +157,7 @@ class EngineCpu:
         self.regs = RegisterFile(self.uc)
         self.counter = ucx.InstructionCounter(self.uc)
         self._batches: dict[tuple[int, ...], RegisterBatch] = {}
+        self._named_batches: dict[tuple[str, ...], RegisterBatch] = {}
         self._events: EngineEvents | None = None
 
     # -- events ------------------------------------------------------------------------------
@@ -276,8 +277,12 @@ class EngineCpu:
         return b
 
     def batch_of(self, names: tuple[str, ...]) -> RegisterBatch:
-        """A batch of named 64-bit registers (``batch_of(("rax", "rcx")).read()``)."""
-        return self.batch(tuple(_BATCH_IDS[n] for n in names))
+        """A batch of named 64-bit registers (``batch_of(("rax", "rcx")).read()``); exit
+        handlers call this at every exit, so the batch is found by the names themselves."""
+        b = self._named_batches.get(names)
+        if b is None:
+            b = self._named_batches[names] = self.batch(tuple(_BATCH_IDS[n] for n in names))
+        return b
 
     def read(self, name: str) -> int:
         """A register by name ("rax", "rip", "cr3", "efer", ... or a capstone name such as

@@ -2,8 +2,9 @@
 port 0x61, POST port 0x80, and an empty PCI configuration space.
 
 They hold state so that read-back works; they raise no interrupts (hvdbg guests take
-their timer from the local APIC).  The PIT and the RTC's update flag follow a clock
-(host time by default, like the TSC Unicorn gives the guest)."""
+their timer from the local APIC; the I/O APIC's pins are driven only by pc-testdev).  The
+PIT and the RTC's update flag follow a clock: the board gives them the VM's virtual time,
+the TSC's time base (host time when built without one)."""
 
 from __future__ import annotations
 
