@@ -83,6 +83,7 @@ class FakeVcpu:
         self.sipi_entry: int | None = None
         self.ipi_log: list = []
         self.idle_ticks = 0
+        self.woken_ticks = 0
         self.guest_state: dict | None = None
         self.exits: list[ExitInfo] = []
         self.kicks = 0
@@ -95,6 +96,14 @@ class FakeVcpu:
 
     def set_tsc(self, value: int) -> None:
         timekeeping.set_tsc(self, value)
+
+    board = None
+
+    def next_event(self) -> int | None:
+        return timekeeping.next_event(self)
+
+    def poll_board(self) -> None:
+        timekeeping.poll_board(self)
 
     def interrupts_enabled(self) -> bool:
         return bool(self.engine.regs["rflags"] & RFLAGS_IF)

@@ -172,7 +172,7 @@ boot_mb_info:  .long 0
 /*
  * Temporary page tables (kept for the whole run; the APs use them too):
  *   PML4[0]   -> boot_pdpt_low:  PDPT[0] -> boot_pd_low (first 1 GiB, 2 MiB pages)
- *                                PDPT[3] -> boot_pd_apic (2 MiB page at 0xFEE00000, UC)
+ *                                PDPT[3] -> boot_pd_apic (2 MiB pages at 0xFEC00000 and 0xFEE00000, UC)
  *   PML4[511] -> boot_pdpt_high: PDPT[0] -> boot_pd_low (0xffffff8000000000)
  */
     .section .data.pagetables, "aw"
@@ -205,8 +205,10 @@ boot_pd_low:
     .set pd_index, pd_index + 1
     .endr
 
+/* the I/O APIC's 2 MiB page is the one just below the local APIC's */
 boot_pd_apic:
-    .fill ((LAPIC_PHYS >> 21) & 511), 8, 0
+    .fill ((IOAPIC_PHYS >> 21) & 511), 8, 0
+    .quad IOAPIC_PHYS | (PTE_P | PTE_RW | PTE_PWT | PTE_PCD | PTE_PS)
     .quad LAPIC_PHYS | (PTE_P | PTE_RW | PTE_PWT | PTE_PCD | PTE_PS)
     .fill 511 - ((LAPIC_PHYS >> 21) & 511), 8, 0
 

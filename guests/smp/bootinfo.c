@@ -60,6 +60,12 @@ static void apply_option(const char *word, uint64_t len, struct boot_options *op
         opt->workload = WORKLOAD_ATOMICS;
     else if (eq && word_is(word, key_len, "workload") && word_is(value, value_len, "sum"))
         opt->workload = WORKLOAD_SUM;
+    else if (eq && word_is(word, key_len, "workload") && word_is(value, value_len, "pit"))
+        opt->workload = WORKLOAD_PIT;
+    else if (eq && word_is(word, key_len, "pit_cpu") && parse_u64(value, value_len, &number))
+        opt->pit_cpu = number;
+    else if (eq && word_is(word, key_len, "pit_ticks") && parse_u64(value, value_len, &number) && number)
+        opt->pit_ticks = number;
     else if (eq && word_is(word, key_len, "lock") && word_is(value, value_len, "tas"))
         opt->lock_tas = true;
     else if (eq && word_is(word, key_len, "lock") && word_is(value, value_len, "ticket"))
@@ -103,6 +109,7 @@ void bootinfo_parse(uint32_t magic, uint32_t info_phys, struct boot_options *out
     out->lock_inside = DEFAULT_LOCK_INSIDE;
     out->lock_outside = DEFAULT_LOCK_OUTSIDE;
     out->atomic_iters = DEFAULT_ATOMIC_ITERS;
+    out->pit_cpu = MAX_CPUS;      /* the last CPU online */
     out->trampoline_phys = TRAMPOLINE_PHYS;
     if (info->flags & MBI_FLAG_MEM) {
         out->have_mem = true;

@@ -6,6 +6,7 @@
 #include "cpucheck.h"
 #include "lapic.h"
 #include "lock.h"
+#include "pit.h"
 #include "selftest.h"
 #include "smp.h"
 #include "trap.h"
@@ -47,6 +48,8 @@ __attribute__((noreturn)) void kmain(uint32_t magic, uint32_t mb_info_phys)
         work.lock = &lock_work;
     } else if (options.workload == WORKLOAD_ATOMICS) {
         atomics_prepare(options.atomic_iters);  /* no array */
+    } else if (options.workload == WORKLOAD_PIT) {
+        pit_prepare(options.pit_cpu, options.pit_ticks);  /* no array */
     } else {
         work_prepare(&work, options.work_entries);
     }
@@ -69,6 +72,8 @@ __attribute__((noreturn)) void kmain(uint32_t magic, uint32_t mb_info_phys)
     work_set_cpus(&work, online);
     if (atomics_active())
         atomics_set_cpus(&work, online);
+    if (pit_active())
+        pit_set_cpus(&work, online);
     smp_release(&work);
     if (work.lock) {
         lock_run(&work, 0);
@@ -77,6 +82,10 @@ __attribute__((noreturn)) void kmain(uint32_t magic, uint32_t mb_info_phys)
     if (atomics_active()) {
         atomics_run(&work, 0);
         atomics_finish(online);
+    }
+    if (pit_active()) {
+        pit_run(&work, 0);
+        pit_finish(online);
     }
     work_run(&work, 0);
 

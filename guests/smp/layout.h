@@ -26,6 +26,8 @@
 
 /* Local APIC xAPIC MMIO base (identity mapped, uncached). */
 #define LAPIC_PHYS          UL(0xfee00000)
+/* I/O APIC MMIO base (82093AA default; identity mapped, uncached). */
+#define IOAPIC_PHYS         UL(0xfec00000)
 
 /* ap_stacks[] is indexed by the CPUID initial APIC ID, so this bounds the APIC IDs. */
 #define MAX_CPUS            128
@@ -47,6 +49,7 @@
 /* Interrupt vectors used by the guest. */
 #define VEC_TIMER           0x40
 #define VEC_TEST_IPI        0x41
+#define VEC_PIT             0x42    /* workload=pit: PIT IRQ 0 through I/O APIC pin 2 */
 #define VEC_SPURIOUS        0xff
 
 /* Debug-exit port (QEMU isa-debug-exit / hvdbg) and exit statuses. */
@@ -60,6 +63,7 @@
 #define EXIT_LOCK_BAD       6
 #define EXIT_CPU_CHECKS_FAILED 7
 #define EXIT_ATOMICS_BAD    8
+#define EXIT_PIT_BAD        9
 #define EXIT_EXCEPTION_BASE 0x80
 
 #endif

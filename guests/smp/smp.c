@@ -4,6 +4,7 @@
 #include "console.h"
 #include "lapic.h"
 #include "lock.h"
+#include "pit.h"
 #include "trap.h"
 
 extern const uint8_t ap_trampoline_start[], ap_trampoline_end[];
@@ -138,6 +139,8 @@ void ap_entry(uint32_t cpuid_apic_id)
         lock_run(work, cpu_index);
     else if (atomics_active())
         atomics_run(work, cpu_index);
+    else if (pit_active())
+        pit_run(work, cpu_index);
     else
         work_run(work, cpu_index);
     halt_forever();

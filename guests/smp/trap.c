@@ -2,6 +2,7 @@
 
 #include "console.h"
 #include "lapic.h"
+#include "pit.h"
 
 #define IDT_ENTRIES 256
 #define GATE_INTERRUPT_PRESENT 0x8e  /* P=1, DPL=0, type 0xE (64-bit interrupt gate) */
@@ -129,6 +130,10 @@ void trap_dispatch(struct trap_frame *frame)
         lapic_eoi();
         return;
     }
+    case VEC_PIT:
+        pit_interrupt();
+        lapic_eoi();
+        return;
     case VEC_SPURIOUS:  /* no EOI for spurious interrupts (SDM Vol. 3A 11.9) */
         return;
     default:

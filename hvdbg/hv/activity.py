@@ -28,11 +28,16 @@ class ActivityPort(Protocol):
     pending_init: bool
     pending_sipi: int | None
     idle_ticks: int
+    woken_ticks: int
     apic: LocalApic
 
     def interrupts_enabled(self) -> bool: ...
 
     def clock(self) -> int: ...
+
+    def next_event(self) -> int | None: ...
+
+    def poll_board(self) -> None: ...
 
     def kick(self) -> None: ...
 
@@ -94,22 +99,34 @@ def start(v: ActivityPort) -> None:
 
 def wake_if_possible(v: ActivityPort) -> bool:
     """Leave HLT on an interrupt the vCPU can take or an NMI (SDM 26.6.2).  With only its
-    own APIC timer armed, its idle clock jumps to the deadline (nothing else happens to
-    it in between).  Returns True if the vCPU is active."""
+    own APIC timer or a board timer armed, its idle clock jumps to the deadline (nothing
+    else happens to it in between).  Returns True if the vCPU is active."""
     if v.activity != ActivityState.HLT:
         return v.activity == ActivityState.ACTIVE
     if v.apic.nmi_pending:
+        _sleep_until_sent(v)
         v.activity = ActivityState.ACTIVE
         return True
     if v.interrupts_enabled():
         if v.apic.pending_vector() is None:
-            deadline = v.apic.next_event()
+            deadline = v.next_event()
             if deadline is not None and deadline > v.clock():
                 v.idle_ticks += deadline - v.clock()
+            v.poll_board()
         if v.apic.pending_vector() is not None:
+            _sleep_until_sent(v)
             v.activity = ActivityState.ACTIVE
             return True
     return False
+
+
+def _sleep_until_sent(v: ActivityPort) -> None:
+    """A halted vCPU woken by an interrupt slept until it was sent: its clock (and TSC)
+    moves on to the sender's time, as a real CPU's does while it waits in HLT."""
+    at = v.apic.take_arrival()
+    if at is not None and at > v.clock():
+        v.woken_ticks += at - v.clock()
+        v.idle_ticks += at - v.clock()
 
 
 # -- queries ----------------------------------------------------------------------------------
@@ -130,7 +147,7 @@ def blocked_reason(v: ActivityPort) -> str | None:
         return None
     if not v.interrupts_enabled():
         return "finished"
-    if v.apic.pending_vector() is not None or v.apic.next_event() is not None:
+    if v.apic.pending_vector() is not None or v.next_event() is not None:
         return None
     return "halted"
 
@@ -146,6 +163,6 @@ def stuck_reason(v: ActivityPort) -> str | None:
     if state == ActivityState.HLT and not v.apic.nmi_pending and not v.pending_init:
         if not v.interrupts_enabled():
             return "halted with IF=0"
-        if v.apic.pending_vector() is None and v.apic.next_event() is None:
+        if v.apic.pending_vector() is None and v.next_event() is None:
             return "halted with IF=1 but no interrupt source armed"
     return None

@@ -22,6 +22,7 @@ from hvdbg.platform.devices.uart_loopback import Uart16550Loopback
 from hvdbg.errors import GuestLoadError
 from hvdbg.engine.cpu import ExecutionTurns
 from hvdbg.platform.apic import ApicBus
+from hvdbg.platform.ioapic import IOAPIC_BASE
 from hvdbg.platform.memory import GuestMemory
 from hvdbg.platform.multiboot.memmap import LOW_MEMORY_END
 from hvdbg.platform.symbols import SymbolTable
@@ -71,7 +72,8 @@ class Machine:
         self.symbols = SymbolTable(self.kernel_image)
         n = config["vcpus"]
         self.apic_ids = list(range(n))
-        self.acpi = install_acpi(self.memory, self.apic_ids, fadt=config["platform.acpi_pm"])
+        self.acpi = install_acpi(self.memory, self.apic_ids, fadt=config["platform.acpi_pm"],
+                                 ioapic=(self.ioapic.id, IOAPIC_BASE))
         if config["platform.acpi_pm"]:
             self.board.add_acpi_pm(self.virtual_time, lambda: self.end(
                 "exited", detail="the guest entered ACPI S5 (soft off) through PM1a_CNT"))
@@ -96,6 +98,7 @@ class Machine:
                      x2apic=config["cpuid.x2apic"], send_ipi=self.apic_bus.send, turns=self.turns,
                      mmio_ranges=self.board.mmio.ranges())
             v.apic.on_level_eoi = self.ioapic.eoi   # the EOI message (SDM 11.8.5)
+            v.board = self.board
             v.vmcs.write("EXCEPTION_BITMAP", config["vmx.exception_bitmap"])
             v.vmcs.update(self._vmx_controls(config))
             self.apic_bus.attach(v)

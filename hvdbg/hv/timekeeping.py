@@ -57,6 +57,29 @@ def set_tsc(vcpu, value: int) -> None:
     vcpu.tsc_adjust = (value & _U64) - vcpu.clock()
 
 
+# -- timed events ----------------------------------------------------------------------------
+def next_event(vcpu) -> int | None:
+    """``vcpu``'s next timed event (ns of the VM clock): its local APIC timer, or a board
+    timer interrupt (the PIT's IRQ 0 through the I/O APIC), whichever comes first.  A run
+    ends there, and a halted vCPU's clock jumps there."""
+    own = vcpu.apic.next_event()
+    board = vcpu.board.timer_deadline() if vcpu.board is not None else None
+    if board is None:
+        return own
+    return board if own is None else min(own, board)
+
+
+def poll_board(vcpu) -> None:
+    """Raise the board's timer interrupts that are due by now (the PIT counts on the VM
+    clock, the latest clock of any vCPU).  Called between runs; the interrupt is raised
+    holding the machine's execution turn, as every device access is, so that no engine
+    runs while device and APIC state change (and none is stopped from another thread)."""
+    board = vcpu.board
+    if board is not None and board.timer_due():
+        with vcpu.turns:
+            board.poll_timers()
+
+
 # -- the VMX-preemption timer (SDM 26.5.1, 27.5.1) -----------------------------------------
 _PREEMPTION_TIMER = PIN_BASED.mask("PREEMPTION_TIMER")
 

@@ -29,7 +29,7 @@ from hvdbg.engine.cpu import EngineCpu, EngineError, ExecutionTurns
 from hvdbg.engine.regs import RegisterBatch
 from hvdbg.arch.msrs import MsrModel
 from hvdbg.hv import activity as act
-from hvdbg.hv import cr_access, injection, mmio_access, msr_access, system_calls, timekeeping
+from hvdbg.hv import cr_access, injection, mmio_access, msr_access, pause_loop, system_calls, timekeeping
 from hvdbg.hv.exit import EptFault, ExceptionExit, ExitDecision, ExitInfo, TripleFault
 from hvdbg.hv.guest_state import GPRS, GuestStateArea
 from hvdbg.hv.guest_view import GuestView
@@ -92,6 +92,7 @@ class Vcpu(GuestView, GuestStateArea):
         self.counter = self.engine.counter
         self.instructions = 0          # retired in finished runs
         self.idle_ticks = 0            # virtual time that passed without instructions
+        self.woken_ticks = 0           # ... of which: slept in HLT until a sender's time (activity)
         self.spin_skipped = 0          # ... of it skipped in loops without progress (spin_skip)
         self.ipi_log: list = []        # (IcrCommand, [target vCPU indexes]) sent by this vCPU
         self.sipi_entry: int | None = None
@@ -136,6 +137,7 @@ class Vcpu(GuestView, GuestStateArea):
         self._finishing = False               # leaving after the current instruction
         self._event_deadline: int | None = None   # the APIC's next event, when the run began
         self._budget_cut = False              # the run's budget was ended early (I/O time)
+        self.board = None     # the PC board's timers (hvdbg.platform.board.PcBoard), set by the machine
         self._kick = threading.Event()
         self._leave = False
         self._park = False              # a debugger stop arrived: skip the next slice
@@ -174,6 +176,12 @@ class Vcpu(GuestView, GuestStateArea):
 
     def set_tsc(self, value: int) -> None:
         timekeeping.set_tsc(self, value)
+
+    def next_event(self) -> int | None:
+        return timekeeping.next_event(self)
+
+    def poll_board(self) -> None:
+        timekeeping.poll_board(self)
 
     # -- VM exits ------------------------------------------------------------------------
     _EXIT_FIELDS = Vmcs.plan(("VM_EXIT_REASON", "EXIT_QUALIFICATION", "GUEST_RIP", "VM_EXIT_INSTRUCTION_LEN"))
@@ -253,19 +261,10 @@ class Vcpu(GuestView, GuestStateArea):
         msr_access.rdmsr_wrmsr(self, write)
 
     def enable_pause_exiting(self, window: int) -> None:
-        """PAUSE-loop exiting (SDM 25.1.3): after ``window`` PAUSEs in one run the vCPU
-        exits with reason 40 so that the scheduler can run someone else (KVM's PLE)."""
-        self.ple_window = window
-        self.engine.intercepts.set_pause_exiting(True)
+        pause_loop.enable(self, window)
 
     def on_pause(self) -> None:
-        rip = self.engine.rip()
-        self.engine.set_rip(rip + 2)   # F3 90: PAUSE completes
-        self.pauses_in_run += 1
-        if self.pauses_in_run == self.ple_window:
-            self.spin_exit = True
-            self.vm_exit(ExitInfo(ExitReason.PAUSE_INSTRUCTION, rip=rip, instruction_length=2,
-                                  detail=f"{self.ple_window} PAUSEs in one run: spinning"))
+        pause_loop.pause(self)
 
     def on_hlt(self) -> None:
         """HLT completes (RIP past it) and the vCPU leaves the engine; the exit is taken
@@ -407,10 +406,13 @@ class Vcpu(GuestView, GuestStateArea):
         self.engine.stop_after_instruction()
 
     def kick(self) -> None:
-        """Make a running vCPU leave the engine soon (like a posted-interrupt IPI)."""
+        """Make a running vCPU leave the engine at its next instruction boundary (like a
+        posted-interrupt IPI).  Not ``emu_stop``: from another thread, or from a hook, that
+        can end the run inside an instruction that then runs again (a ``lock incq`` counted
+        twice, an ICR write sending its IPI twice)."""
         self._kick.set()
         if self._in_run and not self._finishing:
-            self.engine.stop()
+            self.engine.stop_after_instruction()
         if self.on_kick is not None:
             self.on_kick(self)
 
@@ -478,6 +480,7 @@ class Vcpu(GuestView, GuestStateArea):
         self._finishing = False
         self.pauses_in_run = 0
         self.spin_exit = False
+        self.poll_board()
         injection.inject_pending(self)
         if self.activity != ActivityState.ACTIVE or self._leave:
             self._guest_stale = True
@@ -489,7 +492,7 @@ class Vcpu(GuestView, GuestStateArea):
             self.engine.intercepts.request_interrupt_window(True)
         if self._nmi_window_exiting:
             self.engine.intercepts.request_nmi_window(True)
-        deadline = self.apic.next_event()
+        deadline = self.next_event()
         budget = max_instructions
         timer = self.preemption_timer_value()
         if timer is not None:

@@ -57,6 +57,7 @@ class LocalApic:
         self.ipis_sent = 0
         self.ipis_received = 0
         self.on_level_eoi: Callable[[int], None] = lambda vector: None   # set by the machine (I/O APIC)
+        self.arrival: int | None = None    # virtual time of the latest interrupt sent here
         self.reset()
 
     # -- state -------------------------------------------------------------------------
@@ -71,6 +72,10 @@ class LocalApic:
             self.regs[Reg.DFR] = 0xFFFFFFFF
             self.irr = self.isr = self.tmr = 0
             self.timer_deadline = None
+
+    def now(self) -> int:
+        """This APIC's virtual time (its vCPU's clock)."""
+        return self._clock()
 
     @property
     def x2apic_mode(self) -> bool:
@@ -159,13 +164,15 @@ class LocalApic:
         self._send_ipi(self, cmd)
 
     # -- interrupt acceptance (SDM 11.8) -------------------------------------------------
-    def accept(self, vector: int, level: bool = False) -> None:
+    def accept(self, vector: int, level: bool = False, at: int | None = None) -> None:
         """Set IRR for a fixed interrupt arriving at this APIC; TMR records its trigger
-        mode (SDM 11.8.4: set for level-triggered, cleared for edge-triggered)."""
+        mode (SDM 11.8.4: set for level-triggered, cleared for edge-triggered).  ``at`` is
+        the virtual time it was sent (:meth:`take_arrival`)."""
         if vector < 16:
             self.regs[Reg.ESR] |= 1 << 6  # receive illegal vector
             return
         with self._lock:
+            self._arrived(at)
             self.irr |= 1 << vector
             if level:
                 self.tmr |= 1 << vector
@@ -174,9 +181,22 @@ class LocalApic:
             self.ipis_received += 1
         self._on_pending()
 
-    def accept_nmi(self) -> None:
+    def accept_nmi(self, at: int | None = None) -> None:
+        with self._lock:
+            self._arrived(at)
         self.nmi_pending = True
         self._on_pending()
+
+    def _arrived(self, at: int | None) -> None:
+        if at is not None and (self.arrival is None or at > self.arrival):
+            self.arrival = at
+
+    def take_arrival(self) -> int | None:
+        """The latest virtual time at which an interrupt or NMI was sent here since the
+        last call: a halted vCPU it wakes has slept until then (its clock moves on)."""
+        with self._lock:
+            at, self.arrival = self.arrival, None
+            return at
 
     def _ppr(self) -> int:
         tpr = self.regs[Reg.TPR] & 0xFF
@@ -329,21 +349,23 @@ class ApicBus:
         return out
 
     def send(self, source: LocalApic, cmd: IcrCommand) -> None:
-        """Deliver an ICR command (the ``send_ipi`` callback of every LocalApic)."""
+        """Deliver an ICR command (the ``send_ipi`` callback of every LocalApic), sent at
+        the source's virtual time."""
         targets = self.destinations(source, cmd)
         sender = next((t for t in self.targets if t.apic is source), None)
         if sender is not None:
             sender.ipi_log.append((cmd, [t.index for t in targets]))
-        self._deliver(targets, cmd, level=False)
+        self._deliver(targets, cmd, level=False, at=source.now())
 
-    def deliver(self, cmd: IcrCommand, level: bool) -> None:
+    def deliver(self, cmd: IcrCommand, level: bool, at: int | None = None) -> None:
         """Deliver an interrupt message from the I/O APIC (82093AA 3.2.4: its redirection
         entry's vector, delivery mode, destination mode and destination); ``level`` marks
-        a level-triggered interrupt, whose EOI goes back to the I/O APIC."""
-        self._deliver(self.destinations(None, cmd), cmd, level)
+        a level-triggered interrupt, whose EOI goes back to the I/O APIC; ``at`` is when
+        its input changed (virtual time), if known."""
+        self._deliver(self.destinations(None, cmd), cmd, level, at)
 
     @staticmethod
-    def _deliver(targets: list[ApicBusTarget], cmd: IcrCommand, level: bool) -> None:
+    def _deliver(targets: list[ApicBusTarget], cmd: IcrCommand, level: bool, at: int | None) -> None:
         mode = cmd.delivery_mode
         if mode == DeliveryMode.LOWEST_PRIORITY and targets:
             # one processor: the lowest task priority, then the lowest APIC ID (SDM 11.6.2.4
@@ -357,6 +379,6 @@ class ApicBus:
             elif mode == DeliveryMode.STARTUP:
                 t.on_startup_ipi(cmd.vector)
             elif mode == DeliveryMode.NMI:
-                t.apic.accept_nmi()
+                t.apic.accept_nmi(at)
             elif mode in (DeliveryMode.FIXED, DeliveryMode.LOWEST_PRIORITY):
-                t.apic.accept(cmd.vector, level)
+                t.apic.accept(cmd.vector, level, at)

@@ -26,6 +26,11 @@ from hvdbg.platform.devices.vga import CRTC_INDEX, VgaCrtc
 from hvdbg.platform.ioapic import IOAPIC_BASE, IOAPIC_SIZE, IoApic
 
 
+#: ISA IRQ 0 (the PIT) reaches I/O APIC pin 2, as on PC chipsets and QEMU's ``pc``: the
+#: MADT says so with an interrupt source override (ACPI 5.2.12.5).
+PIT_IOAPIC_PIN = 2
+
+
 @dataclass
 class PcBoard:
     """The legacy devices of one VM, registered on its I/O bus."""
@@ -41,6 +46,22 @@ class PcBoard:
     ioapic: IoApic
     fw_cfg: FwCfg | None = None
     acpi_pm: AcpiPm | None = None
+
+    def timer_deadline(self) -> int | None:
+        """When the next board interrupt is due (ns of the VM clock): the PIT's next IRQ 0
+        edge, if the I/O APIC pin it reaches is unmasked (a masked tick changes nothing)."""
+        if self.ioapic.entries[PIT_IOAPIC_PIN].masked:
+            return None
+        return self.pit.next_irq()
+
+    def timer_due(self) -> bool:
+        """Is a board interrupt due by now (a read-only test: no state changes)?"""
+        deadline = self.timer_deadline()
+        return deadline is not None and self.pit.clock() >= deadline
+
+    def poll_timers(self) -> None:
+        """Raise the board interrupts whose time has come."""
+        self.pit.poll()
 
     def add_acpi_pm(self, clock: Callable[[], int], on_soft_off: Callable[[], None]) -> AcpiPm:
         """The ACPI PM1a blocks and PM timer the FADT points at, timed by ``clock``
@@ -70,6 +91,7 @@ def build_pc_board(bus: IoBus, *, ram_size: int, uart: Uart16550, apic_bus: Apic
     bus.register(IRQ_LINE_PORT, IRQ_LINES, IrqLinePorts(ioapic.set_irq))
     bus.register(SCRATCH_PORT, 4, ScratchPort())
     pic, pit, cmos, vga = Pic8259(), Pit8254(clock), Cmos(ram_size, clock), VgaCrtc()
+    pit.on_irq0 = lambda at: ioapic.pulse(PIT_IOAPIC_PIN, at)
     bus.register(COM1, 8, uart)
     bus.register(DEBUG_EXIT_PORT, 4, debug_exit)
     bus.register(0x20, 2, pic)

@@ -74,11 +74,11 @@ class Redirection:
 
 class IoApic:
     """The I/O APIC: registers, 24 input pins, and the messages they send to ``send``
-    (``send(command, level_triggered)``; :meth:`hvdbg.platform.apic.ApicBus.deliver`)."""
+    (``send(command, level_triggered, at)``; :meth:`hvdbg.platform.apic.ApicBus.deliver`)."""
 
     name = "ioapic"
 
-    def __init__(self, send: Callable[[IcrCommand, bool], None], apic_id: int = 0) -> None:
+    def __init__(self, send: Callable[[IcrCommand, bool, int | None], None], apic_id: int = 0) -> None:
         self._send = send
         self._lock = threading.RLock()
         self.id = apic_id & 0xF
@@ -136,8 +136,9 @@ class IoApic:
             self.eoi(value & 0xFF)
 
     # -- input pins and EOI ---------------------------------------------------------------
-    def set_irq(self, pin: int, level: bool) -> None:
-        """The input ``pin`` goes to ``level`` (active high; the polarity bit inverts)."""
+    def set_irq(self, pin: int, level: bool, at: int | None = None) -> None:
+        """The input ``pin`` goes to ``level`` (active high; the polarity bit inverts) at
+        virtual time ``at`` (if known: a vCPU it wakes from HLT slept until then)."""
         if not 0 <= pin < PINS:
             return
         with self._lock:
@@ -146,7 +147,14 @@ class IoApic:
             rising = asserted and not e.line
             e.line = asserted
             if e.level_triggered or rising:
-                self._service(pin, edge=rising)
+                self._service(pin, edge=rising, at=at)
+
+    def pulse(self, pin: int, at: int | None = None) -> None:
+        """An edge on ``pin`` at virtual time ``at``: the line goes high and low again (an
+        ISA interrupt)."""
+        with self._lock:
+            self.set_irq(pin, True, at)
+            self.set_irq(pin, False, at)
 
     def eoi(self, vector: int) -> None:
         """An EOI for ``vector`` (a local APIC's EOI of a level-triggered interrupt, or a
@@ -158,7 +166,7 @@ class IoApic:
                     e.value &= ~_REMOTE_IRR
                     self._service(pin)
 
-    def _service(self, pin: int, edge: bool = False) -> None:
+    def _service(self, pin: int, edge: bool = False, at: int | None = None) -> None:
         e = self.entries[pin]
         if e.masked:
             return
@@ -169,7 +177,7 @@ class IoApic:
         elif not edge:
             return
         self.messages_sent += 1
-        self._send(e.message(), e.level_triggered)
+        self._send(e.message(), e.level_triggered, at)
 
     def describe(self) -> list[str]:
         """The unmasked or asserted pins, one line each (for ``info ioapic``)."""

@@ -70,7 +70,7 @@ class VcpuLoop:
         left = budget - (v.instructions - start)
         if self.progress[v.index].spin_slices and v.preemption_timer_value() is None:
             rest = max(0, left)
-            deadline = v.apic.next_event()   # its own timer still fires on time
+            deadline = v.next_event()   # its own timer and the board's still fire on time
             if deadline is not None:
                 rest = min(rest, max(0, deadline - v.clock()))
             v.idle_ticks += rest

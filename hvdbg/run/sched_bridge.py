@@ -143,9 +143,12 @@ class SchedCore:
         with self.lock:
             return max(1, min(self.policy.slice_for(v.index, p), self.loop.slice_len))
 
-    def finish(self, v: Vcpu, p: int, end: RunEnd, ran: int, exits: int, ipis: tuple[int, ...]) -> None:
+    def finish(self, v: Vcpu, p: int, end: RunEnd, ran: int, exits: int, ipis: tuple[int, ...],
+               woke: bool = False) -> None:
         with self.lock:
             self.clock[p] += ran
+            if woke:
+                self.clock[p] = max(self.clock[p], v.clock())
             self.running.pop(p, None)
             still = self.runnable(v)
             if end == RunEnd.NOT_RUNNABLE or not still:
@@ -172,13 +175,16 @@ class SchedCore:
 
     def run_one(self, v: Vcpu, p: int) -> None:
         """Run one slice of ``v`` on pCPU ``p`` (caller does not hold the lock)."""
-        before_i = v.instructions + v.idle_ticks
+        before_i = v.instructions + v.idle_ticks - v.woken_ticks
+        before_w = v.woken_ticks
         before_exits = v.exit_count
         before_ipis = len(v.ipi_log)
         end = self.loop.run_slice(v, self.budget(v, p))
-        ran = (v.instructions + v.idle_ticks) - before_i
+        # a vCPU woken from HLT slept until the sender's time: that time passed for its pCPU
+        # too (an idle pCPU's clock follows the others'), so it counts once, as an absolute time
+        ran = (v.instructions + v.idle_ticks - v.woken_ticks) - before_i
         ipis = tuple(t for _cmd, targets in v.ipi_log[before_ipis:] for t in targets)
-        self.finish(v, p, end, ran, v.exit_count - before_exits, ipis)
+        self.finish(v, p, end, ran, v.exit_count - before_exits, ipis, woke=v.woken_ticks != before_w)
 
     def stats(self) -> dict:
         """The policy's statistics, plus per vCPU ``waiting`` (reason now, see

@@ -114,7 +114,12 @@ class Pit8254:
     against the PIT (Xen, GRUB, Linux) gets consistent numbers, and a deterministic run
     reads the same counts every time (the host's monotonic clock is only the default for
     a PIT on its own).  Channel 2's gate is
-    port 0x61 bit 0 (:class:`SystemControlPortB`).  No interrupt is raised on IRQ 0."""
+    port 0x61 bit 0 (:class:`SystemControlPortB`).
+
+    Channel 0's OUT is IRQ 0: each rising edge (every period in modes 2 and 3, once at
+    terminal count in mode 0) calls ``on_irq0`` when :meth:`poll` finds its time has come;
+    :meth:`next_irq` says when that is, so the run loop can end a slice there.  Edges that
+    passed between two polls are one edge, as an interrupt line that nobody sampled."""
 
     name = "pit8254"
 
@@ -122,6 +127,41 @@ class Pit8254:
         self.clock = clock
         self.channels = [_PitChannel() for _ in range(3)]
         self.channels[2].gate = False
+        self.on_irq0: Callable[[int], None] | None = None   # called with the edge's time
+        self.irq0_edges = 0          # edges raised so far
+        self._irq0_period = 0        # periods of channel 0 whose edge was raised
+
+    # -- IRQ 0 ------------------------------------------------------------------------
+    def _irq0_due(self, k: int) -> int:
+        """When the ``k``-th rising edge of channel 0's OUT (k >= 1) happens (ns)."""
+        ch = self.channels[0]
+        ticks = k * ch.reload + (1 if ch.mode == 4 else 0)
+        return ch.start_ns + -(-ticks * NS_PER_S // PIT_HZ)
+
+    def next_irq(self) -> int | None:
+        """The time (ns of ``clock``) of channel 0's next rising edge, or None."""
+        ch = self.channels[0]
+        if self.on_irq0 is None or not ch.loaded or ch.frozen is not None or ch.mode in (1, 5):
+            return None
+        if ch.mode in (0, 4) and self._irq0_period:
+            return None                  # one-shot modes: one edge per count written
+        return self._irq0_due(self._irq0_period + 1)
+
+    def poll(self) -> None:
+        """Raise IRQ 0 if channel 0's next edge is due."""
+        due = self.next_irq()
+        if due is None:
+            return
+        now = self.clock()
+        if now < due:
+            return
+        ch = self.channels[0]
+        if ch.mode in (2, 3):
+            self._irq0_period = max(self._irq0_period + 1, ch.ticks(now) // ch.reload)
+        else:
+            self._irq0_period = 1
+        self.irq0_edges += 1
+        self.on_irq0(due)
 
     @property
     def reload(self) -> list[int]:
@@ -170,6 +210,8 @@ class Pit8254:
         ch.reload = ch.reload & 0xFFFF or 0x10000
         ch.loaded = True
         ch.start_ns = now
+        if index == 0:
+            self._irq0_period = 0
         ch.frozen = None if ch.gate else ch.reload & 0xFFFF
 
     def _control(self, value: int, now: int) -> None:

@@ -30,11 +30,23 @@ def _sdt(signature: bytes, body: bytes, revision: int = 1) -> bytes:
     return bytes(table)
 
 
-def build_madt(apic_ids: list[int], lapic_address: int = 0xFEE00000, pcat_compat: bool = True) -> bytes:
-    """MADT with one Processor Local APIC structure (type 0) per vCPU, all enabled."""
+#: MADT interrupt source overrides (ACPI 5.2.12.5): (ISA IRQ, GSI, MPS INTI flags).  The PIT's
+#: IRQ 0 is I/O APIC pin 2; the SCI (IRQ 9) is level-triggered, active high (flags 0b1101).
+ISA_OVERRIDES = ((0, 2, 0x0000), (9, 9, 0x000D))
+
+
+def build_madt(apic_ids: list[int], lapic_address: int = 0xFEE00000, pcat_compat: bool = True,
+               ioapic: tuple[int, int] | None = None) -> bytes:
+    """MADT with one Processor Local APIC structure (type 0) per vCPU, all enabled; with
+    ``ioapic`` = (I/O APIC ID, address) an I/O APIC structure (type 1, GSI base 0) and the
+    interrupt source overrides (type 2) of :data:`ISA_OVERRIDES`."""
     body = struct.pack("<II", lapic_address, 1 if pcat_compat else 0)
     for uid, apic_id in enumerate(apic_ids):
         body += struct.pack("<BBBBI", 0, 8, uid & 0xFF, apic_id & 0xFF, 1)
+    if ioapic is not None:
+        body += struct.pack("<BBBBII", 1, 12, ioapic[0], 0, ioapic[1], 0)
+        for irq, gsi, flags in ISA_OVERRIDES:
+            body += struct.pack("<BBBBIH", 2, 10, 0, irq, gsi, flags)
     return _sdt(b"APIC", body, revision=3)
 
 
@@ -42,7 +54,7 @@ def build_madt(apic_ids: list[int], lapic_address: int = 0xFEE00000, pcat_compat
 S5_AML = bytes([0x08, 0x5C]) + b"_S5_" + bytes([0x12, 0x08, 0x04, 0x0A, acpi_pm.SLP_TYP_S5,
                                                  0x0A, acpi_pm.SLP_TYP_S5, 0x00, 0x00])
 SCI_IRQ = 9                       # QEMU's PIIX4 SCI
-FADT_REVISION = 3                 # the ACPI 2.0 layout, 244 bytes
+FADT_REVISION = 3                 # the ACPI 2.0 layout
 FADT_FLAGS = (1 << 0) | (1 << 2) | (1 << 4) | (1 << 5)   # WBINVD, PROC_C1, PWR_BUTTON, SLP_BUTTON
 IAPC_LEGACY_DEVICES = 1 << 0      # ISA devices (PIC, PIT, RTC, UART) are there
 FACS_LENGTH = 64
@@ -91,14 +103,17 @@ class AcpiLayout:
 
 
 def install_acpi(mem: PhysicalMemory, apic_ids: list[int], base: int = ACPI_BASE, *,
-                 fadt: bool = True) -> AcpiLayout:
+                 fadt: bool = True, ioapic: tuple[int, int] | None = None) -> AcpiLayout:
     """Write RSDP (revision 2), RSDT, XSDT and MADT at ``base`` (16-byte aligned), and with
-    ``fadt`` the FADT, FACS (64-byte aligned) and DSDT after them."""
-    madt = build_madt(apic_ids)
+    ``fadt`` the FACS (64-byte aligned), FADT and DSDT after them (each after the one
+    before, so a MADT of many processors overlaps nothing)."""
+    madt = build_madt(apic_ids, ioapic=ioapic)
     rsdp_at = base
     rsdt_at = base + 0x40
     madt_at = base + 0x100
-    facs_at, fadt_at, dsdt_at = base + 0x400, base + 0x440, base + 0x540
+    facs_at = (madt_at + len(madt) + 63) & ~63
+    fadt_at = facs_at + FACS_LENGTH
+    dsdt_at = (fadt_at + len(build_fadt(0, 0)) + 15) & ~15
     tables = [madt_at] + ([fadt_at] if fadt else [])
     rsdt = _sdt(b"RSDT", struct.pack(f"<{len(tables)}I", *tables))
     xsdt_at = rsdt_at + ((len(rsdt) + 15) & ~15)
