@@ -223,11 +223,12 @@ def test_pt_map_lists_the_boot_mappings(debugger):
     text = ok(ctx, f"pt map {i}")
     rows = re.findall(r"^(0x[0-9a-f]+)-(0x[0-9a-f]+)\s+(0x[0-9a-f]+)\s+(\S+)\s+([A-Z ]+?)\s*(<.*>)?$", text, re.M)
     ranges = {(int(a, 16), int(b, 16) + 1): (int(g, 16), size, flags.split()) for a, b, g, size, flags, _ in rows}
-    # the guests README: identity first GiB, the same GiB at KERNEL_BASE, the APIC page uncached
+    # the guests README: identity first GiB, the same GiB at KERNEL_BASE, the I/O APIC's and
+    # the local APIC's pages uncached (two 2 MiB pages, one range)
     assert ranges[(0, 1 << 30)][0] == 0 and ranges[(0, 1 << 30)][1] == "1G"
     assert ranges[(0xFFFFFF8000000000, 0xFFFFFF8040000000)][0] == 0
-    apic = ranges[(0xFEE00000, 0xFF000000)]
-    assert apic[0] == 0xFEE00000 and {"PCD", "PWT"} <= set(apic[2])
+    apic = ranges[(0xFEC00000, 0xFF000000)]
+    assert apic[0] == 0xFEC00000 and {"PCD", "PWT"} <= set(apic[2])
 
 
 # --------------------------------------------------------------------------------------

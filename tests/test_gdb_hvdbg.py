@@ -251,7 +251,7 @@ def test_qemu_monitor_subset_as_qemu_prints_it(hvdbg_gdb, gdb, guest_kernels):
     gdb.wait_for_stop()
     assert gdb.console("monitor info mem").splitlines() == [
         "0000000000000000-0000000040000000 0000000040000000 -rw",
-        "00000000fee00000-00000000ff000000 0000000000200000 -rw",
+        "00000000fec00000-00000000ff000000 0000000000400000 -rw",
         "ffffff8000000000-ffffff8040000000 0000000040000000 -rw"]
     tlb = gdb.console("monitor info tlb").splitlines()
     assert tlb[0] == "0000000000000000: 0000000000000000 --PDA---W"

@@ -155,9 +155,10 @@ def test_boot_pml4_maps_low_1g_high_half_and_apic_with_2m_pages(guests_built: Pa
     assert [e & ~0xFFF for e in pd_low] == [i << 21 for i in range(512)]
     pd_apic = table_at(path, pdpt_low[3])
     apic_index = (0xFEE00000 >> 21) & 511
-    assert [i for i, e in enumerate(pd_apic) if e & PTE_PRESENT] == [apic_index]
-    assert pd_apic[apic_index] & ~0xFFF == 0xFEE00000
-    assert pd_apic[apic_index] & PTE_PCD and pd_apic[apic_index] & PTE_PAGE_SIZE
+    ioapic_index = (0xFEC00000 >> 21) & 511
+    assert [i for i, e in enumerate(pd_apic) if e & PTE_PRESENT] == [ioapic_index, apic_index]
+    assert pd_apic[apic_index] & ~0xFFF == 0xFEE00000 and pd_apic[ioapic_index] & ~0xFFF == 0xFEC00000
+    assert all(pd_apic[i] & PTE_PCD and pd_apic[i] & PTE_PAGE_SIZE for i in (ioapic_index, apic_index))
 
 
 def test_bug_image_lacks_only_the_high_half_entry(guests_built: Path) -> None:

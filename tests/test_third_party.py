@@ -421,6 +421,12 @@ def test_xen_boots_two_vcpus_to_the_dom0_panic(xen_smp_run):
     # the TSC calibrated against the PM timer: both count on the VM clock (1 GHz), so Xen
     # measures what the TSC really does (with the host's TSC it "detected" 1471017 MHz)
     assert 995 < mhz < 1005, mhz
+    # hvdbg's I/O APIC, from the MADT, with the PIT's IRQ 0 on pin 2: Xen's check_timer
+    # routes its timer through it and sees it tick (no "IO-APIC + timer doesn't work")
+    assert "(XEN) IOAPIC[0]: apic_id 0, version 32, address 0xfec00000, GSI 0-23" in run.serial
+    assert "(XEN) ACPI: INT_SRC_OVR (bus 0 bus_irq 0 global_irq 2 dfl dfl)" in run.serial
+    assert "(XEN) ..TIMER: vector=0xF0 apic1=0 pin1=2 apic2=-1 pin2=-1" in run.serial
+    assert "timer doesn't work" not in run.serial
     res = run.result
     assert res["outcome"] == "hang"
     assert [v["state"] for v in res["vcpus"]] == ["halted", "halted"]
