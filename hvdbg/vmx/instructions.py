@@ -337,29 +337,35 @@ def _field_problem(state: VmxState, encoding: int) -> tuple[FieldRef | None, str
     return ref, ""
 
 
+def _current_field(state: VmxState, mode: ProcessorMode, mem: PhysicalMemory, encoding: int,
+                   reason: ExitReason) -> tuple[object, VmxOutcome | None]:
+    """The checks VMREAD and VMWRITE share (SDM 31.3): the prologue, a current VMCS, a
+    supported field; (the field, None), or (None, the outcome that ends the instruction)."""
+    if early := _prologue(state, mode, reason):
+        return None, early
+    if not state.current_valid:
+        return None, _fail_invalid("no current VMCS")
+    ref, problem = _field_problem(state, encoding)
+    if ref is None:
+        return None, _fail(state, mem, VmInstructionError.UNSUPPORTED_VMCS_COMPONENT, problem)
+    return ref, None
+
+
 def vmread(state: VmxState, mode: ProcessorMode, mem: PhysicalMemory, encoding: int) -> VmxOutcome:
     """VMREAD r/m, r: the field named by ``encoding`` (``value``, zero-extended or cut to
     the operand size: 64 bits in 64-bit mode, 32 otherwise)."""
-    if early := _prologue(state, mode, ExitReason.VMREAD):
+    ref, early = _current_field(state, mode, mem, encoding, ExitReason.VMREAD)
+    if early is not None:
         return early
-    if not state.current_valid:
-        return _fail_invalid("no current VMCS")
-    ref, problem = _field_problem(state, encoding)
-    if ref is None:
-        return _fail(state, mem, VmInstructionError.UNSUPPORTED_VMCS_COMPONENT, problem)
     return _succeed(value=state.region(mem).read(ref) & mode.operand_mask)
 
 
 def vmwrite(state: VmxState, mode: ProcessorMode, mem: PhysicalMemory, encoding: int, value: int) -> VmxOutcome:
     """VMWRITE r, r/m: write ``value`` (the operand: 64 bits in 64-bit mode, 32 otherwise;
     field bits above it are cleared) to the field named by ``encoding``."""
-    if early := _prologue(state, mode, ExitReason.VMWRITE):
+    ref, early = _current_field(state, mode, mem, encoding, ExitReason.VMWRITE)
+    if early is not None:
         return early
-    if not state.current_valid:
-        return _fail_invalid("no current VMCS")
-    ref, problem = _field_problem(state, encoding)
-    if ref is None:
-        return _fail(state, mem, VmInstructionError.UNSUPPORTED_VMCS_COMPONENT, problem)
     if ref.field.type is FieldType.EXIT_INFO and not state.caps.field_writable(ref.field.name):
         return _fail(state, mem, VmInstructionError.VMWRITE_READ_ONLY_COMPONENT,
                      f"{ref.field.name} is a VM-exit information field (IA32_VMX_MISC[29] = 0)")
