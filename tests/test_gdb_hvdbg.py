@@ -260,7 +260,8 @@ def test_qemu_monitor_subset_as_qemu_prints_it(hvdbg_gdb, gdb, guest_kernels):
     assert regs[:2] == ["", "CPU#0"]
     assert regs[6].startswith("RIP=ffffff8000101070 RFL=00000046 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=0")
     assert regs[8] == "CS =0018 0000000000000000 ffffffff 00af9a00 DPL=0 CS64 [-R-]"
-    assert any(re.fullmatch(r"GDT=     ffffff80001024c0 0000001f", line) for line in regs)
+    gdt = symbol(guest_kernels / "smp.elf", "boot_gdt")      # the boot GDT, 4 descriptors
+    assert f"GDT=     {gdt:016x} 0000001f" in regs
     assert "CPU#1" in gdb.console("monitor info registers -a")
     assert gdb.console("monitor info cpus").splitlines()[0].startswith("* CPU #0: thread_id=")
     assert gdb.console("monitor gva2gpa 0xffffff8000101070").strip() == "gpa: 0x101070"
