@@ -18,6 +18,7 @@ from hvdbg.platform.board import build_pc_board
 from hvdbg.platform.devices import IoBus
 from hvdbg.platform.firmware.bda import VGA_WINDOW, install_bda, install_ivt
 from hvdbg.platform.firmware.coreboot import Range, install_coreboot_table
+from hvdbg.platform.firmware.mptable import install_mptable
 from hvdbg.platform.devices.uart_loopback import Uart16550Loopback
 from hvdbg.errors import GuestLoadError
 from hvdbg.engine.cpu import ExecutionTurns
@@ -77,6 +78,9 @@ class Machine:
         if config["platform.acpi_pm"]:
             self.board.add_acpi_pm(self.virtual_time, lambda: self.end(
                 "exited", detail="the guest entered ACPI S5 (soft off) through PM1a_CNT"))
+        signature, _ebx, _ecx, features = CpuidModel(apic_id=0, vcpu_count=n, x2apic=config["cpuid.x2apic"]).query(1, 0)
+        self.mptable = install_mptable(self.memory, self.apic_ids, cpu_signature=signature,
+                                       cpu_features=features, ioapic_id=self.ioapic.id)
         self.bda = install_bda(self.memory, LOW_MEMORY_END, VGA_WINDOW)
         self.bios_stub = install_ivt(self.memory)
         self.boot = self._load_kernel()
