@@ -470,3 +470,23 @@ def test_completion_of_commands_fields_reasons_and_symbols(debugger):
     assert "work_run" in ctx.complete("break work_r")[0]
     assert ctx.complete("pt walk kmain 0 wr")[0] == ["write"]
     assert ctx.complete("regs ")[0] == ["0", "1", "2", "3"]
+
+
+# --------------------------------------------------------------------------------------
+# events
+# --------------------------------------------------------------------------------------
+def test_events_counts_interrupts_per_vcpu_and_lists_the_first_exceptions(debugger):
+    ctx = debugger(cmdline="workload=pit pit_cpu=2")
+    assert ok(ctx, "continue").startswith("the VM ended: outcome exited, exit status 0")
+    text = ok(ctx, "events")
+    vcpu2 = text.split("vCPU 2:")[1].split("vCPU 3:")[0]
+    assert vcpu2.startswith(" 0 exceptions, 20 interrupts") and "interrupts: 0x42 x20" in vcpu2
+    assert "0x42" not in text.split("vCPU 2:")[0] and "0x42" not in text.split("vCPU 3:")[1]
+    assert ok(ctx, "events 2").splitlines()[0] == "vCPU 2: 0 exceptions, 20 interrupts"
+    ctx = debugger(vcpus=1, cmdline="workload=cpu")
+    ok(ctx, "continue")
+    text = ok(ctx, "events 0")
+    counts = re.search(r"vCPU 0: (\d+) exceptions", text)
+    assert counts and int(counts.group(1)) > 0 and "#GP general protection" in text
+    assert re.search(r"^    #GP general protection \(error code 0x0\) at 0x[0-9a-f]+ <\w+", text, re.M), text
+    assert not ctx.execute("events 9").ok

@@ -108,6 +108,7 @@ class Vcpu(GuestView, GuestStateArea):
         self.spin_exit = False          # the last run ended in a PAUSE-loop exit
         self.delivered: list[tuple[Event, int]] = []   # exceptions delivered to the guest (first 64)
         self.exception_counts: dict[int, int] = {}      # vector -> exceptions delivered
+        self.interrupt_counts: dict[int, int] = {}      # vector -> external interrupts delivered
         self.last_exception_vector, self.last_exception_rip = -1, 0
         self.exception_streak = 0           # the same exception at the same RIP, in a row
         self.longest_exception_streak = 0
@@ -463,6 +464,8 @@ class Vcpu(GuestView, GuestStateArea):
                 self.exception_streak = self.exception_streak + 1 if same else 1
                 self.longest_exception_streak = max(self.longest_exception_streak, self.exception_streak)
                 self.last_exception_vector, self.last_exception_rip = ev.vector, rip
+            else:
+                self.interrupt_counts[ev.vector] = self.interrupt_counts.get(ev.vector, 0) + 1
         except Shutdown as sd:
             chain = "; ".join(f"{e.describe()}: {why}" for e, why in sd.chain)
             info = ExitInfo(ExitReason.TRIPLE_FAULT, rip=rip, detail=chain, payload=TripleFault(sd.chain, ev))

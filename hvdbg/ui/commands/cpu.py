@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hvdbg.arch.events import vector_name
 from hvdbg.ui.commands.args import Addr, CommandError
 from hvdbg.ui.commands.context import Call
 from hvdbg.ui.commands.disasm import disassemble
@@ -51,6 +52,34 @@ def cmd_vcpus(call: Call, a: dict) -> str:
     return "\n".join(lines)
 
 
+def cmd_events(call: Call, a: dict) -> str:
+    """Exceptions and interrupts delivered to each vCPU (or one): counts by vector, the
+    first exceptions with where they hit, and the longest run of one exception at one RIP
+    (a handler that returns to the faulting instruction)."""
+    vm = call.vm
+    vcpus = vm.vcpus if a["vcpu"] is None else [call.vcpu(a["vcpu"])]
+    lines = []
+    for v in vcpus:
+        exc, ints = v.exception_counts, v.interrupt_counts
+        lines.append(f"vCPU {v.index}: {sum(exc.values())} exceptions, {sum(ints.values())} interrupts")
+        if exc:
+            lines.append("  exceptions: " + ", ".join(f"{vector_name(n)} x{c}" for n, c in
+                                                     sorted(exc.items(), key=lambda kv: (-kv[1], kv[0]))))
+        if ints:
+            lines.append("  interrupts: " + ", ".join(f"{n:#04x} x{c}" for n, c in
+                                                     sorted(ints.items(), key=lambda kv: (-kv[1], kv[0]))))
+        for ev, rip in v.delivered[:_FIRST_EXCEPTIONS]:
+            lines.append(f"    {ev.describe()} at {vm.symbolize(rip)}")
+        if len(v.delivered) > _FIRST_EXCEPTIONS:
+            lines.append(f"    ... (the first {len(v.delivered)} are kept)")
+        if v.longest_exception_streak > 1:
+            lines.append(f"  longest run of one exception at one RIP: {v.longest_exception_streak} "
+                         f"(last: {vector_name(v.last_exception_vector)} at {vm.symbolize(v.last_exception_rip)})")
+    return "\n".join(lines)
+
+
+_FIRST_EXCEPTIONS = 8
+
 _CPUID_OVERVIEW = ((0, 0), (1, 0), (0xB, 0), (0xB, 1), (0x40000000, 0), (0x80000000, 0),
                    (0x80000001, 0), (0x80000002, 0), (0x80000003, 0), (0x80000004, 0), (0x80000008, 0))
 
@@ -92,4 +121,9 @@ register(
             "CPU state"),
     Command("apic", (VCPU,), "the vCPU's local APIC: ID, SVR, IRR/ISR, LVT, timer, IPIs", cmd_apic,
             category="CPU state"),
+    Command("events", (VCPU,), "exceptions and interrupts delivered to each vCPU: counts by vector, "
+            "the first exceptions, exception storms", cmd_events,
+            "Without VCPU: every vCPU.  Exceptions are counted when hvdbg delivers them through the\n"
+            "guest IDT (the first 64 are kept with their RIP); interrupts are external interrupts\n"
+            "and IPIs taken.", "CPU state"),
 )
