@@ -77,7 +77,7 @@ class FakeVcpu:
         self.pending_init = False
         self.pending_sipi: int | None = None
         self.pending_event: Event | None = None
-        self.pending_event_rip = 0
+        self.pending_event_rip = self.pending_event_length = 0
         self.started_by_sipi = False
         self.sipi_vector: int | None = None
         self.sipi_entry: int | None = None

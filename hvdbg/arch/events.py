@@ -154,11 +154,14 @@ def combine(first: Event, second: Event) -> Event | None:
     return second
 
 
-def deliver(cpu: EventCpu, event: Event, return_rip: int | None = None) -> Delivery:
+def deliver(cpu: EventCpu, event: Event, return_rip: int | None = None, length: int = 0) -> Delivery:
     """Deliver ``event`` through the guest IDT, escalating to #DF and shutdown.
 
     ``return_rip`` is the RIP pushed for the handler to return to (the faulting
     instruction for faults, the next instruction for traps and INT n); defaults to RIP.
+    ``length`` is the instruction length of a trap-like event (INT n, INT3, INTO): a fault
+    while delivering it returns to the instruction itself (SDM 6.5, 6.12.1.1: the #NP of a
+    not-present handler segment re-executes the INT).
     """
     chain: list[tuple[Event, str]] = []
     current = event
@@ -170,6 +173,8 @@ def deliver(cpu: EventCpu, event: Event, return_rip: int | None = None) -> Deliv
                 cpu.set_reg("cr2", current.cr2)
             return Delivery(current, handler, chain)
         except GuestFault as fault:
+            if current is event:
+                rip -= length     # the fault is the instruction's own: it restarts
             chain.append((current, fault.why))
             nxt = combine(current, fault.event)
             if nxt is None:
@@ -236,6 +241,21 @@ def _read_descriptor(cpu: EventCpu, selector: int, ev: Event) -> tuple[int, int,
     return base, limit, ar, hi
 
 
+def _handler_code_segment(cpu: EventCpu, selector: int, ev: Event) -> tuple[int, int, int]:
+    """(base, limit, access rights) of the code segment an IDT gate names, with the checks
+    of SDM 6.12.1.1 in their order: a code segment (else #GP), present (else #NP); the
+    error code is the selector with EXT."""
+    base, limit, ar, _ = _read_descriptor(cpu, selector, ev)
+    ext = 1 if ev.external else 0
+    if ar & 0x18 != 0x18:          # S = 1 and type bit 3 (code)
+        raise GuestFault(hardware_exception(GP, selector & 0xFFFC | ext),
+                         f"gate {ev.vector:#x} selector {selector:#x} is not a code segment")
+    if not ar & 0x80:
+        raise GuestFault(hardware_exception(NP, selector & 0xFFFC | ext),
+                         f"gate {ev.vector:#x} selector {selector:#x}: code segment not present")
+    return base, limit, ar
+
+
 def _gate(cpu: EventCpu, ev: Event, size: int) -> tuple[int, int, int, int]:
     """(offset, selector, type, ist) of the IDT gate for ev (SDM 6.11, 6.14.1)."""
     base, limit = cpu.get_table("idtr")
@@ -265,7 +285,7 @@ def _gate(cpu: EventCpu, ev: Event, size: int) -> tuple[int, int, int, int]:
 
 def _deliver_protected(cpu: EventCpu, ev: Event, rip: int) -> int:
     offset, sel, gtype, _ = _gate(cpu, ev, 8)
-    cs_base, cs_limit, cs_ar, _ = _read_descriptor(cpu, sel, ev)
+    cs_base, cs_limit, cs_ar = _handler_code_segment(cpu, sel, ev)
     new_cpl = (cs_ar >> 5) & 3
     cpl = cpu.cpl()
     flags = cpu.get_reg("rflags")
@@ -306,7 +326,7 @@ def _deliver_protected(cpu: EventCpu, ev: Event, rip: int) -> int:
 def _deliver_long(cpu: EventCpu, ev: Event, rip: int) -> int:
     """IA-32e mode: 16-byte gates, 64-bit frame SS:RSP:RFLAGS:CS:RIP, IST (SDM 6.14)."""
     offset, sel, gtype, ist = _gate(cpu, ev, 16)
-    cs_base, cs_limit, cs_ar, _ = _read_descriptor(cpu, sel, ev)
+    cs_base, cs_limit, cs_ar = _handler_code_segment(cpu, sel, ev)
     if not (cs_ar & (1 << 13)):
         raise GuestFault(hardware_exception(GP, sel & 0xFFFC), f"gate {ev.vector:#x} selector {sel:#x} is not a 64-bit code segment")
     new_cpl = (cs_ar >> 5) & 3

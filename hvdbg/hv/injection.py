@@ -22,7 +22,7 @@ def inject_pending(vcpu) -> None:
     if vcpu.pending_event is not None:
         ev, rip = vcpu.pending_event, vcpu.pending_event_rip
         vcpu.pending_event = None
-        vcpu.deliver(ev, rip)
+        vcpu.deliver(ev, rip, vcpu.pending_event_length)
         return
     intercepts = vcpu.engine.intercepts
     if vcpu.apic.nmi_pending:

@@ -96,7 +96,7 @@ class Vcpu(GuestView, GuestStateArea):
         self.spin_skipped = 0          # ... of it skipped in loops without progress (spin_skip)
         self.ipi_log: list = []        # (IcrCommand, [target vCPU indexes]) sent by this vCPU
         self.sipi_entry: int | None = None
-        self.pending_event_rip = 0
+        self.pending_event_rip = self.pending_event_length = 0   # its RIP, and its instruction's length if trap-like
         self.hook_error: tuple[BaseException, str] | None = None
         self.on_kick: Callable[["Vcpu"], None] | None = None   # the executor's wake-up hook
         self.ple_window = 0
@@ -351,7 +351,7 @@ class Vcpu(GuestView, GuestStateArea):
             self.request_leave()
             return
         self.pending_event = ev
-        self.pending_event_rip = rip
+        self.pending_event_rip, self.pending_event_length = rip, length
         self.request_leave()
 
     def on_memory_fault(self, access: str, gpa: int) -> bool:
@@ -452,10 +452,10 @@ class Vcpu(GuestView, GuestStateArea):
         controls = self._vmcs.read("CPU_BASED_VM_EXEC_CONTROL")
         self._vmcs.write("CPU_BASED_VM_EXEC_CONTROL", controls | control)
 
-    def deliver(self, ev: Event, rip: int) -> None:
+    def deliver(self, ev: Event, rip: int, length: int = 0) -> None:
         """Deliver an event through the guest IDT now (a triple fault shuts the vCPU down)."""
         try:
-            self.last_delivery = deliver(self, ev, rip)
+            self.last_delivery = deliver(self, ev, rip, length)
             if ev.type != EventType.EXTERNAL:
                 if len(self.delivered) < 64:
                     self.delivered.append((self.last_delivery.event, rip))

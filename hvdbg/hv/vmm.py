@@ -76,6 +76,7 @@ class VcpuPort(Protocol):
     pending_sipi: int | None
     pending_event: Event | None
     pending_event_rip: int
+    pending_event_length: int
     started_by_sipi: bool
     sipi_vector: int | None
     sipi_entry: int | None
@@ -292,7 +293,7 @@ class Vmm:
     def _inject_gp(self, vcpu: VcpuPort, exit: ExitInfo, why: str) -> ExitDecision:
         exit.detail += f": #GP injected ({why})"
         vcpu.pending_event = hardware_exception(13, 0)
-        vcpu.pending_event_rip = exit.rip
+        vcpu.pending_event_rip, vcpu.pending_event_length = exit.rip, 0
         vcpu.engine.set_rip(exit.rip)
         return ExitDecision.FAULT
 
