@@ -71,7 +71,7 @@ def test_protected_mode_interrupt_gate_with_error_code():
     d = deliver(cpu, hardware_exception(13, 0x18))
     assert d.handler == 0x00102030 and cpu.regs["rip"] == 0x00102030
     err, eip, cs, eflags = struct.unpack("<IIII", cpu.mem.read(cpu.regs["rsp"], 16))
-    assert (err, eip, cs, eflags) == (0x18, 0x1234, 0x08, 0x202)
+    assert (err, eip, cs, eflags) == (0x18, 0x1234, 0x08, 0x10202)   # a fault saves RF = 1
     assert cpu.regs["rsp"] == 0x9000 - 16
 
 
@@ -83,7 +83,7 @@ def test_long_mode_frame_alignment_and_ist():
     assert cpu.regs["rip"] == 0xFFFFFFFF80001000
     assert cpu.regs["cr2"] == 0xDEAD000
     frame = struct.unpack("<6Q", cpu.mem.read(cpu.regs["rsp"], 48))
-    assert frame == (0x2, 0x1234, 0x08, 0x202, 0x9008, 0x10)
+    assert frame == (0x2, 0x1234, 0x08, 0x10202, 0x9008, 0x10)      # a fault saves RF = 1
     assert cpu.regs["rsp"] == 0x9000 - 48
     # IST 1 from the TSS at 0x7000 + 0x24
     cpu2 = FakeCpu("long")
@@ -121,3 +121,19 @@ def test_double_fault_table():
     assert combine(gp, pf).vector == 14     # contributory + page fault: handle the #PF
     assert combine(ud, gp).vector == 13     # benign first: serial
     assert combine(df, gp) is None          # #DF + contributory: shutdown
+
+
+def test_faults_save_rf_traps_and_interrupts_do_not():
+    """SDM 18.3.1.1: the RFLAGS image of a fault-class exception has RF set (kvm-unit-tests
+    idt_test checks it for #GP and #UD); #BP, INT n and external interrupts save RFLAGS as it is."""
+    for event, rf in ((hardware_exception(6), True), (hardware_exception(13, 0), True),
+                      (Event(3, EventType.SOFTWARE_EXCEPTION), False),
+                      (Event(0x40, EventType.SOFTWARE_INTERRUPT), False), (Event(0x40, EventType.EXTERNAL), False)):
+        cpu = FakeCpu("long")
+        cpu.mem.write(0x5000 + event.vector * 16, gate64(0x1000))
+        deliver(cpu, event)
+        pushed = struct.unpack("<6Q" if event.error_code is not None else "<5Q",
+                               cpu.mem.read(cpu.regs["rsp"], 48 if event.error_code is not None else 40))
+        eflags = pushed[3] if event.error_code is not None else pushed[2]
+        assert bool(eflags & (1 << 16)) == rf, event
+        assert not cpu.regs["rflags"] & (1 << 16)             # the handler runs with RF = 0

@@ -17,7 +17,7 @@ SNAPSHOT = next(iter(sorted(THIRD_PARTY.glob("kvm-unit-tests-*.tar.gz"))), None)
 #: Measured passing under hvdbg in seconds (docs/conformance.md has the whole table).
 PASSING = [
     "ioapic", "smptest", "smptest3", "vmexit_tscdeadline", "vmexit_tscdeadline_immed", "hypercall",
-    "eventinj", "memory", "setjmp", "xsave", "rmap_chain", "pcid-enabled", "pcid-disabled", "pcid-asymmetric",
+    "eventinj", "idt_test", "memory", "setjmp", "xsave", "rmap_chain", "pcid-enabled", "pcid-disabled", "pcid-asymmetric",
     "rdpru", "umip",
 ]
 #: Pass, or time out at kvm-unit-tests' 90 s, depending on the host's speed: each vmexit.flat

@@ -131,6 +131,19 @@ class Delivery:
     chain: list[tuple[Event, str]]
 
 
+#: Fault-class exceptions (SDM Table 6-1), #DB aside: it is a fault for instruction
+#: breakpoints only.  Their saved RFLAGS image has RF set (SDM 18.3.1.1), so that the
+#: handler's IRET does not take an instruction breakpoint on the restarted instruction again.
+FAULT_VECTORS = frozenset({0, 5, 6, 7, 10, 11, 12, 13, 14, 16, 17, 19, 20, 21})
+
+
+def _saved_flags(ev: Event, flags: int) -> int:
+    """The RFLAGS image an event pushes."""
+    if ev.type == EventType.HARDWARE_EXCEPTION and ev.vector in FAULT_VECTORS:
+        return flags | RFLAGS_RF
+    return flags
+
+
 def _class(vector: int) -> str:
     if vector == PF:
         return "pf"
@@ -295,7 +308,7 @@ def _deliver_protected(cpu: EventCpu, ev: Event, rip: int) -> int:
     wide = gtype >= 8
     width = 4 if wide else 2
     fmt = "<I" if wide else "<H"
-    items = [flags, old_cs.selector, rip]
+    items = [_saved_flags(ev, flags), old_cs.selector, rip]
     new_ss = old_ss
     if new_cpl < cpl:
         tr = cpu.get_segment("tr")
@@ -344,7 +357,7 @@ def _deliver_long(cpu: EventCpu, ev: Event, rip: int) -> int:
     if new_cpl < cpl:
         segs["ss"] = Segment(new_cpl, 0, 0, 1 << 16)  # NULL SS with RPL = new CPL
     new_rsp &= ~0xF
-    items = [old_ss.selector, rsp, flags, old_cs.selector, rip]
+    items = [old_ss.selector, rsp, _saved_flags(ev, flags), old_cs.selector, rip]
     if ev.error_code is not None:
         items.append(ev.error_code)
     data = b"".join(struct.pack("<Q", v & 0xFFFFFFFFFFFFFFFF) for v in reversed(items))
