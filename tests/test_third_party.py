@@ -411,9 +411,23 @@ def xen_smp_run(xen_image) -> HvdbgRun:
     return run
 
 
+def what_hvdbg_said(run: HvdbgRun) -> str:
+    """The run as ``hvdbg run`` reports it (outcome, diagnosis, each vCPU, the exits, the
+    last exits of the trace) after the end of the serial log: a failure on another
+    machine then says where the guest was, not only what it printed."""
+    res = run.result
+    lines = [run.serial[-2000:], f"outcome {res['outcome']}"] + [f"* {d}" for d in res["diagnosis"]]
+    lines += [f"vCPU {v['id']}: {v['state']} RIP {v['rip']:#x}, {v['instructions']} instructions, "
+              f"{v['exits']} exits, IF={int(v['interrupts_enabled'])}, started by SIPI: {v['started_by_sipi']}"
+              for v in res["vcpus"]]
+    lines.append(f"exits: {res['exits']}")
+    lines += [f"{r.vcpu} {r.reason_name} {r.rip:#x} {r.detail}" for r in run.vm.trace.last(30)]
+    return "\n".join(lines)
+
+
 def test_xen_boots_two_vcpus_to_the_dom0_panic(xen_smp_run):
     run = xen_smp_run
-    assert in_order(run.serial, XEN_MILESTONES) == [], run.serial[-3000:]
+    assert in_order(run.serial, XEN_MILESTONES) == [], what_hvdbg_said(run)
     assert "(XEN) Bootloader: hvdbg" in run.serial
     assert "(XEN) ACPI: APIC 000E0100" in run.serial                  # hvdbg's MADT
     assert "(XEN) Platform timer is 3.580MHz ACPI PM Timer" in run.serial   # hvdbg's FADT
