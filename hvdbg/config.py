@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hvdbg.arch.apic import XAPIC_BASE
+from hvdbg.arch.cpuid import parse_cpu_spec
 from hvdbg.vmx.ept import DEFAULT_CAPS
 from hvdbg.errors import ConfigError
 from hvdbg.platform.memory import GuestMemory
@@ -74,6 +75,11 @@ def _str_list(value: Any) -> list[str]:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return list(value)
     raise ValueError("expected a list of strings")
+
+
+def _cpu_spec(value: Any) -> str:
+    parse_cpu_spec(_str(value))   # ValueError names the model or flag
+    return value
 
 
 def _int_list(value: Any) -> list[int]:
@@ -147,6 +153,8 @@ SCHEMA: tuple[Option, ...] = (
     Option("spin_skip", _bool, False, "a vCPU caught in a loop without progress (the hang detector's test) runs 840-instruction probes and the rest of each slice passes as idle virtual time, as if the loop ran slower; the pinned executor also yields the host core for 0.5 ms. Cuts the host time of many-vCPU boots (deterministic: same exit trace; fewer executed instructions)"),
     Option("slice", _int, 50_000, "time slice in guest instructions (100 .. 2^32)"),
     Option("affinity", _affinity, {}, "per-vCPU allowed pCPUs, e.g. { 0 = [0], 1 = [1] }"),
+    Option("cpu", _cpu_spec, "hvdbg", "CPU model and features in QEMU's -cpu spelling: \"hvdbg\" (default), "
+           "\"qemu64\" or \"max\", then +FLAG / -FLAG, e.g. \"max,-pku\" (docs/config.md lists them)"),
     Option("cpuid.x2apic", _bool, False, "report x2APIC support in CPUID.1:ECX[21]"),
     Option("cpuid.apic_ids", _choice("distinct", "same"), "distinct",
            "initial APIC IDs reported by CPUID: 'distinct' (correct) or 'same' (every vCPU reads 0: a bug scenario)"),

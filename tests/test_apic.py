@@ -112,3 +112,19 @@ def test_an_expired_timer_is_taken_even_when_nobody_asks_for_interrupts():
     apic.write(Reg.TIMER_INITIAL, 10)
     t["now"] = 1600
     assert apic.next_event() is None and apic.irr >> 0x41 & 1
+
+
+def test_a_timer_armed_during_a_run_tells_the_vcpu_its_deadline():
+    """Arming the timer (initial count, TSC deadline) reports the deadline so that the run
+    in progress ends there, not at the end of its slice (the interrupt would be late)."""
+    t = {"now": 100}
+    armed: list[int] = []
+    apic = LocalApic(1, bsp=False, x2apic_supported=True, send_ipi=lambda src, cmd: None,
+                     clock=lambda: t["now"], on_timer_armed=armed.append)
+    apic.write(Reg.TIMER_DIVIDE, 0b1011)             # divide by 1
+    apic.write(Reg.LVT_TIMER, 0x40)                  # one-shot
+    apic.write(Reg.TIMER_INITIAL, 500)
+    apic.write(Reg.LVT_TIMER, 0x40 | 2 << 17)        # TSC-deadline mode: disarms
+    assert apic.next_event() is None
+    apic.arm_tsc_deadline(7000)
+    assert armed == [600, 7000] and apic.tsc_deadline() == 7000

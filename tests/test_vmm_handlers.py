@@ -303,7 +303,47 @@ def test_wrmsr_enables_x2apic_then_x2apic_msrs_work(setup):
     assert decide(vmm, v, info) == (True, ExitDecision.RESUME) and info.data == v.apic.apic_id
 
 
-@pytest.mark.parametrize("msr", [IA32_TSC_DEADLINE, IA32_PAT])
+def test_tsc_deadline_msr_arms_the_apic_timer_on_the_tsc(setup):
+    """IA32_TSC_DEADLINE counts on the TSC (the clock plus IA32_TSC's offset), only in the
+    LVT's TSC-deadline mode, fires once and then reads 0 (SDM 11.5.4.1)."""
+    vmm, v, _ = setup
+    v.apic.write(Reg.SVR, 0x1FF)
+
+    def wrmsr(msr, value):
+        decide(vmm, v, ExitInfo(ExitReason.MSR_WRITE, data=value, payload=MsrAccess(msr)))
+
+    def rdmsr(msr):
+        info = ExitInfo(ExitReason.MSR_READ, payload=MsrAccess(msr))
+        decide(vmm, v, info)
+        return info.data
+
+    wrmsr(IA32_TSC_DEADLINE, 5000)                 # one-shot mode: ignored
+    assert rdmsr(IA32_TSC_DEADLINE) == 0 and v.next_event() is None
+    v.apic.write(Reg.LVT_TIMER, 0x50 | 2 << 17)    # TSC-deadline mode, vector 0x50
+    wrmsr(IA32_TSC, 1_000_000)                     # TSC = clock + 1e6
+    v.ticks = 100
+    wrmsr(IA32_TSC_DEADLINE, 1_000_000 + 3000)
+    assert rdmsr(IA32_TSC_DEADLINE) == 1_003_000
+    assert v.next_event() == 3000                  # on the vCPU's clock
+    v.apic.write(Reg.TIMER_INITIAL, 10)           # ignored in TSC-deadline mode
+    assert v.next_event() == 3000 and v.apic.read(Reg.TIMER_CURRENT) == 0
+    v.ticks = 2999
+    assert v.apic.pending_vector() is None
+    v.ticks = 3000
+    assert v.apic.pending_vector() == 0x50
+    assert rdmsr(IA32_TSC_DEADLINE) == 0 and v.next_event() is None   # fired: disarmed
+    wrmsr(IA32_TSC_DEADLINE, 5)                    # in the past: fires at once
+    assert v.next_event() is None and v.apic.irr >> 0x50 & 1
+    wrmsr(IA32_TSC_DEADLINE, 1_000_000 + 9000)
+    v.apic.write(Reg.LVT_TIMER, 0x50)              # leaving TSC-deadline mode disarms
+    assert v.next_event() is None and rdmsr(IA32_TSC_DEADLINE) == 0
+    v.apic.write(Reg.LVT_TIMER, 0x50 | 2 << 17)
+    wrmsr(IA32_TSC_DEADLINE, 1_000_000 + 9000)
+    wrmsr(IA32_TSC_DEADLINE, 0)                    # 0 disarms
+    assert v.next_event() is None
+
+
+@pytest.mark.parametrize("msr", [IA32_PAT])
 def test_wrmsr_of_kept_msrs_is_remembered(setup, msr):
     vmm, v, _ = setup
     decide(vmm, v, ExitInfo(ExitReason.MSR_WRITE, data=0x0007040600070406, payload=MsrAccess(msr)))

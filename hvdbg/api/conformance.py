@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from hvdbg.arch.cpuid import ALL_FEATURES, CPU_MODELS, IMPLEMENTED, QEMU_ALIASES
 from hvdbg.errors import HvdbgError
 
 KUT_SKIP_STATUS = 77 >> 1         # lib/report.c: 38 written, so that QEMU's (38 << 1) | 1 is 77
@@ -66,12 +67,34 @@ class KutCase:
 
     def cpu_flags(self) -> dict[str, bool]:
         """The ``-cpu model,+flag,-flag`` feature flags of ``qemu_params``."""
-        m = re.search(r"-cpu\s+(\S+)", self.qemu_params)
         flags: dict[str, bool] = {}
-        for part in (m.group(1).split(",")[1:] if m else []):
+        for part in self._cpu_parts()[1:]:
             if part[:1] in "+-":
                 flags[part[1:]] = part[0] == "+"
         return flags
+
+    def _cpu_parts(self) -> list[str]:
+        m = re.search(r"-cpu\s+(\S+)", self.qemu_params)
+        return m.group(1).split(",") if m else []
+
+    def hvdbg_cpu(self) -> tuple[str, list[str]]:
+        """hvdbg's ``cpu`` setting for the case's ``-cpu``, and the parts it leaves out: a
+        model hvdbg does not have becomes ``max``; properties (``vendor=``, ``phys-bits=``)
+        and flags for features hvdbg does not implement are dropped."""
+        parts = self._cpu_parts()
+        if not parts:
+            return "hvdbg", []
+        model, dropped = parts[0], []
+        if model not in CPU_MODELS:
+            model, dropped = "max", [f"model {parts[0]}"]
+        kept = [model]
+        for part in parts[1:]:
+            name = QEMU_ALIASES.get(part[1:], part[1:])
+            if part[:1] == "+" and name in IMPLEMENTED or part[:1] == "-" and name in ALL_FEATURES:
+                kept.append(part[0] + name)
+            else:
+                dropped.append(part)
+        return ",".join(kept), dropped
 
 
 def parse_unittests_cfg(text: str) -> list[KutCase]:
@@ -219,12 +242,11 @@ def hvdbg_config(tree: Path, case: KutCase, *, pcpus: int = 0, vcpus: int | None
     """The TOML values of a case under hvdbg: the kernel's path first on the command line
     (QEMU's multiboot convention; kvm-unit-tests takes argv[0] from it), QEMU's 128 MiB."""
     kernel = tree / "x86" / case.file
-    flags = case.cpu_flags()
+    cpu, _dropped = case.hvdbg_cpu()
     cfg: dict = {"kernel": str(kernel), "cmdline": f"{kernel} {case.test_args}".strip(),
                  "vcpus": vcpus or case.smp, "memory": QEMU_MEMORY, "pcpus": pcpus,
                  "budget": {"seconds": case.timeout, "instructions": 1 << 40}}
-    if "x2apic" in flags:
-        cfg["cpuid"] = {"x2apic": flags["x2apic"]}
+    cfg["cpu"] = cpu
     m = re.search(r"(?:^|\s)-m\s+(\d+)([MGmg]?)", case.qemu_params)
     if m:
         mib = int(m.group(1)) * (1024 if m.group(2).lower() == "g" else 1)

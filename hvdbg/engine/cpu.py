@@ -139,12 +139,18 @@ def uc_perms(perms: int) -> int:
         (UC_PROT_EXEC if perms & 4 else 0)
 
 
+#: The Unicorn CPU models a vCPU can run on (hvdbg.arch.cpuid.CPU_MODELS names one per
+#: model): the model decides which instructions the decoder accepts (ADX, CLAC/STAC, ...).
+ENGINE_MODELS = {"haswell": X.UC_CPU_X86_HASWELL, "icelake-server": X.UC_CPU_X86_ICELAKE_SERVER}
+
+
 class EngineCpu:
     """One Unicorn engine in 64-bit mode with the SDM reset state (Table 9-1) loaded."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: str = "haswell") -> None:
         ucx.self_test()
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        self.uc.ctl_set_cpu_model(ENGINE_MODELS[model])   # before any other use of the engine
         # No stop address: emu_start's ``until`` is an address (0 would stop code at linear
         # 0, e.g. an AP started by SIPI vector 0), and after each run Unicorn invalidates the
         # block at until - 1 through a guest page walk that can leave a sticky #PF.  An empty
@@ -267,6 +273,11 @@ class EngineCpu:
         before the next one.  ``emu_stop`` there lets the store happen but rolls RIP back
         to the instruction, which resuming would then execute a second time."""
         self.counter.end_budget_now()
+
+    def stop_within(self, instructions: int) -> bool:
+        """From a hook: let the run go on for at most ``instructions`` more instructions
+        (after the current one); True if that shortened it."""
+        return self.counter.end_budget_after(instructions)
 
     # -- registers -----------------------------------------------------------------------------
     def batch(self, reg_ids: tuple[int, ...]) -> RegisterBatch:

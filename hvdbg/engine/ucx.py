@@ -385,6 +385,15 @@ class InstructionCounter:
         budget ``emu_count`` follows ``emu_counter`` in uc_struct)."""
         self._budget.value = self._cell.value
 
+    def end_budget_after(self, more: int) -> bool:
+        """Make the running ``emu_start(count=...)`` stop after at most ``more`` further
+        instructions; True if that shortened the run."""
+        limit = self._cell.value + max(0, more)
+        if limit >= self._budget.value:
+            return False
+        self._budget.value = limit
+        return True
+
 
 def _calibrate_counter() -> int:
     uc = Uc(UC_ARCH_X86, UC_MODE_64)

@@ -13,7 +13,7 @@ from hvdbg.platform import multiboot
 from hvdbg.vmx.bitmaps import IoBitmaps, MsrBitmap
 from hvdbg.platform.firmware.acpi import ACPI_BASE, ACPI_END, install_acpi
 from hvdbg.config import VmConfig
-from hvdbg.arch.cpuid import CpuidModel
+from hvdbg.arch.cpuid import CpuidModel, parse_cpu_spec
 from hvdbg.platform.board import build_pc_board
 from hvdbg.platform.devices import IoBus
 from hvdbg.platform.firmware.bda import VGA_WINDOW, install_bda, install_ivt
@@ -78,7 +78,11 @@ class Machine:
         if config["platform.acpi_pm"]:
             self.board.add_acpi_pm(self.virtual_time, lambda: self.end(
                 "exited", detail="the guest entered ACPI S5 (soft off) through PM1a_CNT"))
-        signature, _ebx, _ecx, features = CpuidModel(apic_id=0, vcpu_count=n, x2apic=config["cpuid.x2apic"]).query(1, 0)
+        spec = parse_cpu_spec(config["cpu"])
+        x2apic = config["cpuid.x2apic"] or "x2apic" in spec.features
+        model = dict(vcpu_count=n, x2apic=x2apic, features=tuple(f for f in spec.features if f != "x2apic"),
+                     engine_model=spec.model.engine_model)
+        signature, _ebx, _ecx, features = CpuidModel(apic_id=0, **model).query(1, 0)
         self.mptable = install_mptable(self.memory, self.apic_ids, cpu_signature=signature,
                                        cpu_features=features, ioapic_id=self.ioapic.id)
         self.bda = install_bda(self.memory, LOW_MEMORY_END, VGA_WINDOW)
@@ -97,9 +101,9 @@ class Machine:
         self.vcpus: list[Vcpu] = []
         for i in range(n):
             cpuid_id = self.faults.cpuid_apic_id(self.apic_ids[i])
-            cpuid = CpuidModel(apic_id=cpuid_id, vcpu_count=n, x2apic=config["cpuid.x2apic"])
+            cpuid = CpuidModel(apic_id=cpuid_id, **model)
             v = Vcpu(i, self.apic_ids[i], self.memory, self.vmm, cpuid, bsp=(i == 0),
-                     x2apic=config["cpuid.x2apic"], send_ipi=self.apic_bus.send, turns=self.turns,
+                     x2apic=x2apic, send_ipi=self.apic_bus.send, turns=self.turns,
                      mmio_ranges=self.board.mmio.ranges())
             v.apic.on_level_eoi = self.ioapic.eoi   # the EOI message (SDM 11.8.5)
             v.board = self.board

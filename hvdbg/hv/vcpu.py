@@ -26,7 +26,6 @@ from hvdbg.arch.cpuid import CpuidModel
 from hvdbg.arch.events import PF, Delivery, Event, EventType, Shutdown, deliver, hardware_exception
 from hvdbg.arch.regs import RFLAGS_IF
 from hvdbg.engine.cpu import EngineCpu, EngineError, ExecutionTurns
-from hvdbg.engine.regs import RegisterBatch
 from hvdbg.arch.msrs import MsrModel
 from hvdbg.hv import activity as act
 from hvdbg.hv import cr_access, injection, mmio_access, msr_access, pause_loop, system_calls, timekeeping
@@ -85,7 +84,7 @@ class Vcpu(GuestView, GuestStateArea):
         self.bsp = bsp
         self._vmcs = Vmcs()
         self._guest_stale = False       # the engine holds newer guest state than the VMCS
-        self.engine = EngineCpu()       # SDM Table 9-1 reset state loaded
+        self.engine = EngineCpu(cpuid.engine_model)   # SDM Table 9-1 reset state loaded
         self.turns = turns if turns is not None else ExecutionTurns()   # shared by the machine's vCPUs
         self.regs = self.engine.regs    # hot-path register access (hvdbg.engine.regs)
         self.msr_regs = self.engine.batch_of(("rcx", "rax", "rdx"))
@@ -144,13 +143,9 @@ class Vcpu(GuestView, GuestStateArea):
         self._park = False              # a debugger stop arrived: skip the next slice
         self.pcpu: int | None = None
         self.apic = LocalApic(apic_id, bsp=bsp, x2apic_supported=x2apic, send_ipi=send_ipi,
-                              clock=self.clock, on_pending=self.kick)
+                              clock=self.clock, on_pending=self.kick, on_timer_armed=self.bound_run)
         memory.attach(self.engine)
         self.engine.connect(self, XAPIC_BASE, XAPIC_SIZE, mmio_ranges)
-
-    def batch(self, reg_ids: tuple[int, ...]) -> RegisterBatch:
-        """A register batch on this vCPU's engine (built once per register list)."""
-        return self.engine.batch(reg_ids)
 
     @property
     def vmcs(self) -> Vmcs:
@@ -221,13 +216,19 @@ class Vcpu(GuestView, GuestStateArea):
     def on_rdtsc(self, rdtscp: bool) -> None:
         timekeeping.rdtsc(self, rdtscp)
 
-    def _pass_time(self, ns: int) -> None:
-        """An IN/OUT or a VM exit takes ``ns`` of virtual time; reaching the APIC's next
-        event ends the run after this instruction, so that the interrupt is taken on time."""
+    def _pass_time(self, ns: int) -> None:   # an IN/OUT or a VM exit (hvdbg.hv.timekeeping)
         self.idle_ticks += ns
-        if self._event_deadline is not None and self._in_run and self.clock() >= self._event_deadline:
+        self.bound_run(None)
+
+    def bound_run(self, deadline: int | None) -> None:
+        """End the current run by ``deadline`` too (a timer armed during it), and by the
+        time it reaches its event deadline, so that the interrupt is taken on time."""
+        if not self._in_run:
+            return
+        if deadline is not None and (self._event_deadline is None or deadline < self._event_deadline):
+            self._event_deadline = deadline
+        if self._event_deadline is not None and self.engine.stop_within(self._event_deadline - self.clock()):
             self._budget_cut = True
-            self.engine.stop_after_instruction()
 
     def on_in(self, port: int, size: int) -> int:
         if self.io_bitmaps is not None and not self.io_bitmaps.exits(port, size):

@@ -177,6 +177,8 @@ class Vmm:
         eax, ebx, ecx, edx = vcpu.cpuid.query(leaf, sub)
         if leaf == 1 and not (vcpu.apic.base_msr & (1 << 11)):
             edx &= ~(1 << 9)  # APIC globally disabled: CPUID.1:EDX.APIC = 0 (SDM 11.4.3)
+        if leaf in (1, 7):
+            ecx = vcpu.cpuid.with_control_bits(leaf, ecx, vcpu.engine.read("cr4"))
         vcpu.engine.batch_of(_CPUID_OUT).write((eax, ebx, ecx, edx))
         exit.detail = f"leaf {leaf:#x}.{sub:#x}"
         return ExitDecision.RESUME
@@ -262,6 +264,9 @@ class Vmm:
             exit.data = vcpu.apic.read_msr(msr)
         elif msr == IA32_TSC:
             exit.data = vcpu.tsc()
+        elif msr == IA32_TSC_DEADLINE:
+            deadline = vcpu.apic.tsc_deadline()
+            exit.data = 0 if deadline is None else deadline + vcpu.tsc() - vcpu.clock()
         elif msr in vcpu.msrs:
             exit.data = vcpu.msrs[msr]
         else:
@@ -284,7 +289,9 @@ class Vmm:
             return ExitDecision.LEAVE if self.life.ended else ExitDecision.RESUME
         elif msr == IA32_TSC:
             vcpu.set_tsc(value)
-        elif msr in (IA32_TSC_DEADLINE, IA32_PAT, IA32_MISC_ENABLE):
+        elif msr == IA32_TSC_DEADLINE:   # on the TSC, in virtual time (SDM 11.5.4.1)
+            vcpu.apic.arm_tsc_deadline(value - vcpu.tsc() + vcpu.clock() if value else None)
+        elif msr in (IA32_PAT, IA32_MISC_ENABLE):
             vcpu.msrs[msr] = value
         else:
             return ExitDecision.NATIVE

@@ -38,12 +38,14 @@ class LocalApic:
     def __init__(self, apic_id: int, *, bsp: bool, x2apic_supported: bool,
                  send_ipi: Callable[["LocalApic", IcrCommand], None],
                  clock: Callable[[], int],
-                 on_pending: Callable[[], None] = lambda: None) -> None:
+                 on_pending: Callable[[], None] = lambda: None,
+                 on_timer_armed: Callable[[int], None] = lambda deadline: None) -> None:
         self.apic_id = apic_id
         self.x2apic_supported = x2apic_supported
         self._send_ipi = send_ipi
         self._clock = clock
         self._on_pending = on_pending
+        self._on_timer_armed = on_timer_armed   # the vCPU's run then ends by the deadline
         self._lock = threading.RLock()
         self.base_msr = XAPIC_BASE | APIC_BASE_EN | (APIC_BASE_BSP if bsp else 0)
         self.regs: dict[int, int] = {}
@@ -126,7 +128,12 @@ class LocalApic:
                 self._issue(self.regs[Reg.ICR_HIGH] << 32 | value)
             elif offset == Reg.TIMER_INITIAL:
                 self.regs[offset] = value
-                self._arm_timer()
+                if not self._tsc_deadline_mode():   # ignored in TSC-deadline mode (SDM 11.5.4.1)
+                    self._arm_timer()
+            elif offset == Reg.LVT_TIMER:
+                if self._tsc_deadline_mode() != (value >> 17 & 3 == 2):
+                    self.timer_deadline = None      # entering or leaving TSC-deadline mode disarms
+                self.regs[offset] = value
             elif offset == Reg.TIMER_DIVIDE:
                 self.regs[offset] = value & 0xB
             elif offset == Reg.ID and not self.x2apic_mode:
@@ -267,9 +274,31 @@ class LocalApic:
             return
         self.timer_period = initial * self._divisor()
         self.timer_deadline = self._clock() + self.timer_period
+        self._on_timer_armed(self.timer_deadline)
+
+    def _tsc_deadline_mode(self) -> bool:
+        return self.regs[Reg.LVT_TIMER] >> 17 & 3 == 2
+
+    def arm_tsc_deadline(self, deadline: int | None) -> None:
+        """WRMSR IA32_TSC_DEADLINE, the deadline given as virtual time (SDM 11.5.4.1): in
+        TSC-deadline mode the timer fires once the clock reaches it (one in the past fires
+        at once; None, for 0, disarms); in the other modes the write is ignored."""
+        with self._lock:
+            if not self._tsc_deadline_mode():
+                return
+            self.timer_deadline = deadline
+            if deadline is not None:
+                self._on_timer_armed(deadline)
+
+    def tsc_deadline(self) -> int | None:
+        """The armed TSC deadline as virtual time; None when RDMSR IA32_TSC_DEADLINE reads
+        0 (disarmed, fired, or another timer mode)."""
+        with self._lock:
+            self._check_timer()
+            return self.timer_deadline if self._tsc_deadline_mode() else None
 
     def _timer_current(self) -> int:
-        if self.timer_deadline is None:
+        if self.timer_deadline is None or self._tsc_deadline_mode():
             return 0
         left = self.timer_deadline - self._clock()
         return max(0, left // self._divisor())

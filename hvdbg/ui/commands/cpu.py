@@ -80,7 +80,7 @@ def cmd_events(call: Call, a: dict) -> str:
 
 _FIRST_EXCEPTIONS = 8
 
-_CPUID_OVERVIEW = ((0, 0), (1, 0), (0xB, 0), (0xB, 1), (0x40000000, 0), (0x80000000, 0),
+_CPUID_OVERVIEW = ((0, 0), (1, 0), (7, 0), (0xB, 0), (0xB, 1), (0x40000000, 0), (0x80000000, 0),
                    (0x80000001, 0), (0x80000002, 0), (0x80000003, 0), (0x80000004, 0), (0x80000008, 0))
 
 
@@ -94,6 +94,7 @@ def cmd_cpuid(call: Call, a: dict) -> str:
         if not 0 <= leaf <= 0xFFFFFFFF:
             raise CommandError(f"CPUID leaf {leaf:#x} does not fit in EAX")
         eax, ebx, ecx, edx = v.cpuid.query(leaf, sub)
+        ecx = v.cpuid.with_control_bits(leaf, ecx, v.engine.read("cr4"))
         lines.append(f"{leaf:#010x}.{sub:<2} eax {eax:#010x} ebx {ebx:#010x} ecx {ecx:#010x} edx {edx:#010x}")
         lines += [f"    {n}" for n in cpuid_notes(leaf, sub, eax, ebx, ecx, edx)]
     return "\n".join(lines)

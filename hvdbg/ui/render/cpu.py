@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from hvdbg.arch.cpuid import ECX1, ECX_EXT, EDX1, EDX_EXT
+from hvdbg.arch.cpuid import EBX7, ECX1, ECX7, ECX_EXT, EDX1, EDX_EXT
 from hvdbg.arch.regs import CR0_BITS, CR4_BITS, EFER_BITS, RFLAGS_BITS
 from hvdbg.arch.segments import Segment
 from hvdbg.hv.vcpu import Vcpu
@@ -51,7 +51,12 @@ def cpuid_notes(leaf: int, sub: int, eax: int, ebx: int, ecx: int, edx: int) -> 
         return [f"family {family:#x} model {model:#x} stepping {eax & 0xF}",
                 f"initial APIC ID {ebx >> 24} (EBX[31:24]), {ebx >> 16 & 0xFF} logical processors, "
                 f"CLFLUSH line {8 * (ebx >> 8 & 0xFF)} bytes",
-                f"ECX: {_feature_names(ecx, ECX1)}", f"EDX: {_feature_names(edx, EDX1)}"]
+                f"ECX: {_feature_names(ecx, ECX1 | {'osxsave': 27})}", f"EDX: {_feature_names(edx, EDX1)}"]
+    if leaf == 7:
+        if sub:
+            return []
+        return [f"max subleaf {eax}", f"EBX: {_feature_names(ebx, EBX7)}",
+                f"ECX: {_feature_names(ecx, ECX7 | {'ospke': 4})}"]
     if leaf == 0xB:
         kind = {1: "SMT", 2: "core"}.get(ecx >> 8 & 0xFF, "invalid")
         return [f"level {ecx & 0xFF} type {kind}: shift {eax & 0x1F}, {ebx & 0xFFFF} logical processors, "
