@@ -36,15 +36,18 @@ def exit_time(reason: int) -> int:
 _U64 = (1 << 64) - 1
 
 
+_RDTSC_OUT, _RDTSCP_OUT = ("rax", "rdx"), ("rax", "rdx", "rcx")
+
+
 def rdtsc(vcpu, rdtscp: bool) -> None:
     """Perform RDTSC (EDX:EAX = TSC) or RDTSCP (and ECX = IA32_TSC_AUX[31:0]) for ``vcpu``
     (a hvdbg.hv.vcpu.Vcpu inside its engine callback; Unicorn has already checked CR4.TSD)."""
     value = tsc(vcpu)
     e = vcpu.engine
-    e.write("rax", value & 0xFFFFFFFF)
-    e.write("rdx", value >> 32)
     if rdtscp:
-        e.write("rcx", e.msr_read(IA32_TSC_AUX) & 0xFFFFFFFF)
+        e.batch_of(_RDTSCP_OUT).write((value & 0xFFFFFFFF, value >> 32, e.msr_read(IA32_TSC_AUX) & 0xFFFFFFFF))
+    else:
+        e.batch_of(_RDTSC_OUT).write((value & 0xFFFFFFFF, value >> 32))   # one C call (RDTSC is hot)
 
 
 def tsc(vcpu) -> int:
