@@ -18,7 +18,7 @@ SNAPSHOT = next(iter(sorted(THIRD_PARTY.glob("kvm-unit-tests-*.tar.gz"))), None)
 PASSING = [
     "ioapic", "smptest", "smptest3", "hypercall",
     "eventinj", "idt_test", "memory", "setjmp", "xsave", "rmap_chain", "pcid-enabled", "pcid-disabled", "pcid-asymmetric",
-    "rdpru", "umip", "smap", "pku", "tsc",
+    "rdpru", "umip", "smap", "pku", "tsc", "lam",
 ]
 #: Pass, or time out at kvm-unit-tests' 90 s, depending on the host's speed: each vmexit.flat
 #: test repeats until 2^30 TSC cycles pass, which on hvdbg's virtual clock (1 ns per guest

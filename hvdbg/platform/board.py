@@ -17,7 +17,8 @@ from hvdbg.platform.apic import ApicBus
 from hvdbg.platform.devices import (Cmos, DebugExit, IoBus, PciConfigAbsent, Pic8259, Pit8254, PostPort,
                                     SystemControlPortB)
 from hvdbg.platform.devices.bus import MmioBus
-from hvdbg.platform.devices.pc_testdev import IRQ_LINE_PORT, IRQ_LINES, SCRATCH_PORT, IrqLinePorts, ScratchPort
+from hvdbg.platform.devices.pc_testdev import (IOMEM_BASE, IOMEM_SIZE, IRQ_LINE_PORT, IRQ_LINES, SCRATCH_PORT,
+                                              IrqLinePorts, ScratchPort, TestMemory)
 from hvdbg.platform.devices.acpi_pm import PM_BASE, PM_LENGTH, AcpiPm
 from hvdbg.platform.devices.debug_exit import DEBUG_EXIT_PORT
 from hvdbg.platform.devices.fw_cfg import SELECTOR_PORT, FwCfg, e820_table
@@ -88,6 +89,7 @@ def build_pc_board(bus: IoBus, *, ram_size: int, uart: Uart16550, apic_bus: Apic
     ioapic = IoApic(apic_bus.deliver)
     mmio = MmioBus()
     mmio.register(IOAPIC_BASE, IOAPIC_SIZE, ioapic)
+    mmio.register(IOMEM_BASE, IOMEM_SIZE, TestMemory())
     bus.register(IRQ_LINE_PORT, IRQ_LINES, IrqLinePorts(ioapic.set_irq))
     bus.register(SCRATCH_PORT, 4, ScratchPort())
     pic, pit, cmos, vga = Pic8259(), Pit8254(clock), Cmos(ram_size, clock), VgaCrtc()
