@@ -158,6 +158,9 @@ SCHEMA: tuple[Option, ...] = (
     Option("cpuid.x2apic", _bool, False, "report x2APIC support in CPUID.1:ECX[21]"),
     Option("cpuid.apic_ids", _choice("distinct", "same"), "distinct",
            "initial APIC IDs reported by CPUID: 'distinct' (correct) or 'same' (every vCPU reads 0: a bug scenario)"),
+    Option("loader.kernel_name", _bool, False, "put the kernel's path first in the multiboot command line, as "
+           "QEMU -kernel and GRUB do (argv[0] for kvm-unit-tests; Xen skips the first word). "
+           "Off in a TOML (the command line is passed as written), on for `hvdbg run KERNEL`"),
     Option("loader.magic", _magic, None, "EAX at entry: \"bootloader\" (correct), \"header\" (the header magic: a bug scenario) or a number"),
     Option("budget.instructions", _int, 4_000_000_000, "stop after this many guest instructions in total"),
     Option("budget.seconds", _int, 120, "stop after this many host seconds"),
@@ -287,6 +290,17 @@ def load_config(path: str | Path) -> VmConfig:
     cfg = config_from_dict(data, p.resolve().parent, str(p))
     cfg.path = p
     return cfg
+
+
+def config_for_kernel(kernel: str | Path, **values: Any) -> VmConfig:
+    """The configuration of ``hvdbg run KERNEL`` (no TOML): the schema's defaults, the
+    kernel's path first on its command line as QEMU puts it, then ``values`` (paths
+    relative to the working directory)."""
+    data: dict[str, Any] = {"kernel": str(kernel), "loader": {"kernel_name": True}}
+    for key, value in values.items():
+        section, _, name = key.rpartition(".")
+        (data.setdefault(section, {}) if section else data)[name] = value
+    return config_from_dict(data, Path.cwd(), str(kernel))
 
 
 def schema_markdown() -> str:

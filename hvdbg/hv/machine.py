@@ -158,7 +158,10 @@ class Machine:
         modules = [(self._read(Path(p), "module"), Path(p).name) for p in cfg["modules"]]
         header = multiboot.find_header(self.kernel_image)
         magic = self.faults.entry_magic(header.version if header is not None else None)
-        return multiboot.load(self.kernel_image, self.memory, cfg["memory"], cmdline=cfg["cmdline"],
+        cmdline = cfg["cmdline"]
+        if cfg["loader.kernel_name"]:   # QEMU -kernel / GRUB: "PATH ARGS"
+            cmdline = f"{cfg['kernel']} {cmdline}".rstrip()
+        return multiboot.load(self.kernel_image, self.memory, cfg["memory"], cmdline=cmdline,
                               modules=modules, magic=magic, reserved=[(ACPI_BASE, ACPI_END)],
                               name=self.kernel_path.name)
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from hvdbg.api import make_config
-from hvdbg.config import VmConfig
+from hvdbg.config import VmConfig, config_for_kernel
 from hvdbg.debug.session import DebugSession
 from hvdbg.errors import HvdbgError
 from hvdbg.hv.machine import Machine
@@ -23,7 +24,8 @@ PROCESS_NAME = "qemu-system-hv"
 # command-line option -> config schema key
 _OVERRIDES = (("vcpus", "vcpus"), ("pcpus", "pcpus"), ("memory", "memory"), ("sched", "sched"),
               ("cmdline", "cmdline"), ("deterministic", "deterministic"), ("spin_skip", "spin_skip"),
-              ("budget", "budget.instructions"), ("seconds", "budget.seconds"))
+              ("budget", "budget.instructions"), ("seconds", "budget.seconds"), ("cpu", "cpu"),
+              ("kernel_name", "loader.kernel_name"))
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -33,9 +35,20 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
             if getattr(args, option) is not None}
 
 
+def config_source(args: argparse.Namespace) -> str | VmConfig:
+    """What ``args.config`` names: a TOML file, or a kernel to run the way ``qemu-system-x86_64
+    -kernel`` runs it (``hvdbg run KERNEL --vcpus 4 --module FILE``; anything but ``.toml``)."""
+    modules = [str(Path(m).resolve()) for m in getattr(args, "module", None) or []]
+    if args.config.endswith(".toml"):
+        if modules:
+            raise HvdbgError(f"{args.config}: --module is for a kernel; a TOML lists its 'modules'")
+        return args.config
+    return config_for_kernel(args.config, modules=modules)
+
+
 def config_from_args(args: argparse.Namespace, **extra: Any) -> VmConfig:
     """``args.config`` with the command line's overrides, then ``extra``."""
-    return make_config(args.config, **overrides_from_args(args), **extra)
+    return make_config(config_source(args), **overrides_from_args(args), **extra)
 
 
 def run_to_end(args: argparse.Namespace, echo_serial: bool) -> tuple[dict[str, Any], float]:
@@ -46,7 +59,7 @@ def run_to_end(args: argparse.Namespace, echo_serial: bool) -> tuple[dict[str, A
 
     echo = {"output__echo_serial": True} if echo_serial else {}
     if args.gdb is None:
-        run = api.run(args.config, stop_on_interrupt=True, **overrides_from_args(args), **echo)
+        run = api.run(config_source(args), stop_on_interrupt=True, **overrides_from_args(args), **echo)
         return run.result, run.wall_seconds
     vm = Machine(config_from_args(args, **echo))
     start = time.monotonic()

@@ -23,6 +23,12 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
                         "--no-deterministic runs vCPUs on host threads, in host-timed order)")
     p.add_argument("--spin-skip", action="store_true", default=None, dest="spin_skip",
                    help="loops without progress skip the rest of their slice (and, pinned, yield the host core)")
+    p.add_argument("--cpu", help="CPU model and flags in QEMU's -cpu spelling, e.g. max,-pku (docs/config.md)")
+    p.add_argument("--module", action="append", metavar="FILE",
+                   help="with a KERNEL: a multiboot module (repeatable, in order), as QEMU's -initrd")
+    p.add_argument("--kernel-name", action=argparse.BooleanOptionalAction, default=None, dest="kernel_name",
+                   help="put the kernel's path first in its command line, as QEMU and GRUB do "
+                        "(default: on for a KERNEL, off for a TOML)")
     p.add_argument("--budget", type=int, help="instruction budget")
     p.add_argument("--seconds", type=int, help="time budget in seconds")
 
@@ -46,7 +52,7 @@ def cmd_check_determinism(args: argparse.Namespace) -> int:
     from hvdbg.ui import app
 
     overrides = {k: v for k, v in app.overrides_from_args(args).items() if k != "deterministic"}
-    report = determinism.check(args.config, **overrides)
+    report = determinism.check(app.config_source(args), **overrides)
     print("\n".join(report.lines()))
     return 0 if report.repeatable and not report.differences() else 1
 
@@ -77,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hvdbg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a VM to its end and report the outcome")
-    run.add_argument("config", help="VM configuration (TOML)")
+    run.add_argument("config", metavar="CONFIG|KERNEL",
+                     help="VM configuration (TOML), or a multiboot kernel to run with the defaults and the options")
     run.add_argument("--json", action="store_true", help="print one JSON object")
     run.add_argument("--compact", action="store_true", help="with --json: on one line")
     run.add_argument("--quiet", action="store_true", help="print the serial output only at the end")
@@ -89,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check-determinism",
                            help="run a VM twice deterministically and once on host threads; compare")
-    check.add_argument("config", help="VM configuration (TOML)")
+    check.add_argument("config", metavar="CONFIG|KERNEL", help="VM configuration (TOML) or a multiboot kernel")
     _add_overrides(check)
     check.set_defaults(func=cmd_check_determinism)
     conf = sub.add_parser("conformance", help="run a conformance suite under hvdbg and QEMU, side by side")
@@ -104,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
     conf.set_defaults(func=cmd_conformance)
     shell = sub.add_parser("shell", help="interactive shell on a VM (inspect, run, stop, step)")
-    shell.add_argument("config", help="VM configuration (TOML)")
+    shell.add_argument("config", metavar="CONFIG|KERNEL", help="VM configuration (TOML) or a multiboot kernel")
     shell.add_argument("--gdb", type=int, metavar="PORT", help="also serve GDB on PORT (and PORT+1+i)")
     shell.add_argument("--gdb-host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     shell.add_argument("-c", "--command", action="append", default=[],
