@@ -62,6 +62,10 @@ static void apply_option(const char *word, uint64_t len, struct boot_options *op
         opt->workload = WORKLOAD_SUM;
     else if (eq && word_is(word, key_len, "workload") && word_is(value, value_len, "pit"))
         opt->workload = WORKLOAD_PIT;
+    else if (eq && word_is(word, key_len, "workload") && word_is(value, value_len, "echo"))
+        opt->workload = WORKLOAD_ECHO;
+    else if (eq && word_is(word, key_len, "echo_cpu") && parse_u64(value, value_len, &number))
+        opt->echo_cpu = number;
     else if (eq && word_is(word, key_len, "pit_cpu") && parse_u64(value, value_len, &number))
         opt->pit_cpu = number;
     else if (eq && word_is(word, key_len, "pit_ticks") && parse_u64(value, value_len, &number) && number)

@@ -12,7 +12,7 @@
 #define DEFAULT_LOCK_OUTSIDE 100ULL
 #define DEFAULT_ATOMIC_ITERS 1000000ULL
 
-enum workload_kind { WORKLOAD_SUM, WORKLOAD_LOCK, WORKLOAD_ATOMICS, WORKLOAD_PIT };
+enum workload_kind { WORKLOAD_SUM, WORKLOAD_LOCK, WORKLOAD_ATOMICS, WORKLOAD_PIT, WORKLOAD_ECHO };
 
 struct boot_options {
     uint32_t magic;
@@ -32,6 +32,7 @@ struct boot_options {
     uint64_t atomic_iters;       /* workload=atomics: updates per CPU and primitive */
     uint64_t pit_cpu;            /* workload=pit: the CPU (index) IRQ 0 is routed to */
     uint64_t pit_ticks;          /* workload=pit: interrupts it waits for */
+    uint64_t echo_cpu;           /* workload=echo: the CPU (index) IRQ 4 is routed to */
     uint32_t trampoline_phys;    /* AP trampoline (SIPI vector << 12): 0x8000 or 0 */
 };
 
@@ -45,6 +46,7 @@ struct boot_options {
  *   lock=tas|ticket, lock_iters=N, lock_inside=N, lock_outside=N  its parameters
  *   workload=atomics  lock incq / lock cmpxchgq / xchg counters (atomics.h)
  *   workload=pit pit_cpu=N pit_ticks=T  PIT IRQ 0 through the I/O APIC to CPU N (pit.h)
+ *   workload=echo echo_cpu=N  COM1 input through IRQ 4 to CPU N, echoed (echo.h)
  *   atomic_iters=N    its updates per CPU and primitive (default DEFAULT_ATOMIC_ITERS)
  *   sipi_vector=0|8   start the APs at physical 0 (vector 0) or 0x8000 (8, the default)
  * Other words (QEMU passes the kernel path first) are ignored.

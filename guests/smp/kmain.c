@@ -6,6 +6,7 @@
 #include "cpucheck.h"
 #include "lapic.h"
 #include "lock.h"
+#include "echo.h"
 #include "pit.h"
 #include "selftest.h"
 #include "smp.h"
@@ -50,6 +51,8 @@ __attribute__((noreturn)) void kmain(uint32_t magic, uint32_t mb_info_phys)
         atomics_prepare(options.atomic_iters);  /* no array */
     } else if (options.workload == WORKLOAD_PIT) {
         pit_prepare(options.pit_cpu, options.pit_ticks);  /* no array */
+    } else if (options.workload == WORKLOAD_ECHO) {
+        echo_prepare(options.echo_cpu);  /* no array */
     } else {
         work_prepare(&work, options.work_entries);
     }
@@ -74,6 +77,8 @@ __attribute__((noreturn)) void kmain(uint32_t magic, uint32_t mb_info_phys)
         atomics_set_cpus(&work, online);
     if (pit_active())
         pit_set_cpus(&work, online);
+    if (echo_active())
+        echo_set_cpus(&work, online);
     smp_release(&work);
     if (work.lock) {
         lock_run(&work, 0);
@@ -86,6 +91,10 @@ __attribute__((noreturn)) void kmain(uint32_t magic, uint32_t mb_info_phys)
     if (pit_active()) {
         pit_run(&work, 0);
         pit_finish(online);
+    }
+    if (echo_active()) {
+        echo_run(&work, 0);
+        echo_finish(online);
     }
     work_run(&work, 0);
 

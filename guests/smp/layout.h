@@ -50,6 +50,7 @@
 #define VEC_TIMER           0x40
 #define VEC_TEST_IPI        0x41
 #define VEC_PIT             0x42    /* workload=pit: PIT IRQ 0 through I/O APIC pin 2 */
+#define VEC_UART            0x43    /* workload=echo: COM1 IRQ 4 through I/O APIC pin 4 */
 #define VEC_SPURIOUS        0xff
 
 /* Debug-exit port (QEMU isa-debug-exit / hvdbg) and exit statuses. */
@@ -64,6 +65,7 @@
 #define EXIT_CPU_CHECKS_FAILED 7
 #define EXIT_ATOMICS_BAD    8
 #define EXIT_PIT_BAD        9
+#define EXIT_ECHO_BAD       10
 #define EXIT_EXCEPTION_BASE 0x80
 
 #endif

@@ -2,6 +2,7 @@
 
 #include "console.h"
 #include "cpu.h"
+#include "ioapic.h"
 #include "lapic.h"
 
 #define IOAPIC_IOREGSEL     0x00
@@ -33,12 +34,6 @@ static inline uint64_t rdtsc(void)
     uint32_t lo, hi;
     __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
     return (uint64_t)hi << 32 | lo;
-}
-
-static void ioapic_write(uint32_t reg, uint32_t value)
-{
-    *(volatile uint32_t *)(IOAPIC_PHYS + IOAPIC_IOREGSEL) = reg;
-    *(volatile uint32_t *)(IOAPIC_PHYS + IOAPIC_IOWIN) = value;
 }
 
 void pit_prepare(uint64_t target_cpu, uint64_t ticks)
@@ -78,8 +73,7 @@ void pit_interrupt(void)
 
 static void pit_start(void)
 {
-    ioapic_write(IOAPIC_REDIR(PIT_IOAPIC_PIN) + 1, pit.target_apic << 24);   /* physical destination */
-    ioapic_write(IOAPIC_REDIR(PIT_IOAPIC_PIN), VEC_PIT);                     /* fixed, edge, unmasked */
+    ioapic_route(PIT_IOAPIC_PIN, pit.target_apic, VEC_PIT);
     outb(PIT_COMMAND, 0x34);             /* channel 0, lobyte/hibyte, mode 2, binary */
     outb(PIT_CHANNEL0, PIT_RELOAD & 0xff);
     outb(PIT_CHANNEL0, PIT_RELOAD >> 8);

@@ -4,6 +4,7 @@
 #include "console.h"
 #include "lapic.h"
 #include "lock.h"
+#include "echo.h"
 #include "pit.h"
 #include "trap.h"
 
@@ -141,6 +142,8 @@ void ap_entry(uint32_t cpuid_apic_id)
         atomics_run(work, cpu_index);
     else if (pit_active())
         pit_run(work, cpu_index);
+    else if (echo_active())
+        echo_run(work, cpu_index);
     else
         work_run(work, cpu_index);
     halt_forever();

@@ -2,6 +2,7 @@
 
 #include "console.h"
 #include "lapic.h"
+#include "echo.h"
 #include "pit.h"
 
 #define IDT_ENTRIES 256
@@ -132,6 +133,10 @@ void trap_dispatch(struct trap_frame *frame)
     }
     case VEC_PIT:
         pit_interrupt();
+        lapic_eoi();
+        return;
+    case VEC_UART:
+        echo_interrupt();
         lapic_eoi();
         return;
     case VEC_SPURIOUS:  /* no EOI for spurious interrupts (SDM Vol. 3A 11.9) */

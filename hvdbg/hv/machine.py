@@ -53,6 +53,7 @@ class Machine:
         self.ending: Ending | None = None
         self._end_lock = threading.Lock()
         self.ended_event = threading.Event()
+        self.input_open = False     # a source (stdin) may still send serial input: no hang
         self.trace = ExitTrace()
         self.memory = GuestMemory(config["memory"], config["gpa_hpa_offset"])
         self.bus = IoBus()
@@ -172,6 +173,13 @@ class Machine:
                             gdtr=(0, 0), idtr=(0, 0), gprs={"rax": boot.eax, "rbx": boot.ebx})
 
     # -- lifecycle ---------------------------------------------------------------------
+    def serial_send(self, data: bytes) -> None:
+        """Bytes arriving on COM1's line (``hvdbg run --serial-input``, ``serial send``):
+        queued in the UART, which raises IRQ 4 if the guest enabled it.  Under the
+        execution turn, as every device interrupt (no engine runs meanwhile)."""
+        with self.turns:
+            self.uart.feed(data)
+
     def end(self, outcome: str, status: int | None = None, detail: str = "") -> None:
         with self._end_lock:
             if self.ending is None:

@@ -22,7 +22,7 @@ from hvdbg.platform.devices.pc_testdev import (IOMEM_BASE, IOMEM_SIZE, IRQ_LINE_
 from hvdbg.platform.devices.acpi_pm import PM_BASE, PM_LENGTH, AcpiPm
 from hvdbg.platform.devices.debug_exit import DEBUG_EXIT_PORT
 from hvdbg.platform.devices.fw_cfg import SELECTOR_PORT, FwCfg, e820_table
-from hvdbg.platform.devices.uart import COM1, Uart16550
+from hvdbg.platform.devices.uart import COM1, COM1_IRQ, Uart16550
 from hvdbg.platform.devices.vga import CRTC_INDEX, VgaCrtc
 from hvdbg.platform.ioapic import IOAPIC_BASE, IOAPIC_SIZE, IoApic
 
@@ -95,6 +95,7 @@ def build_pc_board(bus: IoBus, *, ram_size: int, uart: Uart16550, apic_bus: Apic
     pic, pit, cmos, vga = Pic8259(), Pit8254(clock), Cmos(ram_size, clock), VgaCrtc()
     pit.on_irq0 = lambda at: ioapic.pulse(PIT_IOAPIC_PIN, at)
     bus.register(COM1, 8, uart)
+    uart.on_irq = lambda level: ioapic.set_irq(COM1_IRQ, level)   # ISA IRQ 4: I/O APIC pin 4
     bus.register(DEBUG_EXIT_PORT, 4, debug_exit)
     bus.register(0x20, 2, pic)
     bus.register(0xA0, 2, pic)

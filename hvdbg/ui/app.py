@@ -4,7 +4,9 @@ line's overrides, the GDB stubs (one for every vCPU, one per vCPU) and their ban
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -58,14 +60,46 @@ def run_to_end(args: argparse.Namespace, echo_serial: bool) -> tuple[dict[str, A
     from hvdbg.api import diagnosis
 
     echo = {"output__echo_serial": True} if echo_serial else {}
-    if args.gdb is None:
-        run = api.run(config_source(args), stop_on_interrupt=True, **overrides_from_args(args), **echo)
-        return run.result, run.wall_seconds
     vm = Machine(config_from_args(args, **echo))
+    serial_input(vm, getattr(args, "serial_input", None))
+    if args.gdb is None:
+        run = api.run_machine(vm, stop_on_interrupt=True)
+        return run.result, run.wall_seconds
     start = time.monotonic()
     run_with_gdb(vm, args.gdb_host, args.gdb, args.gdb_wait)
     wall = time.monotonic() - start
     return diagnosis.result(vm, wall, None), wall
+
+
+def serial_input(vm: Machine, source: str | None) -> None:
+    """``--serial-input``: a file's bytes arrive on COM1 before the guest starts; ``-``
+    feeds standard input as it comes, and until its end the VM waits for input rather than
+    end in a hang when every vCPU is halted (a kernel at a prompt)."""
+    if source is None:
+        return
+    if source != "-":
+        try:
+            data = Path(source).read_bytes()
+        except OSError as e:
+            raise HvdbgError(f"--serial-input {source}: cannot read: {e.strerror}") from None
+        vm.serial_send(data)
+        return
+    fd = sys.stdin.fileno()
+
+    def feed() -> None:
+        try:
+            while not vm.ended:
+                data = os.read(fd, 4096)
+                if not data:
+                    break
+                vm.serial_send(data)
+        except OSError:
+            pass
+        finally:
+            vm.input_open = False
+
+    vm.input_open = True
+    threading.Thread(target=feed, name="serial-input", daemon=True).start()
 
 
 def start_gdb_servers(session: DebugSession, host: str, port: int,

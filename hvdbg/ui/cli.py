@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gdb", type=int, metavar="PORT",
                      help="serve GDB: all vCPUs as threads on PORT, vCPU i alone on PORT+1+i")
     run.add_argument("--gdb-wait", action="store_true", help="hold the guest until gdb continues it")
+    run.add_argument("--serial-input", metavar="FILE|-",
+                     help="bytes for COM1's receiver: a file's, or standard input's as typed (-); "
+                          "the guest reads them polled or through IRQ 4")
     run.add_argument("--gdb-host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     _add_overrides(run)
     run.set_defaults(func=cmd_run)

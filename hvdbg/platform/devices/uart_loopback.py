@@ -10,7 +10,7 @@ console at all.  In loopback the transmitter feeds the receiver instead of the l
 
 from __future__ import annotations
 
-from hvdbg.platform.devices.uart import LCR_DLAB, MSR, RBR_THR_DLL, Uart16550
+from hvdbg.platform.devices.uart import MSR, Uart16550
 
 MCR_DTR = 0x01
 MCR_RTS = 0x02
@@ -37,10 +37,9 @@ class Uart16550Loopback(Uart16550):
             return sum(msr_bit for mcr_bit, msr_bit in _LOOPBACK_WIRING if self.mcr & mcr_bit)
         return super().io_read(port, size)
 
-    def io_write(self, port: int, size: int, value: int) -> None:
-        off = port - self.base
-        if off == RBR_THR_DLL and self.loopback and not self.lcr & LCR_DLAB:
-            self.rx.append(value & 0xFF)     # transmitted into our own receiver
-            return
-        super().io_write(port, size, value)
+    def _transmit(self, value: int) -> None:
+        if self.loopback:
+            self._receive(value)              # transmitted into our own receiver
+        else:
+            super()._transmit(value)
 

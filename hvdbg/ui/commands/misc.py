@@ -21,6 +21,43 @@ def cmd_serial(call: Call, a: dict) -> str:
     return "\n".join(lines) if lines else "(no serial output yet)"
 
 
+_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\", "e": "\x1b", "0": "\0"}
+
+
+def serial_text(words: list[str]) -> bytes:
+    """The words of ``serial send`` joined by spaces, with \\n \\r \\t \\e \\0 \\\\ and
+    \\xHH escapes; a bare ``serial send`` sends a newline."""
+    text, out, i = " ".join(words), bytearray(), 0
+    if not words:
+        return b"\n"
+    while i < len(text):
+        c = text[i]
+        if c != "\\" or i + 1 == len(text):
+            out += c.encode()
+            i += 1
+        elif text[i + 1] == "x":
+            try:
+                out.append(int(text[i + 2:i + 4], 16))
+            except ValueError:
+                raise CommandError(f"serial send: bad escape {text[i:i + 4]} (\\xHH)") from None
+            i += 4
+        elif text[i + 1] in _ESCAPES:
+            out += _ESCAPES[text[i + 1]].encode()
+            i += 2
+        else:
+            raise CommandError(f"serial send: unknown escape {text[i:i + 2]} (\\n \\r \\t \\e \\0 \\\\ \\xHH)")
+    return bytes(out)
+
+
+def cmd_serial_send(call: Call, a: dict) -> str:
+    data = serial_text(a["text"] or [])
+    call.vm.serial_send(data)
+    uart = call.vm.uart
+    state = "IRQ 4 raised" if uart.irq_line else (
+        "receive interrupt enabled" if uart.ier & 1 else "the guest polls (receive interrupt off)")
+    return f"sent {len(data)} bytes to COM1 ({len(uart.rx) + len(uart.pending_input)} waiting; {state})"
+
+
 def cmd_sched(call: Call, a: dict) -> str:
     vm = call.vm
     executor = call.session.executor
@@ -96,6 +133,9 @@ def cmd_quit(call: Call, a: dict) -> str:
 
 
 register(
+    Command("serial send", (Param("text", "word", optional=True, many=True, metavar="TEXT"),),
+            "bytes arriving on COM1's line (escapes \\n \\r \\t \\xHH; no TEXT: a newline)", cmd_serial_send,
+            category="other"),
     Command("serial", (Param("count", "count", optional=True, metavar="LINES"),),
             "what the guest wrote to its serial port (the last LINES lines)", cmd_serial, category="other"),
     Command("sched", (), "vCPU scheduling: state, pCPU, instructions, exits, policy statistics", cmd_sched,
