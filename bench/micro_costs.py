@@ -118,7 +118,7 @@ def main() -> None:
     store = {BY_NAME[f].encoding: 0 for f in EXIT_FIELDS}
 
     fast = v.regs                                   # hvdbg.engine.regs, as the exit path uses them
-    cpuid_out = v.batch(tuple(CPUID_REGS))
+    cpuid_out = v.engine.batch(tuple(CPUID_REGS))
     plan = type(v.vmcs).plan(EXIT_FIELDS)
     pairs: list[tuple[str, Callable[[], object], str, Callable[[], object]]] = [
         ("uc.reg_read(RAX) (binding)", lambda: uc.reg_read(X.UC_X86_REG_RAX),

@@ -141,6 +141,10 @@ SCHEMA: tuple[Option, ...] = (
     Option("kernel", _str, None, "guest kernel (multiboot 1 or 2 image); relative to the config file"),
     Option("cmdline", _str, "", "kernel command line passed in the multiboot information"),
     Option("modules", _str_list, [], "multiboot modules (paths; relative to the config file)"),
+    Option("disk", _str, "", "disk image for the ATA disk on the primary channel (0x1F0, IRQ 14; docs/platform.md); "
+           "relative to the config file; empty: no disk"),
+    Option("disk_write_back", _bool, False, "write the guest's sector writes into the image file (default: "
+           "copy-on-write in memory, the image is never changed)"),
     Option("memory", _size, 128 * MiB, "guest RAM size (16M .. 4078M: RAM ends below the local APIC page at 0xFEE00000)"),
     Option("gpa_hpa_offset", _int, 0, "host-physical address of guest-physical 0 (EPT maps GPA -> GPA + offset); "
            "RAM and the hypervisor's 4 MiB page pool after it must fit in 46 bits"),
@@ -269,6 +273,8 @@ def config_from_dict(data: dict[str, Any], base_dir: Path | None = None, source:
     if base_dir is not None:
         values["kernel"] = str((base_dir / values["kernel"]).resolve())
         values["modules"] = [str((base_dir / m).resolve()) for m in values["modules"]]
+        if values["disk"]:
+            values["disk"] = str((base_dir / values["disk"]).resolve())
     _cross_check(values, source)
     return VmConfig(values=values)
 

@@ -91,7 +91,7 @@ def test_a_toml_gets_its_command_line_as_written(guest_kernels, tmp_path):
 
 @pytest.mark.parametrize("args, needle", [
     (["/nonexistent/k.elf"], "hvdbg: kernel /nonexistent/k.elf: no such file"),
-    (["REPO/README.md"], "hvdbg: no multiboot header in the first 8192 bytes"),
+    (["REPO/README.md"], "hvdbg: kernel README.md: no multiboot header in the first 8192 bytes"),
     (["SMP", "--module", "/nonexistent/initrd"], "hvdbg: module /nonexistent/initrd: no such file"),
     (["SMP", "--memory", "16M", "--module", "BIG"], "does not fit in guest RAM"),
     (["SMP", "--cpu", "pentium9"], "'cpu': unknown CPU model 'pentium9'"),

@@ -12,7 +12,7 @@
 #define DEFAULT_LOCK_OUTSIDE 100ULL
 #define DEFAULT_ATOMIC_ITERS 1000000ULL
 
-enum workload_kind { WORKLOAD_SUM, WORKLOAD_LOCK, WORKLOAD_ATOMICS, WORKLOAD_PIT, WORKLOAD_ECHO };
+enum workload_kind { WORKLOAD_SUM, WORKLOAD_LOCK, WORKLOAD_ATOMICS, WORKLOAD_PIT, WORKLOAD_ECHO, WORKLOAD_DISK };
 
 struct boot_options {
     uint32_t magic;
@@ -47,6 +47,7 @@ struct boot_options {
  *   workload=atomics  lock incq / lock cmpxchgq / xchg counters (atomics.h)
  *   workload=pit pit_cpu=N pit_ticks=T  PIT IRQ 0 through the I/O APIC to CPU N (pit.h)
  *   workload=echo echo_cpu=N  COM1 input through IRQ 4 to CPU N, echoed (echo.h)
+ *   workload=disk  the ATA disk: identify, read, write with IRQ 14, read back (disk.h)
  *   atomic_iters=N    its updates per CPU and primitive (default DEFAULT_ATOMIC_ITERS)
  *   sipi_vector=0|8   start the APs at physical 0 (vector 0) or 0x8000 (8, the default)
  * Other words (QEMU passes the kernel path first) are ignored.

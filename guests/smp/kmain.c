@@ -6,6 +6,7 @@
 #include "cpucheck.h"
 #include "lapic.h"
 #include "lock.h"
+#include "disk.h"
 #include "echo.h"
 #include "pit.h"
 #include "selftest.h"
@@ -71,6 +72,8 @@ __attribute__((noreturn)) void kmain(uint32_t magic, uint32_t mb_info_phys)
         debug_exit(EXIT_SELFTEST_FAILED);
     if (cpu_checks)
         cpucheck_run();
+    if (options.workload == WORKLOAD_DISK)
+        disk_run();     /* on the BSP alone; ends the run */
 
     work_set_cpus(&work, online);
     if (atomics_active())

@@ -51,6 +51,7 @@
 #define VEC_TEST_IPI        0x41
 #define VEC_PIT             0x42    /* workload=pit: PIT IRQ 0 through I/O APIC pin 2 */
 #define VEC_UART            0x43    /* workload=echo: COM1 IRQ 4 through I/O APIC pin 4 */
+#define VEC_ATA             0x44    /* workload=disk: ATA IRQ 14 through I/O APIC pin 14 */
 #define VEC_SPURIOUS        0xff
 
 /* Debug-exit port (QEMU isa-debug-exit / hvdbg) and exit statuses. */
@@ -66,6 +67,7 @@
 #define EXIT_ATOMICS_BAD    8
 #define EXIT_PIT_BAD        9
 #define EXIT_ECHO_BAD       10
+#define EXIT_DISK_BAD       11
 #define EXIT_EXCEPTION_BASE 0x80
 
 #endif

@@ -2,6 +2,7 @@
 
 #include "console.h"
 #include "lapic.h"
+#include "disk.h"
 #include "echo.h"
 #include "pit.h"
 
@@ -137,6 +138,10 @@ void trap_dispatch(struct trap_frame *frame)
         return;
     case VEC_UART:
         echo_interrupt();
+        lapic_eoi();
+        return;
+    case VEC_ATA:
+        disk_interrupt();
         lapic_eoi();
         return;
     case VEC_SPURIOUS:  /* no EOI for spurious interrupts (SDM Vol. 3A 11.9) */

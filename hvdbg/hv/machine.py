@@ -14,6 +14,7 @@ from hvdbg.vmx.bitmaps import IoBitmaps, MsrBitmap
 from hvdbg.platform.firmware.acpi import ACPI_BASE, ACPI_END, install_acpi
 from hvdbg.config import VmConfig
 from hvdbg.arch.cpuid import CpuidModel, parse_cpu_spec
+from hvdbg.platform.devices.ata import DiskImage
 from hvdbg.platform.board import build_pc_board
 from hvdbg.platform.devices import IoBus
 from hvdbg.platform.firmware.bda import VGA_WINDOW, install_bda, install_ivt
@@ -76,6 +77,8 @@ class Machine:
         self.apic_ids = list(range(n))
         self.acpi = install_acpi(self.memory, self.apic_ids, fadt=config["platform.acpi_pm"],
                                  ioapic=(self.ioapic.id, IOAPIC_BASE))
+        if config["disk"]:
+            self.board.add_ata(self._disk_image(Path(config["disk"]), config["disk_write_back"]))
         if config["platform.acpi_pm"]:
             self.board.add_acpi_pm(self.virtual_time, lambda: self.end(
                 "exited", detail="the guest entered ACPI S5 (soft off) through PM1a_CNT"))
@@ -173,6 +176,15 @@ class Machine:
                             gdtr=(0, 0), idtr=(0, 0), gprs={"rax": boot.eax, "rbx": boot.ebx})
 
     # -- lifecycle ---------------------------------------------------------------------
+    @staticmethod
+    def _disk_image(path: Path, write_back: bool) -> DiskImage:
+        try:
+            return DiskImage(path, write_back)
+        except FileNotFoundError:
+            raise GuestLoadError(f"disk {path}: no such file") from None
+        except OSError as e:
+            raise GuestLoadError(f"disk {path}: cannot open{' for writing' if write_back else ''}: {e.strerror}") from None
+
     def serial_send(self, data: bytes) -> None:
         """Bytes arriving on COM1's line (``hvdbg run --serial-input``, ``serial send``):
         queued in the UART, which raises IRQ 4 if the guest enabled it.  Under the

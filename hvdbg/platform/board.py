@@ -17,6 +17,7 @@ from hvdbg.platform.apic import ApicBus
 from hvdbg.platform.devices import (Cmos, DebugExit, IoBus, PciConfigAbsent, Pic8259, Pit8254, PostPort,
                                     SystemControlPortB)
 from hvdbg.platform.devices.bus import MmioBus
+from hvdbg.platform.devices.ata import ATA_IRQ, ATA_PRIMARY, ATA_PRIMARY_CONTROL, AtaDisk, DiskImage
 from hvdbg.platform.devices.pc_testdev import (IOMEM_BASE, IOMEM_SIZE, IRQ_LINE_PORT, IRQ_LINES, SCRATCH_PORT,
                                               IrqLinePorts, ScratchPort, TestMemory)
 from hvdbg.platform.devices.acpi_pm import PM_BASE, PM_LENGTH, AcpiPm
@@ -47,6 +48,7 @@ class PcBoard:
     ioapic: IoApic
     fw_cfg: FwCfg | None = None
     acpi_pm: AcpiPm | None = None
+    ata: AtaDisk | None = None
 
     def timer_deadline(self) -> int | None:
         """When the next board interrupt is due (ns of the VM clock): the PIT's next IRQ 0
@@ -63,6 +65,15 @@ class PcBoard:
     def poll_timers(self) -> None:
         """Raise the board interrupts whose time has come."""
         self.pit.poll()
+
+    def add_ata(self, image: DiskImage) -> AtaDisk:
+        """The ATA disk on the primary channel (0x1F0-0x1F7, 0x3F6), INTRQ on ISA IRQ 14."""
+        disk = AtaDisk(image)
+        disk.on_irq = lambda level: self.ioapic.set_irq(ATA_IRQ, level)
+        self.bus.register(ATA_PRIMARY, 8, disk)
+        self.bus.register(ATA_PRIMARY_CONTROL, 1, disk)
+        self.ata = disk
+        return disk
 
     def add_acpi_pm(self, clock: Callable[[], int], on_soft_off: Callable[[], None]) -> AcpiPm:
         """The ACPI PM1a blocks and PM timer the FADT points at, timed by ``clock``

@@ -27,14 +27,17 @@ PROCESS_NAME = "qemu-system-hv"
 _OVERRIDES = (("vcpus", "vcpus"), ("pcpus", "pcpus"), ("memory", "memory"), ("sched", "sched"),
               ("cmdline", "cmdline"), ("deterministic", "deterministic"), ("spin_skip", "spin_skip"),
               ("budget", "budget.instructions"), ("seconds", "budget.seconds"), ("cpu", "cpu"),
-              ("kernel_name", "loader.kernel_name"))
+              ("kernel_name", "loader.kernel_name"), ("disk", "disk"))
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The config overrides given on the command line (``__`` for a section's dot, as
-    :func:`hvdbg.api.make_config` takes them)."""
-    return {key.replace(".", "__"): getattr(args, option) for option, key in _OVERRIDES
-            if getattr(args, option) is not None}
+    :func:`hvdbg.api.make_config` takes them); a path relative to the working directory."""
+    out = {key.replace(".", "__"): getattr(args, option) for option, key in _OVERRIDES
+           if getattr(args, option, None) is not None}
+    if out.get("disk"):
+        out["disk"] = str(Path(out["disk"]).resolve())
+    return out
 
 
 def config_source(args: argparse.Namespace) -> str | VmConfig:

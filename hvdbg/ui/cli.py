@@ -29,6 +29,7 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel-name", action=argparse.BooleanOptionalAction, default=None, dest="kernel_name",
                    help="put the kernel's path first in its command line, as QEMU and GRUB do "
                         "(default: on for a KERNEL, off for a TOML)")
+    p.add_argument("--disk", help="disk image for the ATA disk (copy-on-write: the file is never changed)")
     p.add_argument("--budget", type=int, help="instruction budget")
     p.add_argument("--seconds", type=int, help="time budget in seconds")
 

@@ -115,10 +115,10 @@ def load(image: bytes, mem: PhysicalMemory, ram_size: int, cmdline: str = "",
 
 def _no_header_message(name: str, version: int | None) -> str:
     if version is None:
-        return (f"no multiboot header in the first {spec.SEARCH_LIMIT[1]} bytes (multiboot 1)"
-                f" or {spec.SEARCH_LIMIT[2]} bytes (multiboot 2) of {name}")
-    return (f"no multiboot {version} header in the first {spec.SEARCH_LIMIT[version]}"
-            f" bytes of {name}")
+        return (f"kernel {name}: no multiboot header in the first {spec.SEARCH_LIMIT[1]} bytes (multiboot 1)"
+                f" or {spec.SEARCH_LIMIT[2]} bytes (multiboot 2): not a multiboot kernel")
+    return (f"kernel {name}: no multiboot {version} header in the first {spec.SEARCH_LIMIT[version]}"
+            f" bytes")
 
 
 def _blocked_ranges(reserved: Sequence[Interval]) -> list[_Blocked]:
