@@ -62,6 +62,8 @@ static void apply_option(const char *word, uint64_t len, struct boot_options *op
         opt->workload = WORKLOAD_SUM;
     else if (eq && word_is(word, key_len, "workload") && word_is(value, value_len, "pit"))
         opt->workload = WORKLOAD_PIT;
+    else if (eq && word_is(word, key_len, "pci_scan") && parse_u64(value, value_len, &number))
+        opt->pci_scan = number != 0;
     else if (eq && word_is(word, key_len, "workload") && word_is(value, value_len, "disk"))
         opt->workload = WORKLOAD_DISK;
     else if (eq && word_is(word, key_len, "workload") && word_is(value, value_len, "echo"))

@@ -32,6 +32,7 @@ struct boot_options {
     uint64_t atomic_iters;       /* workload=atomics: updates per CPU and primitive */
     uint64_t pit_cpu;            /* workload=pit: the CPU (index) IRQ 0 is routed to */
     uint64_t pit_ticks;          /* workload=pit: interrupts it waits for */
+    bool pci_scan;               /* pci_scan=1: list PCI bus 0 at boot (pci.h) */
     uint64_t echo_cpu;           /* workload=echo: the CPU (index) IRQ 4 is routed to */
     uint32_t trampoline_phys;    /* AP trampoline (SIPI vector << 12): 0x8000 or 0 */
 };

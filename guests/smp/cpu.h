@@ -25,6 +25,13 @@ static inline void outl(uint16_t port, uint32_t value)
     __asm__ volatile("outl %0, %1" : : "a"(value), "Nd"(port));
 }
 
+static inline uint32_t inl(uint16_t port)
+{
+    uint32_t value;
+    __asm__ volatile("inl %1, %0" : "=a"(value) : "Nd"(port));
+    return value;
+}
+
 static inline void cpu_pause(void) { __asm__ volatile("pause" : : : "memory"); }
 static inline void cpu_cli(void) { __asm__ volatile("cli" : : : "memory"); }
 static inline void cpu_sti(void) { __asm__ volatile("sti" : : : "memory"); }

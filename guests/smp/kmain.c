@@ -7,6 +7,7 @@
 #include "lapic.h"
 #include "lock.h"
 #include "disk.h"
+#include "pci.h"
 #include "echo.h"
 #include "pit.h"
 #include "selftest.h"
@@ -35,6 +36,8 @@ __attribute__((noreturn)) void kmain(uint32_t magic, uint32_t mb_info_phys)
     uint32_t bsp_apic_id = lapic_id();
     kprintf("lapic: BSP APIC id %u\n", bsp_apic_id);
 
+    if (options.pci_scan)
+        pci_scan();
     if (!acpi_find_cpus(&madt_cpus))
         debug_exit(EXIT_ACPI_ERROR);
 

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from hvdbg.platform.apic import ApicBus
-from hvdbg.platform.devices import (Cmos, DebugExit, IoBus, PciConfigAbsent, Pic8259, Pit8254, PostPort,
+from hvdbg.platform.devices import (Cmos, DebugExit, IoBus, Pic8259, Pit8254, PostPort,
                                     SystemControlPortB)
 from hvdbg.platform.devices.bus import MmioBus
 from hvdbg.platform.devices.ata import ATA_IRQ, ATA_PRIMARY, ATA_PRIMARY_CONTROL, AtaDisk, DiskImage
+from hvdbg.platform.devices.pci import CONFIG_ADDRESS, PciConfigSpace
 from hvdbg.platform.devices.pc_testdev import (IOMEM_BASE, IOMEM_SIZE, IRQ_LINE_PORT, IRQ_LINES, SCRATCH_PORT,
                                               IrqLinePorts, ScratchPort, TestMemory)
 from hvdbg.platform.devices.acpi_pm import PM_BASE, PM_LENGTH, AcpiPm
@@ -114,6 +115,6 @@ def build_pc_board(bus: IoBus, *, ram_size: int, uart: Uart16550, apic_bus: Apic
     bus.register(0x61, 1, SystemControlPortB(pit))
     bus.register(0x70, 2, cmos)
     bus.register(0x80, 1, PostPort())
-    bus.register(0xCF8, 8, PciConfigAbsent())
+    bus.register(CONFIG_ADDRESS, 8, PciConfigSpace())     # 0xCF8-0xCFF
     bus.register(CRTC_INDEX, 2, vga)
     return PcBoard(bus, uart, debug_exit, pic, pit, cmos, vga, mmio, ioapic)

@@ -328,24 +328,6 @@ class Cmos:
             self.ram[self.index & 0x7F] = value & 0xFF
 
 
-class PciConfigAbsent:
-    """PCI configuration mechanism #1 (0xCF8-0xCFF) with no device behind it."""
-
-    name = "pci-config"
-
-    def __init__(self) -> None:
-        self.address = 0
-
-    def io_read(self, port: int, size: int) -> int:
-        if port == 0xCF8:
-            return self.address
-        return 0xFFFFFFFF
-
-    def io_write(self, port: int, size: int, value: int) -> None:
-        if port == 0xCF8:
-            self.address = value
-
-
 class PostPort:
     """Port 0x80 (POST codes / I/O delay): remembers the last code written."""
 
