@@ -127,15 +127,7 @@ void echo_run(struct workload *work, uint32_t cpu_index)
         }
         echo.done = true;
     } else {
-        uint64_t mine = 0;
-        __asm__ volatile("sti");
-        while (!echo.done) {
-            __asm__ volatile("lock incq %0" : "+m"(echo.shared) : : "memory", "cc");
-            mine++;
-            __asm__ volatile("pause");
-        }
-        __asm__ volatile("cli");
-        __atomic_fetch_add(&echo.spinner_total, mine, __ATOMIC_SEQ_CST);
+        spin_with_interrupts(&echo.shared, &echo.done, &echo.spinner_total);
     }
     if (cpu_index == 0) {
         outb(COM1_PORT + UART_IER, 0);

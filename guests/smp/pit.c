@@ -100,15 +100,7 @@ void pit_run(struct workload *work, uint32_t cpu_index)
             __asm__ volatile("sti; hlt; cli" : : : "memory");
         pit.done = true;
     } else {
-        uint64_t mine = 0;
-        __asm__ volatile("sti");
-        while (!pit.done) {
-            __asm__ volatile("lock incq %0" : "+m"(pit.shared) : : "memory", "cc");
-            mine++;
-            __asm__ volatile("pause");
-        }
-        __asm__ volatile("cli");
-        __atomic_fetch_add(&pit.spinner_total, mine, __ATOMIC_SEQ_CST);
+        spin_with_interrupts(&pit.shared, &pit.done, &pit.spinner_total);
     }
     if (cpu_index == 0)
         pit_stop();

@@ -89,3 +89,16 @@ uint64_t work_expected(uint64_t entries)
         sum += work_value(i);
     return sum;
 }
+
+void spin_with_interrupts(volatile uint64_t *shared, volatile bool *done, volatile uint64_t *total)
+{
+    uint64_t mine = 0;
+    __asm__ volatile("sti");
+    while (!*done) {
+        __asm__ volatile("lock incq %0" : "+m"(*shared) : : "memory", "cc");
+        mine++;
+        __asm__ volatile("pause");
+    }
+    __asm__ volatile("cli");
+    __atomic_fetch_add(total, mine, __ATOMIC_SEQ_CST);
+}

@@ -56,4 +56,8 @@ void work_barrier(struct workload *work, uint32_t *local_sense, uint32_t cpu_ind
 /* The expected total, computed serially from work_value(). */
 uint64_t work_expected(uint64_t entries);
 
+/* A CPU that is not an interrupt's target: `lock incq *shared` with IF=1 (the handler
+ * increments it too) until *done, then adds its count to *total (workload=pit, echo). */
+void spin_with_interrupts(volatile uint64_t *shared, volatile bool *done, volatile uint64_t *total);
+
 #endif
