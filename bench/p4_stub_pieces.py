@@ -33,8 +33,6 @@ from hvdbg.debug.gdb_target import VmTarget  # noqa: E402
 from hvdbg.engine.regs import RegisterBatch  # noqa: E402
 from hvdbg.hv.machine import Machine  # noqa: E402
 
-KMAIN = 0xFFFFFF8000101070
-STACK_READ = 0xFFFFFF800010CFC0      # what gdb reads after each stepi at kmain
 GPRS = tuple(getattr(X, f"UC_X86_REG_{n}") for n in (
     "RAX", "RBX", "RCX", "RDX", "RSI", "RDI", "RBP", "RSP", "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15",
     "RIP"))
@@ -52,20 +50,22 @@ def main() -> None:
     cfg.set("vcpus", 1)
     cfg.set("pcpus", 1)
     vm = Machine(cfg)
+    kmain = vm.symbols.lookup("kmain").address
     session = DebugSession(vm, start_paused=True)
     target = VmTarget(session, None)
     session.start()
     target.attach()
-    if not target.add_sw_breakpoint(KMAIN, 1):
+    if not target.add_sw_breakpoint(kmain, 1):
         raise SystemExit("cannot set a breakpoint at kmain")
     target.resume({1: ResumeAction(ResumeKind.CONTINUE)})
     stop = target.wait_for_stop(60)
-    target.remove_sw_breakpoint(KMAIN, 1)
+    target.remove_sw_breakpoint(kmain, 1)
     vcpu = vm.vcpus[0]
-    if stop is None or vcpu.engine.uc.reg_read(X.UC_X86_REG_RIP) != KMAIN:
+    if stop is None or vcpu.engine.uc.reg_read(X.UC_X86_REG_RIP) != kmain:
         raise SystemExit(f"did not stop at kmain: {stop}")
 
     regs = target.read_registers(1)
+    stack = vcpu.engine.read("rsp") & ~0x3F     # what gdb reads after each stepi at kmain
     batch = RegisterBatch(vcpu.engine.uc, GPRS)
     cells = [(ctypes.c_ubyte * 16)() for _ in XMMS]
 
@@ -89,10 +89,10 @@ def main() -> None:
         ("g", "16 XMM by binding reg_read + to_bytes",
          lambda: [vcpu.engine.uc.reg_read(r).to_bytes(16, "little") for r in XMMS], 500),
         ("g", "the same 16 by uc_reg_read into preallocated buffers", xmm_direct, 2000),
-        ("m", "Vcpu.read_linear(stack, 64)", lambda: vcpu.read_linear(STACK_READ, 64), 500),
-        ("m", "Vcpu.page_walk(stack) (4-level walk, 2 MiB page)", lambda: vcpu.page_walk(STACK_READ), 500),
+        ("m", "Vcpu.read_linear(stack, 64)", lambda: vcpu.read_linear(stack, 64), 500),
+        ("m", "Vcpu.page_walk(stack) (4-level walk, 2 MiB page)", lambda: vcpu.page_walk(stack), 500),
         ("m", "Vcpu.control_regs()", vcpu.control_regs, 500),
-        ("m", "GuestMemory.read(gpa, 64)", lambda: vcpu.memory.read(STACK_READ - 0xFFFFFF8000000000, 64), 2000),
+        ("m", "GuestMemory.read(gpa, 64)", lambda: vcpu.memory.read(stack - 0xFFFFFF8000000000, 64), 2000),
         ("vCont;s", "VmTarget.resume(step) + wait_for_stop", step, 100),
     ]
     print("| packet | operation (1 vCPU stopped at kmain) | us CPU per call |")

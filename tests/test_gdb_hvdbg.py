@@ -258,13 +258,14 @@ def test_qemu_monitor_subset_as_qemu_prints_it(hvdbg_gdb, gdb, guest_kernels):
     assert "ffffff8000000000: 0000000000000000 --PDA---W" in tlb
     regs = gdb.console("monitor info registers").splitlines()
     assert regs[:2] == ["", "CPU#0"]
-    assert regs[6].startswith("RIP=ffffff8000101070 RFL=00000046 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=0")
+    kmain = symbol(guest_kernels / "smp.elf", "kmain")
+    assert regs[6].startswith(f"RIP={kmain:016x} RFL=00000046 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=0")
     assert regs[8] == "CS =0018 0000000000000000 ffffffff 00af9a00 DPL=0 CS64 [-R-]"
     gdt = symbol(guest_kernels / "smp.elf", "boot_gdt")      # the boot GDT, 4 descriptors
     assert f"GDT=     {gdt:016x} 0000001f" in regs
     assert "CPU#1" in gdb.console("monitor info registers -a")
     assert gdb.console("monitor info cpus").splitlines()[0].startswith("* CPU #0: thread_id=")
-    assert gdb.console("monitor gva2gpa 0xffffff8000101070").strip() == "gpa: 0x101070"
+    assert gdb.console(f"monitor gva2gpa {kmain:#x}").strip() == f"gpa: {kmain - 0xFFFFFF8000000000:#x}"
     assert gdb.console("monitor gva2gpa 0x7000000000").strip() == "Unmapped"
     assert re.fullmatch(r"Host virtual address for 0x100000 \(guest RAM\) is 0x[0-9a-f]+\n",
                         gdb.console("monitor gpa2hva 0x100000"))
