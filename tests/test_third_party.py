@@ -472,6 +472,18 @@ def test_xen_prints_the_same_boot_under_qemu(xen_image, xen_smp_run, tmp_path):
         assert "..TIMER: vector=0xF0 apic1=0 pin1=2 apic2=-1 pin2=-1" in serial
 
 
+def test_xen_takes_its_serial_console_interrupts_through_irq4(xen_image):
+    """com1=...,4 without sync_console: Xen drives COM1 by interrupt. It programs I/O APIC
+    pin 4 (ISA IRQ 4, no override) and takes the UART's THRE interrupts on its vector."""
+    args = XEN_ARGS.replace("0x3f8,0", "0x3f8,4").replace(" sync_console", "")
+    run = run_hvdbg(EXAMPLES / "xen-smp.toml", cmdline="xen.gz " + args)
+    assert in_order(run.serial, XEN_MILESTONES[2:]) == [], what_hvdbg_said(run)
+    pin4 = run.vm.board.ioapic.entries[4]
+    assert not pin4.masked
+    vector = pin4.value & 0xFF
+    assert sum(v.interrupt_counts.get(vector, 0) for v in run.vm.vcpus) > 0, vector
+
+
 def test_xen_without_a_bios_data_area_faults_where_the_diagnosis_says(xen_image):
     """Xen sizes its trampoline from the BDA (0x40E, 0x413); zeros put its stack at
     4 GiB - 4 KiB, and the first push is an EPT violation far above RAM."""
