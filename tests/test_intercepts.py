@@ -16,7 +16,7 @@ from hvdbg.arch.apic import Reg
 from hvdbg.arch.control_rules import ControlState, cr4_write_problem
 from hvdbg.arch.msrs import MsrModel
 from hvdbg.arch.segments import flat_segments_32
-from hvdbg.hv.cr_access import CLTS, LMSW, MOV_TO_CR, decode_cr_write
+from hvdbg.hv.cr_access import CLTS, LMSW, MOV_FROM_CR, MOV_TO_CR, decode_cr_write
 from hvdbg.hv.machine import Machine
 
 CODE = 0x200000          # where the test code is written at run time
@@ -225,7 +225,8 @@ def test_decode_cr_write_forms():
     w = decode_cr_write(bytes.fromhex("0f01f0"), 16)        # lmsw ax
     assert (w.access, w.gpr, w.length) == (LMSW, 0, 3)
     assert decode_cr_write(bytes.fromhex("0f0130"), 32).lmsw_memory
-    assert decode_cr_write(bytes.fromhex("0f20e0"), 32) is None   # MOV from CR4
+    w = decode_cr_write(bytes.fromhex("440f20c1"), 64)      # mov rcx, cr8
+    assert (w.cr, w.access, w.gpr, w.length) == (8, MOV_FROM_CR, 1, 4)
 
 
 def test_msr_model_follows_cpuid():

@@ -303,6 +303,48 @@ def test_wrmsr_enables_x2apic_then_x2apic_msrs_work(setup):
     assert decide(vmm, v, info) == (True, ExitDecision.RESUME) and info.data == v.apic.apic_id
 
 
+@pytest.mark.parametrize("path, last", [
+    ([0xFEE00000 | 1 << 11 | 1 << 10, 0xFEE00000 | 1 << 11], "x2APIC mode to xAPIC mode"),
+    ([0xFEE00000, 0xFEE00000 | 1 << 11 | 1 << 10], "disabled to x2APIC mode"),
+    ([0xFEE00000 | 1 << 10], "EXTD=1 with EN=0"),
+    ([0xFEE00000 | 1 << 11 | 1 << 9], "reserved bits"),
+    ([0x10000000000 | 1 << 11], "reserved bits"),           # above the 40 bits CPUID reports
+])
+def test_illegal_apic_base_writes_raise_gp(setup, path, last):
+    """IA32_APIC_BASE state transitions of SDM 11.12.5 (Figure 11-27): every step but the
+    last is legal; the last raises #GP(0) and leaves the MSR as it was."""
+    vmm, v, _ = setup
+    for value in path[:-1]:
+        assert decide(vmm, v, ExitInfo(ExitReason.MSR_WRITE, data=value, payload=MsrAccess(IA32_APIC_BASE_MSR)))[1] \
+            is ExitDecision.RESUME
+    before = v.apic.base_msr
+    info = ExitInfo(ExitReason.MSR_WRITE, data=path[-1], payload=MsrAccess(IA32_APIC_BASE_MSR))
+    assert decide(vmm, v, info) == (False, ExitDecision.FAULT) and last in info.detail
+    assert v.pending_event.vector == 13 and v.apic.base_msr == before
+
+
+def test_the_xapic_page_is_not_decoded_while_the_apic_is_disabled_or_in_x2apic_mode(setup):
+    """SDM 11.4.3 / 11.12.1: nothing answers on the xAPIC page: reads are all-ones, writes
+    reach no register (kvm-unit-tests' apic test memsets the page to 0xff)."""
+    vmm, v, _ = setup
+    read = ApicAccessQualification(offset=Reg.VERSION, access_type=ApicAccessType.LINEAR_READ).encode()
+    write = ApicAccessQualification(offset=Reg.TPR, access_type=ApicAccessType.LINEAR_WRITE).encode()
+    for base in (0xFEE00000, 0xFEE00000 | 1 << 11 | 1 << 10):      # disabled; then x2APIC
+        if base & 1 << 10:
+            decide(vmm, v, ExitInfo(ExitReason.MSR_WRITE, data=0xFEE00000 | 1 << 11, payload=MsrAccess(IA32_APIC_BASE_MSR)))
+        decide(vmm, v, ExitInfo(ExitReason.MSR_WRITE, data=base, payload=MsrAccess(IA32_APIC_BASE_MSR)))
+        info = ExitInfo(ExitReason.APIC_ACCESS, qualification=read, payload=ApicAccess(4))
+        decide(vmm, v, info)
+        assert info.data == 0xFFFFFFFF and "not decoded" in info.detail
+        decide(vmm, v, ExitInfo(ExitReason.APIC_ACCESS, qualification=write, data=0xF0, payload=ApicAccess(4)))
+        assert v.apic.regs[Reg.TPR] == 0
+    decide(vmm, v, ExitInfo(ExitReason.MSR_WRITE, data=0xFEE00000, payload=MsrAccess(IA32_APIC_BASE_MSR)))
+    decide(vmm, v, ExitInfo(ExitReason.MSR_WRITE, data=0xFEE00000 | 1 << 11, payload=MsrAccess(IA32_APIC_BASE_MSR)))
+    info = ExitInfo(ExitReason.APIC_ACCESS, qualification=read, payload=ApicAccess(4))
+    decide(vmm, v, info)
+    assert info.data == v.apic.read(Reg.VERSION) != 0xFFFFFFFF              # xAPIC mode: decoded
+
+
 def test_tsc_deadline_msr_arms_the_apic_timer_on_the_tsc(setup):
     """IA32_TSC_DEADLINE counts on the TSC (the clock plus IA32_TSC's offset), only in the
     LVT's TSC-deadline mode, fires once and then reads 0 (SDM 11.5.4.1)."""

@@ -95,6 +95,15 @@ cpu_try_write_cr4:
 1:  EXPECT_DISARM
     ret
 
+/* void cpu_try_write_cr8(uint64_t value) */
+    .global cpu_try_write_cr8
+    .type cpu_try_write_cr8, @function
+cpu_try_write_cr8:
+    EXPECT_ARM 1f
+    movq    %rdi, %cr8
+1:  EXPECT_DISARM
+    ret
+
 /* uint64_t cpu_guarded_call(uint64_t (*fn)(void)) */
     .global cpu_guarded_call
     .type cpu_guarded_call, @function

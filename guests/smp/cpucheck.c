@@ -323,6 +323,47 @@ static void check_sti_window_timer(void)
              STI_TIMER_COUNT);
 }
 
+/*
+ * 5. CR8 is TPR[7:4] (SDM Vol. 3A 10.8.6.1): MOV to CR8 sets the APIC's TPR, a TPR
+ * written through the APIC page reads back through CR8; MOV to CR8 with a bit of 63:4
+ * set raises #GP(0) (SDM Vol. 2B MOV CR).
+ */
+static inline uint64_t read_cr8(void)
+{
+    uint64_t v;
+    __asm__ volatile("mov %%cr8, %0" : "=r"(v));
+    return v;
+}
+
+static void check_cr8_is_the_tpr(void)
+{
+    const char *name = "cr8_tpr";
+    uint32_t tpr_before = lapic_read(LAPIC_TPR);
+    __asm__ volatile("mov %0, %%cr8" : : "r"((uint64_t)5) : "memory");
+    uint32_t tpr = lapic_read(LAPIC_TPR);
+    lapic_write(LAPIC_TPR, 0x30);
+    uint64_t cr8 = read_cr8();
+    lapic_write(LAPIC_TPR, tpr_before);
+    if (tpr >> 4 == 5 && cr8 == 3)
+        PASS(name);
+    else
+        FAIL(name, "MOV CR8 <- 5 gave TPR 0x%x; TPR 0x30 gave CR8 %lu", tpr, cr8);
+}
+
+static void check_cr8_reserved_gp(void)
+{
+    const char *name = "cr8_reserved_gp";
+    uint64_t before = read_cr8();
+    cpu_try_write_cr8(0x10);
+    bool gp = fault_is_gp0();
+    uint64_t after = read_cr8();
+    __asm__ volatile("mov %0, %%cr8" : : "r"(before) : "memory");
+    if (gp && after == before)
+        PASS(name);
+    else
+        FAIL(name, "MOV CR8 <- 0x10: %s, CR8 %lu -> %lu", gp ? "#GP" : "no #GP", before, after);
+}
+
 /* ------------------------------------------------------------------ */
 /* User-mode machinery: GDT, TSS, user-accessible page tables, stacks. */
 
@@ -590,6 +631,8 @@ void cpucheck_run(void)
     check_cr4_reserved_gp();
     check_cr4_osxsave_gp();
     check_sti_window_timer();
+    check_cr8_is_the_tpr();
+    check_cr8_reserved_gp();
     user_mode_setup();
     check_syscall_sysret();
     check_sysenter_sysexit();

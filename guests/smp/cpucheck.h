@@ -81,6 +81,7 @@ extern uint64_t cpu_handler_stack_top;  /* RSP of the SYSCALL handler (also SYSE
 uint64_t cpu_try_rdmsr(uint32_t msr);
 void cpu_try_wrmsr(uint32_t msr, uint64_t value);
 void cpu_try_write_cr4(uint64_t value);
+void cpu_try_write_cr8(uint64_t value);
 /* Call fn with trap_expect armed; a fault resumes behind the call, callee-saved regs restored. */
 uint64_t cpu_guarded_call(uint64_t (*fn)(void));
 

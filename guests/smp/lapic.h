@@ -6,6 +6,7 @@
 
 /* Register offsets (SDM Vol. 3A Table 11-1). */
 #define LAPIC_ID            0x020
+#define LAPIC_TPR           0x080
 #define LAPIC_EOI           0x0b0
 #define LAPIC_SVR           0x0f0
 #define LAPIC_ICR_LOW       0x300

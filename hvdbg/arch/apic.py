@@ -79,6 +79,27 @@ SHORTHAND_TEXT = {
 
 LVT_MASKED = 1 << 16
 TIMER_MODES = {0: "one-shot", 1: "periodic", 2: "TSC-deadline"}
+
+
+def apic_base_write_problem(old: int, new: int, x2apic_supported: bool, maxphyaddr: int) -> str | None:
+    """Why WRMSR IA32_APIC_BASE of ``new`` raises #GP(0), or None: reserved bits (7:0, 9,
+    and above MAXPHYADDR; bit 8, BSP, is read-only and ignored), EXTD without CPUID x2APIC
+    support, the invalid state EN=0/EXTD=1, and the transitions SDM 11.12.5 (Figure
+    11-27) forbids: x2APIC to xAPIC, and disabled to x2APIC, without the state between."""
+    reserved = (0xFF | 1 << 9 | ~((1 << maxphyaddr) - 1)) & 0xFFFFFFFFFFFFFFFF
+    if new & reserved:
+        return f"reserved bits {new & reserved:#x} set"
+    en, extd = bool(new & APIC_BASE_EN), bool(new & APIC_BASE_EXTD)
+    was_en, was_extd = bool(old & APIC_BASE_EN), bool(old & APIC_BASE_EXTD)
+    if extd and not x2apic_supported:
+        return "x2APIC enable without CPUID x2APIC support"
+    if extd and not en:
+        return "EXTD=1 with EN=0 is the invalid state"
+    if was_en and was_extd and en and not extd:
+        return "x2APIC mode to xAPIC mode without disabling the APIC first"
+    if not was_en and en and extd:
+        return "disabled to x2APIC mode without xAPIC mode first"
+    return None
 @dataclass(frozen=True)
 class IcrCommand:
     """A decoded interrupt command (SDM 11.6.1, Figure 11-12)."""

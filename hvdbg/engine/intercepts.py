@@ -31,6 +31,7 @@ from hvdbg.engine import ucx
 EXCP_VMEXIT = 0x100
 
 # SVM exit codes (AMD APM Vol. 2 Appendix C, target/i386/svm.h)
+SVM_EXIT_READ_CR0 = 0x000
 SVM_EXIT_WRITE_CR0 = 0x010
 SVM_EXIT_INTR = 0x060
 SVM_EXIT_NMI = 0x061
@@ -63,6 +64,7 @@ class Intercepted(enum.Enum):
     RDMSR = "rdmsr"
     WRMSR = "wrmsr"
     MOV_TO_CR = "mov-to-cr"            # also CLTS and LMSW (CR0); ``cr`` says which
+    MOV_FROM_CR = "mov-from-cr"        # CR8 only (the TPR: Unicorn reads it as 0)
     HLT = "hlt"
     PAUSE = "pause"
     INTERRUPT_WINDOW = "interrupt-window"
@@ -77,7 +79,8 @@ class Intercepts:
     #: window
     BASE = _intercept_bit(SVM_EXIT_INTR) | _intercept_bit(SVM_EXIT_NMI) | _intercept_bit(SVM_EXIT_HLT) \
         | _intercept_bit(SVM_EXIT_MSR) | _intercept_bit(SVM_EXIT_SHUTDOWN)
-    CR_WRITES = (1 << 0) | (1 << 4)
+    CR_WRITES = (1 << 0) | (1 << 4) | (1 << 8)
+    CR_READS = 1 << 8        # CR8 is the local APIC's TPR[7:4] (SDM 10.8.6.1)
 
     def __init__(self, uc: Uc) -> None:
         self.uc = uc
@@ -89,6 +92,7 @@ class Intercepts:
         self._vm_vmcb = ctypes.c_uint64.from_address(env + ucx.ENV_VM_VMCB)
         self._intercept = ctypes.c_uint64.from_address(env + ucx.ENV_INTERCEPT)
         self._cr_write = ctypes.c_uint16.from_address(env + ucx.ENV_INTERCEPT_CR_WRITE)
+        self._cr_read = ctypes.c_uint16.from_address(env + ucx.ENV_INTERCEPT_CR_READ)
         self._interrupt_request = ctypes.c_uint32.from_address(cpu + ucx.CPU_INTERRUPT_REQUEST)
         decr = ctypes.c_uint64.from_address(cpu + ucx.CPU_ICOUNT_DECR_PTR).value
         self._icount_decr_high = ctypes.c_int16.from_address(decr + 2)
@@ -103,6 +107,7 @@ class Intercepts:
         self._vm_vmcb.value = VMCB_GPA
         self._intercept.value = self.BASE | (_intercept_bit(SVM_EXIT_PAUSE) if self.pause_exiting else 0)
         self._cr_write.value = self.CR_WRITES
+        self._cr_read.value = self.CR_READS
         self._hflags.value |= ucx.HF_GUEST_MASK
 
     def set_pause_exiting(self, on: bool) -> None:
@@ -120,6 +125,8 @@ class Intercepts:
             return (Intercepted.WRMSR if self._error_code.value else Intercepted.RDMSR), 0
         if SVM_EXIT_WRITE_CR0 <= code <= SVM_EXIT_WRITE_CR0 + 8:
             return Intercepted.MOV_TO_CR, code - SVM_EXIT_WRITE_CR0
+        if SVM_EXIT_READ_CR0 <= code <= SVM_EXIT_READ_CR0 + 8:
+            return Intercepted.MOV_FROM_CR, code - SVM_EXIT_READ_CR0
         if code == SVM_EXIT_INTR:
             self.request_interrupt_window(False)   # one window exit per request
             return Intercepted.INTERRUPT_WINDOW, 0

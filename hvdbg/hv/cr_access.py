@@ -1,4 +1,5 @@
-"""MOV to CR0/CR4, CLTS and LMSW as the processor performs them in VMX non-root operation.
+"""MOV to CR0/CR4/CR8, CLTS, LMSW and MOV from CR8 as the processor performs them in VMX
+non-root operation (CR8 is the local APIC's TPR[7:4], SDM Vol. 3A 10.8.6.1).
 
 The engine hands every such write over before executing it (hvdbg.engine.intercepts),
 with RIP at the instruction.  The vCPU then does what the CPU does: the #GP(0) checks
@@ -16,6 +17,7 @@ import capstone
 
 from hvdbg.arch.control_rules import ControlState, control_state_problem, cr4_write_problem
 from hvdbg.arch.events import hardware_exception
+from hvdbg.arch.apic import Reg
 from hvdbg.arch.regs import AR_L
 from hvdbg.hv.exit import ExitInfo
 from hvdbg.vmx.exits import ExitReason
@@ -26,7 +28,8 @@ _LEGACY_PREFIXES = frozenset((0x66, 0x67, 0xF2, 0xF3, 0x26, 0x2E, 0x36, 0x3E, 0x
 CR0_TS = 1 << 3
 
 # Access types of the exit qualification (SDM Table 28-3, bits 5:4)
-MOV_TO_CR, CLTS, LMSW = 0, 2, 3
+MOV_TO_CR, MOV_FROM_CR, CLTS, LMSW = 0, 1, 2, 3
+CR8_LOAD_EXITING, CR8_STORE_EXITING = 1 << 19, 1 << 20     # primary processor-based controls
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,8 @@ class CrWrite:
 
 
 def decode_cr_write(code: bytes, bits: int) -> CrWrite | None:
-    """Decode MOV to CRn (0F 22 /r), CLTS (0F 06) or LMSW (0F 01 /6) at the start of
-    ``code`` for ``bits``-bit code; None if it is none of them."""
+    """Decode MOV to CRn (0F 22 /r), MOV from CRn (0F 20 /r), CLTS (0F 06) or LMSW
+    (0F 01 /6) at the start of ``code`` for ``bits``-bit code; None if it is none of them."""
     i, rex = 0, 0
     while i < len(code) and code[i] in _LEGACY_PREFIXES:
         i += 1
@@ -58,8 +61,9 @@ def decode_cr_write(code: bytes, bits: int) -> CrWrite | None:
         return None
     modrm = code[i + 2]
     mod, reg, rm = modrm >> 6, (modrm >> 3) & 7, modrm & 7
-    if op == 0x22:   # MOV CRn, r: the mod bits are ignored (always a register operand)
-        return CrWrite(reg | (8 if rex & 4 else 0), MOV_TO_CR, i + 3, gpr=rm | (8 if rex & 1 else 0))
+    if op in (0x20, 0x22):   # MOV r, CRn / MOV CRn, r: the mod bits are ignored (always a register)
+        return CrWrite(reg | (8 if rex & 4 else 0), MOV_TO_CR if op == 0x22 else MOV_FROM_CR, i + 3,
+                       gpr=rm | (8 if rex & 1 else 0))
     if op == 0x01 and reg == 6:
         if mod == 3:
             return CrWrite(0, LMSW, i + 3, gpr=rm | (8 if rex & 1 else 0))
@@ -101,9 +105,12 @@ def mov_to_cr(vcpu, cr: int) -> None:
     linear = vcpu.code_base() + rip
     code = vcpu.read_linear_safe(linear, 15) or b""
     w = decode_cr_write(code, bits)
-    if w is None or w.cr != cr:
+    if w is None or w.cr != cr or w.access == MOV_FROM_CR:
         raise RuntimeError(f"CR{cr} write intercepted at RIP {rip:#x}, but the bytes {code[:6].hex()} "
                            "are not MOV to CR / CLTS / LMSW")
+    if cr == 8:
+        _mov_to_cr8(vcpu, w, rip)
+        return
     old = e.read(f"cr{cr}")
     length, source = w.length, 0
     if w.access == MOV_TO_CR:
@@ -140,6 +147,48 @@ def mov_to_cr(vcpu, cr: int) -> None:
     # bits the mask owns keep the value the guest cannot change (SDM 26.3, guest/host mask)
     e.write(f"cr{cr}", (new & ~mask) | (old & mask))
     e.set_rip(rip + length)
+
+
+def _cr8_exit(vcpu, w: CrWrite, rip: int, control: int, value: int) -> bool:
+    """A CR8 access the VMM asked to see: CR8-load / CR8-store exiting (SDM 26.1.3)."""
+    if not vcpu.vmcs.read("CPU_BASED_VM_EXEC_CONTROL") & control:
+        return False
+    arrow = "<-" if w.access == MOV_TO_CR else "->"
+    vcpu.vm_exit(ExitInfo(ExitReason.CR_ACCESS, qualification=8 | w.access << 4 | w.gpr << 8, rip=rip,
+                          instruction_length=w.length, data=value, detail=f"mov cr8 {arrow} {value:#x}"))
+    vcpu.request_leave()
+    return True
+
+
+def _mov_to_cr8(vcpu, w: CrWrite, rip: int) -> None:
+    """TPR[7:4] = the source's bits 3:0; bits 63:4 set are #GP(0) (SDM Vol. 2B MOV CR).
+    Lowering the TPR lets a held-back interrupt in (the APIC kicks the vCPU)."""
+    value = vcpu.engine.read(GPR64[w.gpr])
+    if value >> 4:
+        vcpu.cr_faults.append((8, value, rip, "CR8 bits 63:4 are reserved"))
+        del vcpu.cr_faults[:-16]
+        vcpu.raise_exception(hardware_exception(13, 0), rip)
+        return
+    if _cr8_exit(vcpu, w, rip, CR8_LOAD_EXITING, value):
+        return
+    vcpu.apic.write(Reg.TPR, value << 4)
+    vcpu.engine.set_rip(rip + w.length)
+
+
+def mov_from_cr(vcpu, cr: int) -> None:
+    """Perform the intercepted MOV from CR8: the destination gets TPR[7:4]."""
+    e = vcpu.engine
+    rip = e.rip()
+    code = vcpu.read_linear_safe(vcpu.code_base() + rip, 15) or b""
+    w = decode_cr_write(code, vcpu.code_bits())
+    if w is None or w.cr != cr or w.access != MOV_FROM_CR:
+        raise RuntimeError(f"CR{cr} read intercepted at RIP {rip:#x}, but the bytes {code[:6].hex()} "
+                           "are not MOV from CR")
+    value = vcpu.apic.read(Reg.TPR) >> 4 & 0xF
+    if _cr8_exit(vcpu, w, rip, CR8_STORE_EXITING, value):
+        return
+    e.write(GPR64[w.gpr], value)
+    e.set_rip(rip + w.length)
 
 
 def _control_state(vcpu, e) -> ControlState:

@@ -277,8 +277,8 @@ class Vcpu(GuestView, GuestStateArea):
         self._hlt_at = rip
         self._stop_between_instructions()
 
-    def on_cr_write(self, cr: int) -> None:
-        cr_access.mov_to_cr(self, cr)
+    def on_cr_access(self, cr: int, write: bool) -> None:
+        (cr_access.mov_to_cr if write else cr_access.mov_from_cr)(self, cr)
 
     def on_syscall(self) -> None:
         system_calls.syscall(self)

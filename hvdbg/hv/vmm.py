@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol
 
-from hvdbg.arch.apic import APIC_BASE_EXTD, IA32_APIC_BASE_MSR, X2APIC_MSR_BASE, X2APIC_MSR_END, Reg
+from hvdbg.arch.apic import APIC_BASE_BSP, APIC_BASE_EN, APIC_BASE_EXTD, apic_base_write_problem, IA32_APIC_BASE_MSR, X2APIC_MSR_BASE, X2APIC_MSR_END, Reg
 from hvdbg.arch.regs import IA32_EFER, IA32_MISC_ENABLE, IA32_PAT, IA32_TSC, IA32_TSC_DEADLINE
 from hvdbg.platform.devices.bus import IoBus, MmioBus
 from hvdbg.platform.devices.debug_exit import DEBUG_EXIT_PORT
@@ -224,15 +224,20 @@ class Vmm:
         size = exit.payload.size if isinstance(exit.payload, ApicAccess) else 4
         reg = offset & ~0xF
         shift = (offset & 3) * 8
-        if exit.qualification >> 12 & 0xF == 0:
+        write = exit.qualification >> 12 & 0xF != 0
+        if vcpu.apic.x2apic_mode or not vcpu.apic.base_msr & APIC_BASE_EN:
+            # the xAPIC page is not decoded (SDM 11.4.3: globally disabled; 11.12.1: x2APIC
+            # mode): nothing answers, reads are all-ones and writes go nowhere
+            why = "x2APIC mode" if vcpu.apic.x2apic_mode else "the APIC globally disabled"
+            exit.data = exit.data if write else (1 << (8 * size)) - 1
+            exit.detail = f"xAPIC MMIO {'write' if write else 'read'} with {why}: not decoded ({_reg_name(reg)})"
+            return ExitDecision.RESUME
+        if not write:
             value = vcpu.apic.read(reg) >> shift
             exit.data = value & ((1 << (8 * size)) - 1)
             exit.detail = f"read {_reg_name(reg)} -> {exit.data:#x}"
             return ExitDecision.RESUME
         value = exit.data << shift
-        if vcpu.apic.x2apic_mode:
-            exit.detail = f"xAPIC MMIO write in x2APIC mode ignored ({_reg_name(reg)})"
-            return ExitDecision.RESUME
         exit.detail = f"write {_reg_name(reg)} <- {value:#x}"
         vcpu.apic.write(reg, value)
         self._complete_write(vcpu, exit)
@@ -279,9 +284,12 @@ class Vmm:
         value = exit.data
         exit.detail = f"wrmsr {msr:#x} <- {value:#x}"
         if msr == IA32_APIC_BASE_MSR:
-            if value & APIC_BASE_EXTD and not vcpu.apic.x2apic_supported:
-                return self._inject_gp(vcpu, exit, "x2APIC enable without CPUID x2APIC support")
-            vcpu.apic.base_msr = (value & ~0xFF) | (vcpu.apic.base_msr & (1 << 8))
+            maxphyaddr = vcpu.cpuid.query(0x80000008)[0] & 0xFF     # what the guest was told
+            why = apic_base_write_problem(vcpu.apic.base_msr, value & ~APIC_BASE_BSP, vcpu.apic.x2apic_supported,
+                                          maxphyaddr)
+            if why is not None:
+                return self._inject_gp(vcpu, exit, why)
+            vcpu.apic.base_msr = (value & ~0xFF) | (vcpu.apic.base_msr & APIC_BASE_BSP)
         elif X2APIC_MSR_BASE <= msr <= X2APIC_MSR_END:
             if not vcpu.apic.x2apic_mode:
                 return self._inject_gp(vcpu, exit, "x2APIC MSR write while x2APIC mode is off")
