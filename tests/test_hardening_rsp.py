@@ -344,12 +344,14 @@ def running_guest(tmp_path, guest_kernels):
 
 @needs_gdb
 def test_churn_while_the_guest_runs_loses_nothing(running_guest):
-    # 160 MiB of work: the guest must outlive the 14 debugger lifetimes (64 MiB took 5-8 s
-    # on a quiet 2-core machine, about as long as the churn itself)
-    proc, port = running_guest(vcpus=2, work_mib=160)
+    # 320 MiB of work: the guest must outlive the 14 debugger lifetimes (160 MiB took ~5 s
+    # on a quiet 2-core machine, about as long as the churn itself; once in a full CI run the
+    # guest was gone after 2 cycles)
+    proc, port = running_guest(vcpus=2, work_mib=320)
     counts = churn([port, port + 1, port + 2], cycles=14, seed=5, alive=lambda: proc.poll() is None)
-    assert counts.pop("cycles") >= 10 and len(counts) >= 3, counts
+    cycles = counts.pop("cycles")
     out, err = proc.communicate(timeout=300)
+    assert cycles >= 10 and len(counts) >= 3, (cycles, counts, out[-1500:], err[-1500:])
     result = json.loads(out)
     assert result["outcome"] == "exited" and result["exit_status"] == 0, result["diagnosis"]
     assert "sum ok" in result["serial"] and "smp: 2 of 2 CPUs online" in result["serial"]
