@@ -206,7 +206,8 @@ def wait_for_stub(port: int, timeout: float = 30.0) -> None:
 def churn(ports: list[int], cycles: int, seed: int = 0, log: Callable[[str], None] = lambda _s: None,
           alive: Callable[[], bool] = lambda: True) -> dict[str, int]:
     """Run up to ``cycles`` debugger lifetimes over ``ports``; returns counts per action
-    (and ``cycles``). Stops early, without error, once ``alive()`` says the guest ended."""
+    (and ``cycles``). Stops early, without error, once ``alive()`` says the guest ended
+    (``"stopped by"``: the error of the cycle that found the guest ending)."""
     rng = random.Random(seed)
     counts: dict[str, int] = {"cycles": 0}
     for i in range(cycles):
@@ -217,12 +218,13 @@ def churn(ports: list[int], cycles: int, seed: int = 0, log: Callable[[str], Non
         try:
             wait_for_stub(port)
             what = action(port, rng)
-        except (ChurnError, OSError):
+        except (ChurnError, OSError) as e:
             deadline = time.monotonic() + 10  # the guest may be finishing: its stubs go away
             while alive() and time.monotonic() < deadline:
                 time.sleep(0.1)
             if alive():
                 raise
+            counts["stopped by"] = f"cycle {i}, {action.__name__} on port {port}: {type(e).__name__}: {e}"
             break
         counts[action.__name__] = counts.get(action.__name__, 0) + 1
         counts["cycles"] += 1

@@ -350,8 +350,9 @@ def test_churn_while_the_guest_runs_loses_nothing(running_guest):
     proc, port = running_guest(vcpus=2, work_mib=320)
     counts = churn([port, port + 1, port + 2], cycles=14, seed=5, alive=lambda: proc.poll() is None)
     cycles = counts.pop("cycles")
+    stopped = counts.pop("stopped by", None)
     out, err = proc.communicate(timeout=300)
-    assert cycles >= 10 and len(counts) >= 3, (cycles, counts, out[-1500:], err[-1500:])
+    assert cycles >= 10 and len(counts) >= 3, (cycles, counts, stopped, out[-600:], err[-1500:])
     result = json.loads(out)
     assert result["outcome"] == "exited" and result["exit_status"] == 0, result["diagnosis"]
     assert "sum ok" in result["serial"] and "smp: 2 of 2 CPUs online" in result["serial"]
