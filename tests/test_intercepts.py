@@ -183,6 +183,23 @@ def test_a_second_nmi_waits_for_the_iret_of_the_first(guest_kernels, tmp_path):
     assert vm.trace.last(10, reason="NMI_WINDOW")
 
 
+@pytest.mark.parametrize("shadow", ["mov ss, ax", "sti"])
+def test_an_nmi_waits_for_the_end_of_an_interrupt_shadow(guest_kernels, tmp_path, shadow):
+    """An NMI pending right after MOV SS (architectural, SDM 6.8.3) or STI (as KVM holds
+    it) is taken after the next instruction, not between the two: the handler sees the
+    return address past the first NOP."""
+    code = assemble(f"mov ax, 0x18\n {shadow}\n nop\n nop\n hlt", tmp_path)
+    vm = machine(guest_kernels, code, {2: assemble("mov esi, [esp]\n hlt", tmp_path)})
+    v = vm.vcpus[0]
+    v.run(2)                                             # mov ax; then the shadow's instruction
+    assert v.engine.intercepts.interrupt_shadow()
+    first_nop = v.engine.rip()
+    v.apic.nmi_pending = True
+    for _ in range(3):                                   # one instruction, then the NMI's entry
+        v.run(100)
+    assert v.registers()["rsi"] == first_nop + 1         # not first_nop: delivered after it
+
+
 def test_pause_exits_only_when_pause_loop_exiting_is_on(guest_kernels, tmp_path):
     code = assemble("mov ecx, 100\n1: pause\n dec ecx\n jnz 1b\n hlt", tmp_path)
     vm = machine(guest_kernels, code)

@@ -16,28 +16,35 @@ _INTERRUPT_WINDOW = PRIMARY_PROCESSOR_BASED.mask("INTERRUPT_WINDOW_EXITING")
 _NMI_WINDOW = PRIMARY_PROCESSOR_BASED.mask("NMI_WINDOW_EXITING")
 
 
-def inject_pending(vcpu) -> None:
+def inject_pending(vcpu) -> bool:
     """Inject what ``vcpu`` (a hvdbg.hv.vcpu.Vcpu at VM entry) has pending, or ask for
-    the window in which it can be injected."""
+    the window in which it can be injected; True if the entry must run one instruction
+    only (an NMI waits for the end of an interrupt shadow)."""
     if vcpu.pending_event is not None:
         ev, rip = vcpu.pending_event, vcpu.pending_event_rip
         vcpu.pending_event = None
         vcpu.deliver(ev, rip, vcpu.pending_event_length)
-        return
+        return False
     intercepts = vcpu.engine.intercepts
     if vcpu.apic.nmi_pending:
+        if intercepts.interrupt_shadow() and not intercepts.nmi_blocked():
+            # blocking by MOV SS holds an NMI for one instruction (SDM Vol. 3A 6.8.3), and so
+            # may blocking by STI (Vol. 2B STI), as KVM holds it; QEMU keeps one flag for
+            # both: run that one instruction, inject at the next entry
+            return True
         if not intercepts.nmi_blocked():
             vcpu.apic.nmi_pending = False
             vcpu.deliver(Event(2, EventType.NMI), vcpu.engine.rip())
             intercepts.set_nmi_blocked(True)
-            return
+            return False
         vcpu.request_window(_NMI_WINDOW)   # after the IRET of the NMI being handled
     vec = vcpu.apic.pending_vector()
     if vec is None:
-        return
+        return False
     if vcpu.interrupts_enabled() and not intercepts.interrupt_shadow():
         vcpu.apic.ack(vec)
         vcpu.deliver(Event(vec, EventType.EXTERNAL), vcpu.engine.rip())
     else:   # the VMM asks for an interrupt-window exit (KVM's enable_irq_window)
         vcpu.blocked_injections += 1
         vcpu.request_window(_INTERRUPT_WINDOW)
+    return False

@@ -485,7 +485,7 @@ class Vcpu(GuestView, GuestStateArea):
         self.pauses_in_run = 0
         self.spin_exit = False
         self.poll_board()
-        injection.inject_pending(self)
+        one_instruction = injection.inject_pending(self)
         if self.activity != ActivityState.ACTIVE or self._leave:
             self._guest_stale = True
             return RunEnd.EXIT
@@ -497,7 +497,7 @@ class Vcpu(GuestView, GuestStateArea):
         if self._nmi_window_exiting:
             self.engine.intercepts.request_nmi_window(True)
         deadline = self.next_event()
-        budget = max_instructions
+        budget = 1 if one_instruction else max_instructions
         timer = self.preemption_timer_value()
         if timer is not None:
             budget = min(budget, max(1, timer << 5))
