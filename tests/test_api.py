@@ -12,7 +12,7 @@ import pytest
 from hvdbg import api
 from hvdbg.config import load_config
 from hvdbg.errors import ConfigError, Outcome
-from hvdbg.run.control import RunControl
+from hvdbg.run.control import START_HOLD, RunControl
 from hvdbg.run.executors import DeterministicExecutor, Executor, PinnedExecutor
 
 
@@ -61,7 +61,7 @@ def test_run_machine_runs_a_machine_changed_before(make_config):
 
 def test_open_debug_gives_a_paused_session(make_config):
     session = api.open_debug(make_config(vcpus=2), start_paused=True, deterministic=True)
-    assert session.control.paused_vm and not session.vm.ended
+    assert session.control.held_by(START_HOLD) == {v.index for v in session.vm.vcpus} and not session.vm.ended
 
 
 def test_holding_parked_keeps_parked_vcpus_in_serve():

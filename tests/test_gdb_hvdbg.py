@@ -223,6 +223,38 @@ def test_per_vcpu_stub_sees_only_its_vcpu(hvdbg_gdb, gdb, guest_kernels):
     proc.communicate(timeout=30)
 
 
+def test_a_vcpu_one_debugger_stopped_stays_stopped_when_another_continues(hvdbg_gdb, gdb, guest_kernels):
+    """Two real gdbs: one on vCPU 1's stub stops it at ap_entry; one on the all-vCPU stub
+    continues and detaches. vCPU 1 stays at ap_entry (the other debugger's hold), the
+    shell view names who holds it, and it runs once its own debugger detaches."""
+    proc, port = hvdbg_gdb(vcpus=2)
+    ap_entry = symbol(guest_kernels / "smp.elf", "ap_entry")
+    gdb.connect(port + 2)                      # vCPU 1 alone (held in wait-for-SIPI)
+    gdb.console("break ap_entry")
+    gdb.console("continue")                    # ends the --gdb-wait hold: the BSP boots
+    stop = gdb.wait_for_stop()
+    assert stop["frame"]["func"] == "ap_entry"
+    gdb.console("delete")
+    other = Gdb()
+    try:
+        other.mi("-gdb-set confirm off")
+        other.console(f"file {guest_kernels / 'smp.elf'}")
+        other.connect(port)                    # every vCPU
+        other.console("continue &")
+        time.sleep(1.0)                        # the BSP runs (and waits for its AP)
+        other.mi("-exec-interrupt --all")
+        other.wait_for_stop()
+        vcpus = other.console("monitor vcpus")
+        assert "vCPU 1 held stopped by gdb (vCPU 1)" in vcpus, vcpus
+        other.console("thread 2")
+        assert other.value("$pc") == ap_entry  # it never ran while held
+        other.console("detach")                # the BSP runs on; vCPU 1 is still held
+        assert gdb.value("$pc") == ap_entry
+    finally:
+        other.close()
+    _detach_to_the_end(gdb, proc)
+
+
 def test_paging_off_addresses_are_32_bit_and_beyond_ram_is_an_error(hvdbg_gdb, gdb, guest_kernels):
     """At the multiboot entry (protected mode, paging off) a linear address is a 32-bit
     physical one: 0xdead00000000 is no address (not physical 0 after a cut to 32 bits),

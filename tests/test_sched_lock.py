@@ -157,9 +157,9 @@ def test_a_slice_ending_in_hlt_shows_halted(make_config):
 
 def test_debugger_stop_shows_as_waiting_reason(make_config):
     vm, ex = machine(make_config(vcpus=2, pcpus=1, sched="rr", deterministic=True))
-    ex.control.pause(all_vcpus=vm.vcpus)
+    ex.control.pause(vm.vcpus, "gdb")
     assert {row["waiting"] for row in ex.stats()["vcpus"].values()} == {"debugger"}
-    ex.control.resume()
+    ex.control.release(vm.vcpus, ("gdb",))
     assert ex.stats()["vcpus"][1]["waiting"] == "wait-for-SIPI"
 
 

@@ -56,7 +56,10 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
         self._current = min(self.scope)
         self._lock = threading.Lock()
         self._g_registers: dict[int, debug_hooks.GdbRegisters] = {}
-        self._resume_on_detach = True
+
+    def __str__(self) -> str:
+        """The name of this debugger as an owner of run control (``vcpus`` shows it)."""
+        return "gdb (all vCPUs)" if self.all_stop else f"gdb (vCPU {min(self.scope)})"
 
     @property
     def arch(self):
@@ -177,17 +180,12 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
     # -- run control -----------------------------------------------------------------
     def attach(self) -> StopEvent:
         self._ensure_events()
-        control = self.session.control
-        # held before this debugger came (--gdb-wait, or stopped by another debugger):
-        # leaving without a continue leaves it held, as QEMU -S stays paused
-        self._resume_on_detach = not (control.paused_vm or self.scope <= control.paused)
-        self.session.stop(self._scope_arg())
+        self.session.stop(self._scope_arg(), owner=self)
         if self.vm.ended and not self.session.running:
             return self._ended_event()
         return StopEvent.signalled(self._current + 1, SIGTRAP)
 
     def resume(self, actions: Mapping[int, ResumeAction]) -> None:
-        self._resume_on_detach = True
         events = self._ensure_events()
         while not events.empty():  # stops seen while gdb was stopped (e.g. a shell step)
             events.get_nowait()
@@ -204,7 +202,7 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
             self._current = v.index
             self.session.step(v)
             return
-        self.session.resume(self._scope_arg())
+        self.session.resume(self._scope_arg(), owner=self)
 
     def wait_for_stop(self, timeout: float | None) -> StopEvent | None:
         events = self._ensure_events()
@@ -216,7 +214,7 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
             return self._ended_event()
         if stop.vcpu is not None and stop.vcpu not in self.scope:
             return None  # another stub's vCPU
-        self.session.stop(self._scope_arg())
+        self.session.stop(self._scope_arg(), owner=self)
         if stop.vcpu is not None:
             self._current = stop.vcpu
         tid = self._current + 1
@@ -243,7 +241,7 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
         return StopEvent.signalled(self._current + 1, END_SIGNALS.get(str(ending.outcome), SIGTRAP))
 
     def interrupt(self) -> None:
-        self.session.stop(self._scope_arg())
+        self.session.stop(self._scope_arg(), owner=self)
         self.session.interrupted(self.vm.vcpus[self._current])
 
     # -- breakpoints and watchpoints ---------------------------------------------------
@@ -294,12 +292,13 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
         for bp in list(self.session.breakpoints.values()):
             if bp.vcpus == self.scope:
                 self.session.remove_breakpoint(bp.address, self._scope_arg())
-        if self._resume_on_detach:
-            self.session.resume(self._scope_arg())
+        # this debugger's holds end; what others hold (another debugger, the shell, the
+        # --gdb-wait start: QEMU -S stays paused when gdb leaves) stays stopped
+        self.session.release(self._scope_arg(), owner=self)
         if self._events is not None:
             self.session.unsubscribe(self._events)
             self._events = None
 
     def kill(self) -> None:
         self.vm.end("killed", detail="killed by the debugger")
-        self.session.resume()
+        self.session.control.release_all()

@@ -20,11 +20,13 @@ import enum
 import queue
 import threading
 from dataclasses import dataclass, field
+from typing import Hashable
 
 from hvdbg.engine import debug_hooks
 from hvdbg.engine.debug_hooks import ADDRESS_SPACE_END
 from hvdbg.hv.machine import Machine
 from hvdbg.hv.vcpu import Vcpu
+from hvdbg.run.control import SHELL, START_HOLD, STOP_EVENT
 from hvdbg.run.executors import RunControl, make_executor
 
 #: Longest range one watchpoint may cover. x86 debug registers watch 1, 2, 4 or 8 bytes
@@ -111,7 +113,7 @@ class DebugSession:
         self._next_number = 1
         vm.vmm.on_exit_breakpoint = self._exit_break
         if start_paused:
-            self.control.pause(None, vm.vcpus)
+            self.control.pause(vm.vcpus, START_HOLD)
 
     # -- executor thread -------------------------------------------------------------
     def start(self) -> None:
@@ -142,7 +144,7 @@ class DebugSession:
         if not self.vm.ended:
             self.vm.end("stopped", detail="debug session closed")
         self.executor.stop_event.set()
-        self.control.resume()
+        self.control.release_all()
         self.join(10)
 
     # -- stop events -------------------------------------------------------------------
@@ -168,31 +170,38 @@ class DebugSession:
     def vcpus_of(self, scope: frozenset[int] | None) -> list[Vcpu]:
         return [v for v in self.vm.vcpus if scope is None or v.index in scope]
 
-    def stop(self, scope: frozenset[int] | None = None, timeout: float = 10.0) -> bool:
-        """Stop the vCPUs of ``scope`` (all if None) and wait until they are parked."""
+    def stop(self, scope: frozenset[int] | None = None, timeout: float = 10.0,
+             owner: Hashable = SHELL) -> bool:
+        """``owner`` holds the vCPUs of ``scope`` (all if None); wait until they are parked."""
         vcpus = self.vcpus_of(scope)
         if self.vm.ended and not self.running:
             return True     # nothing runs any more: nobody to wait for
-        if scope is None:
-            self.control.pause(None, self.vm.vcpus)
-        else:
-            self.control.pause(vcpus)
+        self.control.pause(vcpus, owner)
         self.start()
         return self.control.wait_parked({v.index for v in vcpus}, timeout, self.executor.stop_event) \
             or self.vm.ended
 
-    def resume(self, scope: frozenset[int] | None = None) -> None:
-        """Let the vCPUs of ``scope`` run (a breakpoint at the current RIP is stepped over)."""
-        for v in self.vcpus_of(scope):
+    def resume(self, scope: frozenset[int] | None = None, owner: Hashable = SHELL) -> None:
+        """``owner`` continues the vCPUs of ``scope``: its holds, the stop-event holds on
+        them and the start hold (``--gdb-wait``) end; a vCPU another owner holds stays stopped.
+        A breakpoint at a resumed vCPU's RIP is stepped over."""
+        self.release(scope, owner)
+        self.control.release_hold()  # the start hold ends with the first continue
+
+    def release(self, scope: frozenset[int] | None = None, owner: Hashable = SHELL) -> None:
+        """``owner`` lets go of the vCPUs of ``scope`` (a detach): as :meth:`resume`, but
+        the start hold stays (QEMU -S stays paused when gdb leaves)."""
+        vcpus = self.vcpus_of(scope)
+        for v in vcpus:
             rip = v.engine.rip()
             if any(rip == bp.address and v.index in bp.vcpus for bp in self.breakpoints.values()):
                 self._skip_once[v.index] = rip
-        if scope is None:
-            self.control.resume()
-        else:
-            self.control.resume(self.vcpus_of(scope))
-            self.control.release_hold()  # a --gdb-wait hold ends with the first continue
+        self.control.release(vcpus, (owner, STOP_EVENT))
         self.start()
+
+    def holders(self, v: Vcpu) -> list[str]:
+        """Who holds ``v`` stopped, by name (``vcpus`` shows it)."""
+        return [str(owner) for owner in self.control.holders(v)]
 
     def step(self, vcpu: Vcpu, count: int = 1) -> None:
         """Single-step a parked vCPU; a Stop(STEP) is published when done."""
@@ -207,10 +216,7 @@ class DebugSession:
     def _halt_scope(self, v: Vcpu, scope: frozenset[int]) -> None:
         """All-stop within a scope, from a hook running on ``v``'s thread."""
         v.request_leave()
-        if len(scope) >= len(self.vm.vcpus):
-            self.control.pause(None, [x for x in self.vm.vcpus if x is not v])
-        else:
-            self.control.pause(self.vcpus_of(scope))
+        self.control.pause(self.vcpus_of(scope | {v.index}), STOP_EVENT)
 
     def flush_code(self, ranges: list[tuple[int, int]], scope: frozenset[int] | None = None) -> None:
         """Drop translated code of the ``[begin, end)`` ranges (after a debugger wrote code
@@ -264,7 +270,6 @@ class DebugSession:
             del self._skip_once[v.index]
             return
         self._halt_scope(v, bp.vcpus)
-        self.control.pause([v])
         self._publish(Stop(StopKind.BREAKPOINT, v.index, address))
 
     # -- watchpoints ---------------------------------------------------------------------
@@ -324,7 +329,6 @@ class DebugSession:
             return
         v.leave_after_instruction()   # the stop comes after the access (a trap, like DRn)
         self._halt_scope(v, wp.vcpus)
-        self.control.pause([v])
         self._publish(Stop(StopKind.WATCHPOINT, v.index, wp.gva, wp.kind,
                            access="write" if is_write else "read", size=size, gpa=gpa))
 
@@ -394,7 +398,6 @@ class DebugSession:
 
     def _exit_break(self, v: Vcpu, exit) -> None:
         self._halt_scope(v, frozenset(x.index for x in self.vm.vcpus))
-        self.control.pause([v])
         self._publish(Stop(StopKind.EXIT_BREAK, v.index, exit.rip, detail=exit.reason.name))
 
     def interrupted(self, vcpu: Vcpu | None) -> None:

@@ -1,55 +1,87 @@
-"""Pause / resume / single-step requests from a debugger or the shell, served by the
-executor threads at instruction boundaries."""
+"""Pause / resume / single-step requests from debuggers and the shell, served by the
+executor threads at instruction boundaries.
+
+Every pause is a *hold* by an owner: a debugger session (each gdb stub's target), the
+shell and ``monitor`` (:data:`SHELL`), a stop event of a breakpoint, watchpoint or exit
+break (:data:`STOP_EVENT`), or the start of a ``--gdb-wait`` run or of the shell
+(:data:`START_HOLD`).  A vCPU runs only while nobody holds it, so a vCPU one debugger
+stopped stays stopped when another debugger continues or detaches (docs/gdb.md,
+"Several stubs")."""
 
 from __future__ import annotations
 
 import threading
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Hashable, Iterable, Iterator
 
 from hvdbg.hv.vcpu import Vcpu
 
+#: The shell and gdb ``monitor`` commands (one owner: they act as the same console).
+SHELL = "shell"
+#: The stop of a breakpoint, watchpoint or exit break: released by any continue of a
+#: debugger whose scope has the vCPU (every such debugger was told of the stop).
+STOP_EVENT = "stop event"
+#: The VM held at its start (``--gdb-wait`` like QEMU's -S, and ``hvdbg shell``) until
+#: the first continue of any debugger or of the shell.
+START_HOLD = "the start hold"
+
 
 class RunControl:
-    """Pause / resume / single-step of the whole VM or of single vCPUs, from any thread
-    (debugger, shell).  Executor threads call :meth:`serve` for a paused vCPU they own:
-    it blocks until the vCPU is resumed and runs the step requests addressed to it."""
+    """Pause / resume / single-step of vCPUs, from any thread (debugger, shell).
+    Executor threads call :meth:`serve` for a paused vCPU they own: it blocks until
+    the vCPU is resumed and runs the step requests addressed to it."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self.paused_vm = False
-        self.paused: set[int] = set()
+        self._holds: dict[Hashable, set[int]] = {}
+        self.paused: set[int] = set()       # held by someone (the union of the holds)
         self.parked: set[int] = set()
         self._steps: dict[int, int] = {}
         self.on_step_done: Callable[[Vcpu], None] | None = None
 
-    def pause(self, vcpus: list[Vcpu] | None = None, all_vcpus: list[Vcpu] | None = None) -> None:
-        """Stop the given vCPUs (or the whole VM) at their next instruction boundary."""
+    def _update(self) -> None:
+        self._holds = {owner: held for owner, held in self._holds.items() if held}
+        self.paused = set().union(*self._holds.values())
+        self._cond.notify_all()
+
+    def pause(self, vcpus: Iterable[Vcpu], owner: Hashable = STOP_EVENT) -> None:
+        """``owner`` holds ``vcpus``: they stop at their next instruction boundary."""
+        targets = list(vcpus)
         with self._cond:
-            if vcpus is None:
-                self.paused_vm = True
-                targets = all_vcpus or []
-            else:
-                self.paused.update(v.index for v in vcpus)
-                targets = vcpus
+            self._holds.setdefault(owner, set()).update(v.index for v in targets)
+            self._update()
         for v in targets:
             v.request_park()
 
-    def resume(self, vcpus: list[Vcpu] | None = None) -> None:
+    def release(self, vcpus: Iterable[Vcpu], owners: Iterable[Hashable]) -> None:
+        """End the holds of ``owners`` on ``vcpus`` (a vCPU others hold stays stopped)."""
+        indices = {v.index for v in vcpus}
         with self._cond:
-            if vcpus is None:
-                self.paused_vm = False
-                self.paused.clear()
-            else:
-                self.paused.difference_update(v.index for v in vcpus)
-            self._cond.notify_all()
+            for owner in owners:
+                self._holds.get(owner, set()).difference_update(indices)
+            self._update()
 
     def release_hold(self) -> None:
-        """End a whole-VM pause without touching per-vCPU pauses."""
+        """End the start hold (the first continue)."""
         with self._cond:
-            self.paused_vm = False
-            self._cond.notify_all()
+            self._holds.pop(START_HOLD, None)
+            self._update()
+
+    def release_all(self) -> None:
+        """End every hold (the session is shutting down)."""
+        with self._cond:
+            self._holds.clear()
+            self._update()
+
+    def holders(self, v: Vcpu) -> list[Hashable]:
+        """Who holds ``v`` stopped (empty while it may run)."""
+        with self._cond:
+            return [owner for owner, held in self._holds.items() if v.index in held]
+
+    def held_by(self, owner: Hashable) -> frozenset[int]:
+        with self._cond:
+            return frozenset(self._holds.get(owner, ()))
 
     def request_step(self, v: Vcpu, count: int = 1) -> None:
         """Run ``count`` instructions on a paused vCPU, then park it again."""
@@ -59,10 +91,10 @@ class RunControl:
             self._cond.notify_all()
 
     def is_paused(self, v: Vcpu) -> bool:
-        return self.paused_vm or v.index in self.paused
+        return v.index in self.paused
 
     def any_paused(self) -> bool:
-        return self.paused_vm or bool(self.paused)
+        return bool(self.paused)
 
     def serve(self, owned: list[Vcpu], stop: threading.Event, run_step: Callable[[Vcpu, int], object]) -> None:
         """Block while every vCPU of ``owned`` that is paused stays paused; run step requests."""

@@ -31,6 +31,7 @@ def run_shell(args: argparse.Namespace) -> int:
     """Entry point of ``hvdbg shell`` (wired in :mod:`hvdbg.ui.cli`)."""
     from hvdbg.debug.session import DebugSession
     from hvdbg.hv.machine import Machine
+    from hvdbg.run.control import START_HOLD
     from hvdbg.ui import app
 
     interactive = not args.command and sys.stdin.isatty() and sys.stdout.isatty()
@@ -44,7 +45,7 @@ def run_shell(args: argparse.Namespace) -> int:
             servers = app.start_gdb_servers(session, args.gdb_host, args.gdb, ctx.monitor)
             app.gdb_banner(vm, args.gdb_host, args.gdb)
         session.start()
-        session.stop()
+        session.stop(owner=START_HOLD)   # wait until the start hold has parked every vCPU
         if interactive:
             return interactive_shell(ctx)
         lines = args.command if args.command else sys.stdin

@@ -84,6 +84,13 @@ class Call:
             raise CommandError(f"cannot read {size} bytes at GPA {addr:#x}: {e}") from None
 
 
+class _HookEdit:
+    """The owner of a short stop while a command edits hooks (one per edit)."""
+
+    def __str__(self) -> str:
+        return "a command editing hooks"
+
+
 class CommandContext:
     """The commands' view of one debug session.
 
@@ -152,13 +159,14 @@ class CommandContext:
         """Run a block with every vCPU parked (hooks are edited only then), then let
         the VM run again if it was running."""
         was_running = self.vm_state() == "running"
+        owner = _HookEdit()
         if was_running:
-            self.session.stop()
+            self.session.stop(owner=owner)
         try:
             yield
         finally:
             if was_running:
-                self.session.resume()
+                self.session.release(owner=owner)  # whatever others hold stays held
 
     # -- execution ---------------------------------------------------------------------
     def find(self, words: list[str]) -> tuple[Command, list[str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from hvdbg.arch.events import vector_name
+from hvdbg.run.control import SHELL, STOP_EVENT
 from hvdbg.ui.commands.args import Addr, CommandError
 from hvdbg.ui.commands.context import Call
 from hvdbg.ui.commands.disasm import disassemble
@@ -47,9 +48,20 @@ def cmd_vcpus(call: Call, a: dict) -> str:
                      else ("SIPI" if v.started_by_sipi else ("BSP" if v.bsp else ""))))
     lines = table(rows, ("vCPU", "APIC", "activity", "pCPU", "debugger", "mode", "RIP", "instructions",
                           "exits", "start"), right={0, 1, 3, 7, 8})
+    lines += _held_by_others(call)
     if vm.ended:
         lines.append(describe_ending(vm))
     return "\n".join(lines)
+
+
+def _held_by_others(call: Call) -> list[str]:
+    """Lines naming who else holds vCPUs stopped (a gdb session, a hook edit)."""
+    lines = []
+    for v in call.vm.vcpus:
+        others = [h for h in call.session.holders(v) if h not in (SHELL, STOP_EVENT)]
+        if others and call.session.running:
+            lines.append(f"vCPU {v.index} held stopped by {', '.join(others)}")
+    return lines
 
 
 def cmd_events(call: Call, a: dict) -> str:

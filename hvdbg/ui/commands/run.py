@@ -31,8 +31,12 @@ def cmd_continue(call: Call, a: dict) -> str:
         raise CommandError("the VM is already running ('stop' stops it)")
     ctx.drain_events()
     call.session.resume()
+    held = {v.index: call.session.holders(v) for v in call.vm.vcpus if call.session.holders(v)}
+    kept = "".join(f"\nvCPU {i} stays stopped: held by {', '.join(h)}" for i, h in held.items())
+    if len(held) == len(call.vm.vcpus):
+        return "nothing runs:" + kept + "\n(each debugger's continue or detach releases its hold)"
     if ctx.background:
-        return f"running {len(call.vm.vcpus)} vCPUs ('stop' or Ctrl-C stops them)"
+        return f"running {len(call.vm.vcpus) - len(held)} vCPUs ('stop' or Ctrl-C stops them)" + kept
     stop = ctx.wait_for_stop(ctx.wait_timeout, lambda s: s.kind is not StopKind.STEP)
     if stop is None:
         call.session.stop()
