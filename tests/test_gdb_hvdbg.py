@@ -32,11 +32,11 @@ def symbol(elf_path, name) -> int:
 def hvdbg_gdb(make_config, guest_kernels):
     procs = []
 
-    def start(vcpus=4, **cfg):
+    def start(vcpus=4, extra=(), **cfg):
         port = free_port(vcpus + 1)
         path = make_config(vcpus=vcpus, **cfg)
         p = subprocess.Popen([sys.executable, "-m", "hvdbg.ui.cli", "run", str(path), "--gdb", str(port),
-                              "--gdb-wait", "--json", "--compact"],
+                              "--gdb-wait", "--json", "--compact", *extra],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         procs.append(p)
         # the stubs listen once hvdbg says so on stderr (probing a port would be a client)
@@ -253,6 +253,53 @@ def test_a_vcpu_one_debugger_stopped_stays_stopped_when_another_continues(hvdbg_
     finally:
         other.close()
     _detach_to_the_end(gdb, proc)
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) not installed")
+def test_gdb_arch_i8086_lets_gdb_disassemble_real_mode_code(hvdbg_gdb, tmp_path):
+    """--gdb-arch i8086: the AP's SIPI trampoline (real mode, CS:IP 0800:0000) decodes in
+    gdb as objdump -m i8086 decodes the same bytes; set architecture i386 then gives
+    32-bit decoding (the x86-64 layout refuses both). No 64-bit ELF is loaded: its
+    GNU/Linux OS ABI would make gdb expect i386-linux's orig_eax."""
+    proc, port = hvdbg_gdb(vcpus=2, extra=("--gdb-arch", "i8086"))
+    gdb = Gdb()
+    try:
+        _real_mode_session(gdb, port, tmp_path)
+    finally:
+        gdb.close()
+    proc.communicate(timeout=30)
+
+
+def _real_mode_session(gdb, port, tmp_path) -> None:
+    gdb.connect(port + 2)
+    assert '"i8086"' in gdb.console("show architecture")
+    gdb.console("hbreak *0x8000")
+    gdb.console("continue")
+    gdb.wait_for_stop()
+    assert gdb.value("$pc") == 0x8000 and gdb.value("$cs") == 0x800 and gdb.value("$eip") == 0x8000
+    raw = bytes(int(b, 16) for line in gdb.console("x/16xb 0x8000").splitlines()
+                for b in line.split(":")[1].split())
+    (tmp_path / "code.bin").write_bytes(raw)
+
+    def objdump(machine: str) -> list[str]:
+        out = subprocess.run(["objdump", "-D", "-b", "binary", "-m", machine, "--adjust-vma=0x8000",
+                              str(tmp_path / "code.bin")], capture_output=True, text=True, check=True).stdout
+        return [" ".join(line.split("\t")[2].split()) for line in out.splitlines()
+                if re.match(r"^\s+[0-9a-f]+:\t", line) and len(line.split("\t")) > 2][:4]
+
+    def gdb_insns() -> list[str]:
+        return [" ".join(line.split(":\t", 1)[1].split()) for line in gdb.console("x/4i $pc").splitlines()]
+
+    assert gdb_insns() == objdump("i8086"), gdb_insns()
+    assert gdb_insns()[:3] == ["cli", "cld", "xor %ax,%ax"]
+    gdb.console("set architecture i386")
+    assert gdb_insns() == objdump("i386") and gdb_insns()[2] == "xor %eax,%eax"
+    gdb.console("stepi")
+    gdb.wait_for_stop()
+    assert gdb.value("$pc") == 0x8001
+    gdb.console("set var $ebx = 0x1234")          # written to the vCPU's RBX
+    assert gdb.value("$ebx") == 0x1234 and "rbx 0x0000000000001234" in gdb.console("monitor regs 1")
+    gdb.console("kill")
 
 
 def test_paging_off_addresses_are_32_bit_and_beyond_ram_is_an_error(hvdbg_gdb, gdb, guest_kernels):

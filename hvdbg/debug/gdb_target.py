@@ -20,6 +20,8 @@ from gdbstub import (ConsoleOutput, DetachOps, HwBreakpointOps, KillOps, MemoryA
                      MonitorOps, PhysicalMemoryOps, ResumeAction, ResumeKind, SingleStepFlagsOps,
                      SstepFlags, StopEvent, SwBreakpointOps, Target, TargetError, ThreadExtraInfoOps,
                      ThreadInfo, WatchKind, WatchpointOps)
+from gdbstub.arch import Arch
+from gdbstub.arch.i386 import WIDE_NAMES
 from gdbstub.arch.x86_64 import X86_64
 from gdbstub.target import SIGTRAP
 from hvdbg.arch.control_rules import ControlState, control_state_problem
@@ -45,8 +47,12 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
     """GDB's view of some vCPUs of a VM."""
 
     def __init__(self, session: DebugSession, scope: frozenset[int] | None = None,
-                 monitor=None) -> None:
+                 monitor=None, layout: Arch = X86_64) -> None:
         self.session = session
+        self.layout = layout
+        #: gdb's 32-bit name -> the 64-bit register it shows (None: the 64-bit layout)
+        self._wide = None if layout is X86_64 else {n: WIDE_NAMES.get(n, n) for n in
+                                                     (r.name for r in layout.registers)}
         self.vm = session.vm
         self.scope = frozenset(v.index for v in session.vcpus_of(scope))
         self.all_stop = len(self.scope) == len(self.vm.vcpus)
@@ -62,8 +68,8 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
         return "gdb (all vCPUs)" if self.all_stop else f"gdb (vCPU {min(self.scope)})"
 
     @property
-    def arch(self):
-        return X86_64
+    def arch(self) -> Arch:
+        return self.layout
 
     # -- helpers ---------------------------------------------------------------------
     def _scope_arg(self) -> frozenset[int] | None:
@@ -105,6 +111,8 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
         base = self._pc_base(v)
         if base:
             values["rip"] = base + int(values["rip"])
+        if self._wide is not None:    # the 32-bit layout: eax is rax's low half, ...
+            return {name: values.get(wide) for name, wide in self._wide.items()}
         return values
 
     @staticmethod
@@ -121,6 +129,8 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
         """Write registers; a control state the CPU could not reach is refused with E16
         (:func:`control_state_problem`) and nothing is written."""
         v = self._vcpu(tid)
+        if self._wide is not None:
+            values = {self._wide[name]: value for name, value in values.items()}
         base = self._pc_base(v)
         if base and isinstance(values.get("rip"), int):
             values = {**values, "rip": (int(values["rip"]) - base) & 0xFFFFFFFF}

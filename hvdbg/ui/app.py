@@ -69,7 +69,7 @@ def run_to_end(args: argparse.Namespace, echo_serial: bool) -> tuple[dict[str, A
         run = api.run_machine(vm, stop_on_interrupt=True)
         return run.result, run.wall_seconds
     start = time.monotonic()
-    run_with_gdb(vm, args.gdb_host, args.gdb, args.gdb_wait)
+    run_with_gdb(vm, args.gdb_host, args.gdb, args.gdb_wait, args.gdb_arch)
     wall = time.monotonic() - start
     return diagnosis.result(vm, wall, None), wall
 
@@ -106,18 +106,22 @@ def serial_input(vm: Machine, source: str | None) -> None:
 
 
 def start_gdb_servers(session: DebugSession, host: str, port: int,
-                      monitor: Callable | None = None) -> list:
-    """One stub with every vCPU as a thread on ``port``, one per vCPU i on port+1+i."""
+                      monitor: Callable | None = None, arch: str = "x86-64") -> list:
+    """One stub with every vCPU as a thread on ``port``, one per vCPU i on port+1+i,
+    announcing the register layout ``arch`` (a key of ``gdbstub.arch.X86_LAYOUTS``)."""
     from gdbstub import GdbServer
+    from gdbstub.arch import X86_LAYOUTS
     from hvdbg.debug.gdb_target import VmTarget
+
+    layout = X86_LAYOUTS[arch]
 
     last = port + len(session.vm.vcpus)
     if not 1 <= port or last > MAX_TCP_PORT:
         raise HvdbgError(f"--gdb {port}: the stubs need TCP ports {port}..{last} (one for all vCPUs, one per "
                          f"vCPU); ports are 1..{MAX_TCP_PORT}")
-    servers = [GdbServer(VmTarget(session, None, monitor), host=host, port=port)]
+    servers = [GdbServer(VmTarget(session, None, monitor, layout), host=host, port=port)]
     for v in session.vm.vcpus:
-        servers.append(GdbServer(VmTarget(session, frozenset({v.index}), monitor), host=host,
+        servers.append(GdbServer(VmTarget(session, frozenset({v.index}), monitor, layout), host=host,
                                  port=port + 1 + v.index))
     try:
         for s in servers:
@@ -150,13 +154,13 @@ def gdb_banner(vm: Machine, host: str, port: int, held: bool = False) -> None:
           file=sys.stderr, flush=True)
 
 
-def run_with_gdb(vm: Machine, host: str, port: int, wait: bool) -> None:
+def run_with_gdb(vm: Machine, host: str, port: int, wait: bool, arch: str = "x86-64") -> None:
     """Run the VM to its end under the GDB stubs (``wait``: held until gdb continues),
     with the command registry as gdb's ``monitor``."""
     from hvdbg.ui.commands import make_monitor
 
     session = DebugSession(vm, start_paused=wait)
-    servers = start_gdb_servers(session, host, port, make_monitor(session))
+    servers = start_gdb_servers(session, host, port, make_monitor(session), arch)
     gdb_banner(vm, host, port, held=wait)
     session.start()
     try:

@@ -8,6 +8,7 @@ import json
 import sys
 from typing import Sequence
 
+from gdbstub.arch import X86_LAYOUTS
 from hvdbg import __version__
 from hvdbg.errors import HvdbgError
 
@@ -96,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="bytes for COM1's receiver: a file's, or standard input's as typed (-); "
                           "the guest reads them polled or through IRQ 4")
     run.add_argument("--gdb-host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    run.add_argument("--gdb-arch", choices=tuple(X86_LAYOUTS), default="x86-64",
+                     help="the stubs' register layout: x86-64 (default), or 32-bit announced as i386 or "
+                          "i8086 (gdb then disassembles 16-bit real-mode code itself)")
     _add_overrides(run)
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check-determinism",
@@ -118,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     shell.add_argument("config", metavar="CONFIG|KERNEL", help="VM configuration (TOML) or a multiboot kernel")
     shell.add_argument("--gdb", type=int, metavar="PORT", help="also serve GDB on PORT (and PORT+1+i)")
     shell.add_argument("--gdb-host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    shell.add_argument("--gdb-arch", choices=tuple(X86_LAYOUTS), default="x86-64",
+                       help="the stubs' register layout: x86-64 (default), or 32-bit announced as i386 or "
+                            "i8086 (gdb then disassembles 16-bit real-mode code itself)")
     shell.add_argument("-c", "--command", action="append", default=[],
                        help="run this shell command (repeatable) instead of the interactive prompt")
     _add_overrides(shell)

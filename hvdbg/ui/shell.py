@@ -42,7 +42,7 @@ def run_shell(args: argparse.Namespace) -> int:
     servers: list = []
     try:
         if args.gdb is not None:
-            servers = app.start_gdb_servers(session, args.gdb_host, args.gdb, ctx.monitor)
+            servers = app.start_gdb_servers(session, args.gdb_host, args.gdb, ctx.monitor, args.gdb_arch)
             app.gdb_banner(vm, args.gdb_host, args.gdb)
         session.start()
         session.stop(owner=START_HOLD)   # wait until the start hold has parked every vCPU
