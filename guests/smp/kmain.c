@@ -10,6 +10,7 @@
 #include "pci.h"
 #include "echo.h"
 #include "pit.h"
+#include "pic.h"
 #include "selftest.h"
 #include "smp.h"
 #include "trap.h"
@@ -32,6 +33,7 @@ __attribute__((noreturn)) void kmain(uint32_t magic, uint32_t mb_info_phys)
 
     idt_init();
     idt_load();
+    pic_mask_all();     /* before lapic_enable masks LINT0 (pic.h) */
     lapic_enable();
     uint32_t bsp_apic_id = lapic_id();
     kprintf("lapic: BSP APIC id %u\n", bsp_apic_id);
