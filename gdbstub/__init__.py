@@ -17,6 +17,7 @@ from .target import (
     MemoryAccessError,
     MonitorOps,
     PhysicalMemoryOps,
+    RawRegistersOps,
     ResumeAction,
     ResumeKind,
     SingleStepFlagsOps,

@@ -327,6 +327,13 @@ class GdbSession:
     # ------------------------------------------------------------------ registers
 
     def _cmd_read_registers(self, _args: bytes) -> Reply:
+        raw = self.target.support_raw_registers()
+        if raw is not None:
+            reply = raw.read_registers_hex(self._current_thread())
+            if len(reply) != 2 * self.arch.g_packet_size:
+                raise ValueError(f"target's g reply has {len(reply)} hex digits, "
+                                 f"the layout {2 * self.arch.g_packet_size}")
+            return reply
         values = self.target.read_registers(self._current_thread())
         return self.arch.encode_registers(values)
 

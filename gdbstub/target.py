@@ -220,6 +220,16 @@ class PhysicalMemoryOps(abc.ABC):
     def write_physical_memory(self, address: int, data: bytes) -> None: ...
 
 
+class RawRegistersOps(abc.ABC):
+    """The ``g`` reply built by the target itself (gdb sends ``g`` after every stop and
+    step, so this is on the stepi round trip): no per-register values in between."""
+
+    @abc.abstractmethod
+    def read_registers_hex(self, tid: int) -> bytes:
+        """Every register of the layout in order as ASCII hex in the arch's byte order,
+        ``xx`` pairs for unavailable bytes: exactly ``2 * arch.g_packet_size`` bytes."""
+
+
 class DetachOps(abc.ABC):
     """Called after GDB detaches (``D``) or disconnects; breakpoints already removed.
 
@@ -313,6 +323,9 @@ class Target(abc.ABC):
 
     def support_physical_memory(self) -> PhysicalMemoryOps | None:
         return _capability(self, PhysicalMemoryOps)
+
+    def support_raw_registers(self) -> RawRegistersOps | None:
+        return _capability(self, RawRegistersOps)
 
     def support_detach(self) -> DetachOps | None:
         return _capability(self, DetachOps)

@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Mapping, Sequence
 
 from gdbstub import (ConsoleOutput, DetachOps, HwBreakpointOps, KillOps, MemoryAccessError,
-                     MonitorOps, PhysicalMemoryOps, ResumeAction, ResumeKind, SingleStepFlagsOps,
+                     MonitorOps, PhysicalMemoryOps, RawRegistersOps, ResumeAction, ResumeKind, SingleStepFlagsOps,
                      SstepFlags, StopEvent, SwBreakpointOps, Target, TargetError, ThreadExtraInfoOps,
                      ThreadInfo, WatchKind, WatchpointOps)
 from gdbstub.arch import Arch
@@ -43,7 +43,7 @@ END_SIGNALS = {"triple_fault": 11, "ept_violation": 11, "ept_misconfig": 11, "ex
 
 
 class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorOps, ThreadExtraInfoOps,
-               SingleStepFlagsOps, PhysicalMemoryOps, DetachOps, KillOps):
+               SingleStepFlagsOps, PhysicalMemoryOps, RawRegistersOps, DetachOps, KillOps):
     """GDB's view of some vCPUs of a VM."""
 
     def __init__(self, session: DebugSession, scope: frozenset[int] | None = None,
@@ -62,6 +62,7 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
         self._current = min(self.scope)
         self._lock = threading.Lock()
         self._g_registers: dict[int, debug_hooks.GdbRegisters] = {}
+        self._g_images: dict[int, debug_hooks.GdbRegisterImage] = {}
 
     def __str__(self) -> str:
         """The name of this debugger as an owner of run control (``vcpus`` shows it)."""
@@ -115,15 +116,24 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
             return {name: values.get(wide) for name, wide in self._wide.items()}
         return values
 
+    def read_registers_hex(self, tid: int) -> bytes:
+        """The ``g`` reply, put together from one batch read (:class:`GdbRegisterImage`);
+        the same values as :meth:`read_registers`."""
+        v = self._vcpu(tid)
+        image = self._g_images.get(tid)
+        if image is None:
+            names = [((self._wide or {}).get(r.name, r.name), r.size) for r in self.layout.registers]
+            image = self._g_images[tid] = debug_hooks.GdbRegisterImage(v.engine, names)
+        base = self._pc_base(v)
+        return image.read({"rip": base + v.engine.rip()} if base else None)
+
     @staticmethod
     def _pc_base(v) -> int:
         """Outside 64-bit mode gdb's $pc is the linear address CS.base + EIP: gdb's x86
         target knows no segments, and breakpoints (``hbreak *0x8000`` in an AP's real-mode
         trampoline), ``x/i $pc`` and the stop PC must all agree on one address.  Writes of
         $pc subtract the base again (docs/gdb.md)."""
-        if v.code_bits() == 64:
-            return 0
-        return v.get_segment("cs").base
+        return v.code_base()
 
     def write_registers(self, tid: int, values: Mapping[str, int | bytes]) -> None:
         """Write registers; a control state the CPU could not reach is refused with E16

@@ -342,6 +342,10 @@ class EngineCpu:
     def segments(self) -> dict[str, Segment]:
         return ucx.read_segments(self.uc)
 
+    def segment(self, name: str) -> Segment:
+        """One of :meth:`segments` (cs, ss, ds, es, fs, gs), read alone."""
+        return ucx.read_segment(self.uc, name)
+
     def set_segments(self, segs: dict[str, Segment]) -> None:
         ucx.write_segments(self.uc, segs)
 

@@ -10,14 +10,16 @@ are not thread-safe).
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+import operator
+from typing import Callable, Mapping, Sequence
 
 from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MEM_WRITE
+from unicorn import Uc
 from unicorn import x86_const as X
 
 from hvdbg.engine import ucx
 from hvdbg.engine.cpu import EngineCpu
-from hvdbg.engine.regs import RawRegisterBatch
+from hvdbg.engine.regs import SLOT, RawRegisterBatch
 
 #: One past the last linear address (64-bit).
 ADDRESS_SPACE_END = 1 << 64
@@ -92,6 +94,8 @@ _XMM = {f"xmm{i}": getattr(X, f"UC_X86_REG_XMM{i}") for i in range(16)}
 _G_LAYOUT = tuple({**_GPR, **_SEG, **_MISC, **_X87, **_XMM}.items())
 _G_BYTES = frozenset(_X87) | frozenset(_XMM)
 _READ_ONLY = frozenset(_SEG) | frozenset(_X87) | {"fstat", "ftag"}
+# read from the saved context, not with uc.msr_read (see GdbRegisters.read)
+_MSR_READERS: dict[str, Callable[[Uc], int]] = {"efer": ucx.read_efer, "k_gs_base": ucx.read_kernel_gs_base}
 
 
 class GdbRegisters:
@@ -110,6 +114,57 @@ class GdbRegisters:
         out["efer"] = ucx.read_efer(self.engine.uc)
         out["k_gs_base"] = ucx.read_kernel_gs_base(self.engine.uc)
         return out
+
+
+class GdbRegisterImage:
+    """A ``g`` reply of one engine for a gdbstub layout, read with one batch and put
+    together by a plan made once: no Python value per register (gdb sends ``g`` after
+    every stop and step). ``layout`` lists (register name as in :data:`_G_LAYOUT`,
+    bytes in the reply); a name this engine cannot read is unavailable (``xx``)."""
+
+    def __init__(self, engine: EngineCpu, layout: Sequence[tuple[str, int]]) -> None:
+        self.engine = engine
+        batched = dict(_G_LAYOUT)
+        ids: list[int] = []
+        self._pieces: list[tuple[int, int]] = []      # (offset in the slots, bytes)
+        self.offsets: dict[str, tuple[int, int]] = {}  # (byte offset in the reply, bytes), by name
+        self._msrs: list[tuple[int, Callable[[Uc], int], int]] = []
+        unavailable: list[tuple[int, int]] = []
+        zero_slot = len(batched)                     # an always-zero slot past the batch
+        at = 0
+        for name, size in layout:
+            if size > SLOT:
+                raise ValueError(f"{name}: {size} bytes do not fit a register slot")
+            self.offsets[name] = (at, size)
+            if name in batched:
+                self._pieces.append((SLOT * len(ids), size))
+                ids.append(batched[name])
+            else:
+                self._pieces.append((SLOT * zero_slot, size))
+                if name in _MSR_READERS:
+                    self._msrs.append((at, _MSR_READERS[name], size))
+                else:
+                    unavailable.append((2 * at, 2 * size))
+            at += size
+        self.size = at
+        self._batch = RawRegisterBatch(engine.uc, ids)
+        self._pad = bytes(SLOT * (zero_slot + 1 - len(ids)))
+        self._gather = operator.itemgetter(*(slice(o, o + n) for o, n in self._pieces))
+        self._unavailable = unavailable
+
+    def read(self, patch: Mapping[str, int] | None = None) -> bytes:
+        """The reply's ASCII hex; ``patch`` overrides some registers' values."""
+        slots = self._batch.read_slots() + self._pad
+        image = bytearray(b"".join(self._gather(slots)))
+        for at, reader, size in self._msrs:
+            image[at:at + size] = (reader(self.engine.uc) & ((1 << 8 * size) - 1)).to_bytes(size, "little")
+        for name, value in (patch or {}).items():
+            at, size = self.offsets[name]
+            image[at:at + size] = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
+        text = bytearray(image.hex().encode())
+        for at, width in self._unavailable:
+            text[at:at + width] = b"x" * width
+        return bytes(text)
 
 
 def write_gdb_registers(engine: EngineCpu, values: Mapping[str, int | bytes], order: list[str]) -> None:

@@ -122,7 +122,7 @@ STORED_SIZE: dict[int, int] = {
     **{getattr(X, f"UC_X86_REG_FP{i}"): 10 for i in range(8)},       # 64-bit mantissa, 16-bit exponent
     **{getattr(X, f"UC_X86_REG_XMM{i}"): 16 for i in range(16)},
 }
-_SLOT = 16   # every register gets a 16-byte slot, zeroed before each read
+SLOT = _SLOT = 16   # every register gets a 16-byte slot, zeroed before each read
 
 
 class RawRegisterBatch:
@@ -147,10 +147,16 @@ class RawRegisterBatch:
         self._lock = threading.Lock()
 
     def read(self) -> list[bytes]:
+        raw = self.read_slots()
+        return [raw[_SLOT * i:_SLOT * i + size] for i, size in enumerate(self._sizes)]
+
+    def read_slots(self) -> bytes:
+        """Every register's zero-padded :data:`SLOT`-byte slot, in order, in one string
+        (register ``i`` is at ``SLOT * i``, little-endian: a prefix of it is the value
+        truncated, a longer prefix zero-extends it)."""
         with self._lock:
             ctypes.memset(self._buffer, 0, _SLOT * self._count)
             status = _reg_read_batch(self._uch, self._ids, self._pointers, self._count)
             if status:
                 raise UcError(status)
-            raw = bytes(self._buffer)
-        return [raw[_SLOT * i:_SLOT * i + size] for i, size in enumerate(self._sizes)]
+            return bytes(self._buffer)

@@ -167,6 +167,13 @@ def read_segments(uc: Uc) -> dict[str, Segment]:
     return segs
 
 
+def read_segment(uc: Uc, name: str) -> Segment:
+    """One segment register with its hidden part (:func:`read_segments` reads all six)."""
+    index = SEGMENT_NAMES.index(name)
+    sel, base, limit, flags = _Blob(uc).seg(index)
+    return Segment(sel, base, limit, qemu_flags_to_ar(flags, bool(flags & (1 << 15)) or name == "cs"))
+
+
 def read_efer(uc: Uc) -> int:
     """IA32_EFER without ``uc.msr_read``: Unicorn's MSR read runs the RDMSR helper on the
     live CPU state, saving and restoring RAX/RCX/RDX around it, so on an engine that is

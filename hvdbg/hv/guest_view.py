@@ -91,7 +91,7 @@ class GuestView:
 
     def code_bits(self) -> int:
         """Operand size of the current code segment: 16, 32 or 64."""
-        cs = self.engine.segments()["cs"]
+        cs = self.engine.segment("cs")
         if self.engine.read("efer") & EFER_LMA and cs.access_rights & AR_L:
             return 64
         if not self.engine.read("cr0") & CR0_PE:
@@ -100,7 +100,8 @@ class GuestView:
 
     def code_base(self) -> int:
         """CS.base outside 64-bit mode (where linear = CS.base + RIP), else 0."""
-        return 0 if self.code_bits() == 64 else self.engine.segments()["cs"].base
+        cs = self.engine.segment("cs")
+        return 0 if self.engine.read("efer") & EFER_LMA and cs.access_rights & AR_L else cs.base
 
     def decode(self, rip: int, count: int = 1) -> list:
         code = self.read_linear_safe(rip, 16 * count)

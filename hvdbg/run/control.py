@@ -116,11 +116,11 @@ class RunControl:
             for v, count in todo:
                 v.parked()              # a step of a held vCPU runs, whatever stop came before
                 run_step(v, count)
+                with self._cond:        # parked again before the debugger hears of the stop:
+                    self.parked.add(v.index)   # its stop() then finds it parked, no hand-off
+                    self._cond.notify_all()
                 if self.on_step_done is not None:
                     self.on_step_done(v)
-            with self._cond:
-                self.parked.update(v.index for v, _ in todo)
-                self._cond.notify_all()
 
     def wait_parked(self, indices: set[int], timeout: float = 5.0, stop: threading.Event | None = None) -> bool:
         """Wait until the given vCPUs sit in :meth:`serve` (or the executor stopped)."""
