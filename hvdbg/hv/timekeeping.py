@@ -60,6 +60,17 @@ def set_tsc(vcpu, value: int) -> None:
     vcpu.tsc_adjust = (value & _U64) - vcpu.clock()
 
 
+def tsc_at(vcpu, clock: int) -> int:
+    """The value ``vcpu``'s TSC has at VM-clock time ``clock`` (ns): IA32_TSC_DEADLINE reads."""
+    return (clock + vcpu.tsc() - vcpu.clock()) & _U64
+
+
+def clock_at(vcpu, tsc_value: int) -> int:
+    """The VM-clock time (ns) at which ``vcpu``'s TSC reads ``tsc_value``: where a
+    TSC-deadline timer armed with it fires (SDM 11.5.4.1)."""
+    return tsc_value - vcpu.tsc() + vcpu.clock()
+
+
 # -- timed events ----------------------------------------------------------------------------
 def next_event(vcpu) -> int | None:
     """``vcpu``'s next timed event (ns of the VM clock): its local APIC timer, or a board

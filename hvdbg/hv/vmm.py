@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol
 
-from hvdbg.arch.apic import APIC_BASE_BSP, APIC_BASE_EN, APIC_BASE_EXTD, apic_base_write_problem, IA32_APIC_BASE_MSR, X2APIC_MSR_BASE, X2APIC_MSR_END, Reg
+from hvdbg.arch.apic import (APIC_BASE_BSP, APIC_BASE_EN, APIC_BASE_EXTD, IA32_APIC_BASE_MSR, X2APIC_MSR_BASE,
+                             X2APIC_MSR_END, Reg, apic_base_write_problem)
 from hvdbg.arch.regs import IA32_EFER, IA32_MISC_ENABLE, IA32_PAT, IA32_TSC, IA32_TSC_DEADLINE
 from hvdbg.platform.devices.bus import IoBus, MmioBus
 from hvdbg.platform.devices.debug_exit import DEBUG_EXIT_PORT
@@ -28,6 +29,7 @@ from hvdbg.platform.apic import LocalApic
 from hvdbg.vmx.controls import PRIMARY_PROCESSOR_BASED, ActivityState
 from hvdbg.vmx.vmcs import Vmcs
 from hvdbg.hv import activity as act
+from hvdbg.hv import timekeeping
 
 HYPERCALL_PING = 0
 HYPERCALL_EXIT = 1
@@ -271,7 +273,7 @@ class Vmm:
             exit.data = vcpu.tsc()
         elif msr == IA32_TSC_DEADLINE:
             deadline = vcpu.apic.tsc_deadline()
-            exit.data = 0 if deadline is None else deadline + vcpu.tsc() - vcpu.clock()
+            exit.data = 0 if deadline is None else timekeeping.tsc_at(vcpu, deadline)
         elif msr in vcpu.msrs:
             exit.data = vcpu.msrs[msr]
         else:
@@ -298,7 +300,7 @@ class Vmm:
         elif msr == IA32_TSC:
             vcpu.set_tsc(value)
         elif msr == IA32_TSC_DEADLINE:   # on the TSC, in virtual time (SDM 11.5.4.1)
-            vcpu.apic.arm_tsc_deadline(value - vcpu.tsc() + vcpu.clock() if value else None)
+            vcpu.apic.arm_tsc_deadline(timekeeping.clock_at(vcpu, value) if value else None)
         elif msr in (IA32_PAT, IA32_MISC_ENABLE):
             vcpu.msrs[msr] = value
         else:

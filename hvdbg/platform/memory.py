@@ -161,6 +161,11 @@ class GuestMemory:
         return out
 
     def read(self, addr: int, size: int) -> bytes:
+        i = bisect.bisect(self._run_starts, addr) - 1
+        if i >= 0:                 # within one run (a page-table entry, a stack read)
+            r = self._runs[i]
+            if addr + size <= r.gpa_end:
+                return self.host.read(r.hpa_start + addr - r.gpa_start, size)
         return b"".join(self.host.read(hpa, n) for hpa, n in self._span(addr, size))
 
     def write(self, addr: int, data: bytes) -> None:
