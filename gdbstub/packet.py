@@ -95,12 +95,13 @@ def rle_encode(data: bytes) -> bytes:
     The Python-level work is per run, not per byte (a 64 KiB memory read is a 128 KiB
     hex payload): runs are found by C-level searches, see :func:`_rle_plain`.
     """
-    if not any(special in data for special in _SPECIAL_BYTES):  # memchr, not a regex scan
+    if not data.translate(None, _KEPT_BYTES):  # nothing to escape (one C pass, no regex scan)
         return _rle_plain(data)
     return _RUN_OR_SPECIAL.sub(_escaped_or_run, data)
 
 
-_SPECIAL_BYTES = tuple(bytes((b,)) for b in sorted(BYTES_TO_ESCAPE))
+#: every byte value but those to escape: ``data.translate(None, _KEPT_BYTES)`` leaves the specials
+_KEPT_BYTES = bytes(b for b in range(256) if b not in BYTES_TO_ESCAPE)
 _NONZERO = re.compile(b"[^\\x00]")
 _RUN_START = b"\x00" * (RLE_ENCODE_MIN_RUN - 1)
 

@@ -27,7 +27,7 @@ class ProtocolError(ValueError):
 
 def parse_hex(text: bytes) -> int:
     """A non-negative hex number; raises ProtocolError for anything else."""
-    if not text or any(c not in b"0123456789abcdefABCDEF" for c in text):
+    if not text or text.translate(None, b"0123456789abcdefABCDEF"):  # a non-digit is left
         raise ProtocolError(f"not a hex number: {text[:32]!r}")
     return int(text, 16)
 
