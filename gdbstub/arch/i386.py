@@ -13,8 +13,7 @@ state to 32 bits, so this layout is for code below long mode (Intel SDM Vol. 1, 
 from __future__ import annotations
 
 from .base import Arch, Feature, FlagsType, RegisterDef
-from .x86_64 import CR0_TYPE, CR3_TYPE, CR4_TYPE, EFER_TYPE, EFLAGS_TYPE, MXCSR_TYPE, SEGMENT_NAMES, \
-    VEC128_TYPES, X87_CONTROL_NAMES
+from .x86_64 import CR0_TYPE, CR3_TYPE, CR4_TYPE, EFER_TYPE, core_feature, sse_feature
 
 #: GDB's i386 order (``32bit-core.xml``), not the x86-64 one.
 GPR_NAMES = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
@@ -27,29 +26,8 @@ def _narrow(t: FlagsType) -> FlagsType:
     return FlagsType(t.id.replace("x64_", "i386_"), 4, tuple(f for f in t.fields if f.end < 32))
 
 
-CORE = Feature(
-    name="org.gnu.gdb.i386.core",
-    filename="i386-core.xml",
-    types=(EFLAGS_TYPE,),
-    registers=(
-        *(RegisterDef(n, 32, POINTER_GPRS.get(n, "int32")) for n in GPR_NAMES),
-        RegisterDef("eip", 32, "code_ptr"),
-        RegisterDef("eflags", 32, EFLAGS_TYPE.id),
-        *(RegisterDef(n, 32, "int32") for n in SEGMENT_NAMES),
-        *(RegisterDef(f"st{i}", 80, "i387_ext", kind="bytes") for i in range(8)),
-        *(RegisterDef(n, 32, "int", group="float") for n in X87_CONTROL_NAMES),
-    ),
-)
-
-SSE = Feature(
-    name="org.gnu.gdb.i386.sse",
-    filename="i386-sse.xml",
-    types=(*VEC128_TYPES, MXCSR_TYPE),
-    registers=(
-        *(RegisterDef(f"xmm{i}", 128, "vec128", kind="bytes") for i in range(8)),
-        RegisterDef("mxcsr", 32, MXCSR_TYPE.id, group="vector"),
-    ),
-)
+CORE = core_feature("i386-core.xml", GPR_NAMES, POINTER_GPRS, 32, "eip")
+SSE = sse_feature("i386-sse.xml", 8)
 
 SYSTEM = Feature(
     name="org.gdbstub.i386.system",

@@ -82,29 +82,41 @@ POINTER_GPRS = {"rbp": "data_ptr", "rsp": "data_ptr"}
 SEGMENT_NAMES = ("cs", "ss", "ds", "es", "fs", "gs")
 X87_CONTROL_NAMES = ("fctrl", "fstat", "ftag", "fiseg", "fioff", "foseg", "fooff", "fop")
 
-CORE = Feature(
-    name="org.gnu.gdb.i386.core",
-    filename="x86_64-core.xml",
-    types=(EFLAGS_TYPE,),
-    registers=(
-        *(RegisterDef(n, 64, POINTER_GPRS.get(n, "int64")) for n in GPR_NAMES),
-        RegisterDef("rip", 64, "code_ptr"),
-        RegisterDef("eflags", 32, EFLAGS_TYPE.id),
-        *(RegisterDef(n, 32, "int32") for n in SEGMENT_NAMES),
-        *(RegisterDef(f"st{i}", 80, "i387_ext", kind="bytes") for i in range(8)),
-        *(RegisterDef(n, 32, "int", group="float") for n in X87_CONTROL_NAMES),
-    ),
-)
+def core_feature(filename: str, gprs: tuple[str, ...], pointers: dict[str, str], bits: int,
+                 pc: str) -> Feature:
+    """GDB's ``org.gnu.gdb.i386.core``: the GPRs (``bits`` wide, pointers typed as such),
+    the PC, eflags, the segment selectors and the x87 stack and control registers."""
+    return Feature(
+        name="org.gnu.gdb.i386.core",
+        filename=filename,
+        types=(EFLAGS_TYPE,),
+        registers=(
+            *(RegisterDef(n, bits, pointers.get(n, f"int{bits}")) for n in gprs),
+            RegisterDef(pc, bits, "code_ptr"),
+            RegisterDef("eflags", 32, EFLAGS_TYPE.id),
+            *(RegisterDef(n, 32, "int32") for n in SEGMENT_NAMES),
+            *(RegisterDef(f"st{i}", 80, "i387_ext", kind="bytes") for i in range(8)),
+            *(RegisterDef(n, 32, "int", group="float") for n in X87_CONTROL_NAMES),
+        ),
+    )
 
-SSE = Feature(
-    name="org.gnu.gdb.i386.sse",
-    filename="x86_64-sse.xml",
-    types=(*VEC128_TYPES, MXCSR_TYPE),
-    registers=(
-        *(RegisterDef(f"xmm{i}", 128, "vec128", kind="bytes") for i in range(16)),
-        RegisterDef("mxcsr", 32, MXCSR_TYPE.id, group="vector"),
-    ),
-)
+
+def sse_feature(filename: str, count: int) -> Feature:
+    """GDB's ``org.gnu.gdb.i386.sse``: ``count`` XMM registers (16 in 64-bit mode, else 8)
+    and MXCSR."""
+    return Feature(
+        name="org.gnu.gdb.i386.sse",
+        filename=filename,
+        types=(*VEC128_TYPES, MXCSR_TYPE),
+        registers=(
+            *(RegisterDef(f"xmm{i}", 128, "vec128", kind="bytes") for i in range(count)),
+            RegisterDef("mxcsr", 32, MXCSR_TYPE.id, group="vector"),
+        ),
+    )
+
+
+CORE = core_feature("x86_64-core.xml", GPR_NAMES, POINTER_GPRS, 64, "rip")
+SSE = sse_feature("x86_64-sse.xml", 16)
 
 SEGMENT_BASES = Feature(
     name="org.gnu.gdb.i386.segments",
