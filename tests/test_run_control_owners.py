@@ -8,10 +8,13 @@ release, the whole VM) under the new debugger: its attach waited 10 s for vCPUs 
 
 from __future__ import annotations
 
+import re
 import time
 from types import SimpleNamespace
 
-from gdbstub.target import ResumeAction, ResumeKind
+import pytest
+
+from gdbstub.target import ResumeAction, ResumeKind, StopReason
 from hvdbg import api
 from hvdbg.debug.gdb_target import VmTarget
 from hvdbg.run.control import SHELL, START_HOLD, STOP_EVENT, RunControl
@@ -67,3 +70,51 @@ def test_a_dying_per_vcpu_session_cannot_resume_what_the_all_vcpu_debugger_stopp
         assert not session.control.any_paused()
     finally:
         session.shutdown()
+
+
+LOCK_OK = re.compile(r"lock ok counter (\d+) cpus (\d+)")
+
+
+@pytest.mark.parametrize("executor", [
+    dict(deterministic=False), dict(deterministic=False, pcpus=2, sched="fifo"), dict(deterministic=True),
+], ids=["pinned-threads", "threads-fifo-2", "deterministic"])
+def test_stepping_one_vcpu_on_the_debuggers_thread_keeps_the_lock_exact(make_config, executor):
+    """A per-vCPU debugger single-steps vCPU 2 (on its own thread: RunControl.step_here)
+    hundreds of times while the other three take a contended ticket lock; the guest's
+    own check of the total still finds every update."""
+    iters = 1500
+    session = api.open_debug(make_config(vcpus=4, cmdline=f"workload=lock lock=ticket lock_iters={iters}",
+                                         slice=2000, **executor))
+    stepper = VmTarget(session, frozenset({2}))
+    handed_off = []
+    queued_step = session.control.request_step
+    session.control.request_step = lambda v, count=1: (handed_off.append(v.index), queued_step(v, count))
+    session.start()
+    stepped = 0
+    try:
+        deadline = time.monotonic() + 120
+        while "smp: 4 of 4 CPUs online" not in session.vm.uart.text() and time.monotonic() < deadline:
+            time.sleep(0.01)    # vCPU 2 runs the lock loop (a step of a wait-for-SIPI vCPU runs nothing)
+        for _ in range(6):
+            if session.vm.ended:
+                break
+            stepper.attach()
+            for _ in range(100):
+                before = session.vm.vcpus[2].instructions
+                stepper.resume({3: ResumeAction(ResumeKind.STEP)})
+                stop = stepper.wait_for_stop(10)
+                assert stop is not None
+                if stop.reason is not StopReason.STEP_DONE:
+                    break   # the VM ended meanwhile
+                stepped += session.vm.vcpus[2].instructions - before
+            stepper.detach()
+            time.sleep(0.05)
+        session.join(300)
+    finally:
+        session.shutdown()
+    serial = session.vm.uart.text()
+    assert stepped >= 100 and handed_off == [], (stepped, handed_off)   # every step ran here
+    ending = session.vm.ending
+    assert ending is not None and ending.outcome == "exited" and ending.status == 0, (ending, serial[-300:])
+    m = LOCK_OK.search(serial)
+    assert m and (int(m.group(1)), int(m.group(2))) == (4 * iters, 4), serial[-300:]

@@ -204,10 +204,12 @@ class DebugSession:
         return [str(owner) for owner in self.control.holders(v)]
 
     def step(self, vcpu: Vcpu, count: int = 1) -> None:
-        """Single-step a parked vCPU; a Stop(STEP) is published when done."""
+        """Single-step a parked vCPU; a Stop(STEP) is published when done (on this
+        thread if the vCPU is parked already, else by its executor thread)."""
         self._skip_once[vcpu.index] = vcpu.engine.rip()
         self.start()
-        self.control.request_step(vcpu, count)
+        if not self.control.step_here(vcpu, count, self.executor.loop.run_slice):
+            self.control.request_step(vcpu, count)
 
     def _step_done(self, v: Vcpu) -> None:
         self._skip_once.pop(v.index, None)

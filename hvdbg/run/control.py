@@ -38,6 +38,7 @@ class RunControl:
         self.paused: set[int] = set()       # held by someone (the union of the holds)
         self.parked: set[int] = set()
         self._steps: dict[int, int] = {}
+        self._stepping: set[int] = set()    # stepped right now by a debugger's own thread
         self.on_step_done: Callable[[Vcpu], None] | None = None
 
     def _update(self) -> None:
@@ -107,7 +108,7 @@ class RunControl:
                             self.parked.discard(v.index)
                         return
                     for v in owned:
-                        if self.is_paused(v):
+                        if self.is_paused(v) and v.index not in self._stepping:
                             self.parked.add(v.index)
                             v.parked()          # the stop has taken effect: steps run
                     self._cond.notify_all()
@@ -121,6 +122,29 @@ class RunControl:
                     self._cond.notify_all()
                 if self.on_step_done is not None:
                     self.on_step_done(v)
+
+    def step_here(self, v: Vcpu, count: int, run_step: Callable[[Vcpu, int], object]) -> bool:
+        """Run ``count`` instructions of a parked ``v`` on the calling thread (a debugger's),
+        without the two thread hand-offs of :meth:`request_step`; False (nothing done) if
+        ``v`` is not parked or a step is already queued for it. While it steps it is not
+        parked (no one else touches its engine) and :meth:`serve` leaves it alone; the
+        engine takes its execution turn as on the executor's thread."""
+        with self._cond:
+            if v.index not in self.parked or v.index in self._steps or not self.is_paused(v):
+                return False
+            self.parked.discard(v.index)
+            self._stepping.add(v.index)
+        try:
+            v.parked()
+            run_step(v, count)
+        finally:
+            with self._cond:
+                self._stepping.discard(v.index)
+                self.parked.add(v.index)
+                self._cond.notify_all()
+        if self.on_step_done is not None:
+            self.on_step_done(v)
+        return True
 
     def wait_parked(self, indices: set[int], timeout: float = 5.0, stop: threading.Event | None = None) -> bool:
         """Wait until the given vCPUs sit in :meth:`serve` (or the executor stopped)."""
