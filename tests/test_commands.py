@@ -490,3 +490,35 @@ def test_events_counts_interrupts_per_vcpu_and_lists_the_first_exceptions(debugg
     assert counts and int(counts.group(1)) > 0 and "#GP general protection" in text
     assert re.search(r"^    #GP general protection \(error code 0x0\) at 0x[0-9a-f]+ <\w+", text, re.M), text
     assert not ctx.execute("events 9").ok
+
+
+def test_continue_names_the_vcpus_a_gdb_session_still_holds(debugger):
+    """The shell's continue ends its own hold; a vCPU a per-vCPU gdb holds stays stopped,
+    and both continue and vcpus say who holds it (docs/gdb.md, "Several stubs")."""
+    from hvdbg.debug.gdb_target import VmTarget
+
+    ctx = debugger(vcpus=2, deterministic=False)          # one host thread per vCPU
+    gdb = VmTarget(ctx.session, frozenset({1}))
+    gdb.attach()
+    ok(ctx, "break kmain")
+    text = ok(ctx, "continue")
+    assert text.startswith("vCPU 1 stays stopped: held by gdb (vCPU 1)\nvCPU 0 hit breakpoint 1"), text
+    assert "vCPU 1 held stopped by gdb (vCPU 1)" in ok(ctx, "vcpus")
+    ctx.session.stop(owner="probe")
+    assert ok(ctx, "continue").startswith("nothing runs:\nvCPU 0 stays stopped: held by probe")
+    ctx.session.release(owner="probe")
+    gdb.detach()
+    assert "held stopped" not in ok(ctx, "vcpus")
+
+
+def test_continue_says_when_a_held_vcpu_stops_every_vcpu(debugger):
+    """In the deterministic executor (the default) the vCPUs share the host thread: one
+    held vCPU holds them all, and continue says so instead of waiting for a stop."""
+    from hvdbg.debug.gdb_target import VmTarget
+
+    ctx = debugger(vcpus=2)
+    VmTarget(ctx.session, frozenset({1})).attach()
+    text = ok(ctx, "continue")
+    assert text.splitlines() == ["nothing runs:", "vCPU 1 stays stopped: held by gdb (vCPU 1)",
+                                 "(vCPUs share pCPUs in this executor: a held vCPU stops them all)",
+                                 "(each debugger's continue or detach releases its hold)"], text

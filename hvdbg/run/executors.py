@@ -29,6 +29,10 @@ class Executor:
     """What every executor has: the VM, its run control, the vCPU loop, the watchdog;
     :meth:`run` runs the VM to its end, :meth:`stats` tells how it was scheduled."""
 
+    #: A held vCPU stops every vCPU (the pCPUs are shared: the scheduler cannot run the
+    #: others around it), as opposed to only itself (one host thread per vCPU).
+    holds_all = False
+
     def __init__(self, vm: Machine, control: RunControl | None = None) -> None:
         self.vm = vm
         self.control = control or RunControl()
@@ -101,6 +105,8 @@ class PinnedExecutor(Executor):
 class ScheduledExecutor(Executor):
     """An executor whose pCPUs (``pcpus``, default one per vCPU) are shared under the
     policy ``sched`` through a :class:`~hvdbg.run.sched_bridge.SchedCore`."""
+
+    holds_all = True
 
     def __init__(self, vm: Machine, control: RunControl | None = None) -> None:
         super().__init__(vm, control)

@@ -31,12 +31,20 @@ def cmd_continue(call: Call, a: dict) -> str:
         raise CommandError("the VM is already running ('stop' stops it)")
     ctx.drain_events()
     call.session.resume()
-    held = {v.index: call.session.holders(v) for v in call.vm.vcpus if call.session.holders(v)}
-    kept = "".join(f"\nvCPU {i} stays stopped: held by {', '.join(h)}" for i, h in held.items())
-    if len(held) == len(call.vm.vcpus):
-        return "nothing runs:" + kept + "\n(each debugger's continue or detach releases its hold)"
+    held = {v.index: holders for v in call.vm.vcpus if (holders := call.session.holders(v))}
+    kept = [f"vCPU {i} stays stopped: held by {', '.join(h)}" for i, h in held.items()]
+    if held and call.session.executor.holds_all:
+        kept.append("(vCPUs share pCPUs in this executor: a held vCPU stops them all)")
+    if len(held) == len(call.vm.vcpus) or (held and call.session.executor.holds_all):
+        return "\n".join(["nothing runs:", *kept, "(each debugger's continue or detach releases its hold)"])
     if ctx.background:
-        return f"running {len(call.vm.vcpus) - len(held)} vCPUs ('stop' or Ctrl-C stops them)" + kept
+        return "\n".join([f"running {len(call.vm.vcpus) - len(held)} vCPUs ('stop' or Ctrl-C stops them)", *kept])
+    return "\n".join([*kept, _wait_for_the_stop(call)])
+
+
+def _wait_for_the_stop(call: Call) -> str:
+    """A scripted ``continue``: the next stop (not a step's), described where it happened."""
+    ctx = call.ctx
     stop = ctx.wait_for_stop(ctx.wait_timeout, lambda s: s.kind is not StopKind.STEP)
     if stop is None:
         call.session.stop()
