@@ -94,7 +94,8 @@ _XMM = {f"xmm{i}": getattr(X, f"UC_X86_REG_XMM{i}") for i in range(16)}
 _G_LAYOUT = tuple({**_GPR, **_SEG, **_MISC, **_X87, **_XMM}.items())
 _G_BYTES = frozenset(_X87) | frozenset(_XMM)
 _READ_ONLY = frozenset(_SEG) | frozenset(_X87) | {"fstat", "ftag"}
-# read from the saved context, not with uc.msr_read (see GdbRegisters.read)
+# read from the saved context, not with uc.msr_read: its RDMSR helper saves and restores
+# RAX/RCX/RDX of the live CPU
 _MSR_READERS: dict[str, Callable[[Uc], int]] = {"efer": ucx.read_efer, "k_gs_base": ucx.read_kernel_gs_base}
 
 
@@ -110,9 +111,8 @@ class GdbRegisters:
         out: dict[str, int | bytes] = {}
         for (name, _reg), raw in zip(_G_LAYOUT, self._batch.read()):
             out[name] = raw if name in _G_BYTES else int.from_bytes(raw, "little")
-        # not uc.msr_read: its RDMSR helper saves and restores RAX/RCX/RDX of the live CPU
-        out["efer"] = ucx.read_efer(self.engine.uc)
-        out["k_gs_base"] = ucx.read_kernel_gs_base(self.engine.uc)
+        for name, reader in _MSR_READERS.items():
+            out[name] = reader(self.engine.uc)
         return out
 
 
@@ -130,25 +130,26 @@ class GdbRegisterImage:
         self.offsets: dict[str, tuple[int, int]] = {}  # (byte offset in the reply, bytes), by name
         self._msrs: list[tuple[int, Callable[[Uc], int], int]] = []
         unavailable: list[tuple[int, int]] = []
-        zero_slot = len(batched)                     # an always-zero slot past the batch
+        slots: list[int | None] = []                 # each register's batch slot (None: zeros)
         at = 0
         for name, size in layout:
             if size > SLOT:
                 raise ValueError(f"{name}: {size} bytes do not fit a register slot")
             self.offsets[name] = (at, size)
             if name in batched:
-                self._pieces.append((SLOT * len(ids), size))
+                slots.append(len(ids))
                 ids.append(batched[name])
             else:
-                self._pieces.append((SLOT * zero_slot, size))
+                slots.append(None)
                 if name in _MSR_READERS:
                     self._msrs.append((at, _MSR_READERS[name], size))
                 else:
                     unavailable.append((2 * at, 2 * size))
             at += size
-        self.size = at
         self._batch = RawRegisterBatch(engine.uc, ids)
-        self._pad = bytes(SLOT * (zero_slot + 1 - len(ids)))
+        self._pad = bytes(SLOT)                      # the zero slot after the batch's
+        self._pieces = [(SLOT * (len(ids) if slot is None else slot), size)
+                        for slot, (_name, size) in zip(slots, layout)]
         self._gather = operator.itemgetter(*(slice(o, o + n) for o, n in self._pieces))
         self._unavailable = unavailable
 

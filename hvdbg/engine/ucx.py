@@ -156,22 +156,21 @@ class _Blob:
             uc.context_restore(self.ctx)
 
 
+def _segment(blob: _Blob, name: str) -> Segment:
+    sel, base, limit, flags = blob.seg(SEGMENT_NAMES.index(name))
+    usable = bool(flags & (1 << 15)) or (name == "cs")
+    return Segment(sel, base, limit, qemu_flags_to_ar(flags, usable))
+
+
 def read_segments(uc: Uc) -> dict[str, Segment]:
     """Every segment register with its hidden part, plus cpl from hflags."""
     blob = _Blob(uc)
-    segs = {}
-    for i, name in enumerate(SEGMENT_NAMES):
-        sel, base, limit, flags = blob.seg(i)
-        usable = bool(flags & (1 << 15)) or (name == "cs")
-        segs[name] = Segment(sel, base, limit, qemu_flags_to_ar(flags, usable))
-    return segs
+    return {name: _segment(blob, name) for name in SEGMENT_NAMES}
 
 
 def read_segment(uc: Uc, name: str) -> Segment:
     """One segment register with its hidden part (:func:`read_segments` reads all six)."""
-    index = SEGMENT_NAMES.index(name)
-    sel, base, limit, flags = _Blob(uc).seg(index)
-    return Segment(sel, base, limit, qemu_flags_to_ar(flags, bool(flags & (1 << 15)) or name == "cs"))
+    return _segment(_Blob(uc), name)
 
 
 def read_efer(uc: Uc) -> int:

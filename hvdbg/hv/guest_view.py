@@ -89,10 +89,14 @@ class GuestView:
         except (GuestFault, GuestMemoryError):
             return None
 
+    def _in_64_bit_mode(self, cs: Segment) -> bool:
+        """IA-32e mode with CS.L = 1 (SDM 5.2.1)."""
+        return bool(self.engine.read("efer") & EFER_LMA and cs.access_rights & AR_L)
+
     def code_bits(self) -> int:
         """Operand size of the current code segment: 16, 32 or 64."""
         cs = self.engine.segment("cs")
-        if self.engine.read("efer") & EFER_LMA and cs.access_rights & AR_L:
+        if self._in_64_bit_mode(cs):
             return 64
         if not self.engine.read("cr0") & CR0_PE:
             return 16
@@ -101,7 +105,7 @@ class GuestView:
     def code_base(self) -> int:
         """CS.base outside 64-bit mode (where linear = CS.base + RIP), else 0."""
         cs = self.engine.segment("cs")
-        return 0 if self.engine.read("efer") & EFER_LMA and cs.access_rights & AR_L else cs.base
+        return 0 if self._in_64_bit_mode(cs) else cs.base
 
     def decode(self, rip: int, count: int = 1) -> list:
         code = self.read_linear_safe(rip, 16 * count)

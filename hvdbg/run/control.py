@@ -115,13 +115,7 @@ class RunControl:
                     self._cond.wait(0.05)
                     continue
             for v, count in todo:
-                v.parked()              # a step of a held vCPU runs, whatever stop came before
-                run_step(v, count)
-                with self._cond:        # parked again before the debugger hears of the stop:
-                    self.parked.add(v.index)   # its stop() then finds it parked, no hand-off
-                    self._cond.notify_all()
-                if self.on_step_done is not None:
-                    self.on_step_done(v)
+                self._step(v, count, run_step)
 
     def step_here(self, v: Vcpu, count: int, run_step: Callable[[Vcpu, int], object]) -> bool:
         """Run ``count`` instructions of a parked ``v`` on the calling thread (a debugger's),
@@ -134,17 +128,21 @@ class RunControl:
                 return False
             self.parked.discard(v.index)
             self._stepping.add(v.index)
+        self._step(v, count, run_step)
+        return True
+
+    def _step(self, v: Vcpu, count: int, run_step: Callable[[Vcpu, int], object]) -> None:
+        """Run a step of an unparked held ``v``, park it again, then report the step."""
         try:
-            v.parked()
+            v.parked()              # a step of a held vCPU runs, whatever stop came before
             run_step(v, count)
         finally:
-            with self._cond:
-                self._stepping.discard(v.index)
+            with self._cond:        # parked again before the debugger hears of the stop:
+                self._stepping.discard(v.index)   # its stop() then finds it parked
                 self.parked.add(v.index)
                 self._cond.notify_all()
         if self.on_step_done is not None:
             self.on_step_done(v)
-        return True
 
     def wait_parked(self, indices: set[int], timeout: float = 5.0, stop: threading.Event | None = None) -> bool:
         """Wait until the given vCPUs sit in :meth:`serve` (or the executor stopped)."""

@@ -13,6 +13,14 @@ from hvdbg import __version__
 from hvdbg.errors import HvdbgError
 
 
+def _add_gdb_options(p: argparse.ArgumentParser) -> None:
+    """Where the stubs of ``--gdb`` listen and which register layout they announce."""
+    p.add_argument("--gdb-host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--gdb-arch", choices=tuple(X86_LAYOUTS), default="x86-64",
+                   help="the stubs' register layout: x86-64 (default), or 32-bit announced as i386 or "
+                        "i8086 (gdb then disassembles 16-bit real-mode code itself)")
+
+
 def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vcpus", type=int, help="number of vCPUs (overrides the config)")
     p.add_argument("--pcpus", type=int, help="number of pCPUs (host threads)")
@@ -96,10 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--serial-input", metavar="FILE|-",
                      help="bytes for COM1's receiver: a file's, or standard input's as typed (-); "
                           "the guest reads them polled or through IRQ 4")
-    run.add_argument("--gdb-host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    run.add_argument("--gdb-arch", choices=tuple(X86_LAYOUTS), default="x86-64",
-                     help="the stubs' register layout: x86-64 (default), or 32-bit announced as i386 or "
-                          "i8086 (gdb then disassembles 16-bit real-mode code itself)")
+    _add_gdb_options(run)
     _add_overrides(run)
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check-determinism",
@@ -121,10 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     shell = sub.add_parser("shell", help="interactive shell on a VM (inspect, run, stop, step)")
     shell.add_argument("config", metavar="CONFIG|KERNEL", help="VM configuration (TOML) or a multiboot kernel")
     shell.add_argument("--gdb", type=int, metavar="PORT", help="also serve GDB on PORT (and PORT+1+i)")
-    shell.add_argument("--gdb-host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    shell.add_argument("--gdb-arch", choices=tuple(X86_LAYOUTS), default="x86-64",
-                       help="the stubs' register layout: x86-64 (default), or 32-bit announced as i386 or "
-                            "i8086 (gdb then disassembles 16-bit real-mode code itself)")
+    _add_gdb_options(shell)
     shell.add_argument("-c", "--command", action="append", default=[],
                        help="run this shell command (repeatable) instead of the interactive prompt")
     _add_overrides(shell)

@@ -56,10 +56,12 @@ def cmd_vcpus(call: Call, a: dict) -> str:
 
 def _held_by_others(call: Call) -> list[str]:
     """Lines naming who else holds vCPUs stopped (a gdb session, a hook edit)."""
+    if not call.session.running:
+        return []
     lines = []
     for v in call.vm.vcpus:
         others = [h for h in call.session.holders(v) if h not in (SHELL, STOP_EVENT)]
-        if others and call.session.running:
+        if others:
             lines.append(f"vCPU {v.index} held stopped by {', '.join(others)}")
     return lines
 

@@ -33,9 +33,10 @@ def cmd_continue(call: Call, a: dict) -> str:
     call.session.resume()
     held = {v.index: holders for v in call.vm.vcpus if (holders := call.session.holders(v))}
     kept = [f"vCPU {i} stays stopped: held by {', '.join(h)}" for i, h in held.items()]
-    if held and call.session.executor.holds_all:
+    all_held = bool(held) and call.session.executor.holds_all
+    if all_held:
         kept.append("(vCPUs share pCPUs in this executor: a held vCPU stops them all)")
-    if len(held) == len(call.vm.vcpus) or (held and call.session.executor.holds_all):
+    if all_held or len(held) == len(call.vm.vcpus):
         return "\n".join(["nothing runs:", *kept, "(each debugger's continue or detach releases its hold)"])
     if ctx.background:
         return "\n".join([f"running {len(call.vm.vcpus) - len(held)} vCPUs ('stop' or Ctrl-C stops them)", *kept])
