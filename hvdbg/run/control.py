@@ -33,7 +33,11 @@ class RunControl:
     the vCPU is resumed and runs the step requests addressed to it."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        #: executor threads in :meth:`serve` wait on this: holds or step requests changed
+        self._cond = threading.Condition(lock)
+        #: :meth:`wait_parked` waits on this (the same lock): a vCPU was parked
+        self._parked_changed = threading.Condition(lock)
         self._holds: dict[Hashable, set[int]] = {}
         self.paused: set[int] = set()       # held by someone (the union of the holds)
         self.parked: set[int] = set()
@@ -42,9 +46,14 @@ class RunControl:
         self.on_step_done: Callable[[Vcpu], None] | None = None
 
     def _update(self) -> None:
+        """Recompute :attr:`paused`; wake the executor threads only if it changed (a
+        debugger stops its vCPUs again after every step: that must not cost a thread
+        switch)."""
         self._holds = {owner: held for owner, held in self._holds.items() if held}
-        self.paused = set().union(*self._holds.values())
-        self._cond.notify_all()
+        paused = set().union(*self._holds.values())
+        if paused != self.paused:
+            self.paused = paused
+            self._cond.notify_all()
 
     def pause(self, vcpus: Iterable[Vcpu], owner: Hashable = STOP_EVENT) -> None:
         """``owner`` holds ``vcpus``: they stop at their next instruction boundary."""
@@ -52,7 +61,9 @@ class RunControl:
         with self._cond:
             self._holds.setdefault(owner, set()).update(v.index for v in targets)
             self._update()
-        for v in targets:
+            # a parked vCPU stays parked while it is held: no kick (nor its thread switch)
+            running = [v for v in targets if v.index not in self.parked]
+        for v in running:
             v.request_park()
 
     def release(self, vcpus: Iterable[Vcpu], owners: Iterable[Hashable]) -> None:
@@ -107,11 +118,13 @@ class RunControl:
                         for v in owned:
                             self.parked.discard(v.index)
                         return
-                    for v in owned:
-                        if self.is_paused(v) and v.index not in self._stepping:
-                            self.parked.add(v.index)
-                            v.parked()          # the stop has taken effect: steps run
-                    self._cond.notify_all()
+                    newly = [v for v in owned if self.is_paused(v) and v.index not in self._stepping
+                             and v.index not in self.parked]
+                    for v in newly:
+                        self.parked.add(v.index)
+                        v.parked()          # the stop has taken effect: steps run
+                    if newly:
+                        self._parked_changed.notify_all()
                     self._cond.wait(0.05)
                     continue
             for v, count in todo:
@@ -140,7 +153,7 @@ class RunControl:
             with self._cond:        # parked again before the debugger hears of the stop:
                 self._stepping.discard(v.index)   # its stop() then finds it parked
                 self.parked.add(v.index)
-                self._cond.notify_all()
+                self._parked_changed.notify_all()
         if self.on_step_done is not None:
             self.on_step_done(v)
 
@@ -154,7 +167,7 @@ class RunControl:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self._cond.wait(min(left, 0.05))
+                self._parked_changed.wait(min(left, 0.05))
         return True
 
     @contextmanager
@@ -168,3 +181,4 @@ class RunControl:
     def wake(self) -> None:
         with self._cond:
             self._cond.notify_all()
+            self._parked_changed.notify_all()
