@@ -80,10 +80,11 @@ class PacketConnection:
     def _receive(self, timeout: float | None) -> bool:
         """Read once from the socket and queue decoded events; False on timeout."""
         try:
-            ready, _, _ = select.select([self.sock], [], [], timeout)
-            if not ready:
-                return False
-            data = self.sock.recv(RECV_CHUNK)
+            if timeout is not None or self.sock.gettimeout() is not None:
+                ready, _, _ = select.select([self.sock], [], [], timeout)
+                if not ready:
+                    return False
+            data = self.sock.recv(RECV_CHUNK)   # (no timeout: block here, one system call)
         except (OSError, ValueError) as exc:
             raise ConnectionClosed(str(exc)) from exc
         if not data:

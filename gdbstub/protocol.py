@@ -75,8 +75,9 @@ _WATCH_KEYS = {
 }
 
 
-def stop_reply(event: StopEvent, gdb_features: frozenset[str]) -> bytes:
-    """``T``/``W``/``X`` stop reply for ``event``.
+def stop_reply(event: StopEvent, gdb_features: frozenset[str], registers: bytes = b"") -> bytes:
+    """``T``/``W``/``X`` stop reply for ``event``; a ``T`` reply carries ``registers``
+    (``n:value;`` pairs, already encoded) after the signal.
 
     ``swbreak``/``hwbreak`` are only sent when GDB announced support for them in
     its ``qSupported``; the thread is always named so multi-CPU stops are unambiguous.
@@ -85,7 +86,7 @@ def stop_reply(event: StopEvent, gdb_features: frozenset[str]) -> bytes:
         return b"W%02x" % ((event.exit_status or 0) & 0xFF)
     if event.reason is StopReason.TERMINATED:
         return b"X%02x" % (event.signal & 0xFF)
-    reply = b"T%02x" % (event.signal & 0xFF)
+    reply = b"T%02x" % (event.signal & 0xFF) + registers
     if event.tid is not None:
         reply += b"thread:" + format_thread_id(event.tid) + b";"
     if event.reason is StopReason.SW_BREAKPOINT and "swbreak" in gdb_features:

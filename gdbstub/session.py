@@ -12,7 +12,7 @@ import enum
 import errno
 import logging
 from collections import deque
-from typing import Callable
+from typing import Callable, Sequence
 
 from .arch.base import TARGET_XML, RegisterFormatError
 from .connection import ConnectionClosed, PacketConnection
@@ -243,7 +243,7 @@ class GdbSession:
     def _report_stop(self, event: StopEvent) -> None:
         self.last_stop = event
         self._adopt_stop_thread(event)
-        reply = stop_reply(event, self.gdb_features)
+        reply = stop_reply(event, self.gdb_features, self._expedited(event))
         log.debug("-> %r", reply)
         self.conn.send_packet(reply)
 
@@ -282,8 +282,8 @@ class GdbSession:
 
     # ------------------------------------------------------------------ threads
 
-    def _tids(self) -> list[int]:
-        return [t.tid for t in self.target.threads()]
+    def _tids(self) -> Sequence[int]:
+        return self.target.thread_ids()
 
     def _all_threads(self, action: ResumeAction) -> dict[int, ResumeAction]:
         return {tid: action for tid in self._tids()}
@@ -307,7 +307,7 @@ class GdbSession:
     def _cmd_stop_reason(self, _args: bytes) -> Reply:
         if self.last_stop is None:
             return b"S05"
-        return stop_reply(self.last_stop, self.gdb_features)
+        return stop_reply(self.last_stop, self.gdb_features, self._expedited(self.last_stop))
 
     def _cmd_set_thread(self, args: bytes) -> Reply:
         op, tid = args[:1], parse_thread_id(args[1:])
@@ -327,15 +327,43 @@ class GdbSession:
     # ------------------------------------------------------------------ registers
 
     def _cmd_read_registers(self, _args: bytes) -> Reply:
+        return self._registers_hex(self._current_thread())
+
+    def _registers_hex(self, tid: int) -> bytes:
+        """The ``g`` reply of ``tid``: the target's own (RawRegistersOps), else encoded."""
         raw = self.target.support_raw_registers()
         if raw is not None:
-            reply = raw.read_registers_hex(self._current_thread())
+            reply = raw.read_registers_hex(tid)
             if len(reply) != 2 * self.arch.g_packet_size:
                 raise ValueError(f"target's g reply has {len(reply)} hex digits, "
                                  f"the layout {2 * self.arch.g_packet_size}")
             return reply
-        values = self.target.read_registers(self._current_thread())
-        return self.arch.encode_registers(values)
+        return self.arch.encode_registers(self.target.read_registers(tid))
+
+    def _expedited(self, event: StopEvent) -> bytes:
+        """The layout's expedited registers of the stopped thread as ``n:value;`` pairs
+        (unavailable ones left out; nothing if they cannot be read)."""
+        if not self.arch.expedite or event.tid is None or event.reason in (
+                StopReason.EXITED, StopReason.TERMINATED):
+            return b""
+        names = self.arch.expedite
+        spans = self.arch.hex_spans
+        try:
+            raw = self.target.support_raw_registers()
+            if raw is not None:
+                image, at = raw.read_registers_hex(event.tid, names), 0
+            else:
+                image, at = self._registers_hex(event.tid), None
+        except TargetError:
+            return b""
+        out = []
+        for name in names:
+            start, end = spans[name]
+            if at is not None:
+                start, end, at = at, at + end - start, at + end - start
+            if image[start:start + 1] != b"x":
+                out.append(b"%02x:%s;" % (self.arch.regnum(name), image[start:end]))
+        return b"".join(out)
 
     def _cmd_write_registers(self, args: bytes) -> Reply:
         values = self.arch.decode_registers(args)

@@ -225,9 +225,11 @@ class RawRegistersOps(abc.ABC):
     step, so this is on the stepi round trip): no per-register values in between."""
 
     @abc.abstractmethod
-    def read_registers_hex(self, tid: int) -> bytes:
+    def read_registers_hex(self, tid: int, names: Sequence[str] | None = None) -> bytes:
         """Every register of the layout in order as ASCII hex in the arch's byte order,
-        ``xx`` pairs for unavailable bytes: exactly ``2 * arch.g_packet_size`` bytes."""
+        ``xx`` pairs for unavailable bytes: exactly ``2 * arch.g_packet_size`` bytes.
+        With ``names``, only those registers, in that order (a stop reply's expedited
+        ones), each as it would be in the full reply."""
 
 
 class DetachOps(abc.ABC):
@@ -268,6 +270,12 @@ class Target(abc.ABC):
     @abc.abstractmethod
     def threads(self) -> Sequence[ThreadInfo]:
         """Threads (e.g. vCPUs) in a stable order; the first is the default one."""
+
+    def thread_ids(self) -> Sequence[int]:
+        """The ids of :meth:`threads`, in the same order. The session asks for them on
+        most packets (thread selection); a target whose names cost something to build
+        overrides this."""
+        return [t.tid for t in self.threads()]
 
     @abc.abstractmethod
     def read_registers(self, tid: int) -> Mapping[str, RegisterValue]:

@@ -46,6 +46,11 @@ def test_the_fast_g_reply_equals_the_general_one_in_every_mode(stopped):
             fast, general = both(target, tid)
             assert fast == general, (where, name)
             assert len(fast) == 2 * target.layout.g_packet_size
+            # a stop reply's expedited registers: the same bytes as in the full reply
+            names = target.layout.expedite
+            spans = target.layout.hex_spans
+            assert target.read_registers_hex(tid, names) == b"".join(
+                fast[spans[n][0]:spans[n][1]] for n in names), (where, name)
         if where == "AP trampoline":   # $pc is linear: CS.base 0x8000 + IP 0
             v = session.vm.vcpus[1]
             assert v.engine.rip() == 0 and v.code_base() == 0x8000

@@ -5,6 +5,7 @@ Server-level tests talk to a real GdbServer over TCP with a minimal raw RSP clie
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 
@@ -409,9 +410,48 @@ def test_large_and_partial_memory_reads(client, machine):
     assert bytes.fromhex(reply.decode()) == bytes(machine.memory[-0x10:])
 
 
+_EXPEDITED = re.compile(rb"([0-9a-f]{2}):([0-9a-f]+);")
+
+
+def expedited(reply: bytes) -> dict[int, bytes]:
+    """The registers a ``T`` stop reply carries before its other pairs, by number."""
+    assert reply[:1] == b"T"
+    out, pos = {}, 3
+    while (m := _EXPEDITED.match(reply, pos)) is not None:
+        out[int(m[1], 16)] = m[2]
+        pos = m.end()
+    return out
+
+
+def without_expedited(reply: bytes) -> bytes:
+    """A ``T`` stop reply without its expedited registers (the tests of the rest)."""
+    if reply[:1] != b"T":
+        return reply
+    pos = 3
+    while (m := _EXPEDITED.match(reply, pos)) is not None:
+        pos = m.end()
+    return reply[:3] + reply[pos:]
+
+
+def test_stop_replies_carry_the_frame_registers_as_g_shows_them(client, machine):
+    """As gdbserver does, a stop reply expedites rbp, rsp and rip (gdb then needs no
+    ``g`` to show where a stepi stopped): the values are the ``g`` reply's bytes."""
+    reply = client.request(b"vCont;s:2")
+    regs = expedited(reply)
+    assert sorted(regs) == [X86_64.regnum(n) for n in ("rbp", "rsp", "rip")]
+    g = client.request(b"g")
+    for name in ("rbp", "rsp", "rip"):
+        start, end = X86_64.hex_spans[name]
+        assert regs[X86_64.regnum(name)] == g[start:end]
+    assert int.from_bytes(bytes.fromhex(regs[X86_64.regnum("rip")].decode()), "little") \
+        == machine.cpu(2).regs["rip"]
+    assert without_expedited(client.request(b"?")) == b"T05thread:2;"
+    assert expedited(client.request(b"?")) == regs
+
+
 def test_breakpoint_continue_reports_thread_and_swbreak(client, machine):
     assert client.request(b"Z0,%x,1" % (code_base(2) + 4)) == b"OK"
-    assert client.request(b"vCont;c") == b"T05thread:7;swbreak:;"
+    assert without_expedited(client.request(b"vCont;c")) == b"T05thread:7;swbreak:;"
     assert machine.cpu(7).regs["rip"] == code_base(2) + 4
     assert client.request(b"qC") == b"QC7"  # the stopped thread becomes current
     assert client.request(b"z0,%x,1" % (code_base(2) + 4)) == b"OK"
@@ -419,11 +459,11 @@ def test_breakpoint_continue_reports_thread_and_swbreak(client, machine):
 
 
 def test_step_and_legacy_packets(client, machine):
-    assert client.request(b"vCont;s:2") == b"T05thread:2;"
+    assert without_expedited(client.request(b"vCont;s:2")) == b"T05thread:2;"
     assert machine.cpu(2).regs["rip"] == code_base(1) + 1
     assert machine.cpu(1).regs["rip"] == code_base(0)  # not resumed
     assert client.request(b"Hc1") == b"OK"
-    assert client.request(b"s%x" % (code_base(0) + 8)) == b"T05thread:1;"
+    assert without_expedited(client.request(b"s%x" % (code_base(0) + 8))) == b"T05thread:1;"
     assert machine.cpu(1).regs["rip"] == code_base(0) + 9
     assert machine.resumes[-1] == {1: ResumeAction(ResumeKind.STEP)}
 
@@ -431,10 +471,10 @@ def test_step_and_legacy_packets(client, machine):
 def test_watchpoints_and_hw_slot_exhaustion(client, machine):
     addr = data_address(1)
     assert client.request(b"Z2,%x,8" % addr) == b"OK"
-    assert client.request(b"vCont;c") == b"T05thread:2;watch:%x;" % addr
+    assert without_expedited(client.request(b"vCont;c")) == b"T05thread:2;watch:%x;" % addr
     assert client.request(b"z2,%x,8" % addr) == b"OK"
     assert client.request(b"Z3,%x,8" % addr) == b"OK"
-    assert client.request(b"c") == b"T05thread:2;rwatch:%x;" % addr
+    assert without_expedited(client.request(b"c")) == b"T05thread:2;rwatch:%x;" % addr
     for i in range(3):
         assert client.request(b"Z1,%x,1" % (code_base(0) + i)) == b"OK"
     assert client.request(b"Z4,%x,8" % data_address(0)).startswith(b"E")  # 4 slots used
@@ -445,7 +485,7 @@ def test_ctrl_c_while_running_interrupts_the_target(client, machine):
     time.sleep(0.2)
     assert machine.running
     client.send_raw(b"\x03")
-    assert client.recv() == b"T02thread:1;"
+    assert without_expedited(client.recv()) == b"T02thread:1;"
     assert not machine.running
     assert client.request(b"qC") == b"QC1"
 
@@ -507,7 +547,7 @@ def test_detach_removes_breakpoints_resumes_and_allows_reconnect(server, client,
     assert machine.running  # resumed, as QEMU does
     again = RawClient(server.port)
     again.request(b"qSupported")
-    assert again.request(b"?") == b"T02thread:1;"  # attach stopped it
+    assert without_expedited(again.request(b"?")) == b"T02thread:1;"  # attach stopped it
     assert not machine.running
     again.close()
 
@@ -543,7 +583,7 @@ def test_packets_flooded_while_running_are_bounded(client, machine):
     client.send_raw(frame(b"qC") * 500)
     time.sleep(0.3)
     client.send_raw(b"\x03")
-    assert client.recv() == b"T02thread:1;"
+    assert without_expedited(client.recv()) == b"T02thread:1;"
     replies = [client.recv() for _ in range(64)]  # the deferred ones are answered
     assert set(replies) == {b"QC1"}
     assert client.request(b"qAttached") == b"1"
@@ -558,7 +598,7 @@ def test_thread_subset_view(machine):
         assert c.request(b"qC") == b"QC7"
         assert c.request(b"Hg1").startswith(b"E")
         assert c.request(b"Z0,%x,1" % (code_base(2) + 2)) == b"OK"
-        assert c.request(b"vCont;c") == b"T05thread:7;swbreak:;"
+        assert without_expedited(c.request(b"vCont;c")) == b"T05thread:7;swbreak:;"
         assert set(machine.resumes[-1]) == {7}
         c.close()
 

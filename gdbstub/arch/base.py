@@ -8,6 +8,7 @@ Values are exchanged with targets as ``{name: int | bytes}``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Literal, Mapping, Union
 from xml.sax.saxutils import quoteattr
@@ -147,6 +148,9 @@ class Arch:
     features: tuple[Feature, ...]
     pc_register: str
     byteorder: Literal["little", "big"] = "little"
+    #: registers every ``T`` stop reply carries ("expedited", as gdbserver does: the pc and
+    #: the frame and stack pointers), so gdb can show where it stopped without a ``g``
+    expedite: tuple[str, ...] = ()
     registers: tuple[RegisterDef, ...] = field(init=False)
     _index: Mapping[str, int] = field(init=False, repr=False)
     #: (name, size, value mask) per register, in order: the ``g`` reply's encoding plan
@@ -169,7 +173,17 @@ class Arch:
     def register(self, regnum: int) -> RegisterDef:
         return self.registers[regnum]
 
-    @property
+    @functools.cached_property
+    def hex_spans(self) -> Mapping[str, tuple[int, int]]:
+        """Each register's ``[start, end)`` in the hex digits of a full ``g`` reply."""
+        spans: dict[str, tuple[int, int]] = {}
+        at = 0
+        for r in self.registers:
+            spans[r.name] = (at, at + 2 * r.size)
+            at += 2 * r.size
+        return spans
+
+    @functools.cached_property
     def g_packet_size(self) -> int:
         """Bytes of register data in a full ``g`` reply."""
         return sum(r.size for r in self.registers)

@@ -47,7 +47,8 @@ def i386_arch(architecture: str = "i386") -> Arch:
     """The 32-bit layout announced as ``architecture`` (``"i386"`` or ``"i8086"``)."""
     if architecture not in ("i386", "i8086"):
         raise ValueError(f"not a 32-bit x86 architecture: {architecture!r}")
-    return Arch(architecture=architecture, features=(CORE, SSE, SYSTEM), pc_register="eip")
+    return Arch(architecture=architecture, features=(CORE, SSE, SYSTEM), pc_register="eip",
+                expedite=("ebp", "esp", "eip"))
 
 
 I386 = i386_arch("i386")

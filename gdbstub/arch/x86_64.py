@@ -143,6 +143,7 @@ X86_64 = Arch(
     architecture="i386:x86-64",
     features=(CORE, SSE, SEGMENT_BASES, SYSTEM),
     pc_register="rip",
+    expedite=("rbp", "rsp", "rip"),
 )
 
 #: ``kind`` GDB passes in Z0/z0 for x86: the length of ``int3``.

@@ -60,9 +60,10 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
         self._events: queue.Queue[Stop] | None = None
         self._sstep = SstepFlags.ENABLE | SstepFlags.NOIRQ | SstepFlags.NOTIMER
         self._current = min(self.scope)
+        self._tids = tuple(sorted(i + 1 for i in self.scope))   # vCPUs never come or go
         self._lock = threading.Lock()
         self._g_registers: dict[int, debug_hooks.GdbRegisters] = {}
-        self._g_images: dict[int, debug_hooks.GdbRegisterImage] = {}
+        self._g_images: dict[tuple[int, tuple[str, ...] | None], debug_hooks.GdbRegisterImage] = {}
 
     def __str__(self) -> str:
         """The name of this debugger as an owner of run control (``vcpus`` shows it)."""
@@ -91,6 +92,9 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
     def threads(self) -> Sequence[ThreadInfo]:
         return [ThreadInfo(v.index + 1, self._name(v)) for v in self.session.vcpus_of(self.scope)]
 
+    def thread_ids(self) -> Sequence[int]:
+        return self._tids
+
     def _name(self, v: Vcpu) -> str:
         return f"vCPU {v.index} (APIC id {v.apic_id}, {v.activity.label})"
 
@@ -116,16 +120,19 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
             return {name: values.get(wide) for name, wide in self._wide.items()}
         return values
 
-    def read_registers_hex(self, tid: int) -> bytes:
-        """The ``g`` reply, put together from one batch read (:class:`GdbRegisterImage`);
-        the same values as :meth:`read_registers`."""
+    def read_registers_hex(self, tid: int, names: Sequence[str] | None = None) -> bytes:
+        """The ``g`` reply (or the part of it of ``names``), put together from one batch
+        read (:class:`GdbRegisterImage`); the same values as :meth:`read_registers`."""
         v = self._vcpu(tid)
-        image = self._g_images.get(tid)
+        key = (tid, None if names is None else tuple(names))
+        image = self._g_images.get(key)
         if image is None:
-            names = [((self._wide or {}).get(r.name, r.name), r.size) for r in self.layout.registers]
-            image = self._g_images[tid] = debug_hooks.GdbRegisterImage(v.engine, names)
+            regs = self.layout.registers if names is None else [self.layout.register(self.layout.regnum(n))
+                                                                 for n in names]
+            layout = [((self._wide or {}).get(r.name, r.name), r.size) for r in regs]
+            image = self._g_images[key] = debug_hooks.GdbRegisterImage(v.engine, layout)
         base = self._pc_base(v)
-        return image.read({"rip": base + v.engine.rip()} if base else None)
+        return image.read({"rip": base + v.engine.rip()} if base and "rip" in image.offsets else None)
 
     @staticmethod
     def _pc_base(v) -> int:

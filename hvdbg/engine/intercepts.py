@@ -185,5 +185,10 @@ class Intercepts:
         else:
             self._hflags2.value &= ~ucx.HF2_NMI_MASK
 
+    def in_64_bit_code(self) -> bool:
+        """IA-32e mode with CS.L = 1 (SDM 5.2.1): QEMU's HF_CS64, which it (and
+        hvdbg.engine.ucx on state writes) keeps in step with EFER.LMA and CS."""
+        return bool(self._hflags.value & ucx.HF_CS64_MASK)
+
     def nmi_blocked(self) -> bool:
         return bool(self._hflags2.value & ucx.HF2_NMI_MASK)
