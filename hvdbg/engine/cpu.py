@@ -100,9 +100,13 @@ class ExecutionTurns:
         self._lock = threading.Lock()
         self._waiting: collections.deque[threading.Event] = collections.deque()
         self._busy = False
+        #: grows when a turn starts and when it ends: while it stays the same, no guest
+        #: code ran (a debugger's cached translations stay valid, hvdbg.hv.guest_view)
+        self.taken = 0
 
     def __enter__(self) -> "ExecutionTurns":
         with self._lock:
+            self.taken += 1
             if not self._busy:
                 self._busy = True
                 return self
@@ -113,6 +117,7 @@ class ExecutionTurns:
 
     def __exit__(self, *exc: object) -> None:
         with self._lock:
+            self.taken += 1
             if self._waiting:
                 self._waiting.popleft().set()
             else:

@@ -8,13 +8,15 @@ emulator computes for the GUEST_LINEAR_ADDRESS field, SDM 28.2.1).
 
 from __future__ import annotations
 
+import functools
+
 import capstone
 
 from hvdbg.arch import paging
 from hvdbg.arch.events import PF, GuestFault, hardware_exception
 from hvdbg.arch.regs import AR_DB, AR_L, CR0_PE, EFER_LMA
 from hvdbg.arch.segments import Segment
-from hvdbg.engine.cpu import EngineCpu
+from hvdbg.engine.cpu import EngineCpu, ExecutionTurns
 from hvdbg.errors import GuestMemoryError
 from hvdbg.platform.memory import GuestMemory
 
@@ -30,18 +32,58 @@ def _disassembler(bits: int) -> capstone.Cs:
     return md
 
 
+class Translations:
+    """The linear -> guest-physical translations a debugger's reads of one vCPU made, by
+    4 KiB page and access, kept while nothing could change them: no guest code ran (the
+    machine's execution turns), nothing outside the guest wrote memory or changed the
+    EPT, and CR0, CR3, CR4 and EFER are the same. Unlike the processor's TLB (SDM 4.10)
+    it is never stale; it spares the page walk of each of gdb's many small reads of a
+    stopped guest (``x/100000bx``, pwndbg's ``context``)."""
+
+    LIMIT = 4096    # pages kept (then it starts again)
+
+    def __init__(self) -> None:
+        self._stamp: tuple[int, ...] = ()
+        self._pages: dict[tuple[int, str], tuple[int, int]] = {}
+
+    def lookup(self, stamp: tuple[int, ...], gva: int, access: str) -> tuple[int, int] | None:
+        """(GPA, bytes to the end of the mapping page) if ``gva``'s page is known under ``stamp``."""
+        if stamp != self._stamp:
+            self._stamp = stamp
+            self._pages = {}
+            return None
+        hit = self._pages.get((gva >> 12, access))
+        if hit is None:
+            return None
+        offset = gva & 0xFFF
+        return hit[0] + offset, hit[1] - offset
+
+    def add(self, gva: int, access: str, gpa: int, span: int) -> None:
+        if len(self._pages) >= self.LIMIT:
+            self._pages = {}
+        offset = gva & 0xFFF
+        self._pages[(gva >> 12, access)] = (gpa - offset, span + offset)
+
+
 class GuestView:
     engine: EngineCpu
     memory: GuestMemory
+    turns: ExecutionTurns
 
     _CR_NAMES = ("cr0", "cr3", "cr4")
+
+    @functools.cached_property
+    def translations(self) -> Translations:
+        return Translations()
 
     def control_regs(self) -> dict[str, int]:
         cr0, cr3, cr4 = self.engine.batch_of(self._CR_NAMES).read()
         return {"cr0": cr0, "cr3": cr3, "cr4": cr4, "efer": self.engine.read("efer")}
 
     def page_walk(self, gva: int, access: str = "read") -> paging.PageWalk:
-        r = self.control_regs()
+        return self._walk(self.control_regs(), gva, access)
+
+    def _walk(self, r: dict[str, int], gva: int, access: str) -> paging.PageWalk:
         wide = paging.paging_mode(r["cr0"], r["cr4"], r["efer"]) in (paging.PagingMode.LEVEL4, paging.PagingMode.LEVEL5)
         gva &= 0xFFFFFFFFFFFFFFFF if wide else 0xFFFFFFFF
         return paging.walk(self.memory.read, r["cr0"], r["cr3"], r["cr4"], r["efer"], gva, access)
@@ -51,13 +93,21 @@ class GuestView:
 
     def _translate(self, gva: int, access: str) -> tuple[int, int]:
         """(GPA, bytes up to the end of the page that maps ``gva``): a 2 MiB or 1 GiB page
-        is translated once for all of its 4 KiB frames."""
-        w = self.page_walk(gva, access)
+        is translated once for all of its 4 KiB frames, and a page once while nothing
+        changes (:class:`Translations`)."""
+        r = self.control_regs()
+        stamp = (r["cr0"], r["cr3"], r["cr4"], r["efer"], self.turns.taken, self.memory.generation)
+        known = self.translations.lookup(stamp, gva, access)
+        if known is not None:
+            return known
+        w = self._walk(r, gva, access)
         if w.gpa is None:
             code = w.error_code or 0
             raise GuestFault(hardware_exception(PF, code, gva), w.reason)
         page = w.page_size or 0x1000
-        return w.gpa, page - (gva & (page - 1))
+        span = page - (gva & (page - 1))
+        self.translations.add(gva, access, w.gpa, span)
+        return w.gpa, span
 
     def read_linear(self, addr: int, size: int) -> bytes:
         out = bytearray()
@@ -104,6 +154,8 @@ class GuestView:
 
     def code_base(self) -> int:
         """CS.base outside 64-bit mode (where linear = CS.base + RIP), else 0."""
+        if self.engine.intercepts.in_64_bit_code():
+            return 0
         cs = self.engine.segment("cs")
         return 0 if self._in_64_bit_mode(cs) else cs.base
 

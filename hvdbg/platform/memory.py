@@ -53,6 +53,8 @@ class HostMemory:
     def __init__(self) -> None:
         self._regions: list[_HostRegion] = []
         self._starts: list[int] = []
+        #: writes through :meth:`write` (the VMM, devices, debuggers; not guest code)
+        self.writes = 0
 
     def add(self, hpa: int, size: int, name: str) -> _HostRegion:
         if hpa % PAGE or size % PAGE:
@@ -82,6 +84,7 @@ class HostMemory:
 
     def write(self, addr: int, data: bytes) -> None:
         r, off = self._locate(addr, len(data))
+        self.writes += 1
         r.buf[off:off + len(data)] = data
 
     def pointer(self, hpa: int, size: int) -> int:
@@ -130,13 +133,21 @@ class GuestMemory:
         self._engines: list[EngineMapping] = []
         self._runs: list[EptRange] = []
         self._run_starts: list[int] = []
+        self._ept_changes = 0
         self._lock = threading.Lock()
         self._refresh_runs()
 
     # -- EPT-derived views ------------------------------------------------------------
     def _refresh_runs(self) -> None:
+        self._ept_changes += 1
         self._runs = list(self.ept.mapped_ranges())
         self._run_starts = [r.gpa_start for r in self._runs]
+
+    @property
+    def generation(self) -> int:
+        """Grows with every change of guest memory made outside guest code: writes through
+        :class:`HostMemory` (the VMM, devices, debuggers) and EPT changes."""
+        return self.host.writes + self._ept_changes
 
     def translate(self, gpa: int) -> int | None:
         """GPA -> HPA through the EPT (cached runs), or None if not mapped."""
