@@ -17,6 +17,7 @@ events; :func:`frame` builds an outgoing packet.
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
 from typing import Iterator, Union
 
@@ -52,8 +53,22 @@ class PacketFormatError(ValueError):
 
 
 def checksum(data: bytes) -> int:
-    """Modulo-256 sum of the bytes of a (wire-form) payload."""
-    return sum(data) & 0xFF
+    """Modulo-256 sum of the bytes of a (wire-form) payload.
+
+    A long payload is summed by ``zlib.adler32`` over 256-byte pieces (3-4x faster than
+    ``sum``: a ``g`` reply, a memory dump): the low half of Adler-32 is 1 + the piece's
+    byte sum modulo 65521, which is the exact sum while it stays below that
+    (256 * 255 = 65280)."""
+    if len(data) < _ADLER_FROM:
+        return sum(data) & 0xFF
+    view = memoryview(data)
+    total = 0
+    for i in range(0, len(data), 256):
+        total += zlib.adler32(view[i:i + 256]) & 0xFFFF
+    return (total - (len(data) + 255) // 256) & 0xFF
+
+
+_ADLER_FROM = 64   # below this, sum() is faster
 
 
 def _escaped(match: re.Match[bytes]) -> bytes:

@@ -57,6 +57,15 @@ def test_checksum_is_sum_mod_256():
     assert frame(b"OK") == b"$OK#9a"
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=3000))
+def test_checksum_of_long_payloads_is_still_the_byte_sum(data):
+    """Long payloads are summed by Adler-32 pieces (gdbstub.packet.checksum): the same
+    modulo-256 sum at every length, piece boundary and byte value."""
+    assert checksum(data) == sum(data) % 256
+    assert checksum(b"\xff" * len(data)) == 255 * len(data) % 256
+
+
 def test_escape_covers_framing_characters():
     assert escape(b"a$b#c}d*e") == b"a}\x04b}\x03c}\x5dd}\x0ae"
     assert decode_payload(escape(b"a$b#c}d*e")) == b"a$b#c}d*e"
