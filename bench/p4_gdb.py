@@ -9,7 +9,12 @@ Every round starts both targets afresh and measures, QEMU and hvdbg alternately:
   paging off), K below the length of the entry code, so every step is 32-bit code;
 - ``step64``: ``stepi N`` after ``break kmain`` / ``continue`` (64-bit, paging on;
   kmain prints over the UART, so the steps include IN/OUT instructions);
-- ``dump``: ``dump binary memory`` of 1 MiB at the kernel's high-half base, at kmain.
+- ``dump``: ``dump binary memory`` of 1 MiB at the kernel's high-half base, at kmain;
+- ``regs``: one register read after ``maintenance flush register-cache`` (a ``g`` each), at kmain;
+- ``xbytes``: ``x/20000bx`` at the kernel's base (gdb sends one 1-byte ``m`` per byte);
+- ``pwndbg``: with pwndbg 2024.08.29 (installed from ../shared/third_party as the tests do;
+  the rows are left out without it), ``stepi`` + ``context`` three times from kmain (pwndbg
+  drops its caches at every stop, so each context reads the state afresh).
 
 Each time is taken inside gdb (its Python ``time.perf_counter`` around ``gdb.execute``),
 so MI polling is not in it. gdb asks the same packets of both stubs (per step:
@@ -37,6 +42,7 @@ from harness import ROOT, Case, Metric, Run
 
 sys.path.insert(0, str(ROOT))
 from fuzz.common import free_port_block as free_port  # noqa: E402  (PORT..PORT+n free)
+from tests import debugger_tools  # noqa: E402  (pwndbg from ../shared/third_party, as the tests install it)
 from tests.helpers import Gdb as MiGdb  # noqa: E402  (the MI3 driver of the tests)
 from gdbstub.packet import decode_payload, frame  # noqa: E402  (the project's RSP framing)
 
@@ -57,6 +63,13 @@ DEFAULT_REPEATS = 5
 START_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 300.0
 
+FULL_READS, QUICK_READS = 200, 10
+FULL_XBYTES, QUICK_XBYTES = 20000, 200
+PWNDBG_STEPS = 3
+REGISTER_READS_PER_SECOND = Metric("register reads per second (each a g round trip)", "reads/s",
+                                   lambda r: r.instructions / r.seconds)
+BYTES_PER_SECOND = Metric("bytes shown by x/Nbx per second", "bytes/s", lambda r: r.instructions / r.seconds)
+PWNDBG_PER_SECOND = Metric("pwndbg stepi + context per second", "contexts/s", lambda r: r.instructions / r.seconds)
 STEPS_PER_SECOND = Metric("gdb stepi per second", "stepi/s", lambda r: r.instructions / r.seconds)
 MIB_PER_SECOND = Metric("guest memory dumped by gdb, MiB per second", "MiB/s",
                         lambda r: r.instructions / r.seconds / 2**20)
@@ -268,6 +281,58 @@ def dump(t: Target, size: int) -> Run:
     return run
 
 
+#: gdb Python that reads one register ``n`` times, each after dropping gdb's register cache
+#: (each read is then a ``g`` round trip, as after a stop)
+_REGISTER_READS = ('python p4_regs = lambda n: [(gdb.execute("maintenance flush register-cache"), '
+                   'int(gdb.parse_and_eval("$rax"))) for _ in range(n)]')
+#: ``n`` pwndbg steps, each followed by the context pwndbg shows at a stop (its caches are
+#: dropped at every stop, so each context reads registers, stack, code and memory afresh)
+_PWNDBG_STEPS = ('python p4_ctx = lambda n: [(gdb.execute("stepi", to_string=True), '
+                 'gdb.execute("context", to_string=True)) for _ in range(n)]')
+
+
+def register_reads(t: Target, reads: int) -> Run:
+    d = t.at_kmain()
+    d.gdb.console(_REGISTER_READS)
+    return d.measure(f"python p4_regs({reads})", reads)
+
+
+def examine_bytes(t: Target, count: int) -> Run:
+    """``x/COUNTbx``: gdb reads each byte with its own ``m`` packet."""
+    d = t.at_kmain()
+    run = d.measure(f"x/{count}bx {KERNEL_BASE:#x}", count)
+    first = d.gdb.console(f"x/1bx {KERNEL_BASE:#x}")
+    if f"{kernel_image_prefix()[0]:#04x}" not in first:
+        raise BenchError(f"{t.name}: x/bx does not show the kernel image: {first!r}")
+    return run
+
+
+def pwndbg_steps(t: Target, steps: int, gdbinit: Path) -> Run:
+    """A fresh stub and gdb with pwndbg, stopped at kmain; ``steps`` stepi + context."""
+    t.close()
+    stub = t._start(t.workdir)
+    gdb = Gdb()
+    try:
+        for setting in ("confirm off", "pagination off", "width 0"):
+            gdb.mi(f"-gdb-set {setting}")
+        gdb.console(f"source {gdbinit}")
+        gdb.console("set disable-colors on")
+        gdb.console(f"file {GUEST}")
+        gdb.console(f"target remote 127.0.0.1:{stub.port}", allow_error=True)
+        gdb.console("break kmain")
+        gdb.console("continue")
+        gdb.wait_for_stop()
+        gdb.console("delete")
+        gdb.console(_PWNDBG_STEPS)
+        run = Debuggee(stub, gdb, at_kmain=True).measure(f"python p4_ctx({steps})", steps)
+        if "kmain" not in gdb.console("context"):
+            raise BenchError(f"{t.name}: pwndbg's context does not show kmain")
+        return run
+    finally:
+        gdb.close()
+        stub.stop()
+
+
 def elf_symbol(name: str) -> int:
     from elftools.elf.elffile import ELFFile
 
@@ -289,7 +354,8 @@ def kernel_image_prefix(length: int = 4096) -> bytes:
         return f.read(min(length, seg["p_filesz"]))
 
 
-def cases(qemu: Target, hv: Target, steps: int, dump_bytes: int) -> dict[str, list[Case]]:
+def cases(qemu: Target, hv: Target, steps: int, dump_bytes: int, reads: int, xbytes: int,
+          pwndbg: Path | None) -> dict[str, list[Case]]:
     """Per table, QEMU then hvdbg; ``measure`` runs them round by round, so each round
     starts both targets afresh (step32) and then steps and dumps on both."""
     def pair(kind: str, fn, units: int, target: float | None) -> list[Case]:
@@ -299,6 +365,10 @@ def cases(qemu: Target, hv: Target, steps: int, dump_bytes: int) -> dict[str, li
         "step32": pair("step32", step32, STEPS_32, 1.0),
         "step64": pair("step64", step64, steps, 1.0),
         "dump": pair("dump", dump, dump_bytes, 2.0),
+        "regs": pair("regs", register_reads, reads, 1.0),
+        "xbytes": pair("xbytes", examine_bytes, xbytes, 1.0),
+        "pwndbg": [] if pwndbg is None else pair(
+            "pwndbg", lambda t, n: pwndbg_steps(t, n, pwndbg), PWNDBG_STEPS, 0.5),
     }
 
 
@@ -447,8 +517,14 @@ def main() -> None:
                 f"dump binary memory of {dump_kib} KiB at {KERNEL_BASE:#x}",
     })
     qemu, hv = Target("qemu", start_qemu, opts.workdir), Target("hvdbg", start_hvdbg, opts.workdir)
-    table = cases(qemu, hv, steps, dump_kib * 1024)
-    ordered = table["step32"] + table["step64"] + table["dump"]
+    try:
+        pwndbg: Path | None = debugger_tools.install()["pwndbg"]
+    except debugger_tools.ToolsMissing as e:
+        print(f"p4_gdb: no pwndbg rows: {e}")
+        pwndbg = None
+    table = cases(qemu, hv, steps, dump_kib * 1024, QUICK_READS if opts.quick else FULL_READS,
+                  QUICK_XBYTES if opts.quick else FULL_XBYTES, pwndbg)
+    ordered = [c for key in ("step32", "step64", "dump", "regs", "xbytes", "pwndbg") for c in table[key]]
     try:
         runs = harness.measure(ordered, opts.repeats, log=harness.log)
     finally:
@@ -460,6 +536,13 @@ def main() -> None:
     harness.emit(f"P4 stepi in 64-bit code (stepi {steps} from kmain)", STEPS_PER_SECOND, table["step64"], runs,
                  collected)
     harness.emit(f"P4 dump binary memory, {dump_kib} KiB", MIB_PER_SECOND, table["dump"], runs, collected)
+    harness.emit("P4 register reads at kmain (maintenance flush register-cache; p $rax)",
+                 REGISTER_READS_PER_SECOND, table["regs"], runs, collected)
+    harness.emit(f"P4 x/Nbx at {KERNEL_BASE:#x} (one m packet per byte)", BYTES_PER_SECOND, table["xbytes"],
+                 runs, collected)
+    if table["pwndbg"]:
+        harness.emit(f"P4 pwndbg: {PWNDBG_STEPS} stepi, each with the context of its stop (pwndbg 2024.08.29)",
+                     PWNDBG_PER_SECOND, table["pwndbg"], runs, collected)
 
     trips = opts.args.trips or (QUICK_TRIPS if opts.quick else FULL_TRIPS)
     raw_qemu, raw_hv = RawTarget("qemu", start_qemu, opts.workdir), RawTarget("hvdbg", start_hvdbg, opts.workdir)

@@ -10,80 +10,35 @@ with a reason when the snapshots, gdb or that Python are missing.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import re
-import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("pygdbmi.gdbcontroller")
+import debugger_tools  # noqa: E402
 from helpers import Gdb  # noqa: E402
 
 from fuzz.common import free_port_block as free_port  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-THIRD_PARTY = ROOT.parent / "shared" / "third_party"
-GDB_PYTHON = Path("/usr/bin/python3.11")
-CACHE = Path("/tmp/hvdbg-third-party")
-#: pwndbg 2024.08.29's dependencies (../shared/third_party/README.md)
-PWNDBG_DEPS = ("capstone==5.0.3", "ipython==8.28.0", "psutil==5.9.8", "pwntools==4.14.0b1", "pycparser==2.22",
-               "pyelftools==0.29", "pygments==2.18.0", "requests==2.32.3", "ropgadget==7.3", "setuptools==70.3.0",
-               "sortedcontainers==2.4.0", "tabulate==0.9.0", "typing-extensions==4.12.2", "unicorn==2.1.1",
-               "poetry-core")
 #: What a user must not see in a tool's output.
 ERROR_TEXT = re.compile(r"Traceback|Exception|Error|error:|Permission error|Failed to|\[!\]|not supported|"
                         r"Cannot access memory")
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
-pytestmark = [
-    pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb not installed"),
-    pytest.mark.skipif(not GDB_PYTHON.exists(), reason="no /usr/bin/python3.11 (the Python gdb 13.1 embeds)"),
-    pytest.mark.skipif(not THIRD_PARTY.is_dir(), reason=f"{THIRD_PARTY} (the pwndbg/GEF snapshots) is absent"),
-]
-
-
-def _archive(prefix: str) -> Path:
-    found = sorted(THIRD_PARTY.glob(f"{prefix}-*.tar.gz"))
-    if not found:
-        pytest.skip(f"no {prefix} snapshot in {THIRD_PARTY}")
-    return found[0]
-
-
-def _unpack(archive: Path, into: Path) -> Path:
-    with tarfile.open(archive) as tar:
-        top = tar.getnames()[0].split("/")[0]
-        tar.extractall(into, filter="data")
-    return into / top
+pytestmark = pytest.mark.skipif(debugger_tools.missing() is not None,
+                                reason=str(debugger_tools.missing()))
 
 
 @pytest.fixture(scope="session")
 def tools() -> dict[str, Path]:
-    """{"pwndbg": gdbinit.py, "gef": gef.py}, installed once into a cache keyed by the
-    snapshots' hash (a file lock keeps concurrent sessions from building it twice)."""
-    archives = [_archive("pwndbg"), _archive("gdb-pt-dump"), _archive("gef")]
-    key = hashlib.sha256(b"".join(a.read_bytes() for a in archives)).hexdigest()[:16]
-    home = CACHE / key
-    home.mkdir(parents=True, exist_ok=True)
-    with open(home / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        ready = home / "ready"
-        if not ready.exists():
-            for old in ("pwndbg", "gdb-pt-dump", "gef"):
-                shutil.rmtree(home / old, ignore_errors=True)
-            pwndbg, ptdump, _gef = (_unpack(a, home) for a in archives)
-            venv = pwndbg / ".venv"   # where pwndbg's gdbinit.py looks for its venv
-            subprocess.run([str(GDB_PYTHON), "-m", "venv", str(venv)], check=True)
-            subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *PWNDBG_DEPS, str(ptdump)],
-                           check=True, stdout=subprocess.DEVNULL)
-            lock_hash = hashlib.sha256((pwndbg / "poetry.lock").read_bytes()).hexdigest()
-            (venv / "poetry.lock.hash").write_text(lock_hash)   # silences its poetry check
-            ready.write_text("ok\n")
-    return {"pwndbg": home / "pwndbg" / "gdbinit.py", "gef": home / "gef" / "gef.py"}
+    """{"pwndbg": gdbinit.py, "gef": gef.py} (tests/debugger_tools.py)."""
+    try:
+        return debugger_tools.install()
+    except debugger_tools.ToolsMissing as e:
+        pytest.skip(str(e))
 
 
 @pytest.fixture
