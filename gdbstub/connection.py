@@ -45,12 +45,14 @@ class PacketConnection:
         max_packet_size: int,
         *,
         rle: bool = False,
+        rle_from: int = 0,
         ack_timeout: float = 2.0,
         max_retransmits: int = 3,
     ) -> None:
         self.sock = sock
         self.ack_mode = True
         self.rle = rle
+        self.rle_from = rle_from    # (with rle) payloads shorter than this go plain
         self.ack_timeout = ack_timeout
         self.max_retransmits = max_retransmits
         self._decoder = PacketDecoder(max_packet_size)
@@ -115,7 +117,7 @@ class PacketConnection:
 
     def send_packet(self, payload: bytes) -> None:
         """Send one packet; in ack mode wait for ``+`` and resend on ``-``."""
-        wire = frame(payload, rle=self.rle)
+        wire = frame(payload, rle=self.rle and len(payload) >= self.rle_from)
         for _attempt in range(1 + self.max_retransmits):
             self._send_raw(wire)
             if not self.ack_mode or self._wait_for_ack():
