@@ -152,6 +152,20 @@ def start_qemu(workdir: Path) -> StubProcess:
     return StubProcess("qemu", proc, port, workdir)
 
 
+def start_floor(workdir: Path) -> StubProcess:
+    """bench/rsp_floor.py: a Python process answering packets with no target behind it."""
+    port = free_port(1)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "rsp_floor.py"), str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + START_TIMEOUT
+    while not listening(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise BenchError(f"rsp_floor did not listen on {port}")
+        time.sleep(0.02)
+    return StubProcess("python-floor", proc, port, workdir)
+
+
 # -- gdb ---------------------------------------------------------------------------------
 class Gdb(MiGdb):
     """One gdb process over MI3 (tests/helpers.py's driver), polling fast, with a
@@ -462,8 +476,9 @@ def round_trips(t: RawTarget, request: bytes, count: int, fresh: bool) -> Run:
     return Run(count, 0, timer.seconds, cpu_seconds=process_cpu_seconds(stub.proc.pid) - cpu)
 
 
-def packet_cases(qemu: RawTarget, hv: RawTarget, count: int) -> list[Case]:
-    """Each round starts both stubs afresh (first packet), then alternates QEMU / hvdbg."""
+def packet_cases(qemu: RawTarget, hv: RawTarget, floor: RawTarget, count: int) -> list[Case]:
+    """Each round starts both stubs afresh (first packet), then alternates QEMU / hvdbg;
+    ``qC`` also goes to the Python floor (bench/rsp_floor.py)."""
     out = []
     for i, (key, request, what) in enumerate(PACKETS):
         def run(t: RawTarget, request=request, fresh=(i == 0)) -> Run:
@@ -472,6 +487,8 @@ def packet_cases(qemu: RawTarget, hv: RawTarget, count: int) -> list[Case]:
         out += [Case(f"qemu-{key}", f"QEMU, `{shown}`: {what}", lambda run=run: run(qemu)),
                 Case(f"hv-{key}", f"hvdbg, `{shown}`", lambda run=run: run(hv), (f"qemu-{key}",),
                      note=per_request_us)]
+    out.append(Case("floor-qC", "a Python process's floor, `qC` (bench/rsp_floor.py: recv, sendall, no target)",
+                    lambda: round_trips(floor, b"qC", count, True), ("qemu-qC",), note=per_request_us))
     return out
 
 
@@ -546,12 +563,14 @@ def main() -> None:
 
     trips = opts.args.trips or (QUICK_TRIPS if opts.quick else FULL_TRIPS)
     raw_qemu, raw_hv = RawTarget("qemu", start_qemu, opts.workdir), RawTarget("hvdbg", start_hvdbg, opts.workdir)
-    raw_cases = packet_cases(raw_qemu, raw_hv, trips)
+    floor = RawTarget("python-floor", start_floor, opts.workdir)
+    raw_cases = packet_cases(raw_qemu, raw_hv, floor, trips)
     try:
         raw_runs = harness.measure(raw_cases, opts.repeats, log=harness.log)
     finally:
         raw_qemu.close()
         raw_hv.close()
+        floor.close()
     harness.emit(f"P4 per-packet round trips at kmain ({trips} of each, raw RSP client)", ROUND_TRIPS_PER_SECOND,
                  raw_cases, raw_runs, collected)
     harness.finish(opts, collected)

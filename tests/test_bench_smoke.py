@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+import debugger_tools
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 
@@ -26,9 +28,12 @@ SCRIPTS = {
     "p3_exits.py": (["P3 cpuid", "P3 out_unclaimed", "P3 out_uart", "P3 apic_read"],
                     ["raw-hook", "hv-1", "det-1", "raw-hook-4t", "hv-4", "det-4"]),
     "p4_gdb.py": (["P4 stepi in 32-bit entry code", "P4 stepi in 64-bit code", "P4 dump binary memory",
-                   "P4 per-packet round trips"],
-                  ["qemu-step32", "hv-step32", "qemu-step64", "hv-step64", "qemu-dump", "hv-dump", "qemu-g", "hv-g",
-                   "qemu-m64", "hv-m64", "qemu-vcont-s", "hv-vcont-s"]),
+                   "P4 register reads", "P4 x/Nbx"]
+                  + (["P4 pwndbg"] if debugger_tools.missing() is None else [])   # pwndbg installed
+                  + ["P4 per-packet round trips"],
+                  ["qemu-step32", "hv-step32", "qemu-step64", "hv-step64", "qemu-dump", "hv-dump", "qemu-regs",
+                   "hv-regs", "qemu-xbytes", "hv-xbytes", "qemu-g", "hv-g", "qemu-m64", "hv-m64", "qemu-vcont-s",
+                   "hv-vcont-s", "floor-qC"]),
 }
 
 # what a script needs besides gcc/binutils: P4 drives a real gdb against QEMU and hvdbg
