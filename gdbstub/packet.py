@@ -274,6 +274,14 @@ class PacketDecoder:
     def feed(self, data: bytes) -> Iterator[Event]:
         pos, n = 0, len(data)
         while pos < n:
+            if self._state == self._IDLE and data[pos] == START:
+                # a whole packet in this chunk (gdb's usual case): taken at once
+                end = data.find(b"#", pos + 1)
+                if 0 < end <= n - 3 and end - pos - 1 <= self.max_packet_size \
+                        and data.find(b"$", pos + 1, end + 3) < 0:
+                    yield self._complete(data[pos + 1:end], data[end + 1:end + 3])
+                    pos = end + 3
+                    continue
             if self._state == self._DATA and not self._oversized:
                 pos = self._take_payload(data, pos)
                 if pos >= n:
@@ -346,7 +354,11 @@ class PacketDecoder:
         self.reset()
         if oversized:
             return Malformed(f"packet larger than {self.max_packet_size} bytes")
-        if any(d not in HEX_DIGITS for d in digits) or int(digits, 16) != checksum(raw):
+        return self._complete(raw, digits)
+
+    def _complete(self, raw: bytes, digits: bytes) -> Event:
+        """The event of a packet's raw payload and its two checksum digits."""
+        if digits.translate(None, HEX_DIGITS) or int(digits, 16) != checksum(raw):
             return BadChecksum(raw)
         try:
             return Packet(decode_payload(raw, max_size=4 * self.max_packet_size))

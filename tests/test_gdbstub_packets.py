@@ -111,6 +111,22 @@ def test_decoder_is_independent_of_chunking(payloads, chunk):
     assert sum(isinstance(e, Ack) for e in events) == len(payloads)
 
 
+_WIRE = st.lists(st.one_of(st.sampled_from([b"$", b"#", b"}", b"*", b"+", b"-", b"\x03", b"00", b"9a", b"OK"]),
+                           st.binary(max_size=12),
+                           st.binary(max_size=40).map(lambda p: frame(p, rle=True))), max_size=30).map(b"".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_WIRE, st.integers(8, 64))
+def test_whole_chunks_decode_as_byte_by_byte(stream, limit):
+    """A packet that arrives whole in one chunk takes the decoder's shortcut; any stream,
+    good or broken, gives exactly the events of the same bytes fed one at a time."""
+    whole = list(PacketDecoder(limit).feed(stream))
+    single = PacketDecoder(limit)
+    one_by_one = [e for i in range(len(stream)) for e in single.feed(stream[i:i + 1])]
+    assert whole == one_by_one
+
+
 def test_decoder_events_for_malformed_input():
     decoder = PacketDecoder(16)
     events = list(decoder.feed(
