@@ -77,3 +77,28 @@ def test_guest_code_and_cr3_writes_drop_the_translations(at_kmain):
         target.read_memory(1, kmain, 8)
     target.write_registers(1, {"cr3": cr3})
     assert len(target.read_memory(1, kmain, 8)) == 8
+
+
+@pytest.mark.parametrize("bit, faults", [(41, True), (45, True), (52, False)])
+def test_the_debugger_and_the_cpu_agree_on_reserved_address_bits(at_kmain, bit, faults):
+    """CPUID tells the guest 40 physical-address bits (leaf 80000008H): a leaf entry with
+    bit 41 or 45 set has reserved bits, so the CPU faults on the page (here the fetch at
+    kmain, once CR3 is reloaded) and the debugger must not read it as mapped; bit 52 is
+    ignored by both. (The walk used to assume 46 bits and read such a page.)"""
+    session, target, kmain = at_kmain
+    v = session.vm.vcpus[0]
+    assert v.maxphyaddr == 40
+    leaf = _leaf(v, kmain)
+    target.write_physical_memory(leaf.entry_gpa, (leaf.raw | 1 << bit).to_bytes(8, "little"))
+    walk = v.page_walk(kmain)
+    if faults:
+        assert walk.gpa is None and "reserved bits" in walk.reason, walk.reason
+        with pytest.raises(Exception, match="reserved bits"):
+            target.read_memory(1, kmain, 8)
+    else:
+        assert walk.gpa is not None
+        assert len(target.read_memory(1, kmain, 8)) == 8
+    target.write_registers(1, {"cr3": v.engine.read("cr3")})   # the engine's TLB forgets the page
+    target.resume({1: ResumeAction(ResumeKind.STEP)})
+    assert target.wait_for_stop(10) is not None
+    assert (v.engine.read("cr2") == kmain) is faults         # the CPU's #PF names the fetch

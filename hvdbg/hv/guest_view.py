@@ -13,6 +13,7 @@ import functools
 import capstone
 
 from hvdbg.arch import paging
+from hvdbg.arch.cpuid import CpuidModel
 from hvdbg.arch.events import PF, GuestFault, hardware_exception
 from hvdbg.arch.regs import AR_DB, AR_L, CR0_PE, EFER_LMA
 from hvdbg.arch.segments import Segment
@@ -69,12 +70,20 @@ class GuestView:
     engine: EngineCpu
     memory: GuestMemory
     turns: ExecutionTurns
+    cpuid: CpuidModel
 
     _CR_NAMES = ("cr0", "cr3", "cr4")
 
     @functools.cached_property
     def translations(self) -> Translations:
         return Translations()
+
+    @functools.cached_property
+    def maxphyaddr(self) -> int:
+        """The physical-address width this vCPU's CPUID reports (leaf 80000008H EAX[7:0],
+        SDM 4.1.4): paging-structure bits from it up to bit 51 are reserved, so an entry
+        with one set faults (#PF with RSVD), as the engine's MMU has it."""
+        return self.cpuid.query(0x80000008)[0] & 0xFF
 
     def control_regs(self) -> dict[str, int]:
         cr0, cr3, cr4 = self.engine.batch_of(self._CR_NAMES).read()
@@ -86,7 +95,8 @@ class GuestView:
     def _walk(self, r: dict[str, int], gva: int, access: str) -> paging.PageWalk:
         wide = paging.paging_mode(r["cr0"], r["cr4"], r["efer"]) in (paging.PagingMode.LEVEL4, paging.PagingMode.LEVEL5)
         gva &= 0xFFFFFFFFFFFFFFFF if wide else 0xFFFFFFFF
-        return paging.walk(self.memory.read, r["cr0"], r["cr3"], r["cr4"], r["efer"], gva, access)
+        return paging.walk(self.memory.read, r["cr0"], r["cr3"], r["cr4"], r["efer"], gva, access,
+                           maxphyaddr=self.maxphyaddr)
 
     def linear_to_physical(self, gva: int, access: str = "read") -> int:
         return self._translate(gva, access)[0]

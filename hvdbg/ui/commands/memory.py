@@ -61,7 +61,8 @@ def cmd_pt_map(call: Call, a: dict) -> str:
     r = v.control_regs()
     limit = a["count"] or 256
     header, _mode = mode_line(v)
-    ranges = mapped_ranges(call.vm.memory.read, r["cr0"], r["cr3"], r["cr4"], r["efer"], limit)
+    ranges = mapped_ranges(call.vm.memory.read, r["cr0"], r["cr3"], r["cr4"], r["efer"], limit,
+                           maxphyaddr=v.maxphyaddr)
     rows = []
     for rg in ranges:
         sym = call.vm.symbols.symbolize(rg.gva_start)
