@@ -136,34 +136,31 @@ def start_hvdbg(workdir: Path) -> StubProcess:
     return StubProcess("hvdbg", proc, port, workdir)
 
 
-def start_qemu(workdir: Path) -> StubProcess:
-    port = free_port(1)
-    proc = subprocess.Popen([QEMU, "-kernel", str(GUEST), "-smp", "1", "-m", "128", "-display", "none",
-                             "-monitor", "none", "-no-reboot", "-serial", f"file:{workdir / 'qemu-serial.txt'}",
-                             "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
-                             "-gdb", f"tcp:127.0.0.1:{port}", "-S"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def _listening_process(name: str, argv: list[str], port: int, workdir: Path) -> StubProcess:
+    """Start ``argv`` and wait until it listens on ``port``."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + START_TIMEOUT
     while not listening(port):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise BenchError(f"QEMU did not listen on {port}: {proc.stderr.read().decode(errors='replace')}")
+            raise BenchError(f"{name} did not listen on {port}: {proc.stderr.read().decode(errors='replace')}")
         time.sleep(0.02)
-    return StubProcess("qemu", proc, port, workdir)
+    return StubProcess(name, proc, port, workdir)
+
+
+def start_qemu(workdir: Path) -> StubProcess:
+    port = free_port(1)
+    return _listening_process("qemu", [QEMU, "-kernel", str(GUEST), "-smp", "1", "-m", "128", "-display", "none",
+                                       "-monitor", "none", "-no-reboot", "-serial", f"file:{workdir / 'qemu-serial.txt'}",
+                                       "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+                                       "-gdb", f"tcp:127.0.0.1:{port}", "-S"], port, workdir)
 
 
 def start_floor(workdir: Path) -> StubProcess:
     """bench/rsp_floor.py: a Python process answering packets with no target behind it."""
     port = free_port(1)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "rsp_floor.py"), str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + START_TIMEOUT
-    while not listening(port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise BenchError(f"rsp_floor did not listen on {port}")
-        time.sleep(0.02)
-    return StubProcess("python-floor", proc, port, workdir)
+    return _listening_process("python-floor", [sys.executable, str(ROOT / "bench" / "rsp_floor.py"), str(port)],
+                              port, workdir)
 
 
 # -- gdb ---------------------------------------------------------------------------------
@@ -222,14 +219,17 @@ class Target:
         self.workdir = workdir
         self.live: Debuggee | None = None
 
-    def fresh(self) -> Debuggee:
-        """A new stub and gdb, the guest at its multiboot entry, nothing executed yet."""
+    def fresh(self, setup: tuple[str, ...] = ()) -> Debuggee:
+        """A new stub and gdb (``setup``: commands before it loads the kernel, such as
+        sourcing pwndbg), the guest at its multiboot entry, nothing executed yet."""
         self.close()
         stub = self._start(self.workdir)
         gdb = Gdb()
         try:
             for setting in ("confirm off", "pagination off", "width 0"):
                 gdb.mi(f"-gdb-set {setting}")
+            for command in setup:
+                gdb.console(command)
             gdb.console(f"file {GUEST}")
             gdb.mi(f"-target-select remote 127.0.0.1:{stub.port}")
             gdb.wait_for_stop()
@@ -323,28 +323,16 @@ def examine_bytes(t: Target, count: int) -> Run:
 
 def pwndbg_steps(t: Target, steps: int, gdbinit: Path) -> Run:
     """A fresh stub and gdb with pwndbg, stopped at kmain; ``steps`` stepi + context."""
-    t.close()
-    stub = t._start(t.workdir)
-    gdb = Gdb()
+    t.fresh(setup=(f"source {gdbinit}", "set disable-colors on"))
     try:
-        for setting in ("confirm off", "pagination off", "width 0"):
-            gdb.mi(f"-gdb-set {setting}")
-        gdb.console(f"source {gdbinit}")
-        gdb.console("set disable-colors on")
-        gdb.console(f"file {GUEST}")
-        gdb.console(f"target remote 127.0.0.1:{stub.port}", allow_error=True)
-        gdb.console("break kmain")
-        gdb.console("continue")
-        gdb.wait_for_stop()
-        gdb.console("delete")
-        gdb.console(_PWNDBG_STEPS)
-        run = Debuggee(stub, gdb, at_kmain=True).measure(f"python p4_ctx({steps})", steps)
-        if "kmain" not in gdb.console("context"):
+        d = t.at_kmain()
+        d.gdb.console(_PWNDBG_STEPS)
+        run = d.measure(f"python p4_ctx({steps})", steps)
+        if "kmain" not in d.gdb.console("context"):
             raise BenchError(f"{t.name}: pwndbg's context does not show kmain")
         return run
     finally:
-        gdb.close()
-        stub.stop()
+        t.close()
 
 
 def elf_symbol(name: str) -> int:
