@@ -60,6 +60,31 @@ def test_pit_interrupts_reach_the_chosen_vcpu_on_time(guest_kernels, setup, targ
     assert "pit ok" in serial
 
 
+SPURIOUS = re.compile(r"pit: (\d+) spurious 8259A interrupts")
+PIC_CASES = [("det-pinned", 0), ("det-pinned", 2), ("det-cfs-1", 3), ("threads-pinned", 1), ("threads-cfs-2", 3)]
+
+
+@pytest.mark.parametrize("setup,target", PIC_CASES, ids=[f"{s}-cpu{t}" for s, t in PIC_CASES])
+def test_pit_through_the_8259a_reaches_the_vcpu_whose_lint0_takes_extint(guest_kernels, setup, target):
+    """``pit_via=pic``: the guest initializes both 8259As (IR0 at vector 0x48), programs
+    only CPU N's LVT LINT0 for ExtINT and EOIs the PIC in its handler. The PIC's INT
+    reaches every LINT0 and only CPU N takes it, with the vector of the INTA cycle, on
+    time, with no spurious IR7, while the other CPUs' lock incq stays exact."""
+    _vm, res = boot("examples/smp-4vcpu.toml", kernel=str(guest_kernels / "smp.elf"),
+                    cmdline=f"workload=pit pit_via=pic pit_cpu={target}", **SETUPS[setup])
+    serial = res["serial"]
+    assert "8259A IR0 -> LINT0 (ExtINT) of CPU" in serial, serial[-600:]
+    m = PIT_LINE.search(serial)
+    assert m, (res["outcome"], res["diagnosis"], serial[-600:])
+    on_target, cpu, apic_id, elsewhere, others, span, periods, period, lost = map(int, m.groups())
+    assert (on_target, cpu, apic_id, elsewhere, others) == (20, target, target, 0, 3)
+    assert abs(span - periods * PERIOD_NS) * 100 <= PERIOD_NS, span
+    assert SPURIOUS.search(serial).group(1) == "0"
+    shared, spins, handler = map(int, SHARED.search(serial).groups())
+    assert shared == spins + handler and handler == 20 and spins > 0
+    assert res["outcome"] == "exited" and res["exit_status"] == 0 and "pit ok" in serial, res["diagnosis"]
+
+
 def test_deterministic_runs_repeat_the_tick_times(guest_kernels):
     runs = [boot("examples/smp-4vcpu.toml", kernel=str(guest_kernels / "smp.elf"),
                  cmdline="workload=pit pit_cpu=1")[1] for _ in range(2)]

@@ -74,6 +74,8 @@ static void apply_option(const char *word, uint64_t len, struct boot_options *op
         opt->pit_cpu = number;
     else if (eq && word_is(word, key_len, "pit_ticks") && parse_u64(value, value_len, &number) && number)
         opt->pit_ticks = number;
+    else if (eq && word_is(word, key_len, "pit_via") && word_is(value, value_len, "pic"))
+        opt->pit_pic = true;
     else if (eq && word_is(word, key_len, "lock") && word_is(value, value_len, "tas"))
         opt->lock_tas = true;
     else if (eq && word_is(word, key_len, "lock") && word_is(value, value_len, "ticket"))

@@ -56,7 +56,7 @@ __attribute__((noreturn)) void kmain(uint32_t magic, uint32_t mb_info_phys)
     } else if (options.workload == WORKLOAD_ATOMICS) {
         atomics_prepare(options.atomic_iters);  /* no array */
     } else if (options.workload == WORKLOAD_PIT) {
-        pit_prepare(options.pit_cpu, options.pit_ticks);  /* no array */
+        pit_prepare(options.pit_cpu, options.pit_ticks, options.pit_pic);  /* no array */
     } else if (options.workload == WORKLOAD_ECHO) {
         echo_prepare(options.echo_cpu);  /* no array */
     } else {

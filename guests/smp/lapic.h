@@ -27,6 +27,7 @@
 #define SVR_APIC_ENABLE     (1u << 8)
 #define LVT_MASKED          (1u << 16)
 #define LVT_TIMER_PERIODIC  (1u << 17)
+#define LVT_DELIVERY_EXTINT (7u << 8)   /* LINT0: the vector comes from the 8259A (SDM 11.5.1) */
 #define TIMER_DIVIDE_BY_1   0xb
 
 static inline uint32_t lapic_read(uint32_t reg)

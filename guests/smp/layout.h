@@ -52,6 +52,9 @@
 #define VEC_PIT             0x42    /* workload=pit: PIT IRQ 0 through I/O APIC pin 2 */
 #define VEC_UART            0x43    /* workload=echo: COM1 IRQ 4 through I/O APIC pin 4 */
 #define VEC_ATA             0x44    /* workload=disk: ATA IRQ 14 through I/O APIC pin 14 */
+#define VEC_PIC_BASE        0x48    /* workload=pit pit_via=pic: the master 8259A's vectors (ICW2) */
+#define VEC_PIC_PIT         0x48    /* ... its IR0 (the PIT) */
+#define VEC_PIC_SPURIOUS    0x4f    /* ... its IR7: the spurious vector of an INTA with no request */
 #define VEC_SPURIOUS        0xff
 
 /* Debug-exit port (QEMU isa-debug-exit / hvdbg) and exit statuses. */

@@ -11,7 +11,9 @@
  */
 #include "cpu.h"
 
+#define PIC_MASTER_CMD  0x20
 #define PIC_MASTER_DATA 0x21
+#define PIC_SLAVE_CMD   0xa0
 #define PIC_SLAVE_DATA  0xa1
 
 static inline void pic_mask_all(void)
@@ -19,5 +21,27 @@ static inline void pic_mask_all(void)
     outb(PIC_SLAVE_DATA, 0xff);
     outb(PIC_MASTER_DATA, 0xff);
 }
+
+/*
+ * Initialize both 8259As (ICW1-ICW4: edge-triggered, cascaded, 8086 mode) with the
+ * master's vectors at `master_base` and the slave's at `slave_base`, then unmask the
+ * master's inputs of `master_unmasked` (the slave stays masked).
+ */
+static inline void pic_init(uint8_t master_base, uint8_t slave_base, uint8_t master_unmasked)
+{
+    outb(PIC_MASTER_CMD, 0x11);
+    outb(PIC_MASTER_DATA, master_base);
+    outb(PIC_MASTER_DATA, 0x04);        /* the slave on IR2 */
+    outb(PIC_MASTER_DATA, 0x01);
+    outb(PIC_SLAVE_CMD, 0x11);
+    outb(PIC_SLAVE_DATA, slave_base);
+    outb(PIC_SLAVE_DATA, 0x02);         /* its cascade identity */
+    outb(PIC_SLAVE_DATA, 0x01);
+    outb(PIC_SLAVE_DATA, 0xff);
+    outb(PIC_MASTER_DATA, (uint8_t)~master_unmasked);
+}
+
+/* Non-specific EOI to the master (OCW2). */
+static inline void pic_eoi(void) { outb(PIC_MASTER_CMD, 0x20); }
 
 #endif

@@ -9,6 +9,9 @@
  * (the TSC time from the first to the last within 1% of a whole number of
  * periods; more periods than interrupts are ticks lost while CPU N was not
  * running), and the shared counter exact.
+ * With `pit_via=pic` IRQ 0 goes through the master 8259A (IR0, vector VEC_PIC_PIT) to
+ * the LINT0 of CPU N, which alone programs it for ExtINT (the vector comes from the
+ * PIC's INTA cycle; the handler's EOI goes to the PIC).
  */
 #ifndef HVDBG_GUEST_PIT_H
 #define HVDBG_GUEST_PIT_H
@@ -19,7 +22,7 @@
 #define DEFAULT_PIT_TICKS   20ULL
 
 /* BSP, before the APs are started. */
-void pit_prepare(uint64_t target_cpu, uint64_t ticks);
+void pit_prepare(uint64_t target_cpu, uint64_t ticks, bool via_pic);
 
 /* True once pit_prepare() ran (the APs run pit_run). */
 bool pit_active(void);
@@ -32,6 +35,9 @@ void pit_run(struct workload *work, uint32_t cpu_index);
 
 /* The VEC_PIT handler (trap.c): count, remember the TSC (the caller sends the EOI). */
 void pit_interrupt(void);
+
+/* The 8259A's spurious IR7 (pit_via=pic): counted, and the check fails if any came. */
+void pit_spurious(void);
 
 /* BSP, after pit_run: print the result and exit (EXIT_OK or EXIT_PIT_BAD). */
 __attribute__((noreturn)) void pit_finish(uint32_t ncpus);

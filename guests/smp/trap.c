@@ -4,6 +4,7 @@
 #include "lapic.h"
 #include "disk.h"
 #include "echo.h"
+#include "pic.h"
 #include "pit.h"
 
 #define IDT_ENTRIES 256
@@ -135,6 +136,13 @@ void trap_dispatch(struct trap_frame *frame)
     case VEC_PIT:
         pit_interrupt();
         lapic_eoi();
+        return;
+    case VEC_PIC_PIT:   /* through the 8259A and LINT0 (ExtINT): the EOI goes to the PIC */
+        pit_interrupt();
+        pic_eoi();
+        return;
+    case VEC_PIC_SPURIOUS:  /* the 8259A's spurious IR7: no EOI (8259A data sheet) */
+        pit_spurious();
         return;
     case VEC_UART:
         echo_interrupt();

@@ -59,6 +59,7 @@ class DeliveryMode(IntEnum):
     NMI = 4
     INIT = 5
     STARTUP = 6
+    EXTINT = 7      # LVT LINT0/LINT1 only: the vector comes from an 8259A's INTA (SDM 11.5.1)
 
 
 class Shorthand(IntEnum):

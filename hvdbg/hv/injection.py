@@ -42,7 +42,7 @@ def inject_pending(vcpu) -> bool:
     if vec is None:
         return False
     if vcpu.interrupts_enabled() and not intercepts.interrupt_shadow():
-        vcpu.apic.ack(vec)
+        vec = vcpu.apic.ack(vec)     # (an ExtINT: the 8259A names the vector at INTA)
         vcpu.deliver(Event(vec, EventType.EXTERNAL), vcpu.engine.rip())
     else:   # the VMM asks for an interrupt-window exit (KVM's enable_irq_window)
         vcpu.blocked_injections += 1

@@ -110,11 +110,13 @@ class Machine:
                      x2apic=x2apic, send_ipi=self.apic_bus.send, turns=self.turns,
                      mmio_ranges=self.board.mmio.ranges())
             v.apic.on_level_eoi = self.ioapic.eoi   # the EOI message (SDM 11.8.5)
+            v.apic.pic = self.board.pic              # LINT0 (ExtINT)
             v.board = self.board
             v.vmcs.write("EXCEPTION_BITMAP", config["vmx.exception_bitmap"])
             v.vmcs.update(self._vmx_controls(config))
             self.apic_bus.attach(v)
             self.vcpus.append(v)
+        self.board.extint_taken = lambda: any(v.apic.accepts_extint() for v in self.vcpus)
         self._enter_multiboot(self.vcpus[0])
 
     # -- construction ------------------------------------------------------------------

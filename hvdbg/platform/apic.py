@@ -25,6 +25,16 @@ from hvdbg.arch.apic import (APIC_BASE_BSP, APIC_BASE_EN, APIC_BASE_EXTD, IA32_A
 _DIVIDE = {0b000: 2, 0b001: 4, 0b010: 8, 0b011: 16, 0b100: 32, 0b101: 64, 0b110: 128, 0b111: 1}
 
 
+class ExtIntSource(Protocol):
+    """What LINT0 is wired to on a PC: the master 8259A (hvdbg.platform.devices.pic8259)."""
+
+    def output(self) -> bool: ...
+
+    def peek_vector(self) -> int: ...
+
+    def acknowledge(self) -> int: ...
+
+
 class LocalApic:
     """One vCPU's local APIC.
 
@@ -59,6 +69,7 @@ class LocalApic:
         self.ipis_sent = 0
         self.ipis_received = 0
         self.on_level_eoi: Callable[[int], None] = lambda vector: None   # set by the machine (I/O APIC)
+        self.pic: ExtIntSource | None = None    # the 8259A pair on LINT0, set by the machine
         self.arrival: int | None = None    # virtual time of the latest interrupt sent here
         self.reset()
 
@@ -210,22 +221,58 @@ class LocalApic:
         isrv = self.isr.bit_length() - 1 if self.isr else 0
         return tpr if (tpr >> 4) >= (isrv >> 4) else isrv & 0xF0
 
-    def pending_vector(self) -> int | None:
+    def _requested(self) -> int | None:
         """Highest IRR vector whose priority class beats PPR, or None."""
+        if not self.irr or not (self.regs[Reg.SVR] & 0x100):
+            return None
+        vec = self.irr.bit_length() - 1
+        if (vec >> 4) <= (self._ppr() >> 4):
+            return None
+        return vec
+
+    def accepts_extint(self) -> bool:
+        """Does the 8259A's INT output reach this processor through LINT0: LVT LINT0
+        unmasked with delivery mode ExtINT (SDM 11.5.1), or the APIC globally disabled
+        (IA32_APIC_BASE.EN = 0), when LINT0 is the processor's INTR pin (SDM 11.4.3)?
+        A software-disabled APIC masks every LVT entry."""
+        if not self.base_msr & APIC_BASE_EN:
+            return True
+        lint0 = self.regs[Reg.LVT_LINT0]
+        return bool(self.regs[Reg.SVR] & 0x100) and not lint0 & LVT_MASKED \
+            and (lint0 >> 8) & 7 == DeliveryMode.EXTINT
+
+    def _extint(self) -> bool:
+        return self.pic is not None and self.accepts_extint() and self.pic.output()
+
+    def pending_vector(self) -> int | None:
+        """The vector the processor would take next: the highest IRR vector whose
+        priority class beats PPR, else the 8259A's through an ExtINT LINT0 (which TPR
+        does not hold back), or None."""
         with self._lock:
             self._check_timer()
-            if not self.irr or not (self.regs[Reg.SVR] & 0x100):
-                return None
-            vec = self.irr.bit_length() - 1
-            if (vec >> 4) <= (self._ppr() >> 4):
-                return None
+            vec = self._requested()
+            if vec is None and self._extint():
+                return self.pic.peek_vector()
             return vec
 
-    def ack(self, vector: int) -> None:
-        """The vCPU takes the interrupt: IRR -> ISR (interrupt acknowledge)."""
+    def ack(self, vector: int) -> int:
+        """The vCPU takes the interrupt :meth:`pending_vector` named: IRR -> ISR
+        (interrupt acknowledge), or for the 8259A's the INTA cycle, which sets nothing in
+        this APIC (no EOI to it either). Returns the vector taken."""
         with self._lock:
+            if self._requested() != vector and self._extint():
+                return self.pic.acknowledge()
             self.irr &= ~(1 << vector)
             self.isr |= 1 << vector
+            return vector
+
+    def extint_raised(self, at: int | None) -> None:
+        """The 8259A's INT output rose (``at``: when, in virtual time): a processor that
+        takes it is woken (the ``on_pending`` callback)."""
+        if self.accepts_extint():
+            with self._lock:
+                self._arrived(at)
+            self._on_pending()
 
     def eoi(self) -> None:
         """EOI (SDM 11.8.5): the highest in-service vector ends; if it was level-triggered
@@ -385,6 +432,12 @@ class ApicBus:
         if sender is not None:
             sender.ipi_log.append((cmd, [t.index for t in targets]))
         self._deliver(targets, cmd, level=False, at=source.now())
+
+    def extint(self, at: int | None = None) -> None:
+        """The 8259A's INT output rose: it is wired to LINT0 of every processor (each
+        APIC decides whether it takes it, :meth:`LocalApic.accepts_extint`)."""
+        for t in self.targets:
+            t.apic.extint_raised(at)
 
     def deliver(self, cmd: IcrCommand, level: bool, at: int | None = None) -> None:
         """Deliver an interrupt message from the I/O APIC (82093AA 3.2.4: its redirection

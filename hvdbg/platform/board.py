@@ -1,7 +1,7 @@
 """The PC board: which device answers at which I/O port (the role of QEMU's hw/i386/pc.c
 ``pc_basic_device_init``), so that the machine only composes a board, memory and vCPUs.
 
-Port map (docs/platform.md): 0x20/0xA0 8259 PICs, 0x40-0x43 8254 PIT, 0x61 port B,
+Port map (docs/platform.md): 0x20/0xA0 8259 PICs (0x4D0-0x4D1 their ELCR), 0x40-0x43 8254 PIT, 0x61 port B,
 0x70-0x71 CMOS/RTC, 0x80 POST, 0xF4 debug exit, 0x3D4 VGA CRTC, 0x3F8 COM1,
 0x510-0x511 QEMU fw_cfg, 0x600-0x60B ACPI PM1a and PM timer, 0xCF8-0xCFF PCI configuration
 mechanism #1, 0xE0 and 0x2000-0x2017 pc-testdev.  MMIO: the I/O APIC at 0xFEC00000 (the
@@ -19,6 +19,7 @@ from hvdbg.platform.devices import (Cmos, DebugExit, IoBus, Pic8259, Pit8254, Po
 from hvdbg.platform.devices.bus import MmioBus
 from hvdbg.platform.devices.ata import ATA_IRQ, ATA_PRIMARY, ATA_PRIMARY_CONTROL, AtaDisk, DiskImage
 from hvdbg.platform.devices.pci import CONFIG_ADDRESS, PciConfigSpace
+from hvdbg.platform.devices.pic8259 import ELCR_PORT
 from hvdbg.platform.devices.pc_testdev import (IOMEM_BASE, IOMEM_SIZE, IRQ_LINE_PORT, IRQ_LINES, SCRATCH_PORT,
                                               IrqLinePorts, ScratchPort, TestMemory)
 from hvdbg.platform.devices.acpi_pm import PM_BASE, PM_LENGTH, AcpiPm
@@ -50,11 +51,14 @@ class PcBoard:
     fw_cfg: FwCfg | None = None
     acpi_pm: AcpiPm | None = None
     ata: AtaDisk | None = None
+    #: does some processor take the PIC's interrupts (a LINT0 in ExtINT mode)? Set by the machine
+    extint_taken: Callable[[], bool] = lambda: False
 
     def timer_deadline(self) -> int | None:
         """When the next board interrupt is due (ns of the VM clock): the PIT's next IRQ 0
-        edge, if the I/O APIC pin it reaches is unmasked (a masked tick changes nothing)."""
-        if self.ioapic.entries[PIT_IOAPIC_PIN].masked:
+        edge, if the I/O APIC pin it reaches is unmasked, or the PIC input and a LINT0 that
+        takes the PIC's interrupts (a masked tick changes nothing)."""
+        if self.ioapic.entries[PIT_IOAPIC_PIN].masked and (self.pic.chips[0].imr & 1 or not self.extint_taken()):
             return None
         return self.pit.next_irq()
 
@@ -70,11 +74,22 @@ class PcBoard:
     def add_ata(self, image: DiskImage) -> AtaDisk:
         """The ATA disk on the primary channel (0x1F0-0x1F7, 0x3F6), INTRQ on ISA IRQ 14."""
         disk = AtaDisk(image)
-        disk.on_irq = lambda level: self.ioapic.set_irq(ATA_IRQ, level)
+        disk.on_irq = lambda level: self.isa_irq(ATA_IRQ, level)
         self.bus.register(ATA_PRIMARY, 8, disk)
         self.bus.register(ATA_PRIMARY_CONTROL, 1, disk)
         self.ata = disk
         return disk
+
+    def isa_irq(self, irq: int, level: bool, at: int | None = None) -> None:
+        """ISA line ``irq`` goes to ``level``: it is wired to the 8259A input of the same
+        number and to the I/O APIC pin of the same number (IRQ 0: pin 2)."""
+        self.pic.set_irq(irq, level, at)
+        self.ioapic.set_irq(PIT_IOAPIC_PIN if irq == 0 else irq, level, at)
+
+    def isa_pulse(self, irq: int, at: int | None = None) -> None:
+        """An edge on ISA line ``irq`` (the PIT's OUT0)."""
+        self.pic.pulse(irq, at)
+        self.ioapic.pulse(PIT_IOAPIC_PIN if irq == 0 else irq, at)
 
     def add_acpi_pm(self, clock: Callable[[], int], on_soft_off: Callable[[], None]) -> AcpiPm:
         """The ACPI PM1a blocks and PM timer the FADT points at, timed by ``clock``
@@ -105,16 +120,19 @@ def build_pc_board(bus: IoBus, *, ram_size: int, uart: Uart16550, apic_bus: Apic
     bus.register(IRQ_LINE_PORT, IRQ_LINES, IrqLinePorts(ioapic.set_irq))
     bus.register(SCRATCH_PORT, 4, ScratchPort())
     pic, pit, cmos, vga = Pic8259(), Pit8254(clock), Cmos(ram_size, clock), VgaCrtc()
-    pit.on_irq0 = lambda at: ioapic.pulse(PIT_IOAPIC_PIN, at)
     bus.register(COM1, 8, uart)
-    uart.on_irq = lambda level: ioapic.set_irq(COM1_IRQ, level)   # ISA IRQ 4: I/O APIC pin 4
     bus.register(DEBUG_EXIT_PORT, 4, debug_exit)
     bus.register(0x20, 2, pic)
     bus.register(0xA0, 2, pic)
+    bus.register(ELCR_PORT, 2, pic)
     bus.register(0x40, 4, pit)
     bus.register(0x61, 1, SystemControlPortB(pit))
     bus.register(0x70, 2, cmos)
     bus.register(0x80, 1, PostPort())
     bus.register(CONFIG_ADDRESS, 8, PciConfigSpace())     # 0xCF8-0xCFF
     bus.register(CRTC_INDEX, 2, vga)
-    return PcBoard(bus, uart, debug_exit, pic, pit, cmos, vga, mmio, ioapic)
+    board = PcBoard(bus, uart, debug_exit, pic, pit, cmos, vga, mmio, ioapic)
+    pit.on_irq0 = lambda at: board.isa_pulse(0, at)
+    uart.on_irq = lambda level: board.isa_irq(COM1_IRQ, level)     # ISA IRQ 4
+    pic.on_output = apic_bus.extint                                # the PIC's INT: every LINT0
+    return board

@@ -1,57 +1,16 @@
-"""The legacy PC devices a simple kernel pokes at boot: 8259 PIC, 8254 PIT, CMOS/RTC,
-port 0x61, POST port 0x80, and an empty PCI configuration space.
+"""The legacy PC devices a simple kernel pokes at boot: 8254 PIT, CMOS/RTC, port 0x61
+and the POST port 0x80 (the 8259A PICs are hvdbg.platform.devices.pic8259).
 
-They hold state so that read-back works; they raise no interrupts (hvdbg guests take
-their timer from the local APIC; the I/O APIC's pins are driven only by pc-testdev).  The
-PIT and the RTC's update flag follow a clock: the board gives them the VM's virtual time,
-the TSC's time base (host time when built without one)."""
+The PIT's channel 0 raises ISA IRQ 0 (the board wires it to the PICs and to I/O APIC pin
+2); the RTC raises no interrupt.  The PIT and the RTC's update flag follow a clock: the
+board gives them the VM's virtual time, the TSC's time base (host time when built
+without one)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-
-
-class Pic8259:
-    """A master/slave 8259A pair at 0x20/0x21 and 0xA0/0xA1: ICW1-4, OCW1 (mask), OCW2/3."""
-
-    name = "pic8259"
-
-    def __init__(self) -> None:
-        self.imr = [0xFF, 0xFF]
-        self.icw_step = [0, 0]
-        self.vector_base = [0x08, 0x70]
-        self.read_isr = [False, False]
-
-    def _chip(self, port: int) -> int:
-        return 0 if port < 0xA0 else 1
-
-    def io_read(self, port: int, size: int) -> int:
-        chip = self._chip(port)
-        if port & 1:
-            return self.imr[chip]
-        return 0  # IRR/ISR: nothing pending
-
-    def io_write(self, port: int, size: int, value: int) -> None:
-        chip = self._chip(port)
-        value &= 0xFF
-        if not port & 1:
-            if value & 0x10:  # ICW1
-                self.icw_step[chip] = 2
-            elif value & 0x08:  # OCW3
-                self.read_isr[chip] = (value & 3) == 3
-            return  # OCW2 (EOI): nothing in service
-        step = self.icw_step[chip]
-        if step == 2:
-            self.vector_base[chip] = value & 0xF8
-            self.icw_step[chip] = 3
-        elif step == 3:
-            self.icw_step[chip] = 4
-        elif step == 4:
-            self.icw_step[chip] = 0
-        else:
-            self.imr[chip] = value
 
 
 PIT_HZ = 1_193_182               # the 8254's input clock (14.31818 MHz / 12)
