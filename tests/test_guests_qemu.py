@@ -310,6 +310,22 @@ def test_smp_selftest(guests_built: Path, tmp_path: Path) -> None:
 
 
 @needs_qemu
+def test_smp_pit_through_the_8259a_under_qemu(guests_built: Path, tmp_path: Path) -> None:
+    """The ``pit_via=pic`` routing hvdbg is tested with (test_platform_pit_ioapic.py), on
+    QEMU's i8259 and APIC: the ticks reach only the CPU whose LINT0 is in ExtINT mode,
+    with no spurious IR7, and the shared counter stays exact. (QEMU's TSC follows host
+    time, so the guest's 1% period check is not asserted here.)"""
+    run = boot_kernel(tmp_path, guests_built / "smp.elf", smp=4, append="workload=pit pit_via=pic pit_cpu=2")
+    text = "\n".join(run.lines)
+    assert "pit: IRQ 0 -> 8259A IR0 -> LINT0 (ExtINT) of CPU 2, vector 0x48" in text, text[-800:]
+    m = re.search(r"pit: (\d+) interrupts on CPU 2 \(APIC id 2\), (\d+) on the other 3 CPUs", text)
+    assert m and int(m.group(1)) >= 20 and m.group(2) == "0", text[-800:]
+    shared = re.search(r"pit: shared counter (\d+) = (\d+) lock incq by the other CPUs \+ (\d+) by", text)
+    assert shared and int(shared.group(1)) == int(shared.group(2)) + int(shared.group(3))
+    assert "pit: 0 spurious 8259A interrupts" in text
+
+
+@needs_qemu
 def test_smp_work_mib_sizes_the_array(guests_built: Path, tmp_path: Path) -> None:
     run = boot_kernel(tmp_path, guests_built / "smp.elf", smp=4, append="work_mib=8")
     entries, first, last = work_range(run)
