@@ -326,6 +326,19 @@ def test_smp_pit_through_the_8259a_under_qemu(guests_built: Path, tmp_path: Path
 
 
 @needs_qemu
+@pytest.mark.parametrize("route", ["", " rtc_via=pic"])
+def test_smp_rtc_periodic_interrupt_under_qemu(guests_built: Path, tmp_path: Path, route: str) -> None:
+    """The ``rtc_ticks`` check hvdbg is tested with (test_platform_rtc.py), on QEMU's
+    mc146818rtc: IRQ 8 reaches the BSP through I/O APIC pin 8 or through the slave 8259A
+    and the cascade. (Its timing check follows QEMU's host-time TSC: not asserted.)"""
+    run = boot_kernel(tmp_path, guests_built / "smp.elf", smp=2, append=f"rtc_ticks=20{route}")
+    text = "\n".join(run.lines)
+    path = "the 8259A (IRQ 8)" if route else "I/O APIC pin 8"
+    m = re.search(r"rtc: (\d+) periodic interrupts through (.+?), (\d+) without PF", text)
+    assert m and int(m.group(1)) >= 20 and m.group(2) == path and int(m.group(3)) <= 1, text[-800:]
+
+
+@needs_qemu
 def test_smp_work_mib_sizes_the_array(guests_built: Path, tmp_path: Path) -> None:
     run = boot_kernel(tmp_path, guests_built / "smp.elf", smp=4, append="work_mib=8")
     entries, first, last = work_range(run)

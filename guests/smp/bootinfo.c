@@ -76,6 +76,10 @@ static void apply_option(const char *word, uint64_t len, struct boot_options *op
         opt->pit_ticks = number;
     else if (eq && word_is(word, key_len, "pit_via") && word_is(value, value_len, "pic"))
         opt->pit_pic = true;
+    else if (eq && word_is(word, key_len, "rtc_ticks") && parse_u64(value, value_len, &number))
+        opt->rtc_ticks = number;
+    else if (eq && word_is(word, key_len, "rtc_via") && word_is(value, value_len, "pic"))
+        opt->rtc_pic = true;
     else if (eq && word_is(word, key_len, "lock") && word_is(value, value_len, "tas"))
         opt->lock_tas = true;
     else if (eq && word_is(word, key_len, "lock") && word_is(value, value_len, "ticket"))

@@ -33,6 +33,8 @@ struct boot_options {
     uint64_t pit_cpu;            /* workload=pit: the CPU (index) IRQ 0 is routed to */
     uint64_t pit_ticks;          /* workload=pit: interrupts it waits for */
     bool pit_pic;                /* pit_via=pic: through the 8259A and LINT0 (ExtINT) instead */
+    uint64_t rtc_ticks;          /* rtc_ticks=T: check the RTC's periodic interrupt first (rtc.h) */
+    bool rtc_pic;                /* rtc_via=pic: through the slave 8259A and LINT0 */
     bool pci_scan;               /* pci_scan=1: list PCI bus 0 at boot (pci.h) */
     uint64_t echo_cpu;           /* workload=echo: the CPU (index) IRQ 4 is routed to */
     uint32_t trampoline_phys;    /* AP trampoline (SIPI vector << 12): 0x8000 or 0 */
@@ -49,6 +51,7 @@ struct boot_options {
  *   workload=atomics  lock incq / lock cmpxchgq / xchg counters (atomics.h)
  *   workload=pit pit_cpu=N pit_ticks=T  PIT IRQ 0 through the I/O APIC to CPU N (pit.h)
  *   pit_via=pic  ... through the 8259A to CPU N's LINT0 in ExtINT mode instead
+ *   rtc_ticks=T [rtc_via=pic]  first wait for T RTC periodic interrupts on the BSP (rtc.h)
  *   workload=echo echo_cpu=N  COM1 input through IRQ 4 to CPU N, echoed (echo.h)
  *   workload=disk  the ATA disk: identify, read, write with IRQ 14, read back (disk.h)
  *   atomic_iters=N    its updates per CPU and primitive (default DEFAULT_ATOMIC_ITERS)

@@ -25,4 +25,7 @@ static inline void ioapic_route(uint32_t pin, uint32_t apic, uint32_t vector)
     ioapic_write(IOAPIC_REDIR(pin), vector);
 }
 
+/* Mask `pin` again. */
+static inline void ioapic_mask(uint32_t pin) { ioapic_write(IOAPIC_REDIR(pin), REDIR_MASKED); }
+
 #endif

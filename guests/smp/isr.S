@@ -28,9 +28,9 @@ isr_\vec:
 .irp v, 8,10,11,12,13,14,17,21,29,30
     ISR_ERR \v
 .endr
-/* Timer (0x40), test IPI (0x41), PIT, COM1, ATA through the I/O APIC (0x42-0x44), the
-   8259A's IR0 and IR7 (0x48, 0x4f), spurious (0xff) */
-.irp v, 64,65,66,67,68,72,79,255
+/* Timer (0x40), test IPI (0x41), PIT, COM1, ATA, RTC through the I/O APIC (0x42-0x45),
+   the master 8259A's IR0 and IR7 (0x48, 0x4f), the slave's IR0 (0x50), spurious (0xff) */
+.irp v, 64,65,66,67,68,69,72,79,80,255
     ISR_NOERR \v
 .endr
 
@@ -76,7 +76,7 @@ isr_common:
     .balign 8
     .global isr_stub_table, isr_stub_count
 isr_stub_table:
-.irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,64,65,66,67,68,72,79,255
+.irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,64,65,66,67,68,69,72,79,80,255
     .quad \v, isr_\v
 .endr
 isr_stub_table_end:

@@ -10,6 +10,7 @@
 #include "pci.h"
 #include "echo.h"
 #include "pit.h"
+#include "rtc.h"
 #include "pic.h"
 #include "selftest.h"
 #include "smp.h"
@@ -75,6 +76,8 @@ __attribute__((noreturn)) void kmain(uint32_t magic, uint32_t mb_info_phys)
 
     if (options.selftest && !selftest_run(&started_aps))
         debug_exit(EXIT_SELFTEST_FAILED);
+    if (options.rtc_ticks)
+        rtc_check(options.rtc_ticks, options.rtc_pic);
     if (cpu_checks)
         cpucheck_run();
     if (options.workload == WORKLOAD_DISK)

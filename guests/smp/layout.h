@@ -55,6 +55,8 @@
 #define VEC_PIC_BASE        0x48    /* workload=pit pit_via=pic: the master 8259A's vectors (ICW2) */
 #define VEC_PIC_PIT         0x48    /* ... its IR0 (the PIT) */
 #define VEC_PIC_SPURIOUS    0x4f    /* ... its IR7: the spurious vector of an INTA with no request */
+#define VEC_PIC_RTC         0x50    /* rtc_via=pic: the slave 8259A's IR0 (its base 0x50), IRQ 8 */
+#define VEC_RTC             0x45    /* rtc_ticks=T: RTC IRQ 8 through I/O APIC pin 8 */
 #define VEC_SPURIOUS        0xff
 
 /* Debug-exit port (QEMU isa-debug-exit / hvdbg) and exit statuses. */
@@ -71,6 +73,7 @@
 #define EXIT_PIT_BAD        9
 #define EXIT_ECHO_BAD       10
 #define EXIT_DISK_BAD       11
+#define EXIT_RTC_BAD        12
 #define EXIT_EXCEPTION_BASE 0x80
 
 #endif

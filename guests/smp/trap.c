@@ -6,6 +6,7 @@
 #include "echo.h"
 #include "pic.h"
 #include "pit.h"
+#include "rtc.h"
 
 #define IDT_ENTRIES 256
 #define GATE_INTERRUPT_PRESENT 0x8e  /* P=1, DPL=0, type 0xE (64-bit interrupt gate) */
@@ -140,6 +141,10 @@ void trap_dispatch(struct trap_frame *frame)
     case VEC_PIC_PIT:   /* through the 8259A and LINT0 (ExtINT): the EOI goes to the PIC */
         pit_interrupt();
         pic_eoi();
+        return;
+    case VEC_RTC:
+    case VEC_PIC_RTC:   /* rtc_interrupt sends the EOI (to the APIC or to both PICs) */
+        rtc_interrupt();
         return;
     case VEC_PIC_SPURIOUS:  /* the 8259A's spurious IR7: no EOI (8259A data sheet) */
         pit_spurious();

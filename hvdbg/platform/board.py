@@ -19,7 +19,8 @@ from hvdbg.platform.devices import (Cmos, DebugExit, IoBus, Pic8259, Pit8254, Po
 from hvdbg.platform.devices.bus import MmioBus
 from hvdbg.platform.devices.ata import ATA_IRQ, ATA_PRIMARY, ATA_PRIMARY_CONTROL, AtaDisk, DiskImage
 from hvdbg.platform.devices.pci import CONFIG_ADDRESS, PciConfigSpace
-from hvdbg.platform.devices.pic8259 import ELCR_PORT
+from hvdbg.platform.devices.legacy import RTC_IRQ
+from hvdbg.platform.devices.pic8259 import CASCADE_LINE, ELCR_PORT
 from hvdbg.platform.devices.pc_testdev import (IOMEM_BASE, IOMEM_SIZE, IRQ_LINE_PORT, IRQ_LINES, SCRATCH_PORT,
                                               IrqLinePorts, ScratchPort, TestMemory)
 from hvdbg.platform.devices.acpi_pm import PM_BASE, PM_LENGTH, AcpiPm
@@ -54,13 +55,25 @@ class PcBoard:
     #: does some processor take the PIC's interrupts (a LINT0 in ExtINT mode)? Set by the machine
     extint_taken: Callable[[], bool] = lambda: False
 
+    def _deliverable(self, irq: int) -> bool:
+        """Can ISA ``irq`` reach a processor: its I/O APIC pin unmasked, or its PIC input
+        (and, for the slave's, the cascade) unmasked with a LINT0 that takes ExtINT?"""
+        if not self.ioapic.entries[PIT_IOAPIC_PIN if irq == 0 else irq].masked:
+            return True
+        master, slave = self.pic.chips
+        if irq >= 8:
+            masked = bool(slave.imr >> (irq - 8) & 1 or master.imr >> CASCADE_LINE & 1)
+        else:
+            masked = bool(master.imr >> irq & 1)
+        return not masked and self.extint_taken()
+
     def timer_deadline(self) -> int | None:
         """When the next board interrupt is due (ns of the VM clock): the PIT's next IRQ 0
-        edge, if the I/O APIC pin it reaches is unmasked, or the PIC input and a LINT0 that
-        takes the PIC's interrupts (a masked tick changes nothing)."""
-        if self.ioapic.entries[PIT_IOAPIC_PIN].masked and (self.pic.chips[0].imr & 1 or not self.extint_taken()):
-            return None
-        return self.pit.next_irq()
+        edge or the RTC's next periodic IRQ 8, of those that can reach a processor (a
+        masked tick changes nothing)."""
+        deadlines = [t for t, irq in ((self.pit.next_irq(), 0), (self.cmos.next_irq(), RTC_IRQ))
+                     if t is not None and self._deliverable(irq)]
+        return min(deadlines) if deadlines else None
 
     def timer_due(self) -> bool:
         """Is a board interrupt due by now (a read-only test: no state changes)?"""
@@ -70,6 +83,7 @@ class PcBoard:
     def poll_timers(self) -> None:
         """Raise the board interrupts whose time has come."""
         self.pit.poll()
+        self.cmos.poll()
 
     def add_ata(self, image: DiskImage) -> AtaDisk:
         """The ATA disk on the primary channel (0x1F0-0x1F7, 0x3F6), INTRQ on ISA IRQ 14."""
@@ -134,5 +148,6 @@ def build_pc_board(bus: IoBus, *, ram_size: int, uart: Uart16550, apic_bus: Apic
     board = PcBoard(bus, uart, debug_exit, pic, pit, cmos, vga, mmio, ioapic)
     pit.on_irq0 = lambda at: board.isa_pulse(0, at)
     uart.on_irq = lambda level: board.isa_irq(COM1_IRQ, level)     # ISA IRQ 4
+    cmos.on_irq = lambda level, at: board.isa_irq(RTC_IRQ, level, at)   # ISA IRQ 8
     pic.on_output = apic_bus.extint                                # the PIC's INT: every LINT0
     return board

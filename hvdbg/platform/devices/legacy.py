@@ -2,7 +2,7 @@
 and the POST port 0x80 (the 8259A PICs are hvdbg.platform.devices.pic8259).
 
 The PIT's channel 0 raises ISA IRQ 0 (the board wires it to the PICs and to I/O APIC pin
-2); the RTC raises no interrupt.  The PIT and the RTC's update flag follow a clock: the
+2), the RTC's periodic interrupt ISA IRQ 8.  The PIT and the RTC's update flag follow a clock: the
 board gives them the VM's virtual time, the TSC's time base (host time when built
 without one)."""
 
@@ -241,9 +241,24 @@ class SystemControlPortB:
         self.pit.set_gate(2, bool(value & 1))
 
 
-RTC_REG_A = 0x0A
+RTC_REG_A, RTC_REG_B, RTC_REG_C, RTC_REG_D = 0x0A, 0x0B, 0x0C, 0x0D
 RTC_UIP = 0x80
 RTC_UPDATE_NS = 244_000          # UIP is set 244 us before each once-a-second update
+RTC_IRQ = 8                      # ISA IRQ 8 (the slave PIC's IR0, I/O APIC pin 8)
+RTC_PIE = 0x40                   # register B: periodic interrupt enable
+RTC_IRQF, RTC_PF = 0x80, 0x40    # register C: interrupt request flag, periodic flag
+RTC_DIVIDER_ON = 0x20            # register A DV2-0 = 010: the 32.768 kHz time base runs
+RTC_BASE_HZ = 32768
+
+
+def rtc_period_ticks(reg_a: int) -> int | None:
+    """The periodic interrupt's period in 32.768 kHz cycles for register A's RS3-RS0
+    (MC146818A data sheet, Table 3: 0 = none, 1 and 2 = 256 and 128 Hz, 3-15 = 8192 Hz
+    down to 2 Hz), or None when the divider does not run at 32.768 kHz (DV != 010)."""
+    rate = reg_a & 0x0F
+    if rate == 0 or reg_a & 0x70 != RTC_DIVIDER_ON:
+        return None
+    return 1 << (rate + 6 if rate <= 2 else rate - 1)
 
 
 class Cmos:
@@ -251,7 +266,13 @@ class Cmos:
 
     Register A's update-in-progress flag rises for the last 244 us of every second of
     ``clock`` (MC146818A data sheet), so a kernel that reads the RTC "on the falling edge of
-    UIP" (Xen's get_cmos_time) sees one instead of polling for a second."""
+    UIP" (Xen's get_cmos_time) sees one instead of polling for a second.
+
+    The periodic interrupt: PF in register C is set at every period of the rate register A
+    selects, counted on ``clock`` from time 0 (deterministic); with PIE in register B it
+    sets IRQF and raises IRQ 8 (``on_irq(level, at)``), which stays up until the guest
+    reads register C (that clears the flags). The update-ended and alarm interrupts are
+    not modelled (the date does not advance)."""
 
     name = "cmos"
     FIXED_TIME = {0x00: 0x00, 0x02: 0x00, 0x04: 0x12, 0x06: 0x04, 0x07: 0x01, 0x08: 0x01, 0x09: 0x26,
@@ -270,20 +291,65 @@ class Cmos:
         above16 = max(0, ram_size - (16 << 20)) >> 16
         self.ram[0x34] = above16 & 0xFF
         self.ram[0x35] = above16 >> 8 & 0xFF
+        self.on_irq: Callable[[bool, int | None], None] = lambda level, at: None
+        self._flags_since = 0    # register C's flags cover periodic edges after this time
+        self.periodic_irqs = 0
 
+    # -- the periodic interrupt ----------------------------------------------------------
+    def _edge_after(self, t: int) -> int | None:
+        """The first periodic edge strictly after ``t`` (ns), or None."""
+        period = rtc_period_ticks(self.ram[RTC_REG_A])
+        if period is None:
+            return None
+        n = t * RTC_BASE_HZ // (period * NS_PER_S) + 1
+        return -(-n * period * NS_PER_S // RTC_BASE_HZ)
+
+    def _periodic_flag(self) -> bool:
+        """Has a periodic edge come since register C was last read?"""
+        edge = self._edge_after(self._flags_since)
+        return edge is not None and edge <= self.clock()
+
+    def next_irq(self) -> int | None:
+        """When IRQ 8 next rises (ns of ``clock``): the next periodic edge with PIE set,
+        unless the request of an earlier one still waits for its register C read."""
+        if not self.ram[RTC_REG_B] & RTC_PIE or self.ram[RTC_REG_C] & RTC_IRQF:
+            return None
+        return self._edge_after(self._flags_since)
+
+    def poll(self) -> None:
+        """Raise IRQ 8 if its time has come."""
+        due = self.next_irq()
+        if due is not None and due <= self.clock():
+            self.ram[RTC_REG_C] |= RTC_IRQF | RTC_PF
+            self.periodic_irqs += 1
+            self.on_irq(True, due)
+
+    # -- ports ---------------------------------------------------------------------------
     def io_read(self, port: int, size: int) -> int:
         if port == 0x70:
             return self.index
         if self.index == RTC_REG_A:
             updating = self.clock() % NS_PER_S >= NS_PER_S - RTC_UPDATE_NS
             return (self.ram[RTC_REG_A] & ~RTC_UIP) | (RTC_UIP if updating else 0)
+        if self.index == RTC_REG_C:
+            return self._read_flags()
         return self.ram[self.index & 0x7F]
+
+    def _read_flags(self) -> int:
+        """Register C: the flags, cleared by the read (and IRQ 8 with them)."""
+        self.poll()
+        flags = self.ram[RTC_REG_C] | (RTC_PF if self._periodic_flag() else 0)
+        self.ram[RTC_REG_C] = 0
+        self._flags_since = self.clock()
+        if flags & RTC_IRQF:
+            self.on_irq(False, None)
+        return flags
 
     def io_write(self, port: int, size: int, value: int) -> None:
         if port == 0x70:
             self.index = value & 0x7F
             self.nmi_disabled = bool(value & 0x80)
-        elif self.index not in (0x0C, 0x0D):
+        elif self.index not in (RTC_REG_C, RTC_REG_D):
             self.ram[self.index & 0x7F] = value & 0xFF
 
 
