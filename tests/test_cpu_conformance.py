@@ -1,6 +1,6 @@
 """The SMP kernel's CPU conformance checks (``workload=cpu``, guests/smp/cpucheck.c) in
 every executor, and side by side with QEMU TCG: MSRs the processor does not implement
-raise #GP, MOV to CR4 checks reserved and CPUID-hidden bits, an interrupt is taken in a
+raise #GP, and so does a non-canonical FS_BASE, MOV to CR4 checks reserved and CPUID-hidden bits, an interrupt is taken in a
 one-instruction STI window, SYSCALL/SYSRET and SYSENTER/SYSEXIT round trips to CPL 3,
 RDMSR at CPL 3 raises #GP, RDMSR from code copied at run time exits to the VMM.
 
@@ -18,7 +18,8 @@ from helpers import boot
 from test_guests_qemu import boot_kernel, needs_qemu
 
 CHECK = re.compile(r"^cpu: (\w+) (ok|FAILED)(.*)$", re.M)
-CHECKS = {"msr_apic_base_copied_code", "wrmsr_unimplemented_gp", "rdmsr_reserved_gp", "cr4_reserved_gp",
+CHECKS = {"msr_apic_base_copied_code", "wrmsr_unimplemented_gp", "wrmsr_noncanonical_gp", "rdmsr_reserved_gp",
+          "cr4_reserved_gp",
           "cr4_osxsave_gp", "sti_window_timer", "syscall_sysret", "sysenter_sysexit", "cpl3_rdmsr_gp",
           "cr4_la57_toggle_gp", "cr8_tpr", "cr8_reserved_gp"}
 
@@ -37,7 +38,7 @@ def test_every_cpu_check_passes(guest_kernels, executor):
     found = checks(res["serial"])
     assert set(found) == CHECKS, res["serial"][-2000:]
     assert all(v == "ok" for v in found.values()), found
-    assert "cpu checks: 12 passed 0 failed" in res["serial"]
+    assert "cpu checks: 13 passed 0 failed" in res["serial"]
     assert res["outcome"] == "exited" and res["exit_status"] == 0, res["diagnosis"]
 
 
@@ -54,3 +55,4 @@ def test_hvdbg_passes_every_check_qemu_passes(guest_kernels, tmp_path):
     ours = checks(res["serial"])
     assert {n for n, v in theirs.items() if v.startswith("ok")} <= {n for n, v in ours.items() if v == "ok"}
     assert theirs["wrmsr_unimplemented_gp"].startswith("FAILED") and ours["wrmsr_unimplemented_gp"] == "ok"
+    assert theirs["wrmsr_noncanonical_gp"].startswith("FAILED") and ours["wrmsr_noncanonical_gp"] == "ok"

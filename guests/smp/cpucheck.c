@@ -7,7 +7,8 @@
  * Expected results (Intel SDM semantics; the kernel is written for those):
  *  - Real hardware (Intel): every check ok.
  *  - QEMU 7.2 TCG: wrmsr_unimplemented_gp and rdmsr_reserved_gp FAIL, because
- *    TCG ignores WRMSR / RDMSR of MSRs it does not know (no #GP; RDMSR reads 0).
+ *    TCG ignores WRMSR / RDMSR of MSRs it does not know (no #GP; RDMSR reads 0);
+ *    wrmsr_noncanonical_gp FAILs: TCG writes a non-canonical FS_BASE.
  *    A MOV to CR4 that sets a bit reserved on the emulated CPU neither faults
  *    nor completes under TCG (it re-executes forever: seen with QEMU 7.2), so
  *    under TCG (CPUID leaf 0x40000000 "TCGTCGTCGTCG") such a CR4 check is not
@@ -202,6 +203,26 @@ static void check_wrmsr_unimplemented_gp(void)
         FAIL(name, "WRMSR 0x1ff: " FAULT_FMT, FAULT_ARGS);
     else
         FAIL(name, "WRMSR 0x1ff: no #GP");
+}
+
+/* WRMSR of a non-canonical address to an MSR that holds one: #GP(0), nothing written
+   (SDM Vol. 2B WRMSR: IA32_FS_BASE, IA32_GS_BASE, IA32_KERNEL_GS_BASE, IA32_LSTAR, ...). */
+static void check_wrmsr_noncanonical_gp(void)
+{
+    const char *name = "wrmsr_noncanonical_gp";
+    uint64_t before = cpu_try_rdmsr(MSR_FS_BASE);
+    cpu_try_wrmsr(MSR_FS_BASE, 0xaaaaaaaaaaaaaaaaULL);
+    bool gp = fault_is_gp0();
+    bool was_hit = trap_expect.hit;
+    uint64_t after = cpu_try_rdmsr(MSR_FS_BASE);
+    if (gp && after == before)
+        PASS(name);
+    else if (gp)
+        FAIL(name, "#GP, but FS_BASE changed to 0x%lx", after);
+    else if (was_hit)
+        FAIL(name, "WRMSR FS_BASE 0xaaaaaaaaaaaaaaaa: not #GP(0)");
+    else
+        FAIL(name, "WRMSR FS_BASE 0xaaaaaaaaaaaaaaaa: no #GP");
 }
 
 static void check_rdmsr_reserved_gp(void)
@@ -627,6 +648,7 @@ void cpucheck_run(void)
     cpu_cli();
     check_apic_base_copied_code();
     check_wrmsr_unimplemented_gp();
+    check_wrmsr_noncanonical_gp();
     check_rdmsr_reserved_gp();
     check_cr4_reserved_gp();
     check_cr4_osxsave_gp();

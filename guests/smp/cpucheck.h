@@ -63,6 +63,7 @@
 #define MSR_STAR            0xc0000081
 #define MSR_LSTAR           0xc0000082
 #define MSR_FMASK           0xc0000084
+#define MSR_FS_BASE         0xc0000100
 
 #ifndef __ASSEMBLER__
 #include "cpu.h"

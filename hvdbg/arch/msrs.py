@@ -54,6 +54,25 @@ MSR_TABLE: tuple[MsrDef, ...] = (
 )
 
 
+#: MSRs that hold a linear address: WRMSR of a non-canonical one raises #GP(0) (SDM Vol. 2B
+#: WRMSR lists FS/GS/KERNEL_GS base, LSTAR and SYSENTER_EIP/ESP; CSTAR is checked as well
+#: on Intel and AMD processors, as kvm-unit-tests' msr test and KVM have it)
+LINEAR_ADDRESS_MSRS = {0x175: "IA32_SYSENTER_ESP", 0x176: "IA32_SYSENTER_EIP", 0xC0000082: "IA32_LSTAR",
+                       0xC0000083: "IA32_CSTAR", 0xC0000100: "IA32_FS_BASE", 0xC0000101: "IA32_GS_BASE",
+                       IA32_KERNEL_GS_BASE: "IA32_KERNEL_GS_BASE"}
+
+
+def write_value_problem(msr: int, value: int, linear_bits: int = 48) -> str | None:
+    """Why WRMSR of ``value`` to ``msr`` raises #GP(0) although the MSR exists, or None:
+    a non-canonical address for ``linear_bits``-bit linear addresses (CPUID 80000008H
+    EAX[15:8])."""
+    name = LINEAR_ADDRESS_MSRS.get(msr)
+    top = value >> (linear_bits - 1)
+    if name is not None and top not in (0, (1 << (65 - linear_bits)) - 1):
+        return f"{value:#x} is not a canonical address for {name}"
+    return None
+
+
 class MsrModel:
     """Which MSR indexes exist on a processor with the given CPUID features."""
 
