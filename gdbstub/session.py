@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import itertools
 import logging
 from collections import deque
 from typing import Callable, Sequence
@@ -347,23 +348,20 @@ class GdbSession:
                 StopReason.EXITED, StopReason.TERMINATED):
             return b""
         names = self.arch.expedite
-        spans = self.arch.hex_spans
+        spans = [self.arch.hex_spans[name] for name in names]
         try:
             raw = self.target.support_raw_registers()
-            if raw is not None:
-                image, at = raw.read_registers_hex(event.tid, names), 0
+            if raw is not None:     # the named registers' hex, one after the other
+                image = raw.read_registers_hex(event.tid, names)
+                ends = list(itertools.accumulate(end - start for start, end in spans))
+                spans = list(zip([0] + ends, ends))
             else:
-                image, at = self._registers_hex(event.tid), None
+                image = self._registers_hex(event.tid)
         except TargetError:
             return b""
-        out = []
-        for name in names:
-            start, end = spans[name]
-            if at is not None:
-                start, end, at = at, at + end - start, at + end - start
-            if image[start:start + 1] != b"x":
-                out.append(b"%02x:%s;" % (self.arch.regnum(name), image[start:end]))
-        return b"".join(out)
+        values = [image[start:end] for start, end in spans]
+        return b"".join(b"%02x:%s;" % (self.arch.regnum(name), value)
+                        for name, value in zip(names, values) if value[:1] != b"x")
 
     def _cmd_write_registers(self, args: bytes) -> Reply:
         values = self.arch.decode_registers(args)

@@ -15,7 +15,7 @@ import capstone
 from hvdbg.arch import paging
 from hvdbg.arch.cpuid import CpuidModel
 from hvdbg.arch.events import PF, GuestFault, hardware_exception
-from hvdbg.arch.regs import AR_DB, AR_L, CR0_PE, EFER_LMA
+from hvdbg.arch.regs import AR_DB, CR0_PE
 from hvdbg.arch.segments import Segment
 from hvdbg.engine.cpu import EngineCpu, ExecutionTurns
 from hvdbg.errors import GuestMemoryError
@@ -149,25 +149,18 @@ class GuestView:
         except (GuestFault, GuestMemoryError):
             return None
 
-    def _in_64_bit_mode(self, cs: Segment) -> bool:
-        """IA-32e mode with CS.L = 1 (SDM 5.2.1)."""
-        return bool(self.engine.read("efer") & EFER_LMA and cs.access_rights & AR_L)
-
     def code_bits(self) -> int:
-        """Operand size of the current code segment: 16, 32 or 64."""
-        cs = self.engine.segment("cs")
-        if self._in_64_bit_mode(cs):
+        """Operand size of the current code segment: 16, 32 or 64 (64-bit mode: IA-32e
+        mode with CS.L = 1, SDM 5.2.1)."""
+        if self.engine.intercepts.in_64_bit_code():
             return 64
         if not self.engine.read("cr0") & CR0_PE:
             return 16
-        return 32 if cs.access_rights & AR_DB else 16
+        return 32 if self.engine.segment("cs").access_rights & AR_DB else 16
 
     def code_base(self) -> int:
         """CS.base outside 64-bit mode (where linear = CS.base + RIP), else 0."""
-        if self.engine.intercepts.in_64_bit_code():
-            return 0
-        cs = self.engine.segment("cs")
-        return 0 if self._in_64_bit_mode(cs) else cs.base
+        return 0 if self.engine.intercepts.in_64_bit_code() else self.engine.segment("cs").base
 
     def decode(self, rip: int, count: int = 1) -> list:
         code = self.read_linear_safe(rip, 16 * count)

@@ -23,10 +23,10 @@ def rdmsr_wrmsr(vcpu, write: bool) -> None:
     rip = e.rip()
     ecx, eax, edx = vcpu.msr_regs.read()
     ecx &= 0xFFFFFFFF
+    value = (edx & 0xFFFFFFFF) << 32 | (eax & 0xFFFFFFFF)     # EDX:EAX, what a WRMSR writes
     if vcpu.msr_bitmap is None or vcpu.msr_bitmap.exits(ecx, write):
-        value = (edx & 0xFFFFFFFF) << 32 | (eax & 0xFFFFFFFF) if write else 0
         info = ExitInfo(ExitReason.MSR_WRITE if write else ExitReason.MSR_READ, rip=rip,
-                        instruction_length=2, data=value, payload=MsrAccess(ecx))
+                        instruction_length=2, data=value if write else 0, payload=MsrAccess(ecx))
         vcpu.vm_exit(info)
         decision = info.decision
         if decision is ExitDecision.FAULT:
@@ -37,7 +37,6 @@ def rdmsr_wrmsr(vcpu, write: bool) -> None:
                 e.write("rdx", (info.data >> 32) & 0xFFFFFFFF)
             e.set_rip(rip + 2)
             return
-    value = (edx & 0xFFFFFFFF) << 32 | (eax & 0xFFFFFFFF)
     problem = vcpu.msr_model.problem(ecx, write) or (write_value_problem(ecx, value) if write else None)
     if problem is not None:
         vcpu.msr_faults.append((ecx, write, rip, problem))

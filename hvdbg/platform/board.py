@@ -55,10 +55,15 @@ class PcBoard:
     #: does some processor take the PIC's interrupts (a LINT0 in ExtINT mode)? Set by the machine
     extint_taken: Callable[[], bool] = lambda: False
 
+    @staticmethod
+    def _ioapic_pin(irq: int) -> int:
+        """The I/O APIC pin ISA ``irq`` is wired to (IRQ 0: pin 2, the MADT's override)."""
+        return PIT_IOAPIC_PIN if irq == 0 else irq
+
     def _deliverable(self, irq: int) -> bool:
         """Can ISA ``irq`` reach a processor: its I/O APIC pin unmasked, or its PIC input
         (and, for the slave's, the cascade) unmasked with a LINT0 that takes ExtINT?"""
-        if not self.ioapic.entries[PIT_IOAPIC_PIN if irq == 0 else irq].masked:
+        if not self.ioapic.entries[self._ioapic_pin(irq)].masked:
             return True
         master, slave = self.pic.chips
         if irq >= 8:
@@ -98,12 +103,12 @@ class PcBoard:
         """ISA line ``irq`` goes to ``level``: it is wired to the 8259A input of the same
         number and to the I/O APIC pin of the same number (IRQ 0: pin 2)."""
         self.pic.set_irq(irq, level, at)
-        self.ioapic.set_irq(PIT_IOAPIC_PIN if irq == 0 else irq, level, at)
+        self.ioapic.set_irq(self._ioapic_pin(irq), level, at)
 
     def isa_pulse(self, irq: int, at: int | None = None) -> None:
         """An edge on ISA line ``irq`` (the PIT's OUT0)."""
         self.pic.pulse(irq, at)
-        self.ioapic.pulse(PIT_IOAPIC_PIN if irq == 0 else irq, at)
+        self.ioapic.pulse(self._ioapic_pin(irq), at)
 
     def add_acpi_pm(self, clock: Callable[[], int], on_soft_off: Callable[[], None]) -> AcpiPm:
         """The ACPI PM1a blocks and PM timer the FADT points at, timed by ``clock``

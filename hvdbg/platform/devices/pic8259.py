@@ -136,41 +136,36 @@ class Pic8259:
         with self._lock:
             return self._output()
 
+    def _inta(self) -> tuple[int, list[tuple[_Chip, int]]]:
+        """What an INTA cycle would do now: its vector, and the (chip, IR) requests it takes
+        (the master's, then through the cascade the slave's); none for a spurious IR7/IR15."""
+        master, slave = self.chips
+        line = master.requested()
+        if line is None:
+            return master.vector_base | 7, []
+        if line != CASCADE_LINE:
+            return master.vector_base | line, [(master, line)]
+        sline = slave.requested()
+        if sline is None:
+            return slave.vector_base | 7, [(master, line)]
+        return slave.vector_base | sline, [(master, line), (slave, sline)]
+
     def peek_vector(self) -> int:
         """The vector :meth:`acknowledge` would return now, with nothing changed."""
         with self._lock:
-            master = self.chips[MASTER]
-            line = master.requested()
-            if line is None:
-                return master.vector_base | 7
-            if line != CASCADE_LINE:
-                return master.vector_base | line
-            slave = self.chips[SLAVE]
-            sline = slave.requested()
-            return slave.vector_base | (7 if sline is None else sline)
+            return self._inta()[0]
 
     def acknowledge(self) -> int:
         """The INTA cycle: the vector of the highest-priority request, which goes in
         service (unless AEOI); with nothing requested any more, the spurious IRQ 7 (or
-        IRQ 15 through the cascade), which sets no in-service bit."""
+        IRQ 15 through the cascade), which sets no in-service bit on its own chip."""
         with self._lock:
             self.acknowledged += 1
-            master = self.chips[MASTER]
-            line = master.requested()
-            if line is None:
-                return master.vector_base | 7
-            self._take(master, line)
-            if line != CASCADE_LINE:
-                self._cascade()
-                return master.vector_base | line
-            slave = self.chips[SLAVE]
-            sline = slave.requested()
-            if sline is None:
-                self._cascade()
-                return slave.vector_base | 7
-            self._take(slave, sline)
+            vector, taken = self._inta()
+            for chip, line in taken:
+                self._take(chip, line)
             self._cascade()
-            return slave.vector_base | sline
+            return vector
 
     @staticmethod
     def _take(chip: _Chip, line: int) -> None:
