@@ -460,7 +460,7 @@ def test_monitor_serves_inspection_but_not_run_control(debugger):
 
 def test_completion_of_commands_fields_reasons_and_symbols(debugger):
     ctx = debugger()
-    assert ctx.complete("vm") == (["vmcs"], 2)
+    assert ctx.complete("vm") == (["vmcs", "vmx"], 2)
     assert ctx.complete("ept ") == (["map", "walk"], 0)
     names, n = ctx.complete("vmcs 0 GUEST_CR")
     assert n == len("GUEST_CR") and {"GUEST_CR0", "GUEST_CR3", "GUEST_CR4"} <= set(names)

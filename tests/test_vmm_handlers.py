@@ -81,6 +81,7 @@ class FakeVcpu:
         self.started_by_sipi = False
         self.sipi_vector: int | None = None
         self.sipi_entry: int | None = None
+        self.vmx = None                 # CPUID does not offer VMX
         self.ipi_log: list = []
         self.idle_ticks = 0
         self.woken_ticks = 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # leaf 1 ECX / EDX feature bits (SDM Vol. 2A Table 3-10 and 3-11)
-ECX1 = {"sse3": 0, "pclmulqdq": 1, "ssse3": 9, "cx16": 13, "pcid": 17, "sse4_1": 19, "sse4_2": 20,
+ECX1 = {"sse3": 0, "pclmulqdq": 1, "vmx": 5, "ssse3": 9, "cx16": 13, "pcid": 17, "sse4_1": 19, "sse4_2": 20,
         "x2apic": 21, "movbe": 22, "popcnt": 23, "tsc_deadline": 24, "aes": 25, "xsave": 26,
         "hypervisor": 31}
 EDX1 = {"fpu": 0, "vme": 1, "de": 2, "pse": 3, "tsc": 4, "msr": 5, "pae": 6, "mce": 7, "cx8": 8,
@@ -35,7 +35,11 @@ DEFAULT_FEATURES = (
 )
 #: Features the VMM implements itself (the APIC, topology, the CPUID leaves): the engine
 #: does not need to decode anything for them.
-VMM_FEATURES = frozenset({"hypervisor", "apic", "x2apic", "tsc_deadline", "htt"})
+VMM_FEATURES = frozenset({"hypervisor", "apic", "x2apic", "tsc_deadline", "htt", "vmx"})
+#: Features no model offers until a ``+FLAG`` asks for them: ``vmx`` is nested VMX, a guest
+#: hypervisor's VMX operation emulated by hvdbg (hvdbg.hv.nested, docs/nested.md), as
+#: QEMU/KVM offer it with ``-cpu ...,+vmx``.
+OPT_IN_FEATURES = frozenset({"vmx"})
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ QEMU_ALIASES = {"pni": "sse3", "lahf-lm": "lahf_lm", "tsc-deadline": "tsc_deadli
                 "sse4.1": "sse4_1", "sse4.2": "sse4_2", "sse4-1": "sse4_1", "sse4-2": "sse4_2"}
 ALL_FEATURES = frozenset(ECX1) | frozenset(EDX1) | frozenset(EBX7) | frozenset(ECX7) | frozenset(EDX_EXT) | frozenset(ECX_EXT)
 #: Features some model offers: the ones a ``+flag`` may add.
-IMPLEMENTED = frozenset(f for m in CPU_MODELS.values() for f in m.features)
+IMPLEMENTED = frozenset(f for m in CPU_MODELS.values() for f in m.features) | OPT_IN_FEATURES
 
 
 @dataclass(frozen=True)

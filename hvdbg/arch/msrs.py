@@ -32,6 +32,7 @@ class MsrDef:
 MSR_TABLE: tuple[MsrDef, ...] = (
     MsrDef("IA32_TSC", IA32_TSC, IA32_TSC, "tsc"),
     MsrDef("IA32_PLATFORM_ID", 0x17, 0x17, read_only=True),
+    MsrDef("IA32_FEATURE_CONTROL", 0x3A, 0x3A, "vmx"),
     MsrDef("IA32_APIC_BASE", IA32_APIC_BASE, IA32_APIC_BASE, "apic"),
     MsrDef("IA32_BIOS_SIGN_ID", 0x8B, 0x8B),
     MsrDef("IA32_MTRRCAP", 0xFE, 0xFE, "mtrr", read_only=True),
@@ -44,6 +45,8 @@ MSR_TABLE: tuple[MsrDef, ...] = (
     MsrDef("IA32_MTRR_FIX16K", 0x258, 0x259, "mtrr"),
     MsrDef("IA32_MTRR_FIX4K", 0x268, 0x26F, "mtrr"),
     MsrDef("IA32_PAT", IA32_PAT, IA32_PAT, "pat"),
+    # the VMX capability MSRs (SDM Vol. 3D Appendix A; their values: hvdbg.vmx.capabilities)
+    MsrDef("IA32_VMX_BASIC .. IA32_VMX_TRUE_ENTRY_CTLS", 0x480, 0x490, "vmx", read_only=True),
     MsrDef("IA32_MTRR_DEF_TYPE", 0x2FF, 0x2FF, "mtrr"),
     MsrDef("IA32_TSC_DEADLINE", IA32_TSC_DEADLINE, IA32_TSC_DEADLINE, "tsc_deadline"),
     MsrDef("x2APIC registers", X2APIC_MSR_BASE, X2APIC_MSR_END, "x2apic"),

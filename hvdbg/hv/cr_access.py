@@ -6,7 +6,9 @@ with RIP at the instruction.  The vCPU then does what the CPU does: the #GP(0) c
 of SDM Vol. 2B "MOV - Move to/from Control Registers" and Vol. 3A 2.5 (reserved bits,
 PG without PE, features CPUID hides, ...); the VMX view, a control-register-access VM exit
 (reason 28) when a bit the CR0/CR4 guest/host mask owns would differ from its read shadow
-(SDM 26.1.3, qualification Table 28-3); else the write itself, and RIP past it.
+(SDM 26.1.3, qualification Table 28-3); else the write itself, and RIP past it.  In
+the VMX operation of a guest hypervisor the VMX fixed bits of CR0 / CR4 hold too
+(hvdbg.hv.nested, SDM 24.8).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from hvdbg.arch.control_rules import ControlState, control_state_problem, cr4_wr
 from hvdbg.arch.events import hardware_exception
 from hvdbg.arch.apic import Reg
 from hvdbg.arch.regs import AR_L
+from hvdbg.hv import nested
 from hvdbg.hv.exit import ExitInfo
 from hvdbg.vmx.exits import ExitReason
 
@@ -130,6 +133,7 @@ def mov_to_cr(vcpu, cr: int) -> None:
     else:
         problem = control_state_problem(state, replace(state, cr4=new)) or \
             cr4_write_problem(state, new, frozenset(vcpu.cpuid.features))
+    problem = problem or nested.cr_problem(vcpu, cr, new)
     if problem is not None:
         vcpu.cr_faults.append((cr, new, rip, problem))
         del vcpu.cr_faults[:-16]

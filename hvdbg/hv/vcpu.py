@@ -28,7 +28,7 @@ from hvdbg.arch.regs import RFLAGS_IF
 from hvdbg.engine.cpu import EngineCpu, EngineError, ExecutionTurns
 from hvdbg.arch.msrs import MsrModel
 from hvdbg.hv import activity as act
-from hvdbg.hv import cr_access, injection, mmio_access, msr_access, pause_loop, system_calls, timekeeping
+from hvdbg.hv import cr_access, injection, mmio_access, msr_access, nested, pause_loop, system_calls, timekeeping
 from hvdbg.hv.exit import EptFault, ExceptionExit, ExitDecision, ExitInfo, TripleFault
 from hvdbg.hv.guest_state import GPRS, GuestStateArea
 from hvdbg.hv.guest_view import GuestView
@@ -128,6 +128,7 @@ class Vcpu(GuestView, GuestStateArea):
         self.msrs: dict[int, int] = {}
         self.tsc_adjust = 0             # IA32_TSC minus the virtual time (WRMSR to IA32_TSC)
         self.msr_model = MsrModel(cpuid.features + (("x2apic",) if x2apic else ()))
+        self.vmx = nested.new_vmx_state() if "vmx" in cpuid.features else None   # nested VMX
         self.msr_faults: list[tuple[int, bool, int, str]] = []   # (msr, write, rip, why): last 16 #GPs
         self.cr_faults: list[tuple[int, int, int, str]] = []     # (cr, value, rip, why): last 16 #GPs
         self._hlt_at: int | None = None       # RIP of the HLT that ended the run
@@ -138,8 +139,7 @@ class Vcpu(GuestView, GuestStateArea):
         self._event_deadline: int | None = None   # the APIC's next event, when the run began
         self._budget_cut = False              # the run's budget was ended early (I/O time)
         self.board = None     # the PC board's timers (hvdbg.platform.board.PcBoard), set by the machine
-        self._kick = threading.Event()
-        self._leave = False
+        self._kick, self._leave = threading.Event(), False
         self._park = False              # a debugger stop arrived: skip the next slice
         self.pcpu: int | None = None
         self.apic = LocalApic(apic_id, bsp=bsp, x2apic_supported=x2apic, send_ipi=send_ipi,
@@ -162,9 +162,7 @@ class Vcpu(GuestView, GuestStateArea):
 
     def clock(self) -> int:
         """Virtual time of this vCPU: guest instructions retired."""
-        if self._in_run:
-            return self.instructions + self.idle_ticks + self.counter.value()
-        return self.instructions + self.idle_ticks
+        return self.instructions + self.idle_ticks + (self.counter.value() if self._in_run else 0)
 
     def tsc(self) -> int:
         """The time-stamp counter: the virtual time at 1 GHz (hvdbg.hv.timekeeping)."""
@@ -313,8 +311,9 @@ class Vcpu(GuestView, GuestStateArea):
 
     def on_invalid_opcode(self) -> None:
         rip = self.engine.rip()
-        code = self.read_linear_safe(rip, 3)
-        if code == b"\x0f\x01\xc1":
+        if self.vmx is not None and nested.intercept(self, rip):
+            return   # a guest hypervisor's VMX instruction: a VM exit
+        if self.read_linear_safe(rip, 3) == b"\x0f\x01\xc1":
             if self.vm_exit(ExitInfo(ExitReason.VMCALL, rip=rip, instruction_length=3)):
                 self.engine.set_rip(rip + 3)
             return

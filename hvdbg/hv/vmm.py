@@ -29,7 +29,8 @@ from hvdbg.platform.apic import LocalApic
 from hvdbg.vmx.controls import PRIMARY_PROCESSOR_BASED, ActivityState
 from hvdbg.vmx.vmcs import Vmcs
 from hvdbg.hv import activity as act
-from hvdbg.hv import timekeeping
+from hvdbg.hv import nested, timekeeping
+from hvdbg.vmx.instructions import Result, VmxState
 
 HYPERCALL_PING = 0
 HYPERCALL_EXIT = 1
@@ -47,9 +48,9 @@ TRACED_MSRS = frozenset({IA32_EFER})
 
 
 def msr_bitmap_exiting() -> frozenset[int]:
-    """The MSRs whose MSR-bitmap bits the VMM sets: the emulated ones, the x2APIC range
-    and the traced ones (SDM 25.6.9)."""
-    return VMM_MSRS | TRACED_MSRS | frozenset(range(X2APIC_MSR_BASE, X2APIC_MSR_END + 1))
+    """The MSRs whose MSR-bitmap bits the VMM sets: the emulated ones, the x2APIC range,
+    the nested-VMX ones and the traced ones (SDM 25.6.9)."""
+    return VMM_MSRS | TRACED_MSRS | frozenset(range(X2APIC_MSR_BASE, X2APIC_MSR_END + 1)) | nested.VMX_MSR_INDEXES
 
 
 class EnginePort(Protocol):
@@ -82,6 +83,7 @@ class VcpuPort(Protocol):
     started_by_sipi: bool
     sipi_vector: int | None
     sipi_entry: int | None
+    vmx: VmxState | None        # a guest hypervisor's VMX operation (CPUID offers vmx)
 
     def clock(self) -> int: ...
     def tsc(self) -> int: ...
@@ -93,6 +95,7 @@ class VcpuPort(Protocol):
     def set_guest_state(self, **state: Any) -> None: ...
     def vm_exit(self, info: ExitInfo) -> bool: ...
     def kick(self) -> None: ...
+    def raise_exception(self, ev: Event, rip: int, length: int = 0) -> None: ...
 
 
 class Lifecycle(Protocol):
@@ -140,6 +143,7 @@ class Vmm:
             ExitReason.INTERRUPT_WINDOW: self._window(_INTERRUPT_WINDOW, "interrupt window open"),
             ExitReason.NMI_WINDOW: self._window(_NMI_WINDOW, "NMI window open (the last NMI's IRET ran)"),
         }
+        self._handlers.update(dict.fromkeys(nested.VMX_INSTRUCTION_EXITS, self._vmx_instruction))
 
     # -- dispatch ---------------------------------------------------------------------
     def handle_exit(self, vcpu: VcpuPort, exit: ExitInfo) -> bool:
@@ -276,6 +280,8 @@ class Vmm:
             exit.data = 0 if deadline is None else timekeeping.tsc_at(vcpu, deadline)
         elif msr in vcpu.msrs:
             exit.data = vcpu.msrs[msr]
+        elif nested.owns_msr(vcpu, msr):
+            exit.data = nested.read_msr(vcpu, msr) or 0
         else:
             return ExitDecision.NATIVE  # not the VMM's: the engine executes it
         exit.detail += f" -> {exit.data:#x}"
@@ -303,6 +309,9 @@ class Vmm:
             vcpu.apic.arm_tsc_deadline(timekeeping.clock_at(vcpu, value) if value else None)
         elif msr in (IA32_PAT, IA32_MISC_ENABLE):
             vcpu.msrs[msr] = value
+        elif nested.owns_msr(vcpu, msr):
+            if why := nested.write_msr_problem(vcpu, msr, value):
+                return self._inject_gp(vcpu, exit, why)
         else:
             return ExitDecision.NATIVE
         return ExitDecision.RESUME
@@ -365,6 +374,18 @@ class Vmm:
         e.write("rax", 0xFFFFFFFFFFFFFFFF)
         exit.detail = f"unknown hypercall {nr:#x}"
         return ExitDecision.RESUME
+
+    # -- a guest hypervisor's VMX instructions (exit reasons 19-27, 50, 53) -------------------
+    def _vmx_instruction(self, vcpu: VcpuPort, exit: ExitInfo) -> ExitDecision:
+        """Emulated for the guest (hvdbg.hv.nested).  A VM entry that passed its checks
+        would run the guest hypervisor's guest, which hvdbg does not emulate yet: the VM
+        ends there, with the L1's VMCS intact for inspection."""
+        decision, outcome = nested.emulate(vcpu, exit)
+        if outcome is not None and outcome.result is Result.VM_ENTRY:
+            self.life.end("fatal", detail=f"vCPU {vcpu.index}: {exit.detail}: {outcome.result.value} passed "
+                          "every check, but running the guest hypervisor's guest (L2) is not emulated yet "
+                          "(docs/nested.md)")
+        return decision
 
     # -- exceptions the exception bitmap intercepts (exit reason 0) ---------------------------
     def _exception(self, vcpu: VcpuPort, exit: ExitInfo) -> ExitDecision:

@@ -240,8 +240,20 @@ def _pointer_problem(state: VmxState, pointer: int) -> str | None:
 
 # -- the instructions --------------------------------------------------------------------------
 
-def vmxon(state: VmxState, mode: ProcessorMode, mem: PhysicalMemory, pointer: int) -> VmxOutcome:
-    """VMXON m64: enter VMX root operation with the VMXON region at ``pointer``."""
+def checks_before_operand(state: VmxState, mode: ProcessorMode, mem: PhysicalMemory,
+                          reason: ExitReason) -> VmxOutcome | None:
+    """How the instruction of exit reason ``reason`` ends before its memory operand is read
+    (the #UD, VM-exit and #GP checks come first in every SDM 31.3 "Operation"; VMXON in
+    VMX root operation fails without reading it), or None: the caller then fetches the
+    operand, and a fault doing so is the instruction's outcome."""
+    if reason is ExitReason.VMXON:
+        return _vmxon_checks(state, mode, mem)
+    if reason is ExitReason.VMCALL:
+        return None
+    return _prologue(state, mode, reason)
+
+
+def _vmxon_checks(state: VmxState, mode: ProcessorMode, mem: PhysicalMemory) -> VmxOutcome | None:
     if not mode.cr4 & CR4_VMXE:
         return _exception(UD, "CR4.VMXE = 0")
     if problem := _mode_problem(mode):
@@ -257,6 +269,14 @@ def vmxon(state: VmxState, mode: ProcessorMode, mem: PhysicalMemory, pointer: in
                or state.feature_control.vmxon_problem())
     if problem:
         return _exception(GP, problem)
+    return None
+
+
+def vmxon(state: VmxState, mode: ProcessorMode, mem: PhysicalMemory, pointer: int) -> VmxOutcome:
+    """VMXON m64: enter VMX root operation with the VMXON region at ``pointer``."""
+    if early := _vmxon_checks(state, mode, mem):
+        return early
+    caps = state.caps
     if problem := _pointer_problem(state, pointer):
         return _fail_invalid(f"VMXON pointer {problem}")
     header = VmcsRegion(mem, pointer).header

@@ -9,7 +9,9 @@ from hvdbg.ui.commands.registry import VCPU, Command, Param, register
 from hvdbg.ui.render.text import size_text
 from hvdbg.ui.render.vmcs import eptp_line, exit_sentence, format_vmcs_field, format_vmcs_sections
 from hvdbg.vmx import ept as ept_mod
+from hvdbg.hv.nested import VMX_INSTRUCTION_EXITS
 from hvdbg.vmx.fields import GROUPS, resolve
+from hvdbg.vmx.instructions import VmInstructionError, current_region
 
 
 def _sync_vmcs(call: Call, v: Vcpu) -> bool:
@@ -41,6 +43,66 @@ def cmd_vmcs(call: Call, a: dict) -> str:
         lines.append(f"last VM exit: {info.reason.name} ({int(info.reason)}) at "
                      f"{call.vm.symbolize(info.rip)}: {exit_sentence(v)}")
     return "\n".join(lines)
+
+
+def cmd_vmx(call: Call, a: dict) -> str:
+    """The VMX operation of a guest hypervisor on each vCPU (nested VMX, hvdbg.hv.nested)."""
+    vcpus = call.vm.vcpus if a["vcpu"] is None else [call.vcpu(a["vcpu"])]
+    if all(v.vmx is None for v in vcpus):
+        return ("CPUID does not offer VMX to the guest (CPUID.1:ECX.VMX = 0): set cpu = \"hvdbg,+vmx\" "
+                "to run a guest hypervisor (docs/nested.md)")
+    lines = []
+    for v in vcpus:
+        lines += _vmx_lines(call, v)
+    return "\n".join(lines)
+
+
+def _vmx_lines(call: Call, v: Vcpu) -> list[str]:
+    state = v.vmx
+    if state is None:
+        return [f"vCPU {v.index}: VMX not offered"]
+    if not state.in_vmx_operation:
+        mode = "outside VMX operation"
+    else:
+        mode = ("VMX non-root operation (its guest, L2, is not emulated: the VM stopped at the entry)"
+                if state.non_root else "VMX root operation")
+    lines = [f"vCPU {v.index}: {mode}; IA32_FEATURE_CONTROL {state.feature_control.value:#x}"]
+    if state.in_vmx_operation:
+        lines.append(f"  VMXON region {state.vmxon_pointer:#x}")
+    region = current_region(state, v.memory)
+    if region is None:
+        lines.append("  current VMCS: none (pointer FFFFFFFF_FFFFFFFF)")
+    else:
+        error = region.read("VM_INSTRUCTION_ERROR")
+        why = f" ({VmInstructionError(error).description})" if error in VmInstructionError._value2member_map_ else ""
+        lines.append(f"  current VMCS {state.current_vmcs:#x}: revision {region.revision_id:#x}, launch state "
+                     f"{region.launch_state.value}, VM-instruction error {error}{why}")
+    names = {r.name for r in VMX_INSTRUCTION_EXITS}
+    recent = [r for r in call.vm.trace.last(2000, vcpu=v.index) if r.reason_name in names][-5:]
+    if recent:
+        lines.append("  last VMX instructions:")
+        lines += [f"    {call.vm.symbolize(r.rip)}  {r.detail}" for r in recent]
+    return lines
+
+
+def cmd_vmx_vmcs(call: Call, a: dict) -> str:
+    """The guest hypervisor's current VMCS, read from its own memory, decoded as ``vmcs``."""
+    v = call.vcpu(a["vcpu"])
+    if v.vmx is None:
+        raise CommandError(f"vCPU {v.index}: CPUID does not offer VMX (cpu = \"hvdbg,+vmx\" does)")
+    region = current_region(v.vmx, v.memory)
+    if region is None:
+        raise CommandError(f"vCPU {v.index}: the guest hypervisor has no current VMCS (VMPTRLD makes one)")
+    vmcs = region.to_vmcs()
+    lines = [f"vCPU {v.index} guest hypervisor's VMCS at GPA {v.vmx.current_vmcs:#x}: revision id "
+             f"{region.revision_id:#x}, launch state {region.launch_state.value}"]
+    target: VmcsTarget | None = a["target"]
+    if target is not None and target.field is not None:
+        return "\n".join(lines + format_vmcs_field(vmcs, target.field))
+    if target is not None and target.controls is not None:
+        return "\n".join(lines + format_vmcs_field(vmcs, resolve(target.controls.field)))
+    groups = list(GROUPS) if target is None else [target.group]
+    return "\n".join(lines + format_vmcs_sections(vmcs, groups, a["all"] is not None, v.index, "vmx vmcs"))
 
 
 def cmd_ept_walk(call: Call, a: dict) -> str:
@@ -83,4 +145,14 @@ register(
             "type, large page), the resulting HPA or the level where the walk stopped and why\n"
             "(SDM 29.3.2 'EPT Translation Mechanism').", "VMX"),
     Command("ept map", (), "the guest-physical ranges the EPT maps, merged", cmd_ept_map, category="VMX"),
+    Command("vmx", (VCPU,), "a guest hypervisor's VMX operation on each vCPU (nested VMX)", cmd_vmx,
+            "Per vCPU: outside VMX operation, root or non-root; IA32_FEATURE_CONTROL; the VMXON\n"
+            "region; the current VMCS (its launch state and VM-instruction error, SDM 31.4) and\n"
+            "the last VMX instructions with their outcome (VMsucceed, VMfailValid(n), #UD...).\n"
+            "Needs cpu = \"hvdbg,+vmx\" (docs/nested.md).", "VMX"),
+    Command("vmx vmcs", (VCPU, Param("target", "vmcs", optional=True, metavar="FIELD|GROUP"),
+                         Param("all", "all", optional=True, metavar="all")),
+            "the guest hypervisor's current VMCS, decoded like 'vmcs'", cmd_vmx_vmcs,
+            "Read from the VMCS region in the guest's memory (the VMPTRLD operand), with the same\n"
+            "groups, fields and control decoding as 'vmcs' shows for hvdbg's own VMCS.", "VMX"),
 )

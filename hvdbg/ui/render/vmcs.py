@@ -25,8 +25,10 @@ def _opt_hex(value: int | None, digits: int) -> str:
     return "-" if value is None else f"{value:#0{digits + 2}x}"
 
 
-def format_vmcs_sections(vmcs: Vmcs, groups: list[str], show_all: bool, vcpu: int) -> list[str]:
-    """KVM dump_vmcs-like rendering with encodings; control fields bit by bit."""
+def format_vmcs_sections(vmcs: Vmcs, groups: list[str], show_all: bool, vcpu: int,
+                         command: str = "vmcs") -> list[str]:
+    """KVM dump_vmcs-like rendering with encodings; control fields bit by bit
+    (``command``: the shell command the "zero fields hidden" hint names)."""
     lines: list[str] = []
     for section in vmcs.dump(groups):
         lines.append(f"*** {section.title} ***")
@@ -49,7 +51,7 @@ def format_vmcs_sections(vmcs: Vmcs, groups: list[str], show_all: bool, vcpu: in
                 bits = [b for b in controls.decode(row.value) if b.set]
                 lines += [f"    bit {b.bit:2d}  {b.name}" for b in bits] or ["    (no control set)"]
         if hidden:
-            lines.append(f"    ({hidden} zero fields hidden; 'vmcs {vcpu} {section.group} all' lists them)")
+            lines.append(f"    ({hidden} zero fields hidden; '{command} {vcpu} {section.group} all' lists them)")
     return lines
 
 

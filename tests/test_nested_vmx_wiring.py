@@ -1,0 +1,292 @@
+"""Nested VMX wired into the vCPU (hvdbg.hv.nested): a guest that runs VMX instructions
+gets them emulated, with the SDM's flags, errors and exceptions, when its CPUID offers VMX
+(``cpu = "hvdbg,+vmx"``), and #UD as before when it does not.  Each test writes code into
+a booted machine's RAM (tests/test_intercepts.py's harness: the BSP in flat 32-bit
+protected mode), turns on paging with one 4 MiB identity page (VMXON needs CR0.PG, SDM
+24.8), runs it and checks registers, the guest's memory, the exit trace and the shell."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from hvdbg.api import run_machine
+from hvdbg.debug.session import DebugSession
+from hvdbg.hv.nested import decode
+from hvdbg.ui.commands.context import CommandContext
+from hvdbg.vmx.capabilities import DEFAULT_CAPABILITIES as CAPS
+from hvdbg.vmx.fields import BY_NAME as FIELDS
+from hvdbg.vmx.vmcs_region import VmcsRegion
+from test_intercepts import DATA, STACK, assemble, machine
+
+VMXON_R, VMCS_R, PD = 0x300000, 0x301000, 0x250000
+VMX_CPU = "hvdbg,+vmx"
+#: CR4.PSE + CR4.VMXE, one 4 MiB identity page, CR0.PG + CR0.NE: what VMXON needs
+PAGING = f"""
+ mov eax, cr4
+ or eax, 0x2010
+ mov cr4, eax
+ mov dword ptr [{PD}], 0x83
+ mov eax, {PD}
+ mov cr3, eax
+ mov eax, cr0
+ or eax, 0x80000020
+ mov cr0, eax
+"""
+UD_HANDLER = "mov ebp, 0x0d0d\n add dword ptr [esp], 3\n iretd"   # record #UD, skip a 3-byte instruction
+#: count #GPs in EBP; skip the faulting RDMSR/WRMSR (2 bytes) or MOV to CR (3 bytes)
+GP_HANDLER = """
+ add esp, 4
+ inc ebp
+ push eax
+ mov eax, [esp + 4]
+ cmp byte ptr [eax + 1], 0x22
+ je 1f
+ add dword ptr [esp + 4], 2
+ pop eax
+ iretd
+1:
+ add dword ptr [esp + 4], 3
+ pop eax
+ iretd
+"""
+
+
+def vmx_machine(guest_kernels, tmp_path, body: str, *, cpu: str = VMX_CPU, paging: bool = True, handlers=None):
+    code = assemble((PAGING if paging else "") + body + "\n hlt", tmp_path)
+    handler_code = {vector: assemble(src, tmp_path) for vector, src in (handlers or {}).items()}
+    vm = machine(guest_kernels, code, handlers=handler_code, cpu=cpu)
+    vm.memory.write(DATA, struct.pack("<QQQ", VMXON_R, VMCS_R, 0))
+    vm.memory.write(VMXON_R, struct.pack("<I", CAPS.revision_id))
+    vm.memory.write(VMCS_R, struct.pack("<I", CAPS.revision_id))
+    return vm
+
+
+def regs_after(vm) -> dict[str, int]:
+    run_machine(vm, include_stats=False)
+    return vm.vcpus[0].registers()
+
+
+def details(vm) -> list[str]:
+    return [f"{r.reason_name} {r.detail}" for r in vm.trace.last(200)]
+
+
+CF, ZF = 1 << 0, 1 << 6
+
+
+def test_cpuid_msrs_and_cr4_offer_vmx_only_when_asked(guest_kernels, tmp_path):
+    """CPUID.1:ECX[5], IA32_FEATURE_CONTROL locked with VMX outside SMX (as firmware leaves
+    it), IA32_VMX_BASIC as hvdbg.vmx.capabilities computes it; without +vmx CPUID.1:ECX[5]
+    is 0, and RDMSR 0x3A and MOV to CR4.VMXE raise #GP(0) as on a CPU without VMX."""
+    body = ("mov eax, 1\n cpuid\n mov esi, ecx\n mov ecx, 0x3a\n rdmsr\n mov edi, eax\n"
+            " mov ecx, 0x480\n rdmsr\n mov ebx, eax\n mov esp, edx\n mov esp, " + str(STACK))
+    vm = vmx_machine(guest_kernels, tmp_path, body, paging=False)
+    vm_regs = regs_after(vm)
+    assert vm_regs["rsi"] >> 5 & 1 == 1
+    assert vm_regs["rdi"] == 0x5
+    assert vm_regs["rbx"] == CAPS.basic & 0xFFFFFFFF
+    plain = vmx_machine(guest_kernels, tmp_path, "xor ebp, ebp\n mov eax, 1\n cpuid\n mov esi, ecx\n mov ecx, 0x3a\n"
+                        " rdmsr\n mov eax, cr4\n or eax, 0x2000\n mov cr4, eax",
+                        cpu="hvdbg", paging=False, handlers={13: GP_HANDLER})
+    r = regs_after(plain)
+    assert r["rsi"] >> 5 & 1 == 0 and r["rbp"] == 2
+    assert plain.vcpus[0].msr_faults[-1][0] == 0x3A
+    assert "CPUID feature vmx" in plain.vcpus[0].cr_faults[-1][3]
+
+
+def test_capability_msrs_are_read_only_and_feature_control_locked(guest_kernels, tmp_path):
+    body = "xor ebp, ebp\n mov ecx, 0x480\n xor eax, eax\n xor edx, edx\n wrmsr\n mov esi, ebp\n" \
+           " mov ecx, 0x3a\n mov eax, 5\n wrmsr\n mov edi, ebp"
+    vm = vmx_machine(guest_kernels, tmp_path, body, paging=False, handlers={13: GP_HANDLER})
+    r = regs_after(vm)
+    assert r["rsi"] == 1 and r["rdi"] == 2
+    faults = [f[3] for f in vm.vcpus[0].msr_faults] + details(vm)
+    assert any("read-only VMX capability MSR" in f for f in faults)
+    assert any("IA32_FEATURE_CONTROL is locked" in f for f in faults)
+
+
+def test_root_operation_instructions_follow_the_sdm(guest_kernels, tmp_path):
+    """VMXON, VMCLEAR, VMPTRLD, VMWRITE/VMREAD (register and memory forms), VMPTRST, the
+    VMfailValid errors 13 and 7 read back through VM_INSTRUCTION_ERROR, and the flags."""
+    body = f"""
+ vmxon [{DATA}]
+ pushfd
+ pop esi
+ vmclear [{DATA + 8}]
+ vmptrld [{DATA + 8}]
+ mov eax, 0x681e
+ mov ecx, 0x1234
+ vmwrite eax, ecx
+ vmread edx, eax
+ mov dword ptr [{DATA + 24}], 0x5678
+ mov eax, 0x681c
+ vmwrite eax, [{DATA + 24}]
+ vmread [{DATA + 28}], eax
+ mov eax, 0x4402
+ vmwrite eax, ecx
+ pushfd
+ pop edi
+ mov eax, 0x4400
+ vmread ebp, eax
+ vmptrst [{DATA + 16}]
+ vmlaunch
+ pushfd
+ pop ebx
+ mov eax, 0x4400
+ vmread ecx, eax
+"""
+    vm = vmx_machine(guest_kernels, tmp_path, body)
+    r = regs_after(vm)
+    assert r["rsi"] & (CF | ZF) == 0                 # VMXON: VMsucceed
+    assert r["rdx"] == 0x1234                        # VMREAD GUEST_RIP, register form
+    assert struct.unpack("<I", vm.memory.read(DATA + 28, 4))[0] == 0x5678   # memory forms
+    assert r["rdi"] & ZF and not r["rdi"] & CF and r["rbp"] == 13   # VMWRITE read-only field
+    assert struct.unpack("<Q", vm.memory.read(DATA + 16, 8))[0] == VMCS_R   # VMPTRST
+    assert r["rbx"] & ZF and r["rcx"] == 7           # VMLAUNCH: invalid control fields
+    region = VmcsRegion(vm.memory, VMCS_R)
+    assert region.read("GUEST_RIP") == 0x1234 and region.read("GUEST_RSP") == 0x5678
+    text = "\n".join(details(vm))
+    assert "VMXON vmxon 0x300000: VMsucceed" in text
+    assert "VMWRITE vmwrite GUEST_RIP (0x681e) <- 0x1234: VMsucceed" in text
+    assert "VMfailValid(13: VMWRITE to read-only VMCS component)" in text
+    assert "VM entry failed: pin-based controls must follow IA32_VMX_TRUE_PINBASED_CTLS, SDM 27.2.1.1" in text
+
+
+def test_fail_invalid_and_exceptions(guest_kernels, tmp_path):
+    """VMREAD without a current VMCS is VMfailInvalid (CF); VMXON in root is VMfailInvalid
+    (no current VMCS to hold error 15); clearing CR4.VMXE in VMX operation is #GP(0);
+    VMXOFF, then VMREAD is #UD."""
+    body = f"""
+ vmxon [{DATA}]
+ mov eax, 0x681e
+ vmread ecx, eax
+ pushfd
+ pop esi
+ vmxon [{DATA}]
+ pushfd
+ pop edi
+ mov eax, cr4
+ and eax, 0xffffdfff
+ xor ebp, ebp
+ mov cr4, eax
+ mov ebx, ebp
+ vmxoff
+ xor ebp, ebp
+ mov eax, 0x681e
+ vmread ecx, eax
+"""
+    handlers = {6: UD_HANDLER, 13: GP_HANDLER}
+    vm = vmx_machine(guest_kernels, tmp_path, body, handlers=handlers)
+    r = regs_after(vm)
+    assert r["rsi"] & CF and r["rdi"] & CF
+    assert r["rbx"] == 1 and "CR4.VMXE" in vm.vcpus[0].cr_faults[-1][3]
+    assert r["rbp"] == 0x0D0D
+    assert vm.vcpus[0].vmx.in_vmx_operation is False
+    assert "VMREAD vmread: #UD: not in VMX operation" in details(vm)
+
+
+def test_vmx_instruction_without_vmx_is_ud(guest_kernels, tmp_path):
+    vm = vmx_machine(guest_kernels, tmp_path, "xor ebp, ebp\n vmxoff", cpu="hvdbg", paging=False,
+                     handlers={6: UD_HANDLER})
+    assert regs_after(vm)["rbp"] == 0x0D0D
+    assert not any(d.startswith("VMXOFF") for d in details(vm))
+
+
+def _entry_ready_region(vm, host_rip: int, host_rsp: int) -> VmcsRegion:
+    """A VMCS for a 32-bit guest under a 32-bit host that passes every VM-entry check."""
+    region = VmcsRegion(vm.memory, VMCS_R)
+    seg_ar = {"CS": 0xC09B, "SS": 0xC093, "DS": 0xC093, "ES": 0xC093, "FS": 0xC093, "GS": 0xC093,
+              "TR": 0x8B, "LDTR": 0x10000}
+    for name in FIELDS:
+        if not name.startswith(("VM_INSTRUCTION_ERROR", "VM_EXIT_REASON")) and CAPS.vmcs_field_supported(name) \
+                and FIELDS[name].type.name != "EXIT_INFO":
+            region.write(name, 0)
+    for s, ar in seg_ar.items():
+        region.write(f"GUEST_{s}_AR_BYTES", ar)
+        region.write(f"GUEST_{s}_LIMIT", 0xFFFFFFFF if s not in ("TR", "LDTR") else 0x67)
+    values = dict(GUEST_CS_SELECTOR=0x10, GUEST_SS_SELECTOR=0x18, GUEST_DS_SELECTOR=0x18, GUEST_ES_SELECTOR=0x18,
+                  GUEST_FS_SELECTOR=0x18, GUEST_GS_SELECTOR=0x18, GUEST_TR_SELECTOR=0x28,
+                  PIN_BASED_VM_EXEC_CONTROL=CAPS.control("pin").must_be_1,
+                  CPU_BASED_VM_EXEC_CONTROL=CAPS.control("primary").must_be_1 | 1 << 7,
+                  VM_EXIT_CONTROLS=CAPS.control("exit").must_be_1,
+                  VM_ENTRY_CONTROLS=CAPS.control("entry").must_be_1,
+                  HOST_CR0=0x80000031, HOST_CR4=0x2010, HOST_CR3=PD, HOST_CS_SELECTOR=0x10,
+                  HOST_SS_SELECTOR=0x18, HOST_DS_SELECTOR=0x18, HOST_TR_SELECTOR=0x28,
+                  HOST_RIP=host_rip, HOST_RSP=host_rsp,
+                  GUEST_CR0=0x80000031, GUEST_CR4=0x2010, GUEST_CR3=PD, GUEST_RFLAGS=2, GUEST_RIP=0x280000,
+                  GUEST_DR7=0x400, VMCS_LINK_POINTER=0xFFFFFFFFFFFFFFFF, GUEST_GDTR_LIMIT=0xFFFF,
+                  GUEST_IDTR_LIMIT=0xFFFF)
+    for name, value in values.items():
+        region.write(name, value)
+    return region
+
+
+def test_vm_entry_failure_loads_the_host_state(guest_kernels, tmp_path):
+    """A guest-state check failure (RFLAGS bit 1 clear, SDM 27.3.1.4) is a VM exit with
+    reason 33 | bit 31 (SDM 27.8): the host state is loaded and the guest hypervisor goes
+    on at HOST_RIP with RFLAGS = 2 (SDM 28.5.3)."""
+    body = f"""
+ vmxon [{DATA}]
+ vmptrld [{DATA + 8}]
+ mov esi, 0xbad
+ vmlaunch
+ mov esi, 0xbad2
+ hlt
+host:
+ pushfd
+ pop edi
+ mov esi, 0x600d
+ mov eax, 0x4402
+ vmread ebx, eax
+"""
+    vm = vmx_machine(guest_kernels, tmp_path, body)
+    code = assemble(PAGING + body + "\n hlt", tmp_path)
+    host_offset = code.index(bytes.fromhex("9c5fbe0d600000"))   # pushfd; pop edi; mov esi, 0x600d
+    region = _entry_ready_region(vm, 0x200000 + host_offset, STACK - 0x100)
+    region.write("GUEST_RFLAGS", 0)
+    r = regs_after(vm)
+    assert r["rsi"] == 0x600D and r["rbx"] == 0x80000021 and r["rdi"] == 0x2
+    assert r["rsp"] == STACK - 0x100
+    assert vm.vcpus[0].vmx.non_root is False
+    assert any("VM-entry failure" in d and "RFLAGS" in d for d in details(vm))
+
+
+def test_entry_that_passes_the_checks_ends_the_vm_with_the_reason(guest_kernels, tmp_path):
+    """L2 is not emulated: a VMLAUNCH that passes every check stops the VM and says so,
+    and the shell shows the guest hypervisor's VMX state and current VMCS."""
+    body = f"vmxon [{DATA}]\n vmptrld [{DATA + 8}]\n vmlaunch"
+    vm = vmx_machine(guest_kernels, tmp_path, body)
+    _entry_ready_region(vm, 0x200000, STACK)
+    session = DebugSession(vm)
+    try:
+        session.start()
+        session.join(timeout=60)
+        assert vm.ending is not None and "(L2) is not emulated yet" in vm.ending.detail
+        ctx = CommandContext(session, wait_timeout=10)
+        out = ctx.execute("vmx 0")
+        assert out.ok, out.text
+        assert "VMX non-root operation" in out.text and f"VMXON region {VMXON_R:#x}" in out.text
+        assert f"current VMCS {VMCS_R:#x}: revision 0x1, launch state launched" in out.text
+        assert "vmlaunch: VM entry" in out.text
+        vmcs = ctx.execute("vmx vmcs 0 guest")
+        assert vmcs.ok and f"GPA {VMCS_R:#x}" in vmcs.text and "0x681e = 0x0000000000280000" in vmcs.text
+        plain = ctx.execute("vmx vmcs 0 GUEST_CR3")
+        assert plain.ok and f"= {PD:#018x}" in plain.text
+    finally:
+        session.shutdown()
+
+
+@pytest.mark.parametrize("code, bits, info, qualification", [
+    ("f30fc7742408", 64, 0 | 2 << 7 | 2 << 15 | 1 << 22 | 4 << 23, 8),      # vmxon [rsp+8]: SS, base rsp
+    ("0f78c8", 64, 0 << 3 | 1 << 10 | 1 << 28, 0),                         # vmread rax, rcx
+    ("440f78c0", 64, 0 << 3 | 1 << 10 | 8 << 28, 0),                       # vmread rax, r8
+    ("660f38800c8e", 64, 2 | 2 << 7 | 3 << 15 | 1 << 18 | 6 << 23 | 1 << 28, 0),   # invept rcx, [rsi+rcx*4]
+    ("0fc73d00100000", 32, 1 << 7 | 3 << 15 | 1 << 22 | 1 << 27, 0x1000),  # vmptrst [0x1000]
+])
+def test_instruction_information_field(code, bits, info, qualification):
+    """SDM 28.2.5, Tables 28-11 .. 28-13: scaling, address size, segment, index, base and
+    the register operands."""
+    insn = decode(bytes.fromhex(code), bits)
+    assert insn is not None and insn.instruction_info() == info
+    assert (insn.mem.disp if insn.mem else 0) == qualification
