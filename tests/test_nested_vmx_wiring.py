@@ -252,17 +252,93 @@ host:
     assert any("VM-entry failure" in d and "RFLAGS" in d for d in details(vm))
 
 
-def test_entry_that_passes_the_checks_ends_the_vm_with_the_reason(guest_kernels, tmp_path):
-    """L2 is not emulated: a VMLAUNCH that passes every check stops the VM and says so,
-    and the shell shows the guest hypervisor's VMX state and current VMCS."""
-    body = f"vmxon [{DATA}]\n vmptrld [{DATA + 8}]\n vmlaunch"
-    vm = vmx_machine(guest_kernels, tmp_path, body)
-    _entry_ready_region(vm, 0x200000, STACK)
+L1_HANDLER = f"""
+ vmxon [{DATA}]
+ vmptrld [{DATA + 8}]
+ vmlaunch
+ mov esi, 0xbad
+ hlt
+host:
+ mov eax, 0x4402
+ vmread ebx, eax
+ mov ecx, [{DATA + 32}]
+ mov [{DATA + 0x40} + ecx * 4], ebx
+ inc dword ptr [{DATA + 32}]
+ cmp ebx, 12
+ je done
+ mov eax, 0x681e
+ vmread edx, eax
+ mov eax, 0x440c
+ vmread ecx, eax
+ add edx, ecx
+ mov eax, 0x681e
+ vmwrite eax, edx
+ vmresume
+ mov esi, 0xbad3
+ hlt
+done:
+ mov esi, 0x600d
+"""
+L2_CODE = 0x280000
+#: the guest hypervisor's guest: CPUID (always an exit), OUT (unconditional I/O exiting), HLT (HLT exiting)
+L2_BODY = "mov edi, 0x1234\n xor eax, eax\n cpuid\n mov ebp, edi\n out 0x80, al\n hlt"
+
+
+def l1_and_l2(guest_kernels, tmp_path, l2_body: str = L2_BODY, primary_extra: int = 1 << 24):
+    vm = vmx_machine(guest_kernels, tmp_path, L1_HANDLER)
+    code = assemble(PAGING + L1_HANDLER + "\n hlt", tmp_path)
+    host = 0x200000 + code.index(bytes.fromhex("b802440000"))      # host: mov eax, 0x4402
+    region = _entry_ready_region(vm, host, STACK - 0x100)
+    region.write("CPU_BASED_VM_EXEC_CONTROL", region.read("CPU_BASED_VM_EXEC_CONTROL") | primary_extra)
+    vm.memory.write(L2_CODE, assemble(l2_body, tmp_path))
+    return vm, region
+
+
+def exit_log(vm) -> list[int]:
+    count = struct.unpack("<I", vm.memory.read(DATA + 32, 4))[0]
+    return list(struct.unpack(f"<{count}I", vm.memory.read(DATA + 0x40, 4 * count)))
+
+
+def test_guest_hypervisor_runs_its_guest_and_takes_its_exits(guest_kernels, tmp_path):
+    """VMLAUNCH runs L2 at GUEST_RIP; CPUID, an OUT under unconditional I/O exiting and a
+    HLT under HLT exiting are VM exits to the L1's HOST_RIP with their exit reason, RIP and
+    instruction length in the L1's VMCS; VMRESUME goes on after each.  L2's registers are
+    the L1's after the exit (VM exits do not switch GPRs)."""
+    vm, region = l1_and_l2(guest_kernels, tmp_path)
+    r = regs_after(vm)
+    assert r["rsi"] == 0x600D, hex(r["rsi"])
+    assert exit_log(vm) == [10, 30, 12]
+    assert r["rbp"] == 0x1234                   # L2 ran on after the CPUID exit
+    assert region.read("GUEST_RIP") == L2_CODE + 13     # the HLT
+    assert region.read("VM_EXIT_INSTRUCTION_LEN") == 1
+    assert region.read("EXIT_QUALIFICATION") == 0
+    state = vm.vcpus[0].vmx
+    assert state.non_root is False and state.l2_entries == 3 and state.l2_exits == 3
+    assert region.read("VM_EXIT_REASON") == 12
+    text = details(vm)
+    assert f"CPUID L2 -> L1 at {L2_CODE + 7:#x}: CPUID (exit reason 10)" in text
+    assert f"IO_INSTRUCTION L2 -> L1 at {L2_CODE + 11:#x}: I/O instruction: OUT 1 byte to port 0x80 (immediate port)" in text
+    assert sum(t.startswith("VMRESUME vmresume: VM entry") for t in text) == 2
+
+
+def test_exits_the_guest_hypervisor_does_not_ask_for_run_in_its_guest(guest_kernels, tmp_path):
+    """Without unconditional I/O exiting the OUT reaches hvdbg's port 0x80 from L2 without
+    an exit to the L1; CPUID and HLT still exit."""
+    vm, _ = l1_and_l2(guest_kernels, tmp_path, primary_extra=0)
+    r = regs_after(vm)
+    assert r["rsi"] == 0x600D and exit_log(vm) == [10, 12]
+
+
+def test_entry_with_a_control_hvdbg_cannot_honour_stops_the_vm(guest_kernels, tmp_path):
+    """A VMLAUNCH whose controls ask for something hvdbg does not emulate for an L2 (here
+    INVLPG exiting) ends the VM naming it, rather than running the L2 differently from
+    hardware; the shell shows the VMX state and the guest hypervisor's VMCS."""
+    vm, region = l1_and_l2(guest_kernels, tmp_path, primary_extra=1 << 9)
     session = DebugSession(vm)
     try:
         session.start()
         session.join(timeout=60)
-        assert vm.ending is not None and "(L2) is not emulated yet" in vm.ending.detail
+        assert vm.ending is not None and "INVLPG_EXITING" in vm.ending.detail
         ctx = CommandContext(session, wait_timeout=10)
         out = ctx.execute("vmx 0")
         assert out.ok, out.text

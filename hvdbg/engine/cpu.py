@@ -170,6 +170,9 @@ class EngineCpu:
         self._batches: dict[tuple[int, ...], RegisterBatch] = {}
         self._named_batches: dict[tuple[str, ...], RegisterBatch] = {}
         self._events: EngineEvents | None = None
+        self._ram: list[tuple[int, int]] = []        # (gpa, size) mapped as RAM
+        self._mmio: list[tuple[int, int]] = []       # (gpa, size) mapped as MMIO
+        self._ram_replaced = False                   # a nested guest's memory view is mapped
 
     # -- events ------------------------------------------------------------------------------
     def _guard(self, fn: Callable, default):
@@ -247,6 +250,7 @@ class EngineCpu:
         uc.hook_add(UC_HOOK_INSN_INVALID, g(invalid, True))
         uc.hook_add(_FAULT_HOOKS, g(fault, False))
         uc.mmio_map(apic_base, apic_size, g(apic_read, 0), None, g(apic_write, None), None)
+        self._mmio = [(apic_base, apic_size)] + list(mmio_ranges)
         for base, length in mmio_ranges:
             def mmio_read(_uc, offset, size, _ud, base=base) -> int:
                 return events.on_mmio_read(base + offset, size)
@@ -389,10 +393,30 @@ class EngineCpu:
     # -- memory views (hvdbg.platform.memory.EngineMapping) -------------------------------------
     def map_ram(self, gpa: int, size: int, perms: int, host_pointer: int) -> None:
         self.uc.mem_map_ptr(gpa, size, uc_perms(perms), host_pointer)
+        self._ram.append((gpa, size))
 
     def protect_ram(self, gpa: int, size: int, perms: int) -> None:
+        if self._ram_replaced:
+            return    # the machine's own view is mapped again, with its current permissions, later
         self.uc.mem_protect(gpa, size, uc_perms(perms))
         self.uc.ctl_flush_tlb()
+
+    def replace_ram(self, pieces: list[tuple[int, int, int, int]], *, nested: bool) -> None:
+        """Unmap every RAM mapping and map ``pieces`` (gpa, size, EPT perms, host pointer)
+        instead: a nested guest's physical address space (``nested``), or the machine's own
+        again.  Translated code and the TLB are dropped (the same addresses now hold other
+        bytes)."""
+        for gpa, size in self._ram:
+            self.uc.mem_unmap(gpa, size)
+        self._ram = []
+        for gpa, size, perms, pointer in pieces:
+            self.map_ram(gpa, size, perms, pointer)
+        self._ram_replaced = nested
+        self.uc.ctl_flush_tb()
+        self.uc.ctl_flush_tlb()
+
+    def overlaps_mmio(self, gpa: int, size: int) -> bool:
+        return any(gpa < base + length and base < gpa + size for base, length in self._mmio)
 
     def flush_code(self, begin: int, end: int) -> None:
         """Drop translated code of [begin, end) (after code bytes changed)."""

@@ -21,7 +21,7 @@ from hvdbg.arch.control_rules import ControlState, control_state_problem, cr4_wr
 from hvdbg.arch.events import hardware_exception
 from hvdbg.arch.apic import Reg
 from hvdbg.arch.regs import AR_L
-from hvdbg.hv import nested
+from hvdbg.hv import nested, nested_guest
 from hvdbg.hv.exit import ExitInfo
 from hvdbg.vmx.exits import ExitReason
 
@@ -139,8 +139,9 @@ def mov_to_cr(vcpu, cr: int) -> None:
         del vcpu.cr_faults[:-16]
         vcpu.raise_exception(hardware_exception(13, 0), rip)
         return
-    mask = vcpu.vmcs.read(f"CR{cr}_GUEST_HOST_MASK")
-    if (new ^ vcpu.vmcs.read(f"CR{cr}_READ_SHADOW")) & mask:
+    mask, shadow = nested_guest.cr_guard(vcpu, cr) or (vcpu.vmcs.read(f"CR{cr}_GUEST_HOST_MASK"),
+                                                        vcpu.vmcs.read(f"CR{cr}_READ_SHADOW"))
+    if (new ^ shadow) & mask:
         qual = cr | w.access << 4 | (w.lmsw_memory << 6) | ((w.gpr or 0) << 8 if w.access == MOV_TO_CR else 0)
         if w.access == LMSW:
             qual |= (source & 0xFFFF) << 16

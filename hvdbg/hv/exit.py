@@ -25,6 +25,13 @@ class ExitDecision(enum.Enum):
     LEAVE = "leave"      # handled; leave the engine: the executor decides what runs next
     NATIVE = "native"    # not the VMM's after all: the engine executes the instruction itself
     FAULT = "fault"      # not completed: an exception is pending for the guest; leave the engine
+    REFLECTED = "reflected"   # a guest hypervisor's exit: its guest's instruction is not performed;
+                              # leave the engine, the guest hypervisor takes it (hvdbg.hv.nested_guest)
+
+    @property
+    def abandoned(self) -> bool:
+        """The instruction was not performed and must not be (an exception or a reflected exit)."""
+        return self is ExitDecision.FAULT or self is ExitDecision.REFLECTED
 
     @property
     def completed(self) -> bool:

@@ -74,6 +74,19 @@ class GuestView:
 
     _CR_NAMES = ("cr0", "cr3", "cr4")
 
+    _physical = None
+
+    @property
+    def physical(self):
+        """The guest-physical memory the running software's page tables and linear addresses
+        resolve into: the machine's, or while a guest hypervisor's guest runs, its own
+        (hvdbg.hv.nested_guest.L2Physical, through the guest hypervisor's EPT)."""
+        return self._physical or self.memory
+
+    @physical.setter
+    def physical(self, view) -> None:
+        self._physical = None if view is self.memory else view
+
     @functools.cached_property
     def translations(self) -> Translations:
         return Translations()
@@ -95,7 +108,7 @@ class GuestView:
     def _walk(self, r: dict[str, int], gva: int, access: str) -> paging.PageWalk:
         wide = paging.paging_mode(r["cr0"], r["cr4"], r["efer"]) in (paging.PagingMode.LEVEL4, paging.PagingMode.LEVEL5)
         gva &= 0xFFFFFFFFFFFFFFFF if wide else 0xFFFFFFFF
-        return paging.walk(self.memory.read, r["cr0"], r["cr3"], r["cr4"], r["efer"], gva, access,
+        return paging.walk(self.physical.read, r["cr0"], r["cr3"], r["cr4"], r["efer"], gva, access,
                            maxphyaddr=self.maxphyaddr)
 
     def linear_to_physical(self, gva: int, access: str = "read") -> int:
@@ -125,7 +138,7 @@ class GuestView:
             gpa, span = self._translate(addr, "read")
             n = min(size, span)
             try:
-                out += self.memory.read(gpa, n)
+                out += self.physical.read(gpa, n)
             except GuestMemoryError as e:
                 raise GuestFault(hardware_exception(13, 0), str(e)) from None
             addr += n
@@ -138,7 +151,7 @@ class GuestView:
             gpa, span = self._translate(addr + pos, "write")
             n = min(len(data) - pos, span)
             try:
-                self.memory.write(gpa, data[pos:pos + n])
+                self.physical.write(gpa, data[pos:pos + n])
             except GuestMemoryError as e:
                 raise GuestFault(hardware_exception(13, 0), str(e)) from None
             pos += n

@@ -29,8 +29,8 @@ def rdmsr_wrmsr(vcpu, write: bool) -> None:
                         instruction_length=2, data=value if write else 0, payload=MsrAccess(ecx))
         vcpu.vm_exit(info)
         decision = info.decision
-        if decision is ExitDecision.FAULT:
-            return  # the #GP is delivered at the next entry
+        if decision.abandoned:
+            return  # a #GP delivered at the next entry, or the guest hypervisor's exit
         if decision is not ExitDecision.NATIVE:
             if not write:
                 e.write("rax", info.data & 0xFFFFFFFF)

@@ -13,8 +13,8 @@ guest.  IA32_FEATURE_CONTROL and the capability MSRs are read here (:func:`read_
 and MOV to CR0 / CR4 keeps the VMX fixed bits in VMX operation (:func:`cr_problem`, SDM
 24.8).  A VM entry that fails a guest-state check loads the host state (SDM 27.8, 28.5).
 
-Not emulated yet: running the L1's guest (L2).  A VMLAUNCH / VMRESUME that passes every
-entry check ends the VM with that diagnosis.
+A VMLAUNCH / VMRESUME that passes every entry check runs the L1's guest (L2) from the
+next engine run: hvdbg.hv.nested_guest.
 """
 
 from __future__ import annotations
@@ -25,13 +25,12 @@ import capstone
 from capstone import x86 as csx86
 
 from hvdbg.arch.events import GuestFault, hardware_exception
-from hvdbg.arch.regs import AR_L, EFER_LMA, EFER_LME
-from hvdbg.arch.segments import Segment
+from hvdbg.arch.regs import AR_L
 from hvdbg.hv.exit import ExitDecision, ExitInfo
+from hvdbg.hv.nested_guest import NestedVmx, load_host_state
 from hvdbg.vmx import instructions as vmx
 from hvdbg.vmx.capabilities import (FEATURE_CONTROL_LOCK, FEATURE_CONTROL_VMX_OUTSIDE_SMX, IA32_FEATURE_CONTROL,
                                     VMX_MSRS, FeatureControl)
-from hvdbg.vmx.controls import VM_EXIT
 from hvdbg.vmx.exits import ExitReason
 from hvdbg.vmx.fields import UnknownVmcsFieldError, resolve
 from hvdbg.vmx.instructions import Result, VmxOutcome, VmxState
@@ -47,8 +46,6 @@ VMX_MSR_INDEXES = frozenset(VMX_MSRS) | {IA32_FEATURE_CONTROL}   # emulated here
 GPR_NUMBERS = {n: i for i, n in enumerate(("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
                                              "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"))}
 _SEGMENT_NUMBERS = {"es": 0, "cs": 1, "ss": 2, "ds": 3, "fs": 4, "gs": 5}
-_HOST_ADDRESS_SPACE_SIZE = VM_EXIT.mask("HOST_ADDRESS_SPACE_SIZE")
-_LOAD_EFER, _LOAD_PAT = VM_EXIT.mask("LOAD_EFER"), VM_EXIT.mask("LOAD_PAT")
 
 
 def full_gpr(name: str) -> str:
@@ -218,7 +215,7 @@ def emulate(vcpu, exit: ExitInfo) -> tuple[ExitDecision, VmxOutcome | None]:
     exit reasons 19-27, 50 and 53): RFLAGS, the destination and RIP for VMsucceed / VMfail,
     an exception for #UD / #GP / a faulting memory operand, the host state for a VM-entry
     failure.  A VM entry that passed every check is returned to the VMM as LEAVE with its
-    outcome: L2 is not emulated."""
+    outcome; the VMM schedules the entry (hvdbg.hv.nested_guest)."""
     insn: VmxInstruction = exit.payload
     state: VmxState | None = vcpu.vmx
     rip = exit.rip
@@ -247,8 +244,8 @@ def emulate(vcpu, exit: ExitInfo) -> tuple[ExitDecision, VmxOutcome | None]:
     if outcome.result is Result.ENTRY_FAILURE:
         load_host_state(vcpu, VmcsRegion(mem, state.current_vmcs))
         return ExitDecision.LEAVE, outcome
-    if outcome.result is Result.VM_EXIT:   # only from L2, which does not run yet
-        raise RuntimeError(f"{insn.mnemonic} in VMX non-root operation of the guest hypervisor")
+    if outcome.result is Result.VM_EXIT:   # L2's VMX instructions are reflected before they get here
+        raise RuntimeError(f"{insn.mnemonic} in the guest hypervisor's VMX non-root operation reached hvdbg")
     e = vcpu.engine
     e.write("rflags", outcome.rflags(mode.rflags))
     e.set_rip(rip + insn.length)
@@ -262,40 +259,6 @@ def _store(vcpu, insn: VmxInstruction, value: int, mode: vmx.ProcessorMode) -> N
         return
     size = 8 if insn.reason is ExitReason.VMPTRST or mode.code64 else 4
     vcpu.write_linear(_linear(vcpu, insn.mem, mode.code64), (value & ((1 << size * 8) - 1)).to_bytes(size, "little"))
-
-
-def load_host_state(vcpu, region: VmcsRegion) -> None:
-    """The processor state after a VM exit or a failed VM entry, from the VMCS host-state
-    area (SDM 28.5.1-28.5.3): control registers, RSP/RIP, RFLAGS = 2, flat CS/SS/DS/ES/FS/
-    GS with their selectors, TR, GDTR/IDTR (limits 0xFFFF), the SYSENTER MSRs and, as the
-    VM-exit controls ask, EFER and PAT."""
-    v = region.read
-    e = vcpu.engine
-    controls = v("VM_EXIT_CONTROLS")
-    long_mode = bool(controls & _HOST_ADDRESS_SPACE_SIZE)
-    efer = v("HOST_IA32_EFER") if controls & _LOAD_EFER else e.read("efer")
-    efer = (efer | EFER_LMA | EFER_LME) if long_mode else efer & ~(EFER_LMA | EFER_LME)
-    e.set_control_registers(v("HOST_CR0"), v("HOST_CR3"), v("HOST_CR4"), efer)
-    if controls & _LOAD_PAT:
-        vcpu.msrs[0x277] = v("HOST_IA32_PAT")
-    flat = 0xFFFFFFFF
-    segs = {"cs": Segment(v("HOST_CS_SELECTOR"), 0, flat, 0xA09B if long_mode else 0xC09B)}
-    for name in ("ss", "ds", "es", "fs", "gs"):
-        selector = v(f"HOST_{name.upper()}_SELECTOR")
-        base = v(f"HOST_{name.upper()}_BASE") if name in ("fs", "gs") else 0
-        unusable = 0 if selector or name == "ss" else 1 << 16
-        segs[name] = Segment(selector, base, flat, 0xC093 | unusable)
-    segs["tr"] = Segment(v("HOST_TR_SELECTOR"), v("HOST_TR_BASE"), 0x67, 0x8B)
-    segs["ldtr"] = Segment(0, 0, 0, 1 << 16)
-    e.set_segments(segs)
-    e.set_table("gdtr", v("HOST_GDTR_BASE"), 0xFFFF)
-    e.set_table("idtr", v("HOST_IDTR_BASE"), 0xFFFF)
-    for msr, name in ((0x174, "HOST_IA32_SYSENTER_CS"), (0x175, "HOST_IA32_SYSENTER_ESP"),
-                      (0x176, "HOST_IA32_SYSENTER_EIP")):
-        e.msr_write(msr, v(name))
-    e.write("rsp", v("HOST_RSP"))
-    e.write("rflags", 0x2)
-    e.set_rip(v("HOST_RIP"))
 
 
 def read_msr(vcpu, msr: int) -> int | None:
@@ -332,8 +295,8 @@ def cr_problem(vcpu, cr: int, value: int) -> str | None:
     return state.caps.cr0_problem(value) if cr == 0 else state.caps.cr4_problem(value) if cr == 4 else None
 
 
-def new_vmx_state() -> VmxState:
+def new_vmx_state() -> NestedVmx:
     """A vCPU's VMX state at reset: outside VMX operation, IA32_FEATURE_CONTROL locked with
     VMX outside SMX enabled, as firmware leaves it (SeaBIOS on QEMU/KVM; hvdbg's loader
     plays the firmware)."""
-    return VmxState(feature_control=FeatureControl(FEATURE_CONTROL_LOCK | FEATURE_CONTROL_VMX_OUTSIDE_SMX))
+    return NestedVmx(feature_control=FeatureControl(FEATURE_CONTROL_LOCK | FEATURE_CONTROL_VMX_OUTSIDE_SMX))

@@ -23,12 +23,13 @@ from typing import Callable, Protocol
 from hvdbg.arch import paging
 from hvdbg.arch.apic import XAPIC_BASE, XAPIC_SIZE
 from hvdbg.arch.cpuid import CpuidModel
-from hvdbg.arch.events import PF, Delivery, Event, EventType, Shutdown, deliver, hardware_exception
+from hvdbg.arch.events import PF, Delivery, Event, EventType, hardware_exception
 from hvdbg.arch.regs import RFLAGS_IF
 from hvdbg.engine.cpu import EngineCpu, EngineError, ExecutionTurns
 from hvdbg.arch.msrs import MsrModel
 from hvdbg.hv import activity as act
-from hvdbg.hv import cr_access, injection, mmio_access, msr_access, nested, pause_loop, system_calls, timekeeping
+from hvdbg.hv import (cr_access, injection, mmio_access, msr_access, nested, nested_guest, pause_loop, system_calls,
+                      timekeeping)
 from hvdbg.hv.exit import EptFault, ExceptionExit, ExitDecision, ExitInfo, TripleFault
 from hvdbg.hv.guest_state import GPRS, GuestStateArea
 from hvdbg.hv.guest_view import GuestView
@@ -343,8 +344,8 @@ class Vcpu(GuestView, GuestStateArea):
     def raise_exception(self, ev: Event, rip: int, length: int = 0) -> None:
         """An exception in the guest: a VM exit if its exception-bitmap bit is set
         (SDM 26.2), otherwise delivered through the guest IDT at the next entry."""
-        if ev.vector < 32 and ev.type != EventType.SOFTWARE_INTERRUPT and \
-                self._vmcs.read("EXCEPTION_BITMAP") >> ev.vector & 1:
+        if ev.vector < 32 and ev.type != EventType.SOFTWARE_INTERRUPT and (
+                self._vmcs.read("EXCEPTION_BITMAP") >> ev.vector & 1 or nested_guest.exception_exits(self, ev)):
             self.vm_exit(ExitInfo(ExitReason.EXCEPTION_NMI, qualification=ev.cr2 or 0, rip=rip,
                                   instruction_length=length, interruption_info=ev.interruption_info(),
                                   interruption_error=ev.error_code, payload=ExceptionExit(ev)))
@@ -361,6 +362,10 @@ class Vcpu(GuestView, GuestStateArea):
 
     def _ept_violation(self, gpa: int, kind: str, rip: int, gla: int | None, translated: bool) -> bool:
         from hvdbg.vmx.ept import GPA_WIDTH, EptStatus, EptWalk
+        if self.vmx is not None and self.vmx.non_root:   # an L2-physical address: the L1's EPT first
+            gpa, stay = nested_guest.ept_fault(self, gpa, kind, rip, gla, translated)
+            if gpa is None:
+                return stay
         if gpa >> GPA_WIDTH:
             # Wider than a 4-level EPT translates (only an impossible engine state, such as
             # EFER.LMA with paging off, produces one): no EPT entry maps it.
@@ -453,27 +458,13 @@ class Vcpu(GuestView, GuestStateArea):
         self._vmcs.write("CPU_BASED_VM_EXEC_CONTROL", controls | control)
 
     def deliver(self, ev: Event, rip: int, length: int = 0) -> None:
-        """Deliver an event through the guest IDT now (a triple fault shuts the vCPU down)."""
-        try:
-            self.last_delivery = deliver(self, ev, rip, length)
-            if ev.type != EventType.EXTERNAL:
-                if len(self.delivered) < 64:
-                    self.delivered.append((self.last_delivery.event, rip))
-                self.exception_counts[ev.vector] = self.exception_counts.get(ev.vector, 0) + 1
-                same = (ev.vector, rip) == (self.last_exception_vector, self.last_exception_rip)
-                self.exception_streak = self.exception_streak + 1 if same else 1
-                self.longest_exception_streak = max(self.longest_exception_streak, self.exception_streak)
-                self.last_exception_vector, self.last_exception_rip = ev.vector, rip
-            else:
-                self.interrupt_counts[ev.vector] = self.interrupt_counts.get(ev.vector, 0) + 1
-        except Shutdown as sd:
-            chain = "; ".join(f"{e.describe()}: {why}" for e, why in sd.chain)
-            info = ExitInfo(ExitReason.TRIPLE_FAULT, rip=rip, detail=chain, payload=TripleFault(sd.chain, ev))
-            act.shutdown(self)
-            self.vm_exit(info)
+        """Deliver an event through the guest IDT now (hvdbg.hv.injection.deliver)."""
+        injection.deliver(self, ev, rip, length)
 
     def run(self, max_instructions: int) -> RunEnd:
         """VM entry, run until a leaving exit, a kick or ``max_instructions``; VM exit."""
+        if self.vmx is not None:
+            nested_guest.complete(self)    # a guest hypervisor's VM entry / exit the last run ended with
         if self.activity != ActivityState.ACTIVE:
             return RunEnd.NOT_RUNNABLE
         self._kick.clear()
@@ -560,17 +551,20 @@ class Vcpu(GuestView, GuestStateArea):
     def _load_execution_controls(self) -> None:
         """VM entry: the I/O and MSR exiting the VMCS asks for (SDM 25.6.2, 25.6.4, 25.6.9)
         is what the exit hooks consult; decoded again only when those fields change."""
-        key = tuple(self._vmcs.read(f) for f in self._CONTROL_FIELDS)
+        key = tuple(self._vmcs.read(f) for f in self._CONTROL_FIELDS) + (nested_guest.in_l2(self),)
         if key == self._controls_key:
             return
         self._controls_key = key
-        primary, io_a, io_b, msr_page = key
+        primary, io_a, io_b, msr_page, l2 = key
         host = self.memory.host
-        if primary & _USE_IO_BITMAPS:
+        if l2:   # every I/O and MSR access of a guest hypervisor's guest is decided with its VMCS
+            self.io_bitmaps = self.msr_bitmap = None
+        elif primary & _USE_IO_BITMAPS:
             self.io_bitmaps = IoBitmaps(host, io_a, io_b)
         else:
             self.io_bitmaps = None if primary & _UNCONDITIONAL_IO else NoIoExits()
-        self.msr_bitmap = MsrBitmap(host, msr_page) if primary & _USE_MSR_BITMAPS else None
+        if not l2:
+            self.msr_bitmap = MsrBitmap(host, msr_page) if primary & _USE_MSR_BITMAPS else None
         self._window_exiting = bool(primary & _INTERRUPT_WINDOW)
         self._nmi_window_exiting = bool(primary & _NMI_WINDOW)
 

@@ -29,7 +29,7 @@ from hvdbg.platform.apic import LocalApic
 from hvdbg.vmx.controls import PRIMARY_PROCESSOR_BASED, ActivityState
 from hvdbg.vmx.vmcs import Vmcs
 from hvdbg.hv import activity as act
-from hvdbg.hv import nested, timekeeping
+from hvdbg.hv import nested, nested_guest, timekeeping
 from hvdbg.vmx.instructions import Result, VmxState
 
 HYPERCALL_PING = 0
@@ -150,6 +150,8 @@ class Vmm:
         """Decide ``exit`` (its ``decision`` is set), record it in the trace; True if the
         guest stays in the engine, False if it leaves (not RESUME, a break on this exit
         reason, or the VM has ended)."""
+        if vcpu.vmx is not None and vcpu.vmx.non_root and nested_guest.l1_wants(nested_guest.vmcs12(vcpu), exit):
+            return self._reflect(vcpu, exit)
         handler = self._handlers.get(exit.reason, self._unhandled)
         decision = exit.decision = handler(vcpu, exit)
         self.trace.record(vcpu.index, exit.reason, exit.qualification, exit.rip, vcpu.clock(), exit.detail)
@@ -157,6 +159,17 @@ class Vmm:
             self.on_exit_breakpoint(vcpu, exit)
             return False
         return (decision is ExitDecision.RESUME or decision is ExitDecision.NATIVE) and not self.life.ended
+
+    def _reflect(self, vcpu: VcpuPort, exit: ExitInfo) -> bool:
+        """An exit of the guest hypervisor's guest that the guest hypervisor asked for: it
+        becomes its VM exit when the engine run ends (hvdbg.hv.nested_guest)."""
+        x = nested_guest.reflect(vcpu, exit)
+        exit.decision = ExitDecision.REFLECTED
+        exit.detail = f"L2 -> L1 at {x.rip:#x}: {nested_guest.describe(x, exit)}"
+        self.trace.record(vcpu.index, exit.reason, exit.qualification, exit.rip, vcpu.clock(), exit.detail)
+        if int(exit.reason) in self.exit_breakpoints and self.on_exit_breakpoint is not None:
+            self.on_exit_breakpoint(vcpu, exit)
+        return False
 
     def internal_error(self, vcpu: VcpuPort, exc: BaseException, tb: str) -> None:
         """A bug in hvdbg itself while handling this vCPU: end the VM, keep the state."""
@@ -377,14 +390,18 @@ class Vmm:
 
     # -- a guest hypervisor's VMX instructions (exit reasons 19-27, 50, 53) -------------------
     def _vmx_instruction(self, vcpu: VcpuPort, exit: ExitInfo) -> ExitDecision:
-        """Emulated for the guest (hvdbg.hv.nested).  A VM entry that passed its checks
-        would run the guest hypervisor's guest, which hvdbg does not emulate yet: the VM
-        ends there, with the L1's VMCS intact for inspection."""
+        """Emulated for the guest (hvdbg.hv.nested).  A VM entry that passed its checks runs
+        the guest hypervisor's guest from the next engine run, unless its controls ask for
+        something hvdbg cannot do for it yet: then the VM ends, naming it."""
         decision, outcome = nested.emulate(vcpu, exit)
         if outcome is not None and outcome.result is Result.VM_ENTRY:
-            self.life.end("fatal", detail=f"vCPU {vcpu.index}: {exit.detail}: {outcome.result.value} passed "
-                          "every check, but running the guest hypervisor's guest (L2) is not emulated yet "
-                          "(docs/nested.md)")
+            missing = nested_guest.not_honoured(nested_guest.vmcs12(vcpu))
+            if missing:
+                self.life.end("fatal", detail=f"vCPU {vcpu.index}: {exit.detail}, but the guest hypervisor's "
+                              f"controls ask for {', '.join(missing)}, which hvdbg does not emulate for its guest "
+                              "yet (docs/nested.md)")
+            else:
+                vcpu.vmx.pending_entry = True     # loaded when the engine run ends
         return decision
 
     # -- exceptions the exception bitmap intercepts (exit reason 0) ---------------------------
@@ -421,7 +438,7 @@ class Vmm:
         on its own executor (the target of an IPI sees the exit, SDM 26.2).  Returns True
         when an exit asked the vCPU to leave (e.g. a break on that exit reason)."""
         leave = False
-        if act.take_init(vcpu):
+        if not nested_guest.init_blocked(vcpu) and act.take_init(vcpu):
             vcpu.vm_exit(ExitInfo(ExitReason.INIT_SIGNAL, rip=vcpu.engine.rip()))
             leave |= int(ExitReason.INIT_SIGNAL) in self.exit_breakpoints
         vector = act.take_sipi(vcpu)

@@ -191,6 +191,10 @@ class GuestMemory:
         for engine in self._engines:
             engine.flush_code(gpa, gpa + size)
 
+    def runs(self) -> list[EptRange]:
+        """The EPT's mapped runs (GPA order, merged), as engines map them."""
+        return list(self._runs)
+
     def is_mapped(self, gpa: int) -> bool:
         return self.translate(gpa) is not None
 

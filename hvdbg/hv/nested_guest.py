@@ -1,0 +1,543 @@
+"""The guest hypervisor's guest (L2): VM entry from the L1's VMCS (SDM 27.3-27.6), the VM
+exits its controls ask for (SDM 26.1-26.2, 25.6) and the VM exit that hands them to the
+L1 (SDM 28.1-28.5).
+
+L2 runs in the vCPU's own engine.  Every exit hvdbg's intercepts see while the vCPU is in
+the L1's VMX non-root operation goes first to :func:`l1_wants`, a function of the L1's
+VMCS and the exit: an exit the L1 asked for is *reflected* (:func:`reflect`), otherwise
+hvdbg handles it as for any guest (a port the L1 passes through reaches hvdbg's device).
+Transitions happen between engine runs, never inside an engine callback: a reflected exit
+or a VMLAUNCH ends the run, and :func:`complete` then saves the L2 state into the L1's
+VMCS and loads its host state (or loads the L2 state at an entry).  With "enable EPT" in
+the L1's controls the engine's memory map is the L1's EPT composed with hvdbg's
+(:class:`L2Memory`): what the L1's EPT does not map is an EPT violation for the L1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hvdbg.arch.events import Event, EventType
+from hvdbg.arch.regs import EFER_LMA, EFER_LME
+from hvdbg.arch.segments import Segment
+from hvdbg.hv import activity as act
+from hvdbg.hv.exit import ExitInfo, MsrAccess
+from hvdbg.vmx.bitmaps import IoBitmaps, MsrBitmap
+from hvdbg.vmx.controls import PIN_BASED, PRIMARY_PROCESSOR_BASED, SECONDARY_PROCESSOR_BASED, VM_ENTRY, VM_EXIT
+from hvdbg.vmx.ept import ADDR_MASK, EptStatus, walk_ept
+from hvdbg.vmx.ept_tables import Ept
+from hvdbg.vmx.exit_text import describe_exit
+from hvdbg.vmx.exits import ExitReason
+from hvdbg.vmx.instructions import VmxState
+from hvdbg.vmx.vmcs_region import OpenBusMemory, VmcsRegion
+
+_PIN = {n: PIN_BASED.mask(n) for n in ("EXTERNAL_INTERRUPT_EXITING", "NMI_EXITING")}
+_PRIMARY = {n: PRIMARY_PROCESSOR_BASED.mask(n) for n in (
+    "HLT_EXITING", "UNCONDITIONAL_IO_EXITING", "USE_IO_BITMAPS", "USE_MSR_BITMAPS", "CR8_LOAD_EXITING",
+    "CR8_STORE_EXITING", "ACTIVATE_SECONDARY_CONTROLS", "RDTSC_EXITING", "USE_TSC_OFFSETTING")}
+_ENABLE_EPT = SECONDARY_PROCESSOR_BASED.mask("ENABLE_EPT")
+_VIRTUALIZE_APIC = SECONDARY_PROCESSOR_BASED.mask("VIRTUALIZE_APIC_ACCESSES")
+_ENTRY = {n: VM_ENTRY.mask(n) for n in ("IA32E_MODE_GUEST", "LOAD_EFER", "LOAD_PAT", "LOAD_DEBUG_CONTROLS")}
+_EXIT = {n: VM_EXIT.mask(n) for n in ("HOST_ADDRESS_SPACE_SIZE", "LOAD_EFER", "LOAD_PAT", "SAVE_EFER", "SAVE_PAT",
+                                      "SAVE_DEBUG_CONTROLS", "ACK_INTERRUPT_ON_EXIT")}
+IA32_PAT = 0x277
+
+#: Controls hvdbg reports in the capability MSRs but does not honour for an L2 yet: a VM
+#: entry with one set stops the VM with their names rather than run the L2 differently
+#: from hardware (hvdbg must never invent a bug).
+NOT_HONOURED: tuple[tuple[object, str], ...] = tuple(
+    (cset, name) for cset, names in (
+        (PIN_BASED, ("NMI_EXITING", "VIRTUAL_NMIS", "PREEMPTION_TIMER")),
+        (PRIMARY_PROCESSOR_BASED, ("INTERRUPT_WINDOW_EXITING", "INVLPG_EXITING", "MWAIT_EXITING",
+                                   "RDPMC_EXITING", "CR3_LOAD_EXITING", "CR3_STORE_EXITING",
+                                   "NMI_WINDOW_EXITING", "MOV_DR_EXITING", "MONITOR_EXITING", "PAUSE_EXITING")),
+        (SECONDARY_PROCESSOR_BASED, ("DESCRIPTOR_TABLE_EXITING", "WBINVD_EXITING", "RDRAND_EXITING",
+                                     "RDSEED_EXITING")),
+    ) for name in names)
+
+#: Exits that happen whatever the L1's controls say (SDM 26.1.2, 26.2)
+_UNCONDITIONAL = frozenset({ExitReason.CPUID, ExitReason.VMCALL, ExitReason.TRIPLE_FAULT, ExitReason.INIT_SIGNAL,
+                            ExitReason.SIPI, ExitReason.EPT_VIOLATION, ExitReason.EPT_MISCONFIG,
+                            ExitReason.VMCLEAR, ExitReason.VMLAUNCH, ExitReason.VMPTRLD, ExitReason.VMPTRST,
+                            ExitReason.VMREAD, ExitReason.VMRESUME, ExitReason.VMWRITE, ExitReason.VMXOFF,
+                            ExitReason.VMXON, ExitReason.INVEPT, ExitReason.INVVPID})
+GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+SEGMENTS = ("es", "cs", "ss", "ds", "fs", "gs", "ldtr", "tr")
+
+
+@dataclass
+class L2Exit:
+    """A VM exit from L2 to the guest hypervisor, as it will be written into its VMCS."""
+
+    reason: int
+    qualification: int
+    rip: int                 # GUEST_RIP to save: the instruction that exited (or the next one)
+    instruction_length: int = 0
+    guest_linear: int | None = None
+    guest_physical: int | None = None
+    interruption_info: int = 0
+    interruption_error: int | None = None
+    instruction_info: int = 0
+    gprs: tuple[int, ...] = ()   # the GPRs when the exit was recognised (an IN/MMIO read may write one after)
+    detail: str = ""
+
+
+@dataclass
+class NestedVmx(VmxState):
+    """A vCPU's VMX operation as guest hypervisor (:class:`VmxState`) and what hvdbg keeps
+    to run its guest: the transition due when the current engine run ends, the L2
+    memory view, counters for the debugger."""
+
+    pending_entry: bool = False
+    pending_exit: L2Exit | None = None
+    memory_view: "L2Memory | None" = None
+    l2_entries: int = 0
+    l2_exits: int = 0
+    exits_by_reason: dict[int, int] = field(default_factory=dict)
+    entered_at: int = 0           # the vCPU's clock at the last entry into L2
+    left_at: int = 0              # ... at the last exit to L1
+    time_in_l1: int = 0           # virtual time from exits to the next entries
+    time_in_l2: int = 0
+
+    @property
+    def level(self) -> str:
+        """Which software the vCPU runs: "L1" (the guest hypervisor) or "L2" (its guest)."""
+        return "L2" if self.non_root else "L1"
+
+
+def vmcs12(vcpu) -> VmcsRegion:
+    """The guest hypervisor's current VMCS (in its own memory)."""
+    return VmcsRegion(OpenBusMemory(vcpu.memory), vcpu.vmx.current_vmcs)
+
+
+def not_honoured(region: VmcsRegion) -> list[str]:
+    """The controls of ``region`` that hvdbg cannot honour for an L2 yet, by name."""
+    values = {PIN_BASED: region.read("PIN_BASED_VM_EXEC_CONTROL"),
+              PRIMARY_PROCESSOR_BASED: region.read("CPU_BASED_VM_EXEC_CONTROL")}
+    secondary_on = values[PRIMARY_PROCESSOR_BASED] & _PRIMARY["ACTIVATE_SECONDARY_CONTROLS"]
+    values[SECONDARY_PROCESSOR_BASED] = region.read("SECONDARY_VM_EXEC_CONTROL") if secondary_on else 0
+    out = [name for cset, name in NOT_HONOURED if values[cset] & cset.mask(name)]
+    for count in ("VM_ENTRY_MSR_LOAD_COUNT", "VM_EXIT_MSR_STORE_COUNT", "VM_EXIT_MSR_LOAD_COUNT"):
+        if region.read(count):
+            out.append(f"{count} != 0 (MSR lists)")
+    return out
+
+
+def secondary(region: VmcsRegion) -> int:
+    if region.read("CPU_BASED_VM_EXEC_CONTROL") & _PRIMARY["ACTIVATE_SECONDARY_CONTROLS"]:
+        return region.read("SECONDARY_VM_EXEC_CONTROL")
+    return 0
+
+
+# -- which exits the guest hypervisor asked for (a function of its VMCS and the exit) -----------
+
+def l1_wants(region: VmcsRegion, info: ExitInfo, cr_value: int | None = None) -> bool:
+    """Does the L1's VMCS ``region`` make ``info`` a VM exit to the L1 (SDM 26.1, 26.2)?
+    The MOV-to-CR decision was made with the L1's masks where it was recognised
+    (:func:`cr_guard`), so a CR access that reaches here is one."""
+    r = info.reason
+    if r in _UNCONDITIONAL:
+        return True
+    primary = region.read("CPU_BASED_VM_EXEC_CONTROL")
+    if r is ExitReason.HLT:
+        return bool(primary & _PRIMARY["HLT_EXITING"])
+    if r is ExitReason.IO_INSTRUCTION:
+        if primary & _PRIMARY["USE_IO_BITMAPS"]:
+            q = info.qualification
+            return IoBitmaps(region.mem, region.read("IO_BITMAP_A"), region.read("IO_BITMAP_B")).exits(
+                q >> 16, (q & 7) + 1)
+        return bool(primary & _PRIMARY["UNCONDITIONAL_IO_EXITING"])
+    if r in (ExitReason.MSR_READ, ExitReason.MSR_WRITE):
+        if not primary & _PRIMARY["USE_MSR_BITMAPS"]:
+            return True
+        msr = info.payload.msr if isinstance(info.payload, MsrAccess) else 0
+        return MsrBitmap(region.mem, region.read("MSR_BITMAP")).exits(msr, r is ExitReason.MSR_WRITE)
+    if r is ExitReason.CR_ACCESS:
+        return True
+    if r is ExitReason.EXCEPTION_NMI:
+        vector = info.interruption_info & 0xFF
+        hit = bool(region.read("EXCEPTION_BITMAP") >> vector & 1)
+        if vector == 14:   # #PF: the error-code mask/match decides which way bit 14 counts (SDM 25.6.3)
+            error = info.interruption_error or 0
+            if (error & region.read("PAGE_FAULT_ERROR_CODE_MASK")) != region.read("PAGE_FAULT_ERROR_CODE_MATCH"):
+                hit = not hit
+        return hit
+    if r is ExitReason.APIC_ACCESS:   # an access to the APIC-access page (SDM 30.4), found through the EPT
+        if not secondary(region) & _VIRTUALIZE_APIC:
+            return False
+        page = info.guest_physical & ~0xFFF if info.guest_physical is not None else 0xFEE00000
+        if secondary(region) & _ENABLE_EPT:
+            walk = walk_ept(region.mem, region.read("EPT_POINTER") & ADDR_MASK, page)
+            page = walk.hpa if walk.status is EptStatus.OK and walk.hpa is not None else None
+        return page is not None and page == region.read("APIC_ACCESS_ADDR") & ~0xFFF
+    return False
+
+
+def cr_guard(vcpu, cr: int) -> tuple[int, int] | None:
+    """In L2: the L1's CR0/CR4 guest/host mask and read shadow (SDM 25.6.6), which decide
+    whether a MOV to that CR exits to the L1; None outside L2."""
+    state = vcpu.vmx
+    if state is None or not state.non_root or cr not in (0, 4):
+        return None
+    region = vmcs12(vcpu)
+    return region.read(f"CR{cr}_GUEST_HOST_MASK"), region.read(f"CR{cr}_READ_SHADOW")
+
+
+def exception_exits(vcpu, ev: Event) -> bool:
+    """In L2: does the L1's exception bitmap (with the #PF error-code mask/match) make
+    exception ``ev`` a VM exit to the L1 (SDM 25.6.3)?"""
+    if not in_l2(vcpu):
+        return False
+    info = ExitInfo(ExitReason.EXCEPTION_NMI, interruption_info=ev.interruption_info(),
+                    interruption_error=ev.error_code)
+    return l1_wants(vmcs12(vcpu), info)
+
+
+def init_blocked(vcpu) -> bool:
+    """INIT is blocked in VMX root operation (SDM 24.8): it stays pending for the guest
+    hypervisor until VMXOFF or until it runs its guest (where INIT is an exit to it)."""
+    state = vcpu.vmx
+    return state is not None and state.in_vmx_operation and not state.non_root
+
+
+def ept_fault(vcpu, gpa: int, kind: str, rip: int, gla: int | None, translated: bool) -> tuple[int | None, bool]:
+    """An L2-physical access the engine could not make: through the L1's EPT.  Where that
+    EPT does not map it (or forbids the access) it is an EPT violation (or
+    misconfiguration) for the L1, reflected: (None, False).  Otherwise (L1-physical
+    address, _): hvdbg's own EPT decides, as for an L1 access there."""
+    from hvdbg.vmx.exits import ept_violation_qualification
+    region = vmcs12(vcpu)
+    if not secondary(region) & _ENABLE_EPT:
+        return gpa, True
+    walk = walk_ept(OpenBusMemory(vcpu.memory), region.read("EPT_POINTER") & ADDR_MASK, gpa)
+    if walk.status is EptStatus.OK and not walk.is_violation(kind):
+        return walk.hpa, True
+    if walk.is_misconfig:
+        info = ExitInfo(ExitReason.EPT_MISCONFIG, rip=rip, guest_physical=gpa, detail=walk.reason)
+    else:
+        qual = ept_violation_qualification(kind, walk, gla_valid=gla is not None, translated_access=translated)
+        info = ExitInfo(ExitReason.EPT_VIOLATION, qualification=qual.encode(), rip=rip, guest_physical=gpa,
+                        guest_linear=gla, detail=f"{kind} of L2-physical {gpa:#x}: {walk.reason or 'not permitted'} "
+                        "in the guest hypervisor's EPT")
+    vcpu.vm_exit(info)
+    return None, False
+
+
+def in_l2(vcpu) -> bool:
+    state = vcpu.vmx
+    return state is not None and state.non_root
+
+
+def reflect(vcpu, info: ExitInfo) -> L2Exit:
+    """Make ``info`` the L1's VM exit once the current engine run ends."""
+    state: NestedVmx = vcpu.vmx
+    e = vcpu.engine
+    rip = info.rip
+    length = info.instruction_length
+    if info.reason is ExitReason.EXCEPTION_NMI and (info.interruption_info >> 8 & 7) in (
+            EventType.SOFTWARE_INTERRUPT, EventType.SOFTWARE_EXCEPTION, EventType.PRIVILEGED_SOFTWARE_EXCEPTION):
+        rip -= length     # INT3 / INTO / INT n exit with RIP at the instruction (SDM 28.2.4)
+    instruction_info = vcpu._vmcs.read("VMX_INSTRUCTION_INFO") if info.reason in _VMX_INSTRUCTIONS else 0
+    qualification = info.qualification
+    if info.reason is ExitReason.IO_INSTRUCTION:
+        length, qualification = _io_instruction(vcpu, rip, qualification)
+    state.pending_exit = L2Exit(int(info.reason), qualification, rip, length, info.guest_linear,
+                                info.guest_physical, info.interruption_info, info.interruption_error,
+                                instruction_info, e.batch_of(GPRS).read(), info.detail)
+    if info.reason is ExitReason.IO_INSTRUCTION and info.qualification & 8:
+        info.data = e.read("rax")     # the IN completes in the engine: leave RAX as it is
+    return state.pending_exit
+
+
+def describe(x: L2Exit, info: ExitInfo) -> str:
+    """The exit in words, for the trace (hvdbg.vmx.exit_text)."""
+    extra = {"gpa": x.guest_physical, "gla": x.guest_linear} if x.guest_physical is not None else {}
+    if isinstance(info.payload, MsrAccess):
+        extra["msr"] = info.payload.msr
+    if x.interruption_info:
+        extra.update(intr_info=x.interruption_info, error_code=x.interruption_error)
+    return info.detail or describe_exit(x.reason, x.qualification, **extra)
+
+
+def _io_instruction(vcpu, rip: int, qualification: int) -> tuple[int, int]:
+    """The length of the IN/OUT/INS/OUTS at ``rip`` and its exit qualification with the
+    string (bit 4), REP (bit 5) and immediate-operand (bit 6) bits (SDM Table 28-5)."""
+    insn = next(iter(vcpu.decode(vcpu.code_base() + rip)), None)
+    if insn is None:
+        return 1, qualification
+    opcode = insn.opcode[0]
+    if opcode in (0xE4, 0xE5, 0xE6, 0xE7):
+        qualification |= 1 << 6
+    if opcode in (0x6C, 0x6D, 0x6E, 0x6F):
+        qualification |= 1 << 4 | (1 << 5 if 0xF3 in insn.prefix or 0xF2 in insn.prefix else 0)
+    return insn.size, qualification
+
+
+_VMX_INSTRUCTIONS = frozenset({ExitReason.VMCLEAR, ExitReason.VMLAUNCH, ExitReason.VMPTRLD, ExitReason.VMPTRST,
+                               ExitReason.VMREAD, ExitReason.VMRESUME, ExitReason.VMWRITE, ExitReason.VMXOFF,
+                               ExitReason.VMXON, ExitReason.INVEPT, ExitReason.INVVPID})
+
+
+def external_interrupt_exits(vcpu, vector: int) -> bool:
+    """An interrupt the local APIC would deliver to L2: with the L1's "external-interrupt
+    exiting" it is an exit to the L1 instead (reason 1, SDM 26.2), acknowledged with its
+    vector in the exit interruption information if the L1 asked for that (SDM 28.2.2)."""
+    region = vmcs12(vcpu)
+    if not region.read("PIN_BASED_VM_EXEC_CONTROL") & _PIN["EXTERNAL_INTERRUPT_EXITING"]:
+        return False
+    info = 0
+    if region.read("VM_EXIT_CONTROLS") & _EXIT["ACK_INTERRUPT_ON_EXIT"]:
+        vector = vcpu.apic.ack(vector)
+        info = vector | 1 << 31
+    vcpu.vmx.pending_exit = L2Exit(int(ExitReason.EXTERNAL_INTERRUPT), 0, vcpu.engine.rip(), interruption_info=info,
+                                   gprs=vcpu.engine.batch_of(GPRS).read(), detail=f"external interrupt {vector:#x}")
+    vcpu.request_leave()
+    return True
+
+
+# -- the transitions ------------------------------------------------------------------------------
+
+def complete(vcpu) -> None:
+    """Perform the transition the last engine run ended with (outside the engine)."""
+    state = vcpu.vmx
+    if state is None:
+        return
+    if state.pending_exit is not None:
+        pending, state.pending_exit = state.pending_exit, None
+        exit_to_l1(vcpu, pending)
+    if state.pending_entry:
+        state.pending_entry = False
+        enter_l2(vcpu)
+
+
+def enter_l2(vcpu) -> None:
+    """Load the L2 state of the L1's current VMCS (SDM 27.3.2 guest state, 27.3.4 activity,
+    27.6 event injection) and its memory view; the engine runs L2 from its next run."""
+    state: NestedVmx = vcpu.vmx
+    region = vmcs12(vcpu)
+    v = region.read
+    e = vcpu.engine
+    entry = v("VM_ENTRY_CONTROLS")
+    efer = v("GUEST_IA32_EFER") if entry & _ENTRY["LOAD_EFER"] else e.read("efer")
+    if not entry & _ENTRY["LOAD_EFER"]:
+        ia32e = bool(entry & _ENTRY["IA32E_MODE_GUEST"])
+        efer = (efer | EFER_LMA | (EFER_LME if v("GUEST_CR0") >> 31 & 1 else 0)) if ia32e else \
+            efer & ~(EFER_LMA | (EFER_LME if v("GUEST_CR0") >> 31 & 1 else 0))
+    if secondary(region) & _ENABLE_EPT:
+        state.memory_view = L2Memory.build(vcpu, v("EPT_POINTER"))
+        state.memory_view.install(vcpu)
+    e.set_control_registers(v("GUEST_CR0"), v("GUEST_CR3"), v("GUEST_CR4"), efer)
+    if entry & _ENTRY["LOAD_DEBUG_CONTROLS"]:
+        e.write("dr7", v("GUEST_DR7"))
+    if entry & _ENTRY["LOAD_PAT"]:
+        vcpu.msrs[IA32_PAT] = v("GUEST_IA32_PAT")
+    for msr, name in ((0x174, "GUEST_SYSENTER_CS"), (0x175, "GUEST_SYSENTER_ESP"), (0x176, "GUEST_SYSENTER_EIP")):
+        e.msr_write(msr, v(name))
+    e.write("rflags", v("GUEST_RFLAGS") | 2)    # before the segments: hflags follow RFLAGS.VM
+    e.set_segments({s: Segment(v(f"GUEST_{s.upper()}_SELECTOR"), v(f"GUEST_{s.upper()}_BASE"),
+                               v(f"GUEST_{s.upper()}_LIMIT"), v(f"GUEST_{s.upper()}_AR_BYTES")) for s in SEGMENTS})
+    e.set_table("gdtr", v("GUEST_GDTR_BASE"), v("GUEST_GDTR_LIMIT"))
+    e.set_table("idtr", v("GUEST_IDTR_BASE"), v("GUEST_IDTR_LIMIT"))
+    e.write("rsp", v("GUEST_RSP"))
+    e.set_rip(v("GUEST_RIP"))
+    act.restore(vcpu, v("GUEST_ACTIVITY_STATE"))
+    injected = v("VM_ENTRY_INTR_INFO_FIELD")
+    if injected >> 31 & 1:
+        kind = EventType(injected >> 8 & 7)
+        error = v("VM_ENTRY_EXCEPTION_ERROR_CODE") if injected >> 11 & 1 else None
+        vcpu.pending_event = Event(injected & 0xFF, kind, error)
+        soft = kind in (EventType.SOFTWARE_INTERRUPT, EventType.SOFTWARE_EXCEPTION,
+                        EventType.PRIVILEGED_SOFTWARE_EXCEPTION)
+        length = v("VM_ENTRY_INSTRUCTION_LEN") if soft else 0
+        vcpu.pending_event_rip, vcpu.pending_event_length = v("GUEST_RIP") + length, length
+    state.l2_entries += 1
+    now = vcpu.clock()
+    if state.left_at:
+        state.time_in_l1 += now - state.left_at
+    state.entered_at = now
+
+
+def exit_to_l1(vcpu, x: L2Exit) -> None:
+    """The VM exit to the guest hypervisor (SDM 28.2 exit information, 28.3 guest state,
+    28.5 host state): L2's state goes into the L1's VMCS, the L1 continues at HOST_RIP."""
+    state: NestedVmx = vcpu.vmx
+    region = vmcs12(vcpu)
+    w = region.write
+    e = vcpu.engine
+    if x.gprs:
+        e.batch_of(GPRS).write(x.gprs)
+    w("VM_EXIT_REASON", x.reason)
+    w("EXIT_QUALIFICATION", x.qualification)
+    w("GUEST_LINEAR_ADDRESS", x.guest_linear or 0)
+    w("GUEST_PHYSICAL_ADDRESS", x.guest_physical or 0)
+    w("VM_EXIT_INTR_INFO", x.interruption_info)
+    w("VM_EXIT_INTR_ERROR_CODE", x.interruption_error or 0)
+    w("IDT_VECTORING_INFO_FIELD", 0)
+    w("VM_EXIT_INSTRUCTION_LEN", x.instruction_length)
+    w("VMX_INSTRUCTION_INFO", x.instruction_info)
+    w("VM_ENTRY_INTR_INFO_FIELD", region.read("VM_ENTRY_INTR_INFO_FIELD") & ~(1 << 31))   # SDM 28.2.? "cleared"
+    controls = region.read("VM_EXIT_CONTROLS")
+    efer = e.read("efer")
+    w("GUEST_CR0", e.read("cr0"))
+    w("GUEST_CR3", e.read("cr3"))
+    w("GUEST_CR4", e.read("cr4"))
+    if controls & _EXIT["SAVE_DEBUG_CONTROLS"]:
+        w("GUEST_DR7", e.read("dr7"))
+    w("GUEST_RSP", e.read("rsp"))
+    w("GUEST_RIP", x.rip)
+    w("GUEST_RFLAGS", e.read("rflags"))
+    for name, seg in e.segments().items():
+        pre = f"GUEST_{name.upper()}"
+        w(f"{pre}_SELECTOR", seg.selector)
+        w(f"{pre}_BASE", seg.base)
+        w(f"{pre}_LIMIT", seg.limit)
+        w(f"{pre}_AR_BYTES", seg.access_rights)
+    for name in ("gdtr", "idtr"):
+        base, limit = e.table(name)
+        w(f"GUEST_{name.upper()}_BASE", base)
+        w(f"GUEST_{name.upper()}_LIMIT", limit)
+    for msr, name in ((0x174, "GUEST_SYSENTER_CS"), (0x175, "GUEST_SYSENTER_ESP"), (0x176, "GUEST_SYSENTER_EIP")):
+        w(name, e.msr_read(msr))
+    if controls & _EXIT["SAVE_EFER"]:
+        w("GUEST_IA32_EFER", efer)
+    if controls & _EXIT["SAVE_PAT"]:
+        w("GUEST_IA32_PAT", vcpu.msrs.get(IA32_PAT, 0x0007040600070406))
+    entry = region.read("VM_ENTRY_CONTROLS")
+    lma = _ENTRY["IA32E_MODE_GUEST"] if efer & EFER_LMA else 0      # SDM 28.2: the control follows EFER.LMA
+    w("VM_ENTRY_CONTROLS", (entry & ~_ENTRY["IA32E_MODE_GUEST"]) | lma)
+    w("GUEST_ACTIVITY_STATE", 0)
+    w("GUEST_INTERRUPTIBILITY_INFO", 0)
+    if state.memory_view is not None:
+        state.memory_view.remove(vcpu)
+        state.memory_view = None
+    state.non_root = False
+    load_host_state(vcpu, region)
+    act.restore(vcpu, 0)
+    state.l2_exits += 1
+    state.exits_by_reason[x.reason] = state.exits_by_reason.get(x.reason, 0) + 1
+    now = vcpu.clock()
+    state.time_in_l2 += now - state.entered_at
+    state.left_at = now
+
+
+def load_host_state(vcpu, region: VmcsRegion) -> None:
+    """The processor state after a VM exit or a failed VM entry, from the VMCS host-state
+    area (SDM 28.5.1-28.5.3): control registers, RSP/RIP, RFLAGS = 2, flat CS/SS/DS/ES/FS/
+    GS with their selectors, TR, GDTR/IDTR (limits 0xFFFF), the SYSENTER MSRs and, as the
+    VM-exit controls ask, EFER and PAT."""
+    v = region.read
+    e = vcpu.engine
+    controls = v("VM_EXIT_CONTROLS")
+    long_mode = bool(controls & _EXIT["HOST_ADDRESS_SPACE_SIZE"])
+    efer = v("HOST_IA32_EFER") if controls & _EXIT["LOAD_EFER"] else e.read("efer")
+    efer = (efer | EFER_LMA | EFER_LME) if long_mode else efer & ~(EFER_LMA | EFER_LME)
+    e.set_control_registers(v("HOST_CR0"), v("HOST_CR3"), v("HOST_CR4"), efer)
+    if controls & _EXIT["LOAD_PAT"]:
+        vcpu.msrs[IA32_PAT] = v("HOST_IA32_PAT")
+    e.write("rflags", 0x2)
+    flat = 0xFFFFFFFF
+    segs = {"cs": Segment(v("HOST_CS_SELECTOR"), 0, flat, 0xA09B if long_mode else 0xC09B)}
+    for name in ("ss", "ds", "es", "fs", "gs"):
+        selector = v(f"HOST_{name.upper()}_SELECTOR")
+        base = v(f"HOST_{name.upper()}_BASE") if name in ("fs", "gs") else 0
+        unusable = 0 if selector or name == "ss" else 1 << 16
+        segs[name] = Segment(selector, base, flat, 0xC093 | unusable)
+    segs["tr"] = Segment(v("HOST_TR_SELECTOR"), v("HOST_TR_BASE"), 0x67, 0x8B)
+    segs["ldtr"] = Segment(0, 0, 0, 1 << 16)
+    e.set_segments(segs)
+    e.set_table("gdtr", v("HOST_GDTR_BASE"), 0xFFFF)
+    e.set_table("idtr", v("HOST_IDTR_BASE"), 0xFFFF)
+    for msr, name in ((0x174, "HOST_IA32_SYSENTER_CS"), (0x175, "HOST_IA32_SYSENTER_ESP"),
+                      (0x176, "HOST_IA32_SYSENTER_EIP")):
+        e.msr_write(msr, v(name))
+    e.write("rsp", v("HOST_RSP"))
+    e.set_rip(v("HOST_RIP"))
+
+
+# -- L2's memory through the L1's EPT -------------------------------------------------------------
+
+@dataclass
+class L2Memory:
+    """The L2-physical address space: the L1's EPT (rooted in the L1's memory) composed with
+    hvdbg's own EPT.  ``pieces`` are what the engine maps while L2 runs: (L2 GPA, size,
+    EPT permissions, host-physical address)."""
+
+    eptp: int
+    pieces: list[tuple[int, int, int, int]]
+
+    @classmethod
+    def build(cls, vcpu, eptp: int) -> "L2Memory":
+        l1 = vcpu.memory
+        tables = Ept(OpenBusMemory(l1), _no_alloc, pml4_hpa=eptp & ADDR_MASK & ~0xFFF)
+        pieces = []
+        for run in tables.mapped_ranges():
+            if not run.perms:
+                continue
+            gpa, end, l1_gpa = run.gpa_start, run.gpa_end, run.hpa_start
+            while gpa < end:
+                hpa = l1.translate(l1_gpa)
+                span = _run_left(l1, l1_gpa)
+                if hpa is None or span == 0:
+                    break     # beyond hvdbg's RAM: the engine faults, the walk decides the exit
+                n = min(end - gpa, span)
+                if not vcpu.engine.overlaps_mmio(gpa, n):
+                    pieces.append((gpa, n, int(run.perms), hpa))
+                gpa += n
+                l1_gpa += n
+        return cls(eptp, pieces)
+
+    def install(self, vcpu) -> None:
+        vcpu.engine.replace_ram([(p[0], p[1], p[2], vcpu.memory.host.pointer(p[3], p[1])) for p in self.pieces],
+                                nested=True)
+        vcpu.physical = L2Physical(vcpu, self.eptp)
+
+    def remove(self, vcpu) -> None:
+        m = vcpu.memory
+        vcpu.engine.replace_ram([(r.gpa_start, r.gpa_end - r.gpa_start, int(r.perms),
+                                  m.host.pointer(r.hpa_start, r.gpa_end - r.gpa_start)) for r in m.runs()],
+                                nested=False)
+        vcpu.physical = m
+
+
+def _no_alloc() -> int:
+    raise RuntimeError("the guest hypervisor's EPT is only read")
+
+
+def _run_left(mem, gpa: int) -> int:
+    """Bytes from ``gpa`` to the end of hvdbg's EPT run that maps it (0 if none)."""
+    for r in mem.runs():
+        if r.gpa_start <= gpa < r.gpa_end:
+            return r.gpa_end - gpa
+    return 0
+
+
+class L2Physical:
+    """Reads and writes of L2-physical addresses (the debugger's, the page walker's): through
+    the L1's EPT, then hvdbg's memory (PhysicalMemory)."""
+
+    def __init__(self, vcpu, eptp: int) -> None:
+        self.l1 = vcpu.memory
+        self.pml4 = eptp & ADDR_MASK & ~0xFFF
+
+    def translate(self, gpa: int) -> int:
+        from hvdbg.errors import GuestMemoryError
+        walk = walk_ept(OpenBusMemory(self.l1), self.pml4, gpa)
+        if walk.status is not EptStatus.OK or walk.hpa is None:
+            raise GuestMemoryError(f"L2-physical {gpa:#x}: {walk.reason} in the guest hypervisor's EPT")
+        return walk.hpa
+
+    def read(self, addr: int, size: int) -> bytes:
+        out = bytearray()
+        while size > 0:
+            n = min(size, 0x1000 - (addr & 0xFFF))
+            out += self.l1.read(self.translate(addr), n)
+            addr += n
+            size -= n
+        return bytes(out)
+
+    def write(self, addr: int, data: bytes) -> None:
+        pos = 0
+        while pos < len(data):
+            n = min(len(data) - pos, 0x1000 - ((addr + pos) & 0xFFF))
+            self.l1.write(self.translate(addr + pos), data[pos:pos + n])
+            pos += n
