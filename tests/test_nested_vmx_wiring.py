@@ -266,6 +266,8 @@ host:
  inc dword ptr [{DATA + 32}]
  cmp ebx, 12
  je done
+ cmp ebx, 48
+ je done
  mov eax, 0x681e
  vmread edx, eax
  mov eax, 0x440c
@@ -319,6 +321,39 @@ def test_guest_hypervisor_runs_its_guest_and_takes_its_exits(guest_kernels, tmp_
     assert f"CPUID L2 -> L1 at {L2_CODE + 7:#x}: CPUID (exit reason 10)" in text
     assert f"IO_INSTRUCTION L2 -> L1 at {L2_CODE + 11:#x}: I/O instruction: OUT 1 byte to port 0x80 (immediate port)" in text
     assert sum(t.startswith("VMRESUME vmresume: VM entry") for t in text) == 2
+
+
+EPT12 = 0x310000          # the guest hypervisor's EPT: PML4, PDPT, PD in its memory
+L2_OFFSET = 0x400000      # L2-physical 0 is L1-physical 4 MiB
+
+
+def test_guest_hypervisor_ept_maps_its_guest_and_reports_violations(guest_kernels, tmp_path):
+    """With enable EPT and unrestricted guest, L2 runs with paging off in the memory the
+    L1's EPT gives it (L2-physical 0-4 MiB at L1-physical 4-8 MiB): its loads and stores
+    land there; a load past the mapping is an EPT violation for the L1 with the L2-physical
+    address, a read access and no permissions in the qualification (SDM Table 28-7)."""
+    l2 = "mov eax, [0x2000]\n inc eax\n mov [0x2004], eax\n cpuid\n mov ebx, [0x800000]\n hlt"
+    vm, region = l1_and_l2(guest_kernels, tmp_path, l2_body="nop", primary_extra=1 << 31)
+    vm.memory.write(L2_OFFSET + 0x1000, assemble(l2, tmp_path))
+    vm.memory.write(L2_OFFSET + 0x2000, struct.pack("<I", 0x41414141))
+    vm.memory.write(0x2000, struct.pack("<I", 0x51515151))      # the same GPA in the L1: not what L2 sees
+    vm.memory.write(EPT12, struct.pack("<Q", (EPT12 + 0x1000) | 7))
+    vm.memory.write(EPT12 + 0x1000, struct.pack("<Q", (EPT12 + 0x2000) | 7))
+    vm.memory.write(EPT12 + 0x2000, struct.pack("<QQ", L2_OFFSET | 7 | 6 << 3 | 1 << 7,
+                                                (L2_OFFSET + 0x200000) | 7 | 6 << 3 | 1 << 7))
+    region.write("SECONDARY_VM_EXEC_CONTROL", 1 << 1 | 1 << 7)     # enable EPT, unrestricted guest
+    region.write("EPT_POINTER", EPT12 | 6 | 3 << 3)
+    region.write("GUEST_CR0", 0x31)
+    region.write("GUEST_RIP", 0x1000)
+    r = regs_after(vm)
+    assert r["rsi"] == 0x600D and exit_log(vm) == [10, 48]
+    assert struct.unpack("<I", vm.memory.read(L2_OFFSET + 0x2004, 4))[0] == 0x41414142
+    assert region.read("GUEST_PHYSICAL_ADDRESS") == 0x800000
+    qual = region.read("EXIT_QUALIFICATION")
+    assert qual & 0b111 == 0b001 and qual >> 3 & 0b111 == 0
+    assert region.read("GUEST_RIP") == 0x1000 + 5 + 1 + 5 + 2      # the faulting load
+    assert any("EPT_VIOLATION L2 -> L1 at 0x100d: read of L2-physical 0x800000" in d for d in details(vm))
+    assert vm.vcpus[0].physical is vm.memory                    # the L1's view is back
 
 
 def test_exits_the_guest_hypervisor_does_not_ask_for_run_in_its_guest(guest_kernels, tmp_path):

@@ -26,6 +26,7 @@ from unicorn import (UC_ARCH_X86, UC_ERR_FETCH_PROT, UC_ERR_FETCH_UNMAPPED, UC_E
                      UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_PROT, UC_MEM_WRITE_UNMAPPED, UC_MODE_64,
                      UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE, Uc, UcError)
 from unicorn import x86_const as X
+from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from hvdbg.arch.regs import IA32_EFER
 from hvdbg.arch.segments import Segment
@@ -399,7 +400,7 @@ class EngineCpu:
         if self._ram_replaced:
             return    # the machine's own view is mapped again, with its current permissions, later
         self.uc.mem_protect(gpa, size, uc_perms(perms))
-        self.uc.ctl_flush_tlb()
+        self.flush_tlb()
 
     def replace_ram(self, pieces: list[tuple[int, int, int, int]], *, nested: bool) -> None:
         """Unmap every RAM mapping and map ``pieces`` (gpa, size, EPT perms, host pointer)
@@ -413,7 +414,11 @@ class EngineCpu:
             self.map_ram(gpa, size, perms, pointer)
         self._ram_replaced = nested
         self.uc.ctl_flush_tb()
-        self.uc.ctl_flush_tlb()
+        self.flush_tlb()
+
+    def flush_tlb(self) -> None:
+        """Drop every cached translation (Unicorn's binding has no ctl_flush_tlb)."""
+        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
     def overlaps_mmio(self, gpa: int, size: int) -> bool:
         return any(gpa < base + length and base < gpa + size for base, length in self._mmio)
