@@ -268,6 +268,12 @@ host:
  je done
  cmp ebx, 48
  je done
+ cmp ebx, 0
+ je done
+ cmp ebx, 2
+ je done
+ cmp ebx, 7
+ je done
  mov eax, 0x681e
  vmread edx, eax
  mov eax, 0x440c
@@ -354,6 +360,53 @@ def test_guest_hypervisor_ept_maps_its_guest_and_reports_violations(guest_kernel
     assert region.read("GUEST_RIP") == 0x1000 + 5 + 1 + 5 + 2      # the faulting load
     assert any("EPT_VIOLATION L2 -> L1 at 0x100d: read of L2-physical 0x800000" in d for d in details(vm))
     assert vm.vcpus[0].physical is vm.memory                    # the L1's view is back
+
+
+MSR_BITMAP_PAGE = 0x320000
+
+
+@pytest.mark.parametrize("name, l2_body, primary, fields, log, checks", [
+    # RDTSC exiting: exit 16 with the instruction's length; EDX:EAX untouched
+    ("rdtsc exiting", "mov eax, 7\n rdtsc\n hlt", 1 << 12, {}, [16, 12],
+     {"trace": f"RDTSC L2 -> L1 at {L2_CODE + 5:#x}"}),
+    # TSC offsetting: L2's RDTSC adds TSC_OFFSET (2^40)
+    ("tsc offset", "rdtsc\n mov ebp, edx\n hlt", 1 << 3, {"TSC_OFFSET": 1 << 40}, [12], {"rbp>=": 0x100}),
+    # exception bitmap: #UD is exit 0 with the interruption information, RIP at the ud2
+    ("exception bitmap", "nop\n ud2", 0, {"EXCEPTION_BITMAP": 1 << 6}, [0],
+     {"VM_EXIT_INTR_INFO": 0x80000306, "GUEST_RIP": L2_CODE + 1}),
+    # MSR bitmap: RDMSR of IA32_TSC exits (bit set); IA32_APIC_BASE (bit clear) is hvdbg's
+    ("msr bitmap", "mov ecx, 0x10\n rdmsr\n mov ecx, 0x1b\n rdmsr\n mov ebp, eax\n hlt", 1 << 28,
+     {"MSR_BITMAP": MSR_BITMAP_PAGE}, [31, 12], {"rbp": 0xFEE00900}),
+    # CR0 guest/host mask on TS with shadow 0: MOV to CR0 setting TS exits, qualification CR0, MOV to, EAX
+    ("cr0 mask", "mov eax, cr0\n or eax, 8\n mov cr0, eax\n hlt", 0,
+     {"CR0_GUEST_HOST_MASK": 8, "CR0_READ_SHADOW": 0}, [28, 12], {"EXIT_QUALIFICATION": 0}),
+    # VMCALL and VMX instructions in L2 always exit
+    ("vmcall", "vmcall\n mov eax, 0x4400\n vmread ebx, eax\n hlt", 0, {}, [18, 23, 12], {}),
+    # interrupt-window exiting: L2 with IF = 1 exits at once
+    ("interrupt window", "nop\n hlt", 1 << 2, {"GUEST_RFLAGS": 0x202}, [7], {"GUEST_RIP": L2_CODE}),
+])
+def test_exits_by_the_guest_hypervisors_controls(guest_kernels, tmp_path, name, l2_body, primary, fields, log,
+                                                 checks):
+    """Each exit the L1's controls ask for reaches the L1 with its reason and exit fields,
+    and nothing else does (SDM 25.6, 26.1-26.2, 28.2)."""
+    vm, region = l1_and_l2(guest_kernels, tmp_path, l2_body=l2_body, primary_extra=primary)
+    for field_name, value in fields.items():
+        region.write(field_name, value)
+    bitmap = bytearray(4096)
+    bitmap[0x10 // 8] |= 1 << (0x10 % 8)       # read-low: IA32_TSC
+    vm.memory.write(MSR_BITMAP_PAGE, bytes(bitmap))
+    r = regs_after(vm)
+    assert r["rsi"] == 0x600D, f"{name}: {details(vm)[-3:]}"
+    assert exit_log(vm) == log
+    for key, want in checks.items():
+        if key == "trace":
+            assert any(d.startswith(want) for d in details(vm)), details(vm)
+        elif key.endswith(">="):
+            assert r[key[:-2]] >= want, key
+        elif key in r:
+            assert r[key] & 0xFFFFFFFF == want, key
+        else:
+            assert region.read(key) == want, f"{key} = {region.read(key):#x}"
 
 
 def test_exits_the_guest_hypervisor_does_not_ask_for_run_in_its_guest(guest_kernels, tmp_path):

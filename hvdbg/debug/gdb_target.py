@@ -96,7 +96,10 @@ class VmTarget(Target, SwBreakpointOps, HwBreakpointOps, WatchpointOps, MonitorO
         return self._tids
 
     def _name(self, v: Vcpu) -> str:
-        return f"vCPU {v.index} (APIC id {v.apic_id}, {v.activity.label})"
+        """gdb's thread name; in a guest hypervisor's VMX operation with the software level
+        running: L1 (the guest hypervisor) or L2 (its guest)."""
+        level = f", {v.vmx.level}" if v.vmx is not None and v.vmx.in_vmx_operation else ""
+        return f"vCPU {v.index} (APIC id {v.apic_id}, {v.activity.label}{level})"
 
     def thread_extra_info(self, tid: int) -> str:
         v = self._vcpu(tid)

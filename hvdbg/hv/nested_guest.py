@@ -48,7 +48,7 @@ IA32_PAT = 0x277
 NOT_HONOURED: tuple[tuple[object, str], ...] = tuple(
     (cset, name) for cset, names in (
         (PIN_BASED, ("NMI_EXITING", "VIRTUAL_NMIS", "PREEMPTION_TIMER")),
-        (PRIMARY_PROCESSOR_BASED, ("INTERRUPT_WINDOW_EXITING", "INVLPG_EXITING", "MWAIT_EXITING",
+        (PRIMARY_PROCESSOR_BASED, ("INVLPG_EXITING", "MWAIT_EXITING",
                                    "RDPMC_EXITING", "CR3_LOAD_EXITING", "CR3_STORE_EXITING",
                                    "NMI_WINDOW_EXITING", "MOV_DR_EXITING", "MONITOR_EXITING", "PAUSE_EXITING")),
         (SECONDARY_PROCESSOR_BASED, ("DESCRIPTOR_TABLE_EXITING", "WBINVD_EXITING", "RDRAND_EXITING",
@@ -61,6 +61,11 @@ _UNCONDITIONAL = frozenset({ExitReason.CPUID, ExitReason.VMCALL, ExitReason.TRIP
                             ExitReason.VMCLEAR, ExitReason.VMLAUNCH, ExitReason.VMPTRLD, ExitReason.VMPTRST,
                             ExitReason.VMREAD, ExitReason.VMRESUME, ExitReason.VMWRITE, ExitReason.VMXOFF,
                             ExitReason.VMXON, ExitReason.INVEPT, ExitReason.INVVPID})
+#: Exits a primary processor-based control asks for (SDM 25.6.2)
+_PRIMARY_EXITS = {ExitReason.INTERRUPT_WINDOW: PRIMARY_PROCESSOR_BASED.mask("INTERRUPT_WINDOW_EXITING"),
+                  ExitReason.NMI_WINDOW: PRIMARY_PROCESSOR_BASED.mask("NMI_WINDOW_EXITING"),
+                  ExitReason.RDTSC: PRIMARY_PROCESSOR_BASED.mask("RDTSC_EXITING"),
+                  ExitReason.RDTSCP: PRIMARY_PROCESSOR_BASED.mask("RDTSC_EXITING")}
 GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
 SEGMENTS = ("es", "cs", "ss", "ds", "fs", "gs", "ldtr", "tr")
 
@@ -141,6 +146,8 @@ def l1_wants(region: VmcsRegion, info: ExitInfo, cr_value: int | None = None) ->
     primary = region.read("CPU_BASED_VM_EXEC_CONTROL")
     if r is ExitReason.HLT:
         return bool(primary & _PRIMARY["HLT_EXITING"])
+    if r in _PRIMARY_EXITS:
+        return bool(primary & _PRIMARY_EXITS[r])
     if r is ExitReason.IO_INSTRUCTION:
         if primary & _PRIMARY["USE_IO_BITMAPS"]:
             q = info.qualification
@@ -221,6 +228,31 @@ def ept_fault(vcpu, gpa: int, kind: str, rip: int, gla: int | None, translated: 
                         "in the guest hypervisor's EPT")
     vcpu.vm_exit(info)
     return None, False
+
+
+def l1_primary_controls(vcpu) -> int | None:
+    """In L2: the L1's primary processor-based controls (its interrupt- and NMI-window
+    exiting arm the engine's window intercepts, SDM 26.7.5); None outside L2."""
+    return vmcs12(vcpu).read("CPU_BASED_VM_EXEC_CONTROL") if in_l2(vcpu) else None
+
+
+def rdtsc_exits(vcpu, rdtscp: bool) -> bool:
+    """In L2 with the L1's RDTSC exiting: RDTSC (reason 16) / RDTSCP (51) is its VM exit
+    (SDM 26.1.3); the engine leaves EDX:EAX alone."""
+    if not in_l2(vcpu) or not vmcs12(vcpu).read("CPU_BASED_VM_EXEC_CONTROL") & _PRIMARY["RDTSC_EXITING"]:
+        return False
+    reason = ExitReason.RDTSCP if rdtscp else ExitReason.RDTSC
+    vcpu.vm_exit(ExitInfo(reason, rip=vcpu.engine.rip(), instruction_length=3 if rdtscp else 2))
+    return True
+
+
+def tsc_offset(vcpu) -> int:
+    """What L2 adds to the TSC: the L1's TSC_OFFSET with "use TSC offsetting" (SDM 26.3,
+    25.6.5); 0 outside L2."""
+    if not in_l2(vcpu):
+        return 0
+    region = vmcs12(vcpu)
+    return region.read("TSC_OFFSET") if region.read("CPU_BASED_VM_EXEC_CONTROL") & _PRIMARY["USE_TSC_OFFSETTING"] else 0
 
 
 def in_l2(vcpu) -> bool:

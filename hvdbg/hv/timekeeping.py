@@ -12,6 +12,7 @@ return the host's TSC, which runs on another clock altogether.
 from __future__ import annotations
 
 from hvdbg.arch.regs import IA32_TSC_AUX
+from hvdbg.hv import nested_guest
 from hvdbg.hv.exit import ExitInfo
 from hvdbg.vmx.controls import PIN_BASED
 from hvdbg.vmx.exits import ExitReason
@@ -42,7 +43,12 @@ _RDTSC_OUT, _RDTSCP_OUT = ("rax", "rdx"), ("rax", "rdx", "rcx")
 def rdtsc(vcpu, rdtscp: bool) -> None:
     """Perform RDTSC (EDX:EAX = TSC) or RDTSCP (and ECX = IA32_TSC_AUX[31:0]) for ``vcpu``
     (a hvdbg.hv.vcpu.Vcpu inside its engine callback; Unicorn has already checked CR4.TSD)."""
-    value = tsc(vcpu)
+    if vcpu.vmx is not None and vcpu.vmx.non_root:   # a guest hypervisor's guest (hvdbg.hv.nested_guest)
+        if nested_guest.rdtsc_exits(vcpu, rdtscp):
+            return
+        value = (tsc(vcpu) + nested_guest.tsc_offset(vcpu)) & _U64
+    else:
+        value = tsc(vcpu)
     e = vcpu.engine
     if rdtscp:
         e.batch_of(_RDTSCP_OUT).write((value & 0xFFFFFFFF, value >> 32, e.msr_read(IA32_TSC_AUX) & 0xFFFFFFFF))

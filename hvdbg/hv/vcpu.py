@@ -551,19 +551,20 @@ class Vcpu(GuestView, GuestStateArea):
     def _load_execution_controls(self) -> None:
         """VM entry: the I/O and MSR exiting the VMCS asks for (SDM 25.6.2, 25.6.4, 25.6.9)
         is what the exit hooks consult; decoded again only when those fields change."""
-        key = tuple(self._vmcs.read(f) for f in self._CONTROL_FIELDS) + (nested_guest.in_l2(self),)
+        key = tuple(self._vmcs.read(f) for f in self._CONTROL_FIELDS) + (nested_guest.l1_primary_controls(self),)
         if key == self._controls_key:
             return
         self._controls_key = key
         primary, io_a, io_b, msr_page, l2 = key
         host = self.memory.host
-        if l2:   # every I/O and MSR access of a guest hypervisor's guest is decided with its VMCS
+        if l2 is not None:   # L2: every I/O and MSR access is decided with the guest hypervisor's VMCS
             self.io_bitmaps = self.msr_bitmap = None
+            primary |= l2 & (_INTERRUPT_WINDOW | _NMI_WINDOW)
         elif primary & _USE_IO_BITMAPS:
             self.io_bitmaps = IoBitmaps(host, io_a, io_b)
         else:
             self.io_bitmaps = None if primary & _UNCONDITIONAL_IO else NoIoExits()
-        if not l2:
+        if l2 is None:
             self.msr_bitmap = MsrBitmap(host, msr_page) if primary & _USE_MSR_BITMAPS else None
         self._window_exiting = bool(primary & _INTERRUPT_WINDOW)
         self._nmi_window_exiting = bool(primary & _NMI_WINDOW)

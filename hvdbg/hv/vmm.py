@@ -165,7 +165,8 @@ class Vmm:
         becomes its VM exit when the engine run ends (hvdbg.hv.nested_guest)."""
         x = nested_guest.reflect(vcpu, exit)
         exit.decision = ExitDecision.REFLECTED
-        exit.detail = f"L2 -> L1 at {x.rip:#x}: {nested_guest.describe(x, exit)}"
+        x.detail = nested_guest.describe(x, exit)
+        exit.detail = f"L2 -> L1 at {x.rip:#x}: {x.detail}"
         self.trace.record(vcpu.index, exit.reason, exit.qualification, exit.rip, vcpu.clock(), exit.detail)
         if int(exit.reason) in self.exit_breakpoints and self.on_exit_breakpoint is not None:
             self.on_exit_breakpoint(vcpu, exit)

@@ -10,6 +10,7 @@ from hvdbg.ui.render.text import size_text
 from hvdbg.ui.render.vmcs import eptp_line, exit_sentence, format_vmcs_field, format_vmcs_sections
 from hvdbg.vmx import ept as ept_mod
 from hvdbg.hv.nested import VMX_INSTRUCTION_EXITS
+from hvdbg.vmx.exits import ExitReason
 from hvdbg.vmx.fields import GROUPS, resolve
 from hvdbg.vmx.instructions import VmInstructionError, current_region
 
@@ -64,11 +65,23 @@ def _vmx_lines(call: Call, v: Vcpu) -> list[str]:
     if not state.in_vmx_operation:
         mode = "outside VMX operation"
     else:
-        mode = ("VMX non-root operation (its guest, L2, is not emulated: the VM stopped at the entry)"
-                if state.non_root else "VMX root operation")
+        mode = ("L2 running: the guest hypervisor's guest, in its VMX non-root operation" if state.non_root
+                else "L1 running: the guest hypervisor, in VMX root operation")
     lines = [f"vCPU {v.index}: {mode}; IA32_FEATURE_CONTROL {state.feature_control.value:#x}"]
+    if state.pending_exit is not None:
+        lines.append(f"  VM exit to L1 due at the next run: {state.pending_exit.detail or 'reason'} "
+                     f"(reason {state.pending_exit.reason}) at L2 RIP {state.pending_exit.rip:#x}")
+    if state.pending_entry:
+        lines.append("  VM entry into L2 due at the next run")
     if state.in_vmx_operation:
         lines.append(f"  VMXON region {state.vmxon_pointer:#x}")
+    if state.l2_entries:
+        l2_share = state.time_in_l2 * 100 // max(1, state.time_in_l1 + state.time_in_l2)
+        by_reason = ", ".join(f"{ExitReason(r).name if r in ExitReason._value2member_map_ else r} {n}"
+                              for r, n in sorted(state.exits_by_reason.items(), key=lambda kv: -kv[1]))
+        lines.append(f"  {state.l2_entries} VM entries into L2, {state.l2_exits} exits to L1 ({by_reason or 'none'}); "
+                     f"virtual time {state.time_in_l2} ns in L2 ({l2_share}%), {state.time_in_l1} ns in L1 "
+                     "between exits and entries")
     region = current_region(state, v.memory)
     if region is None:
         lines.append("  current VMCS: none (pointer FFFFFFFF_FFFFFFFF)")
