@@ -454,3 +454,44 @@ def test_instruction_information_field(code, bits, info, qualification):
     insn = decode(bytes.fromhex(code), bits)
     assert insn is not None and insn.instruction_info() == info
     assert (insn.mem.disp if insn.mem else 0) == qualification
+
+
+#: values that cross the entry checks' edges (alignment, canonical form, reserved bits, flags)
+FUZZ_VALUES = (0, 1, 2, 3, 0x8B, 0xC093, 0xC09B, 0xA09B, 0x10000, 0xFFFF, 0xFFFF_FFFF, 1 << 31, 1 << 63,
+               0xFFFF_FFFF_FFFF_FFFF, 0x1000, 0x280000, 0x80000031, 0x31, 0x2010, 0x202)
+
+
+def test_fuzz_random_vmwrites_then_vmlaunch_in_a_running_machine():
+    """Random VMCS fields (the guest-state, host-state and control fields the L1 writes)
+    then VMLAUNCH, executed by a real vCPU: every outcome is a VMfail, an entry failure
+    that returns to the host, or a running L2 that exits or runs out of budget, never an
+    internal error (a Python exception inside hvdbg)."""
+    import pathlib
+    import random
+    import tempfile
+    rng = random.Random(1806)
+    names = sorted(n for n in FIELDS if CAPS.vmcs_field_supported(n) and FIELDS[n].group != "exit"
+                   and not n.startswith(("VMCS_LINK", "EPT_POINTER", "VIRTUAL_PROCESSOR")))
+    kernels = pathlib.Path(__file__).resolve().parent.parent / "guests" / "build"
+    outcomes: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(40):
+            vm, region = l1_and_l2(kernels, pathlib.Path(tmp))
+            vm.config.values["budget.instructions"] = 20_000
+            for _ in range(rng.randint(1, 4)):
+                name = rng.choice(names)
+                region.write(name, rng.choice(FUZZ_VALUES) if rng.random() < 0.7 else rng.getrandbits(64))
+            result = run_machine(vm, include_stats=False).result
+            assert vm.vmm.internal_errors == [], vm.vmm.internal_errors[-1]
+            assert result["outcome"] != "internal_error", result["diagnosis"]
+            rsi = vm.vcpus[0].registers()["rsi"] & 0xFFFF
+            kind = {0xBAD: "VMfail", 0xBAD3: "entry failure, then VMRESUME fails", 0x600D: "L2 ran and exited"}
+            if rsi in kind:
+                key = kind[rsi]
+            elif vm.vcpus[0].vmx.non_root:
+                key = "L2 still running at the budget"
+            else:   # a random HOST_CR3 / HOST_RIP / HOST_GDTR is what the L1 gets after an exit
+                assert result["outcome"] in ("triple_fault", "ept_violation"), result["diagnosis"]
+                key = "the guest hypervisor faulted on the host state it wrote"
+            outcomes[key] = outcomes.get(key, 0) + 1
+    assert {"VMfail", "L2 ran and exited"} <= set(outcomes), outcomes
