@@ -495,3 +495,27 @@ def test_fuzz_random_vmwrites_then_vmlaunch_in_a_running_machine():
                 key = "the guest hypervisor faulted on the host state it wrote"
             outcomes[key] = outcomes.get(key, 0) + 1
     assert {"VMfail", "L2 ran and exited"} <= set(outcomes), outcomes
+
+
+def test_break_on_an_l2_exit_stops_before_the_guest_hypervisor_runs(guest_kernels, tmp_path):
+    """`break exit CPUID` stops when L2's CPUID is recognised: the vCPU still holds L2's
+    state, `vmx` says the exit to L1 is due; continuing, the L1 gets it as before."""
+    vm, region = l1_and_l2(guest_kernels, tmp_path)
+    session = DebugSession(vm, start_paused=True)
+    ctx = CommandContext(session, wait_timeout=30)
+    session.start()
+    session.stop()
+    try:
+        assert ctx.execute("break exit CPUID").ok
+        stop = ctx.execute("continue")
+        assert stop.ok and stop.text.startswith("vCPU 0 stopped on VM exit CPUID"), stop.text
+        state = ctx.execute("vmx 0").text
+        assert "L2 running" in state and "VM exit to L1 due at the next run: CPUID" in state, state
+        assert f"at L2 RIP {L2_CODE + 7:#x}" in state
+        assert vm.vcpus[0].engine.rip() == L2_CODE + 9      # CPUID done in the engine, not yet in the L1
+        assert ctx.execute("delete").ok
+        end = ctx.execute("continue")
+        assert end.ok and "the VM ended" in end.text, end.text
+        assert exit_log(vm) == [10, 30, 12]
+    finally:
+        session.shutdown()
