@@ -351,8 +351,12 @@ def test_guest_hypervisor_ept_maps_its_guest_and_reports_violations(guest_kernel
     region.write("EPT_POINTER", EPT12 | 6 | 3 << 3)
     region.write("GUEST_CR0", 0x31)
     region.write("GUEST_RIP", 0x1000)
-    r = regs_after(vm)
+    result = run_machine(vm, include_stats=False).result
+    r = vm.vcpus[0].registers()
     assert r["rsi"] == 0x600D and exit_log(vm) == [10, 48]
+    finding = next(d for d in result["diagnosis"] if "the guest hypervisor's guest (L2) last exited" in d)
+    assert "EPT violation" in finding and "0x800000" in finding and f"L2 RIP {0x100d:#x}" in finding, finding
+    assert "it maps L2-physical 0x0-0x400000" in finding, finding
     assert struct.unpack("<I", vm.memory.read(L2_OFFSET + 0x2004, 4))[0] == 0x41414142
     assert region.read("GUEST_PHYSICAL_ADDRESS") == 0x800000
     qual = region.read("EXIT_QUALIFICATION")

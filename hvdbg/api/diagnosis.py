@@ -220,8 +220,65 @@ def trouble_findings(vm: Machine) -> list[str]:
     return out
 
 
+def nested_findings(vm: Machine) -> list[str]:
+    """A guest hypervisor's view (nested VMX, docs/nested.md): per vCPU in VMX operation,
+    whether it ever ran its guest, and the guest's last exit to it when that exit is the
+    kind a hypervisor stops on (an EPT violation past its EPT, a triple fault, an
+    exception), read from the guest hypervisor's own VMCS."""
+    from hvdbg.hv.nested_guest import vmcs12
+    from hvdbg.vmx.ept import walk_ept
+    from hvdbg.vmx.exit_text import describe_exit
+    from hvdbg.vmx.vmcs_region import OpenBusMemory
+    out = []
+    in_vmx = [v for v in vm.vcpus if v.vmx is not None and v.vmx.in_vmx_operation]
+    launched = [v for v in in_vmx if v.vmx.l2_entries]
+    for v in in_vmx:
+        state = v.vmx
+        if not state.l2_entries:
+            if launched:
+                out.append(f"vCPU {v.index}: in VMX root operation, but the guest hypervisor never ran a guest on it "
+                           f"(no successful VMLAUNCH; vCPUs {', '.join(str(x.index) for x in launched)} did): an AP "
+                           "its guest started with INIT/SIPI that the guest hypervisor did not launch")
+            continue
+        if state.non_root or not state.current_valid:
+            continue
+        region = vmcs12(v)
+        reason = region.read("VM_EXIT_REASON")
+        if reason & 0xFFFF not in (0, 2, 48, 49):
+            continue
+        gpa, rip = region.read("GUEST_PHYSICAL_ADDRESS"), region.read("GUEST_RIP")
+        text = describe_exit(reason, region.read("EXIT_QUALIFICATION"), gpa=gpa, gla=region.read("GUEST_LINEAR_ADDRESS"),
+                             intr_info=region.read("VM_EXIT_INTR_INFO"), error_code=region.read("VM_EXIT_INTR_ERROR_CODE"))
+        line = (f"vCPU {v.index}: the guest hypervisor's guest (L2) last exited to it with: {text}, "
+                f"at L2 RIP {rip:#x} (exit {state.l2_exits} of this vCPU)")
+        if reason & 0xFFFF == 48:
+            eptp = region.read("EPT_POINTER")
+            walk = walk_ept(OpenBusMemory(v.memory), eptp & 0xFFFFFFFFFF000, gpa)
+            top = _ept_top(v, eptp)
+            line += (f"; the guest hypervisor's EPT (EPTP {eptp:#x}) {walk.reason or 'maps it'}"
+                     + (f" - it maps L2-physical 0x0-{top:#x}" if top else ""))
+        out.append(line)
+    return out
+
+
+def _ept_top(v: Vcpu, eptp: int) -> int:
+    """The end of the guest hypervisor's EPT mapping that starts at L2-physical 0 (0 if none)."""
+    from hvdbg.vmx.ept_tables import Ept
+    from hvdbg.vmx.vmcs_region import OpenBusMemory
+    try:
+        runs = Ept(OpenBusMemory(v.memory), lambda: 0, pml4_hpa=eptp & 0xFFFFFFFFFF000).mapped_ranges()
+    except Exception:  # noqa: BLE001 - a wild EPTP: no summary
+        return 0
+    end = 0
+    for r in runs:
+        if r.gpa_start != end:
+            break
+        end = r.gpa_end
+    return end
+
+
 def _common(vm: Machine) -> list[str]:
-    out = sipi_findings(vm) + apic_id_findings(vm) + wild_rip_findings(vm) + trouble_findings(vm)
+    out = sipi_findings(vm) + apic_id_findings(vm) + wild_rip_findings(vm) + trouble_findings(vm) + nested_findings(vm)
     if vm.bus.unhandled:
         ports = ", ".join(f"{p:#x}" for p in sorted(vm.bus.unhandled)[:12])
         out.append(f"the guest used I/O ports no device claims: {ports}")
