@@ -69,19 +69,12 @@ def _vmx_lines(call: Call, v: Vcpu) -> list[str]:
                 else "L1 running: the guest hypervisor, in VMX root operation")
     lines = [f"vCPU {v.index}: {mode}; IA32_FEATURE_CONTROL {state.feature_control.value:#x}"]
     if state.pending_exit is not None:
-        lines.append(f"  VM exit to L1 due at the next run: {state.pending_exit.detail or 'reason'} "
-                     f"(reason {state.pending_exit.reason}) at L2 RIP {state.pending_exit.rip:#x}")
+        x = state.pending_exit
+        lines.append(f"  VM exit to L1 due at the next run: {x.detail or f'exit reason {x.reason}'} at L2 RIP {x.rip:#x}")
     if state.pending_entry:
         lines.append("  VM entry into L2 due at the next run")
     if state.in_vmx_operation:
         lines.append(f"  VMXON region {state.vmxon_pointer:#x}")
-    if state.l2_entries:
-        l2_share = state.time_in_l2 * 100 // max(1, state.time_in_l1 + state.time_in_l2)
-        by_reason = ", ".join(f"{ExitReason(r).name if r in ExitReason._value2member_map_ else r} {n}"
-                              for r, n in sorted(state.exits_by_reason.items(), key=lambda kv: -kv[1]))
-        lines.append(f"  {state.l2_entries} VM entries into L2, {state.l2_exits} exits to L1 ({by_reason or 'none'}); "
-                     f"virtual time {state.time_in_l2} ns in L2 ({l2_share}%), {state.time_in_l1} ns in L1 "
-                     "between exits and entries")
     region = current_region(state, v.memory)
     if region is None:
         lines.append("  current VMCS: none (pointer FFFFFFFF_FFFFFFFF)")
@@ -90,6 +83,13 @@ def _vmx_lines(call: Call, v: Vcpu) -> list[str]:
         why = f" ({VmInstructionError(error).description})" if error in VmInstructionError._value2member_map_ else ""
         lines.append(f"  current VMCS {state.current_vmcs:#x}: revision {region.revision_id:#x}, launch state "
                      f"{region.launch_state.value}, VM-instruction error {error}{why}")
+    if state.l2_entries:
+        l2_share = state.time_in_l2 * 100 // max(1, state.time_in_l1 + state.time_in_l2)
+        by_reason = ", ".join(f"{ExitReason(r).name if r in ExitReason._value2member_map_ else r} {n}"
+                              for r, n in sorted(state.exits_by_reason.items(), key=lambda kv: -kv[1]))
+        lines.append(f"  {state.l2_entries} VM entries into L2, {state.l2_exits} exits to L1 ({by_reason or 'none'}); "
+                     f"virtual time {state.time_in_l2} ns in L2 ({l2_share}%), {state.time_in_l1} ns in L1 "
+                     "between exits and entries")
     names = {r.name for r in VMX_INSTRUCTION_EXITS}
     recent = [r for r in call.vm.trace.last(2000, vcpu=v.index) if r.reason_name in names][-5:]
     if recent:
