@@ -408,3 +408,12 @@ def test_smp_bug_pml4_triple_faults(guests_built: Path, tmp_path: Path) -> None:
     assert int(first_pf.group(3), 16) == long_mode_entry
     # not present, supervisor read (I/D is only reported with EFER.NXE set)
     assert int(first_pf.group(1), 16) == 0
+
+
+@needs_qemu
+def test_smp_vmx_workload_sees_no_vmx_under_qemu_tcg(guests_built: Path, tmp_path: Path) -> None:
+    """QEMU TCG offers no VMX: ``workload=vmx`` finds CPUID.1:ECX.VMX = 0 on 4 CPUs and
+    ends normally (what hvdbg without ``+vmx`` shows too, tests/test_nested_vmx_guest.py)."""
+    run = boot_kernel(tmp_path, guests_built / "smp.elf", smp=4, append="workload=vmx")
+    assert "vmx: not offered" in run.lines, run.lines[-10:]
+    assert run.debug_exit_status == 0

@@ -68,6 +68,8 @@ static void apply_option(const char *word, uint64_t len, struct boot_options *op
         opt->workload = WORKLOAD_DISK;
     else if (eq && word_is(word, key_len, "workload") && word_is(value, value_len, "echo"))
         opt->workload = WORKLOAD_ECHO;
+    else if (eq && word_is(word, key_len, "workload") && word_is(value, value_len, "vmx"))
+        opt->workload = WORKLOAD_VMX;
     else if (eq && word_is(word, key_len, "echo_cpu") && parse_u64(value, value_len, &number))
         opt->echo_cpu = number;
     else if (eq && word_is(word, key_len, "pit_cpu") && parse_u64(value, value_len, &number))

@@ -12,7 +12,7 @@
 #define DEFAULT_LOCK_OUTSIDE 100ULL
 #define DEFAULT_ATOMIC_ITERS 1000000ULL
 
-enum workload_kind { WORKLOAD_SUM, WORKLOAD_LOCK, WORKLOAD_ATOMICS, WORKLOAD_PIT, WORKLOAD_ECHO, WORKLOAD_DISK };
+enum workload_kind { WORKLOAD_SUM, WORKLOAD_LOCK, WORKLOAD_ATOMICS, WORKLOAD_PIT, WORKLOAD_ECHO, WORKLOAD_DISK, WORKLOAD_VMX };
 
 struct boot_options {
     uint32_t magic;
@@ -54,6 +54,7 @@ struct boot_options {
  *   rtc_ticks=T [rtc_via=pic]  first wait for T RTC periodic interrupts on the BSP (rtc.h)
  *   workload=echo echo_cpu=N  COM1 input through IRQ 4 to CPU N, echoed (echo.h)
  *   workload=disk  the ATA disk: identify, read, write with IRQ 14, read back (disk.h)
+ *   workload=vmx   VMX instruction checks on every CPU at once (vmx.h)
  *   atomic_iters=N    its updates per CPU and primitive (default DEFAULT_ATOMIC_ITERS)
  *   sipi_vector=0|8   start the APs at physical 0 (vector 0) or 0x8000 (8, the default)
  * Other words (QEMU passes the kernel path first) are ignored.

@@ -15,6 +15,7 @@
 #include "selftest.h"
 #include "smp.h"
 #include "trap.h"
+#include "vmx.h"
 #include "work.h"
 
 /* gcc places these in .bss in reverse order: lock_work (added last) goes behind the
@@ -60,6 +61,8 @@ __attribute__((noreturn)) void kmain(uint32_t magic, uint32_t mb_info_phys)
         pit_prepare(options.pit_cpu, options.pit_ticks, options.pit_pic);  /* no array */
     } else if (options.workload == WORKLOAD_ECHO) {
         echo_prepare(options.echo_cpu);  /* no array */
+    } else if (options.workload == WORKLOAD_VMX) {
+        vmx_prepare();  /* no array */
     } else {
         work_prepare(&work, options.work_entries);
     }
@@ -90,6 +93,8 @@ __attribute__((noreturn)) void kmain(uint32_t magic, uint32_t mb_info_phys)
         pit_set_cpus(&work, online);
     if (echo_active())
         echo_set_cpus(&work, online);
+    if (vmx_active())
+        vmx_set_cpus(&work, online);
     smp_release(&work);
     if (work.lock) {
         lock_run(&work, 0);
@@ -106,6 +111,10 @@ __attribute__((noreturn)) void kmain(uint32_t magic, uint32_t mb_info_phys)
     if (echo_active()) {
         echo_run(&work, 0);
         echo_finish(online);
+    }
+    if (vmx_active()) {
+        vmx_run(&work, 0);
+        vmx_finish(online);
     }
     work_run(&work, 0);
 

@@ -7,6 +7,7 @@
 #include "echo.h"
 #include "pit.h"
 #include "trap.h"
+#include "vmx.h"
 
 extern const uint8_t ap_trampoline_start[], ap_trampoline_end[];
 
@@ -144,6 +145,8 @@ void ap_entry(uint32_t cpuid_apic_id)
         pit_run(work, cpu_index);
     else if (echo_active())
         echo_run(work, cpu_index);
+    else if (vmx_active())
+        vmx_run(work, cpu_index);
     else
         work_run(work, cpu_index);
     halt_forever();
