@@ -70,6 +70,7 @@ class EngineEvents(Protocol):
     def on_msr(self, write: bool) -> None: ...
     def on_cr_access(self, cr: int, write: bool) -> None: ...
     def on_hlt(self) -> None: ...
+    def on_invd(self) -> None: ...
     def on_pause(self) -> None: ...
     def on_interrupt_window(self) -> None: ...
     def on_nmi_window(self) -> None: ...
@@ -212,6 +213,7 @@ class EngineCpu:
                        Intercepted.MOV_TO_CR: lambda cr: events.on_cr_access(cr, True),
                        Intercepted.MOV_FROM_CR: lambda cr: events.on_cr_access(cr, False),
                        Intercepted.HLT: lambda _cr: events.on_hlt(),
+                       Intercepted.INVD: lambda _cr: events.on_invd(),
                        Intercepted.PAUSE: lambda _cr: events.on_pause(),
                        Intercepted.INTERRUPT_WINDOW: lambda _cr: events.on_interrupt_window(),
                        Intercepted.NMI_WINDOW: lambda _cr: events.on_nmi_window(),
@@ -415,6 +417,10 @@ class EngineCpu:
         self._ram_replaced = nested
         self.uc.ctl_flush_tb()
         self.flush_tlb()
+        # mem_unmap invalidates code through a page walk of the current paging structures,
+        # which may be in memory just unmapped: measured, it leaves QEMU's sticky
+        # old_exception at #DF, and the next guest exception became a shutdown
+        ucx.reset_pending_exception(self.uc)
 
     def flush_tlb(self) -> None:
         """Drop every cached translation (Unicorn's binding has no ctl_flush_tlb)."""

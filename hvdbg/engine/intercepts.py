@@ -35,6 +35,8 @@ SVM_EXIT_READ_CR0 = 0x000
 SVM_EXIT_WRITE_CR0 = 0x010
 SVM_EXIT_INTR = 0x060
 SVM_EXIT_NMI = 0x061
+SVM_EXIT_INVD = 0x076
+SVM_EXIT_WBINVD = 0x089     # Unicorn 2.1.4 (QEMU 5.0) checks it for INVD too: (b & 2) should be (b & 1)
 SVM_EXIT_PAUSE = 0x077
 SVM_EXIT_HLT = 0x078
 SVM_EXIT_MSR = 0x07C
@@ -64,8 +66,10 @@ class Intercepted(enum.Enum):
     RDMSR = "rdmsr"
     WRMSR = "wrmsr"
     MOV_TO_CR = "mov-to-cr"            # also CLTS and LMSW (CR0); ``cr`` says which
-    MOV_FROM_CR = "mov-from-cr"        # CR8 only (the TPR: Unicorn reads it as 0)
+    MOV_FROM_CR = "mov-from-cr"        # CR8 (the TPR: Unicorn reads it as 0); CR0/CR4 and SMSW
+                                       # while shadowed reads are asked for (set_cr_reads)
     HLT = "hlt"
+    INVD = "invd"                      # INVD or WBINVD (the engine reports both the same way)
     PAUSE = "pause"
     INTERRUPT_WINDOW = "interrupt-window"
     NMI_WINDOW = "nmi-window"
@@ -75,10 +79,12 @@ class Intercepted(enum.Enum):
 class Intercepts:
     """The SVM intercept state of one engine (its live CPU state, written directly)."""
 
-    #: always on: every RDMSR/WRMSR, HLT, MOV to CR0/CR4, the INTR and NMI checks of an armed
-    #: window
+    #: always on: every RDMSR/WRMSR, HLT, INVD/WBINVD (INVD is a VM exit in VMX non-root operation,
+    #: SDM 26.1.2),
+    #: MOV to CR0/CR4, the INTR and NMI checks of an armed window
     BASE = _intercept_bit(SVM_EXIT_INTR) | _intercept_bit(SVM_EXIT_NMI) | _intercept_bit(SVM_EXIT_HLT) \
-        | _intercept_bit(SVM_EXIT_MSR) | _intercept_bit(SVM_EXIT_SHUTDOWN)
+        | _intercept_bit(SVM_EXIT_MSR) | _intercept_bit(SVM_EXIT_SHUTDOWN) | _intercept_bit(SVM_EXIT_INVD) \
+        | _intercept_bit(SVM_EXIT_WBINVD)
     CR_WRITES = (1 << 0) | (1 << 4) | (1 << 8)
     CR_READS = 1 << 8        # CR8 is the local APIC's TPR[7:4] (SDM 10.8.6.1)
 
@@ -110,6 +116,14 @@ class Intercepts:
         self._cr_read.value = self.CR_READS
         self._hflags.value |= ucx.HF_GUEST_MASK
 
+    def set_cr_reads(self, crs: frozenset[int], writes: frozenset[int] = frozenset()) -> None:
+        """Intercept reads of these control registers too (MOV from CR0/CR3/CR4, SMSW), and
+        writes of ``writes`` (CR3): a guest hypervisor's read shadows and CR3-load/store
+        exiting (SDM 25.6.6, 25.6.7).  CR8 reads and CR0/CR4/CR8 writes are always
+        intercepted."""
+        self._cr_read.value = self.CR_READS | sum(1 << cr for cr in crs)
+        self._cr_write.value = self.CR_WRITES | sum(1 << cr for cr in writes)
+
     def set_pause_exiting(self, on: bool) -> None:
         """Intercept PAUSE (for PAUSE-loop exiting, SDM 25.1.3)."""
         self.pause_exiting = on
@@ -133,7 +147,8 @@ class Intercepts:
         if code == SVM_EXIT_NMI:
             self.request_nmi_window(False)
             return Intercepted.NMI_WINDOW, 0
-        kind = {SVM_EXIT_HLT: Intercepted.HLT, SVM_EXIT_PAUSE: Intercepted.PAUSE,
+        kind = {SVM_EXIT_HLT: Intercepted.HLT, SVM_EXIT_PAUSE: Intercepted.PAUSE, SVM_EXIT_INVD: Intercepted.INVD,
+                SVM_EXIT_WBINVD: Intercepted.INVD,
                 SVM_EXIT_SHUTDOWN: Intercepted.SHUTDOWN}.get(code)
         if kind is None:
             raise ucx.UnicornLayoutError(f"unexpected SVM exit {code:#x} from the engine")

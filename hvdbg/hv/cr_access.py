@@ -114,6 +114,9 @@ def mov_to_cr(vcpu, cr: int) -> None:
     if cr == 8:
         _mov_to_cr8(vcpu, w, rip)
         return
+    if cr == 3:
+        _mov_to_cr3(vcpu, w, rip, bits)
+        return
     old = e.read(f"cr{cr}")
     length, source = w.length, 0
     if w.access == MOV_TO_CR:
@@ -127,6 +130,19 @@ def mov_to_cr(vcpu, cr: int) -> None:
         else:
             source = e.read(GPR64[w.gpr]) & 0xFFFF
         new = (old & ~0xF) | (source & 0xF) | (old & 1)   # LMSW cannot clear PE
+    # the exit comes first: only privilege checks (done by the engine) have priority over it;
+    # a reserved bit in a value the VMM intercepts is the VMM's to judge (SDM 26.1.1)
+    mask, shadow = nested_guest.cr_guard(vcpu, cr) or (vcpu.vmcs.read(f"CR{cr}_GUEST_HOST_MASK"),
+                                                        vcpu.vmcs.read(f"CR{cr}_READ_SHADOW"))
+    if (new ^ shadow) & mask:
+        qual = cr | w.access << 4 | (w.lmsw_memory << 6) | ((w.gpr or 0) << 8 if w.access == MOV_TO_CR else 0)
+        if w.access == LMSW:
+            qual |= (source & 0xFFFF) << 16
+        vcpu.vm_exit(ExitInfo(ExitReason.CR_ACCESS, qualification=qual, rip=rip, instruction_length=length,
+                              data=new, detail=f"mov cr{cr} <- {new:#x}"))
+        vcpu.request_leave()
+        return
+    new = (new & ~mask) | (old & mask)     # bits the mask owns keep their value (SDM 26.3)
     state = _control_state(vcpu, e)
     if cr == 0:
         problem = control_state_problem(state, replace(state, cr0=new))
@@ -139,24 +155,36 @@ def mov_to_cr(vcpu, cr: int) -> None:
         del vcpu.cr_faults[:-16]
         vcpu.raise_exception(hardware_exception(13, 0), rip)
         return
-    mask, shadow = nested_guest.cr_guard(vcpu, cr) or (vcpu.vmcs.read(f"CR{cr}_GUEST_HOST_MASK"),
-                                                        vcpu.vmcs.read(f"CR{cr}_READ_SHADOW"))
-    if (new ^ shadow) & mask:
-        qual = cr | w.access << 4 | (w.lmsw_memory << 6) | ((w.gpr or 0) << 8 if w.access == MOV_TO_CR else 0)
-        if w.access == LMSW:
-            qual |= (source & 0xFFFF) << 16
-        vcpu.vm_exit(ExitInfo(ExitReason.CR_ACCESS, qualification=qual, rip=rip, instruction_length=length,
-                              data=new, detail=f"mov cr{cr} <- {new:#x}"))
+    e.write(f"cr{cr}", new)
+    e.set_rip(rip + length)
+
+
+def _mov_to_cr3(vcpu, w: CrWrite, rip: int, bits: int) -> None:
+    """MOV to CR3, intercepted only in a guest hypervisor's guest with CR3-load exiting: a
+    VM exit unless the value is one of its CR3-target values (SDM 25.6.7, 26.1.3); else
+    the write, with the width check of SDM Vol. 2B MOV CR."""
+    e = vcpu.engine
+    value = e.read(GPR64[w.gpr]) if bits == 64 else e.read(GPR64[w.gpr]) & 0xFFFFFFFF
+    if nested_guest.cr3_load_exits(vcpu, value):
+        vcpu.vm_exit(ExitInfo(ExitReason.CR_ACCESS, qualification=3 | MOV_TO_CR << 4 | w.gpr << 8, rip=rip,
+                              instruction_length=w.length, data=value, detail=f"mov cr3 <- {value:#x}"))
         vcpu.request_leave()
         return
-    # bits the mask owns keep the value the guest cannot change (SDM 26.3, guest/host mask)
-    e.write(f"cr{cr}", (new & ~mask) | (old & mask))
-    e.set_rip(rip + length)
+    state = _control_state(vcpu, e)
+    problem = control_state_problem(state, replace(state, cr3=value & ~(1 << 63)))
+    if problem is not None:
+        vcpu.cr_faults.append((3, value, rip, problem))
+        del vcpu.cr_faults[:-16]
+        vcpu.raise_exception(hardware_exception(13, 0), rip)
+        return
+    e.write("cr3", value & ~(1 << 63))
+    e.set_rip(rip + w.length)
 
 
 def _cr8_exit(vcpu, w: CrWrite, rip: int, control: int, value: int) -> bool:
     """A CR8 access the VMM asked to see: CR8-load / CR8-store exiting (SDM 26.1.3)."""
-    if not vcpu.vmcs.read("CPU_BASED_VM_EXEC_CONTROL") & control:
+    primary = nested_guest.l1_primary_controls(vcpu)     # in L2: the guest hypervisor's controls
+    if not (vcpu.vmcs.read("CPU_BASED_VM_EXEC_CONTROL") if primary is None else primary) & control:
         return False
     arrow = "<-" if w.access == MOV_TO_CR else "->"
     vcpu.vm_exit(ExitInfo(ExitReason.CR_ACCESS, qualification=8 | w.access << 4 | w.gpr << 8, rip=rip,
@@ -181,11 +209,34 @@ def _mov_to_cr8(vcpu, w: CrWrite, rip: int) -> None:
 
 
 def mov_from_cr(vcpu, cr: int) -> None:
-    """Perform the intercepted MOV from CR8: the destination gets TPR[7:4]."""
+    """Perform the intercepted MOV from CR8 (the destination gets TPR[7:4]), or in a guest
+    hypervisor's guest a MOV from CR0/CR4 or SMSW: the bits its guest/host mask owns read
+    from its read shadow, the others from the register (SDM 25.6.6)."""
     e = vcpu.engine
     rip = e.rip()
-    code = vcpu.read_linear_safe(vcpu.code_base() + rip, 15) or b""
-    w = decode_cr_write(code, vcpu.code_bits())
+    linear = vcpu.code_base() + rip
+    code = vcpu.read_linear_safe(linear, 15) or b""
+    bits = vcpu.code_bits()
+    w = decode_cr_write(code, bits)
+    if cr == 3 and w is not None and w.access == MOV_FROM_CR and w.cr == 3:   # CR3-store exiting (L2)
+        value = e.read("cr3")
+        if nested_guest.in_l2(vcpu):
+            vcpu.vm_exit(ExitInfo(ExitReason.CR_ACCESS, qualification=3 | MOV_FROM_CR << 4 | w.gpr << 8, rip=rip,
+                                  instruction_length=w.length, detail="mov cr3 -> register"))
+            vcpu.request_leave()
+            return
+        e.write(GPR64[w.gpr], value if bits == 64 else value & 0xFFFFFFFF)
+        e.set_rip(rip + w.length)
+        return
+    if cr in (0, 4):
+        guard = nested_guest.cr_guard(vcpu, cr) or (0, 0)
+        value = (e.read(f"cr{cr}") & ~guard[0]) | (guard[1] & guard[0])
+        if w is not None and w.access == MOV_FROM_CR and w.cr == cr:
+            e.write(GPR64[w.gpr], value if bits == 64 else value & 0xFFFFFFFF)
+            e.set_rip(rip + w.length)
+        else:
+            _smsw(vcpu, linear, bits, value, rip)
+        return
     if w is None or w.cr != cr or w.access != MOV_FROM_CR:
         raise RuntimeError(f"CR{cr} read intercepted at RIP {rip:#x}, but the bytes {code[:6].hex()} "
                            "are not MOV from CR")
@@ -194,6 +245,45 @@ def mov_from_cr(vcpu, cr: int) -> None:
         return
     e.write(GPR64[w.gpr], value)
     e.set_rip(rip + w.length)
+
+
+def _smsw(vcpu, linear: int, bits: int, cr0: int, rip: int) -> None:
+    """SMSW r/m (0F 01 /4, the CR0 read QEMU intercepts with MOV from CR0): a register
+    gets CR0 (its low 16 bits with a 16-bit operand), memory its low 16 bits (SDM Vol. 2B)."""
+    md = _DETAIL.get(bits)
+    if md is None:
+        md = _DETAIL[bits] = capstone.Cs(capstone.CS_ARCH_X86, {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32,
+                                                                  64: capstone.CS_MODE_64}[bits])
+        md.detail = True
+    insn = next(md.disasm(vcpu.read_linear(linear, 15), linear), None)
+    if insn is None or insn.mnemonic != "smsw" or not insn.operands:
+        raise RuntimeError(f"CR0 read intercepted at RIP {rip:#x}, but the instruction is not MOV from CR0 or SMSW")
+    op = insn.operands[0]
+    if op.type == capstone.x86.X86_OP_REG:
+        name = insn.reg_name(op.reg)
+        full = GPR64[_GPR_INDEX[name]]
+        value = cr0 & 0xFFFF if op.size == 2 else cr0 & (0xFFFFFFFF if op.size == 4 else (1 << 64) - 1)
+        if op.size == 2:
+            value |= vcpu.engine.read(full) & ~0xFFFF
+        vcpu.engine.write(full, value)
+    else:
+        mem = op.mem
+        ea = mem.disp + (vcpu.engine.read(_full(insn.reg_name(mem.base))) if mem.base else 0) + \
+            (vcpu.engine.read(_full(insn.reg_name(mem.index))) * mem.scale if mem.index else 0)
+        ea &= (1 << bits) - 1
+        seg = insn.reg_name(mem.segment) if mem.segment else "ds"
+        base = vcpu.engine.segments()[seg].base if bits != 64 or seg in ("fs", "gs") else 0
+        vcpu.write_linear(base + ea, (cr0 & 0xFFFF).to_bytes(2, "little"))
+    vcpu.engine.set_rip(rip + insn.size)
+
+
+_GPR_NAMES = {64: GPR64, 32: ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi") + tuple(f"r{i}d" for i in range(8, 16)),
+              16: ("ax", "cx", "dx", "bx", "sp", "bp", "si", "di") + tuple(f"r{i}w" for i in range(8, 16))}
+_GPR_INDEX = {name: i for names in _GPR_NAMES.values() for i, name in enumerate(names)}
+
+
+def _full(name: str) -> str:
+    return GPR64[_GPR_INDEX[name]] if name in _GPR_INDEX else name
 
 
 def _control_state(vcpu, e) -> ControlState:

@@ -32,6 +32,8 @@ def inject_pending(vcpu) -> bool:
         return False
     intercepts = vcpu.engine.intercepts
     if vcpu.apic.nmi_pending:
+        if nested_guest.in_l2(vcpu) and nested_guest.nmi_exits(vcpu):
+            return False     # the guest hypervisor takes it (NMI exiting)
         if intercepts.interrupt_shadow() and not intercepts.nmi_blocked():
             # blocking by MOV SS holds an NMI for one instruction (SDM Vol. 3A 6.8.3), and so
             # may blocking by STI (Vol. 2B STI), as KVM holds it; QEMU keeps one flag for

@@ -27,6 +27,7 @@ from capstone import x86 as csx86
 from hvdbg.arch.events import GuestFault, hardware_exception
 from hvdbg.arch.regs import AR_L
 from hvdbg.hv.exit import ExitDecision, ExitInfo
+from hvdbg.hv import nested_guest
 from hvdbg.hv.nested_guest import NestedVmx, load_host_state
 from hvdbg.vmx import instructions as vmx
 from hvdbg.vmx.capabilities import (FEATURE_CONTROL_LOCK, FEATURE_CONTROL_VMX_OUTSIDE_SMX, IA32_FEATURE_CONTROL,
@@ -292,7 +293,9 @@ def cr_problem(vcpu, cr: int, value: int) -> str | None:
     state: VmxState | None = vcpu.vmx
     if state is None or not state.in_vmx_operation:
         return None
-    return state.caps.cr0_problem(value) if cr == 0 else state.caps.cr4_problem(value) if cr == 4 else None
+    if cr == 0:    # in the guest hypervisor's guest, "unrestricted guest" lets PE and PG be 0 (SDM 24.8)
+        return state.caps.cr0_problem(value, unrestricted_guest=state.non_root and nested_guest.unrestricted(vcpu))
+    return state.caps.cr4_problem(value) if cr == 4 else None
 
 
 def new_vmx_state() -> NestedVmx:

@@ -21,11 +21,11 @@ from hvdbg.arch.events import Event, EventType
 from hvdbg.arch.regs import EFER_LMA, EFER_LME
 from hvdbg.arch.segments import Segment
 from hvdbg.hv import activity as act
+from hvdbg.hv import nested_memory
 from hvdbg.hv.exit import ExitInfo, MsrAccess
 from hvdbg.vmx.bitmaps import IoBitmaps, MsrBitmap
 from hvdbg.vmx.controls import PIN_BASED, PRIMARY_PROCESSOR_BASED, SECONDARY_PROCESSOR_BASED, VM_ENTRY, VM_EXIT
 from hvdbg.vmx.ept import ADDR_MASK, EptStatus, walk_ept
-from hvdbg.vmx.ept_tables import Ept
 from hvdbg.vmx.exit_text import describe_exit
 from hvdbg.vmx.exits import ExitReason
 from hvdbg.vmx.instructions import VmxState
@@ -42,21 +42,12 @@ _EXIT = {n: VM_EXIT.mask(n) for n in ("HOST_ADDRESS_SPACE_SIZE", "LOAD_EFER", "L
                                       "SAVE_DEBUG_CONTROLS", "ACK_INTERRUPT_ON_EXIT")}
 IA32_PAT = 0x277
 
-#: Controls hvdbg reports in the capability MSRs but does not honour for an L2 yet: a VM
-#: entry with one set stops the VM with their names rather than run the L2 differently
-#: from hardware (hvdbg must never invent a bug).
-NOT_HONOURED: tuple[tuple[object, str], ...] = tuple(
-    (cset, name) for cset, names in (
-        (PIN_BASED, ("NMI_EXITING", "VIRTUAL_NMIS", "PREEMPTION_TIMER")),
-        (PRIMARY_PROCESSOR_BASED, ("INVLPG_EXITING", "MWAIT_EXITING",
-                                   "RDPMC_EXITING", "CR3_LOAD_EXITING", "CR3_STORE_EXITING",
-                                   "NMI_WINDOW_EXITING", "MOV_DR_EXITING", "MONITOR_EXITING", "PAUSE_EXITING")),
-        (SECONDARY_PROCESSOR_BASED, ("DESCRIPTOR_TABLE_EXITING", "WBINVD_EXITING", "RDRAND_EXITING",
-                                     "RDSEED_EXITING")),
-    ) for name in names)
+_CR3_LOAD = PRIMARY_PROCESSOR_BASED.mask("CR3_LOAD_EXITING")
+_CR3_STORE = PRIMARY_PROCESSOR_BASED.mask("CR3_STORE_EXITING")
+
 
 #: Exits that happen whatever the L1's controls say (SDM 26.1.2, 26.2)
-_UNCONDITIONAL = frozenset({ExitReason.CPUID, ExitReason.VMCALL, ExitReason.TRIPLE_FAULT, ExitReason.INIT_SIGNAL,
+_UNCONDITIONAL = frozenset({ExitReason.CPUID, ExitReason.VMCALL, ExitReason.INVD, ExitReason.TRIPLE_FAULT, ExitReason.INIT_SIGNAL,
                             ExitReason.SIPI, ExitReason.EPT_VIOLATION, ExitReason.EPT_MISCONFIG,
                             ExitReason.VMCLEAR, ExitReason.VMLAUNCH, ExitReason.VMPTRLD, ExitReason.VMPTRST,
                             ExitReason.VMREAD, ExitReason.VMRESUME, ExitReason.VMWRITE, ExitReason.VMXOFF,
@@ -95,7 +86,7 @@ class NestedVmx(VmxState):
 
     pending_entry: bool = False
     pending_exit: L2Exit | None = None
-    memory_view: "L2Memory | None" = None
+    memory_view: "nested_memory.L2Memory | None" = None
     l2_entries: int = 0
     l2_exits: int = 0
     exits_by_reason: dict[int, int] = field(default_factory=dict)
@@ -116,16 +107,24 @@ def vmcs12(vcpu) -> VmcsRegion:
 
 
 def not_honoured(region: VmcsRegion) -> list[str]:
-    """The controls of ``region`` that hvdbg cannot honour for an L2 yet, by name."""
-    values = {PIN_BASED: region.read("PIN_BASED_VM_EXEC_CONTROL"),
-              PRIMARY_PROCESSOR_BASED: region.read("CPU_BASED_VM_EXEC_CONTROL")}
-    secondary_on = values[PRIMARY_PROCESSOR_BASED] & _PRIMARY["ACTIVATE_SECONDARY_CONTROLS"]
-    values[SECONDARY_PROCESSOR_BASED] = region.read("SECONDARY_VM_EXEC_CONTROL") if secondary_on else 0
-    out = [name for cset, name in NOT_HONOURED if values[cset] & cset.mask(name)]
+    """What ``region`` asks for that hvdbg cannot do for an L2 yet (every control the
+    capability MSRs allow is honoured): the MSR-load and MSR-store lists (IA32_VMX_MISC
+    must report room for 512 entries, SDM A.6)."""
+    out = []
     for count in ("VM_ENTRY_MSR_LOAD_COUNT", "VM_EXIT_MSR_STORE_COUNT", "VM_EXIT_MSR_LOAD_COUNT"):
         if region.read(count):
             out.append(f"{count} != 0 (MSR lists)")
     return out
+
+
+def unrestricted(vcpu) -> bool:
+    """Does the L1 run its guest with "unrestricted guest" (SDM 25.6.2)?"""
+    return bool(secondary(vmcs12(vcpu)) & SECONDARY_PROCESSOR_BASED.mask("UNRESTRICTED_GUEST"))
+
+
+def ept_enabled(region: VmcsRegion) -> bool:
+    """Does the L1 give its guest an EPT ("enable EPT", SDM 25.6.2)?"""
+    return bool(secondary(region) & _ENABLE_EPT)
 
 
 def secondary(region: VmcsRegion) -> int:
@@ -207,29 +206,6 @@ def init_blocked(vcpu) -> bool:
     return state is not None and state.in_vmx_operation and not state.non_root
 
 
-def ept_fault(vcpu, gpa: int, kind: str, rip: int, gla: int | None, translated: bool) -> tuple[int | None, bool]:
-    """An L2-physical access the engine could not make: through the L1's EPT.  Where that
-    EPT does not map it (or forbids the access) it is an EPT violation (or
-    misconfiguration) for the L1, reflected: (None, False).  Otherwise (L1-physical
-    address, _): hvdbg's own EPT decides, as for an L1 access there."""
-    from hvdbg.vmx.exits import ept_violation_qualification
-    region = vmcs12(vcpu)
-    if not secondary(region) & _ENABLE_EPT:
-        return gpa, True
-    walk = walk_ept(OpenBusMemory(vcpu.memory), region.read("EPT_POINTER") & ADDR_MASK, gpa)
-    if walk.status is EptStatus.OK and not walk.is_violation(kind):
-        return walk.hpa, True
-    if walk.is_misconfig:
-        info = ExitInfo(ExitReason.EPT_MISCONFIG, rip=rip, guest_physical=gpa, detail=walk.reason)
-    else:
-        qual = ept_violation_qualification(kind, walk, gla_valid=gla is not None, translated_access=translated)
-        info = ExitInfo(ExitReason.EPT_VIOLATION, qualification=qual.encode(), rip=rip, guest_physical=gpa,
-                        guest_linear=gla, detail=f"{kind} of L2-physical {gpa:#x}: {walk.reason or 'not permitted'} "
-                        "in the guest hypervisor's EPT")
-    vcpu.vm_exit(info)
-    return None, False
-
-
 def l1_primary_controls(vcpu) -> int | None:
     """In L2: the L1's primary processor-based controls (its interrupt- and NMI-window
     exiting arm the engine's window intercepts, SDM 26.7.5); None outside L2."""
@@ -253,6 +229,18 @@ def tsc_offset(vcpu) -> int:
         return 0
     region = vmcs12(vcpu)
     return region.read("TSC_OFFSET") if region.read("CPU_BASED_VM_EXEC_CONTROL") & _PRIMARY["USE_TSC_OFFSETTING"] else 0
+
+
+def cr3_load_exits(vcpu, value: int) -> bool:
+    """In L2 with CR3-load exiting: is MOV to CR3 of ``value`` an exit (not one of the first
+    CR3_TARGET_COUNT CR3-target values, SDM 25.6.7)?"""
+    if not in_l2(vcpu):
+        return False
+    region = vmcs12(vcpu)
+    if not region.read("CPU_BASED_VM_EXEC_CONTROL") & _CR3_LOAD:
+        return False
+    count = min(region.read("CR3_TARGET_COUNT"), 4)
+    return value not in {region.read(f"CR3_TARGET_VALUE{i}") for i in range(count)}
 
 
 def in_l2(vcpu) -> bool:
@@ -327,6 +315,21 @@ def external_interrupt_exits(vcpu, vector: int) -> bool:
     return True
 
 
+def nmi_exits(vcpu) -> bool:
+    """An NMI for L2 under the L1's "NMI exiting": an exception-or-NMI exit (reason 0) with
+    the NMI in the exit interruption information instead of its delivery (SDM 26.2, 28.2.2).
+    With "virtual NMIs" the L1 injects NMIs itself; their blocking until IRET is the
+    engine's NMI blocking, as for a real NMI (SDM 25.3)."""
+    if not vmcs12(vcpu).read("PIN_BASED_VM_EXEC_CONTROL") & _PIN["NMI_EXITING"]:
+        return False
+    vcpu.apic.nmi_pending = False
+    vcpu.vmx.pending_exit = L2Exit(int(ExitReason.EXCEPTION_NMI), 0, vcpu.engine.rip(),
+                                   interruption_info=2 | int(EventType.NMI) << 8 | 1 << 31,
+                                   gprs=vcpu.engine.batch_of(GPRS).read(), detail="NMI")
+    vcpu.request_leave()
+    return True
+
+
 # -- the transitions ------------------------------------------------------------------------------
 
 def complete(vcpu) -> None:
@@ -356,9 +359,13 @@ def enter_l2(vcpu) -> None:
         efer = (efer | EFER_LMA | (EFER_LME if v("GUEST_CR0") >> 31 & 1 else 0)) if ia32e else \
             efer & ~(EFER_LMA | (EFER_LME if v("GUEST_CR0") >> 31 & 1 else 0))
     if secondary(region) & _ENABLE_EPT:
-        state.memory_view = L2Memory.build(vcpu, v("EPT_POINTER"))
+        state.memory_view = nested_memory.L2Memory.build(vcpu, v("EPT_POINTER"))
         state.memory_view.install(vcpu)
     e.set_control_registers(v("GUEST_CR0"), v("GUEST_CR3"), v("GUEST_CR4"), efer)
+    primary = v("CPU_BASED_VM_EXEC_CONTROL")
+    e.intercepts.set_cr_reads(   # read shadows, CR3-store and CR3-load exiting
+        frozenset(cr for cr in (0, 4) if v(f"CR{cr}_GUEST_HOST_MASK")) | ({3} if primary & _CR3_STORE else set()),
+        frozenset({3}) if primary & _CR3_LOAD else frozenset())
     if entry & _ENTRY["LOAD_DEBUG_CONTROLS"]:
         e.write("dr7", v("GUEST_DR7"))
     if entry & _ENTRY["LOAD_PAT"]:
@@ -443,6 +450,7 @@ def exit_to_l1(vcpu, x: L2Exit) -> None:
         state.memory_view.remove(vcpu)
         state.memory_view = None
     state.non_root = False
+    e.intercepts.set_cr_reads(frozenset())
     load_host_state(vcpu, region)
     act.restore(vcpu, 0)
     state.l2_exits += 1
@@ -484,92 +492,3 @@ def load_host_state(vcpu, region: VmcsRegion) -> None:
         e.msr_write(msr, v(name))
     e.write("rsp", v("HOST_RSP"))
     e.set_rip(v("HOST_RIP"))
-
-
-# -- L2's memory through the L1's EPT -------------------------------------------------------------
-
-@dataclass
-class L2Memory:
-    """The L2-physical address space: the L1's EPT (rooted in the L1's memory) composed with
-    hvdbg's own EPT.  ``pieces`` are what the engine maps while L2 runs: (L2 GPA, size,
-    EPT permissions, host-physical address)."""
-
-    eptp: int
-    pieces: list[tuple[int, int, int, int]]
-
-    @classmethod
-    def build(cls, vcpu, eptp: int) -> "L2Memory":
-        l1 = vcpu.memory
-        tables = Ept(OpenBusMemory(l1), _no_alloc, pml4_hpa=eptp & ADDR_MASK & ~0xFFF)
-        pieces = []
-        for run in tables.mapped_ranges():
-            if not run.perms:
-                continue
-            gpa, end, l1_gpa = run.gpa_start, run.gpa_end, run.hpa_start
-            while gpa < end:
-                hpa = l1.translate(l1_gpa)
-                span = _run_left(l1, l1_gpa)
-                if hpa is None or span == 0:
-                    break     # beyond hvdbg's RAM: the engine faults, the walk decides the exit
-                n = min(end - gpa, span)
-                if not vcpu.engine.overlaps_mmio(gpa, n):
-                    pieces.append((gpa, n, int(run.perms), hpa))
-                gpa += n
-                l1_gpa += n
-        return cls(eptp, pieces)
-
-    def install(self, vcpu) -> None:
-        vcpu.engine.replace_ram([(p[0], p[1], p[2], vcpu.memory.host.pointer(p[3], p[1])) for p in self.pieces],
-                                nested=True)
-        vcpu.physical = L2Physical(vcpu, self.eptp)
-
-    def remove(self, vcpu) -> None:
-        m = vcpu.memory
-        vcpu.engine.replace_ram([(r.gpa_start, r.gpa_end - r.gpa_start, int(r.perms),
-                                  m.host.pointer(r.hpa_start, r.gpa_end - r.gpa_start)) for r in m.runs()],
-                                nested=False)
-        vcpu.physical = m
-
-
-def _no_alloc() -> int:
-    raise RuntimeError("the guest hypervisor's EPT is only read")
-
-
-def _run_left(mem, gpa: int) -> int:
-    """Bytes from ``gpa`` to the end of hvdbg's EPT run that maps it (0 if none)."""
-    for r in mem.runs():
-        if r.gpa_start <= gpa < r.gpa_end:
-            return r.gpa_end - gpa
-    return 0
-
-
-class L2Physical:
-    """Reads and writes of L2-physical addresses (the debugger's, the page walker's): through
-    the L1's EPT, then hvdbg's memory (PhysicalMemory)."""
-
-    def __init__(self, vcpu, eptp: int) -> None:
-        self.l1 = vcpu.memory
-        self.pml4 = eptp & ADDR_MASK & ~0xFFF
-
-    def translate(self, gpa: int) -> int:
-        from hvdbg.errors import GuestMemoryError
-        walk = walk_ept(OpenBusMemory(self.l1), self.pml4, gpa)
-        if walk.status is not EptStatus.OK or walk.hpa is None:
-            raise GuestMemoryError(f"L2-physical {gpa:#x}: {walk.reason} in the guest hypervisor's EPT")
-        return walk.hpa
-
-    def read(self, addr: int, size: int) -> bytes:
-        out = bytearray()
-        while size > 0:
-            n = min(size, 0x1000 - (addr & 0xFFF))
-            out += self.l1.read(self.translate(addr), n)
-            addr += n
-            size -= n
-        return bytes(out)
-
-    def write(self, addr: int, data: bytes) -> None:
-        pos = 0
-        while pos < len(data):
-            n = min(len(data) - pos, 0x1000 - ((addr + pos) & 0xFFF))
-            self.l1.write(self.translate(addr + pos), data[pos:pos + n])
-            pos += n

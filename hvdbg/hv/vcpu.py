@@ -28,8 +28,8 @@ from hvdbg.arch.regs import RFLAGS_IF
 from hvdbg.engine.cpu import EngineCpu, EngineError, ExecutionTurns
 from hvdbg.arch.msrs import MsrModel
 from hvdbg.hv import activity as act
-from hvdbg.hv import (cr_access, injection, mmio_access, msr_access, nested, nested_guest, pause_loop, system_calls,
-                      timekeeping)
+from hvdbg.hv import (cr_access, injection, mmio_access, msr_access, nested, nested_guest, nested_memory, pause_loop,
+                      system_calls, timekeeping)
 from hvdbg.hv.exit import EptFault, ExceptionExit, ExitDecision, ExitInfo, TripleFault
 from hvdbg.hv.guest_state import GPRS, GuestStateArea
 from hvdbg.hv.guest_view import GuestView
@@ -285,10 +285,15 @@ class Vcpu(GuestView, GuestStateArea):
     def on_sysenter(self) -> None:
         system_calls.sysenter(self)
 
+    def on_invd(self) -> None:
+        """INVD exits (SDM 26.1.2); WBINVD (0F 09, reported alike) has no caches to write back."""
+        rip = self.engine.rip()
+        if self.read_linear_safe(self.code_base() + rip, 2) == b"\x0f\x09" or \
+                self.vm_exit(ExitInfo(ExitReason.INVD, rip=rip, instruction_length=2)):
+            self.engine.set_rip(rip + 2)
+
     def on_interrupt_window(self) -> None:
-        """The guest can take an external interrupt now, and interrupt-window exiting is
-        on (hvdbg.engine.intercepts, SDM 25.2): VM exit reason 7, at an instruction
-        boundary."""
+        """Interrupt-window exiting, and the guest can take an interrupt now (SDM 25.2): exit 7."""
         self._boundary_stop = True
         self.vm_exit(ExitInfo(ExitReason.INTERRUPT_WINDOW, rip=self.engine.rip()))
         self.request_leave()
@@ -363,7 +368,7 @@ class Vcpu(GuestView, GuestStateArea):
     def _ept_violation(self, gpa: int, kind: str, rip: int, gla: int | None, translated: bool) -> bool:
         from hvdbg.vmx.ept import GPA_WIDTH, EptStatus, EptWalk
         if self.vmx is not None and self.vmx.non_root:   # an L2-physical address: the L1's EPT first
-            gpa, stay = nested_guest.ept_fault(self, gpa, kind, rip, gla, translated)
+            gpa, stay = nested_memory.ept_fault(self, gpa, kind, rip, gla, translated)
             if gpa is None:
                 return stay
         if gpa >> GPA_WIDTH:

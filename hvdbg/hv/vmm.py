@@ -132,6 +132,7 @@ class Vmm:
             ExitReason.MSR_WRITE: self._msr_write,
             ExitReason.HLT: self._hlt,
             ExitReason.VMCALL: self._vmcall,
+            ExitReason.INVD: self._invd,
             ExitReason.INIT_SIGNAL: self._init_signal,
             ExitReason.SIPI: self._sipi,
             ExitReason.EPT_VIOLATION: self._ept_violation,
@@ -373,6 +374,11 @@ class Vmm:
         return ExitDecision.LEAVE
 
     # -- VMCALL (exit reason 18) -------------------------------------------------------------
+    def _invd(self, vcpu: VcpuPort, exit: ExitInfo) -> ExitDecision:
+        """INVD (exit reason 13): hvdbg has no caches to invalidate; the guest goes on."""
+        exit.detail = "invd"
+        return ExitDecision.RESUME
+
     def _vmcall(self, vcpu: VcpuPort, exit: ExitInfo) -> ExitDecision:
         e = vcpu.engine
         nr = e.read("rax")
