@@ -421,30 +421,57 @@ def test_exits_the_guest_hypervisor_does_not_ask_for_run_in_its_guest(guest_kern
     assert r["rsi"] == 0x600D and exit_log(vm) == [10, 12]
 
 
-def test_entry_with_a_control_hvdbg_cannot_honour_stops_the_vm(guest_kernels, tmp_path):
-    """A VMLAUNCH that asks for something hvdbg does not emulate for an L2 yet (a VM-entry
-    MSR-load list: IA32_VMX_MISC must offer room for 512 entries) ends the VM naming it,
-    rather than running the L2 differently from hardware; the shell shows the VMX state and
-    the guest hypervisor's VMCS."""
-    vm, region = l1_and_l2(guest_kernels, tmp_path)
-    region.write("VM_ENTRY_MSR_LOAD_COUNT", 1)
+MSR_LISTS = 0x330000      # entry load, exit store, exit load lists (16-byte entries)
+KERNEL_GS_BASE = 0xC0000102
+
+
+def test_msr_lists_load_at_entry_store_and_load_at_exit(guest_kernels, tmp_path):
+    """The VM-entry MSR-load list sets IA32_KERNEL_GS_BASE for L2 (SDM 27.4), the VM-exit
+    MSR-store list saves L2's value (28.4), the VM-exit MSR-load list sets the L1's (28.6);
+    the shell shows the L1's view afterwards."""
+    l2 = f"mov ecx, {KERNEL_GS_BASE:#x}\n rdmsr\n mov ebp, eax\n hlt"
+    vm, region = l1_and_l2(guest_kernels, tmp_path, l2_body=l2, primary_extra=1 << 28)    # MSR bitmaps: none exit
+    region.write("MSR_BITMAP", MSR_LISTS + 0x1000)
+    vm.memory.write(MSR_LISTS + 0x1000, bytes(4096))
+    vm.memory.write(MSR_LISTS, struct.pack("<IIQ", KERNEL_GS_BASE, 0, 0x1234000))
+    vm.memory.write(MSR_LISTS + 0x100, struct.pack("<IIQ", KERNEL_GS_BASE, 0, 0))
+    vm.memory.write(MSR_LISTS + 0x200, struct.pack("<IIQ", KERNEL_GS_BASE, 0, 0x5678000))
+    for prefix, offset in (("VM_ENTRY_MSR_LOAD", 0), ("VM_EXIT_MSR_STORE", 0x100), ("VM_EXIT_MSR_LOAD", 0x200)):
+        region.write(f"{prefix}_ADDR", MSR_LISTS + offset)
+        region.write(f"{prefix}_COUNT", 1)
     session = DebugSession(vm)
     try:
         session.start()
         session.join(timeout=60)
-        assert vm.ending is not None and "VM_ENTRY_MSR_LOAD_COUNT != 0 (MSR lists)" in vm.ending.detail
+        r = vm.vcpus[0].registers()
+        assert r["rsi"] == 0x600D and exit_log(vm) == [12] and r["rbp"] == 0x1234000
+        assert struct.unpack("<Q", vm.memory.read(MSR_LISTS + 0x108, 8))[0] == 0x1234000
+        assert vm.vcpus[0].engine.msr_read(KERNEL_GS_BASE) == 0x5678000
         ctx = CommandContext(session, wait_timeout=10)
         out = ctx.execute("vmx 0")
-        assert out.ok, out.text
-        assert "VMX non-root operation" in out.text and f"VMXON region {VMXON_R:#x}" in out.text
+        assert out.ok and "L1 running" in out.text and f"VMXON region {VMXON_R:#x}" in out.text, out.text
         assert f"current VMCS {VMCS_R:#x}: revision 0x1, launch state launched" in out.text
-        assert "vmlaunch: VM entry" in out.text
+        assert "1 VM entries into L2, 1 exits to L1 (HLT 1)" in out.text, out.text
         vmcs = ctx.execute("vmx vmcs 0 guest")
-        assert vmcs.ok and f"GPA {VMCS_R:#x}" in vmcs.text and "0x681e = 0x0000000000280000" in vmcs.text
+        assert vmcs.ok and f"GPA {VMCS_R:#x}" in vmcs.text and f"0x681e = {L2_CODE + 9:#018x}" in vmcs.text
         plain = ctx.execute("vmx vmcs 0 GUEST_CR3")
         assert plain.ok and f"= {PD:#018x}" in plain.text
     finally:
         session.shutdown()
+
+
+def test_a_bad_msr_load_entry_is_a_vm_entry_failure(guest_kernels, tmp_path):
+    """IA32_FS_BASE may not be in a VM-entry MSR-load list: VM-entry failure with exit
+    reason 34 | bit 31 and the entry's number as qualification (SDM 27.4, 27.8); the host
+    state is loaded and the VMCS stays not launched, so the L1's VMRESUME fails."""
+    vm, region = l1_and_l2(guest_kernels, tmp_path)
+    vm.memory.write(MSR_LISTS, struct.pack("<IIQIIQ", KERNEL_GS_BASE, 0, 1, 0xC0000100, 0, 0))
+    region.write("VM_ENTRY_MSR_LOAD_ADDR", MSR_LISTS)
+    region.write("VM_ENTRY_MSR_LOAD_COUNT", 2)
+    r = regs_after(vm)
+    assert exit_log(vm) == [0x80000022] and r["rsi"] == 0xBAD3
+    assert region.read("EXIT_QUALIFICATION") == 2 and region.read("VM_INSTRUCTION_ERROR") == 5
+    assert "MSR-load entry 2 (MSR 0xc0000100)" in vm.vcpus[0].vmx.entry_failures[-1]
 
 
 @pytest.mark.parametrize("code, bits, info, qualification", [
@@ -496,6 +523,9 @@ def test_fuzz_random_vmwrites_then_vmlaunch_in_a_running_machine():
                 key = kind[rsi]
             elif vm.vcpus[0].vmx.non_root:
                 key = "L2 still running at the budget"
+            elif any(f.startswith("VMX abort") for f in vm.vcpus[0].vmx.entry_failures):
+                assert vm.vcpus[0].activity.label == "shutdown"     # SDM 28.7: random MSR-list fields
+                key = "VMX abort on an exit's MSR list"
             else:   # a random HOST_CR3 / HOST_RIP / HOST_GDTR is what the L1 gets after an exit
                 assert result["outcome"] in ("triple_fault", "ept_violation"), result["diagnosis"]
                 key = "the guest hypervisor faulted on the host state it wrote"

@@ -38,6 +38,7 @@ MSR_TABLE: tuple[MsrDef, ...] = (
     MsrDef("IA32_MTRRCAP", 0xFE, 0xFE, "mtrr", read_only=True),
     MsrDef("IA32_SYSENTER_CS/ESP/EIP", 0x174, 0x176, "sep"),
     MsrDef("IA32_MCG_CAP", 0x179, 0x179, "mce", read_only=True),
+    MsrDef("IA32_DEBUGCTL", 0x1D9, 0x1D9),
     MsrDef("IA32_MCG_STATUS", 0x17A, 0x17A, "mce"),
     MsrDef("IA32_MISC_ENABLE", IA32_MISC_ENABLE, IA32_MISC_ENABLE),
     MsrDef("IA32_MTRR_PHYSBASE/MASK0-7", 0x200, 0x20F, "mtrr"),

@@ -25,6 +25,7 @@ import capstone
 from capstone import x86 as csx86
 
 from hvdbg.arch.events import GuestFault, hardware_exception
+from hvdbg.arch.paging import is_canonical
 from hvdbg.arch.regs import AR_L
 from hvdbg.hv.exit import ExitDecision, ExitInfo
 from hvdbg.hv import nested_guest
@@ -161,12 +162,18 @@ def processor_mode(vcpu) -> vmx.ProcessorMode:
 
 
 def _linear(vcpu, m: MemoryOperand, code64: bool) -> int:
+    """The operand's linear address; a non-canonical one in 64-bit mode is #GP(0), or
+    #SS(0) through RSP/RBP (SDM Vol. 3A 3.3.7.1)."""
     e = vcpu.engine
     ea = m.disp + (e.read(m.base) if m.base else 0) + (e.read(m.index) * m.scale if m.index else 0)
     ea &= (1 << m.address_bits) - 1
     if not code64 or m.segment in ("fs", "gs"):
         ea += e.segment(m.segment).base
-    return ea & (0xFFFFFFFFFFFFFFFF if code64 else 0xFFFFFFFF)
+    linear = ea & (0xFFFFFFFFFFFFFFFF if code64 else 0xFFFFFFFF)
+    if code64 and not is_canonical(linear, 48):
+        vector = 12 if m.segment == "ss" else 13
+        raise GuestFault(hardware_exception(vector, 0), f"non-canonical memory operand {linear:#x}")
+    return linear
 
 
 def _field_text(encoding: int) -> str:

@@ -21,7 +21,7 @@ from hvdbg.arch.events import Event, EventType
 from hvdbg.arch.regs import EFER_LMA, EFER_LME
 from hvdbg.arch.segments import Segment
 from hvdbg.hv import activity as act
-from hvdbg.hv import nested_memory
+from hvdbg.hv import nested_memory, vmx_msr_lists
 from hvdbg.hv.exit import ExitInfo, MsrAccess
 from hvdbg.vmx.bitmaps import IoBitmaps, MsrBitmap
 from hvdbg.vmx.controls import PIN_BASED, PRIMARY_PROCESSOR_BASED, SECONDARY_PROCESSOR_BASED, VM_ENTRY, VM_EXIT
@@ -29,6 +29,7 @@ from hvdbg.vmx.ept import ADDR_MASK, EptStatus, walk_ept
 from hvdbg.vmx.exit_text import describe_exit
 from hvdbg.vmx.exits import ExitReason
 from hvdbg.vmx.instructions import VmxState
+from hvdbg.vmx.vmcs import LaunchState
 from hvdbg.vmx.vmcs_region import OpenBusMemory, VmcsRegion
 
 _PIN = {n: PIN_BASED.mask(n) for n in ("EXTERNAL_INTERRUPT_EXITING", "NMI_EXITING")}
@@ -41,6 +42,7 @@ _ENTRY = {n: VM_ENTRY.mask(n) for n in ("IA32E_MODE_GUEST", "LOAD_EFER", "LOAD_P
 _EXIT = {n: VM_EXIT.mask(n) for n in ("HOST_ADDRESS_SPACE_SIZE", "LOAD_EFER", "LOAD_PAT", "SAVE_EFER", "SAVE_PAT",
                                       "SAVE_DEBUG_CONTROLS", "ACK_INTERRUPT_ON_EXIT")}
 IA32_PAT = 0x277
+IA32_DEBUGCTL = 0x1D9
 
 _CR3_LOAD = PRIMARY_PROCESSOR_BASED.mask("CR3_LOAD_EXITING")
 _CR3_STORE = PRIMARY_PROCESSOR_BASED.mask("CR3_STORE_EXITING")
@@ -84,7 +86,7 @@ class NestedVmx(VmxState):
     to run its guest: the transition due when the current engine run ends, the L2
     memory view, counters for the debugger."""
 
-    pending_entry: bool = False
+    pending_entry: ExitReason | None = None    # VMLAUNCH / VMRESUME whose entry is due
     pending_exit: L2Exit | None = None
     memory_view: "nested_memory.L2Memory | None" = None
     l2_entries: int = 0
@@ -94,6 +96,7 @@ class NestedVmx(VmxState):
     left_at: int = 0              # ... at the last exit to L1
     time_in_l1: int = 0           # virtual time from exits to the next entries
     time_in_l2: int = 0
+    entry_failures: list[str] = field(default_factory=list)   # the last MSR-list failures, in words
 
     @property
     def level(self) -> str:
@@ -104,17 +107,6 @@ class NestedVmx(VmxState):
 def vmcs12(vcpu) -> VmcsRegion:
     """The guest hypervisor's current VMCS (in its own memory)."""
     return VmcsRegion(OpenBusMemory(vcpu.memory), vcpu.vmx.current_vmcs)
-
-
-def not_honoured(region: VmcsRegion) -> list[str]:
-    """What ``region`` asks for that hvdbg cannot do for an L2 yet (every control the
-    capability MSRs allow is honoured): the MSR-load and MSR-store lists (IA32_VMX_MISC
-    must report room for 512 entries, SDM A.6)."""
-    out = []
-    for count in ("VM_ENTRY_MSR_LOAD_COUNT", "VM_EXIT_MSR_STORE_COUNT", "VM_EXIT_MSR_LOAD_COUNT"):
-        if region.read(count):
-            out.append(f"{count} != 0 (MSR lists)")
-    return out
 
 
 def unrestricted(vcpu) -> bool:
@@ -340,12 +332,12 @@ def complete(vcpu) -> None:
     if state.pending_exit is not None:
         pending, state.pending_exit = state.pending_exit, None
         exit_to_l1(vcpu, pending)
-    if state.pending_entry:
-        state.pending_entry = False
-        enter_l2(vcpu)
+    if state.pending_entry is not None:
+        launch, state.pending_entry = state.pending_entry is ExitReason.VMLAUNCH, None
+        enter_l2(vcpu, launch)
 
 
-def enter_l2(vcpu) -> None:
+def enter_l2(vcpu, launch: bool = True) -> None:
     """Load the L2 state of the L1's current VMCS (SDM 27.3.2 guest state, 27.3.4 activity,
     27.6 event injection) and its memory view; the engine runs L2 from its next run."""
     state: NestedVmx = vcpu.vmx
@@ -368,6 +360,7 @@ def enter_l2(vcpu) -> None:
         frozenset({3}) if primary & _CR3_LOAD else frozenset())
     if entry & _ENTRY["LOAD_DEBUG_CONTROLS"]:
         e.write("dr7", v("GUEST_DR7"))
+        vcpu.msrs[IA32_DEBUGCTL] = v("GUEST_IA32_DEBUGCTL")
     if entry & _ENTRY["LOAD_PAT"]:
         vcpu.msrs[IA32_PAT] = v("GUEST_IA32_PAT")
     for msr, name in ((0x174, "GUEST_SYSENTER_CS"), (0x175, "GUEST_SYSENTER_ESP"), (0x176, "GUEST_SYSENTER_EIP")):
@@ -379,8 +372,14 @@ def enter_l2(vcpu) -> None:
     e.set_table("idtr", v("GUEST_IDTR_BASE"), v("GUEST_IDTR_LIMIT"))
     e.write("rsp", v("GUEST_RSP"))
     e.set_rip(v("GUEST_RIP"))
-    act.restore(vcpu, v("GUEST_ACTIVITY_STATE"))
+    failed = vmx_msr_lists.load(vcpu, v("VM_ENTRY_MSR_LOAD_ADDR"), v("VM_ENTRY_MSR_LOAD_COUNT"))
+    if failed is not None:    # SDM 27.8: a VM-entry failure, exit reason 34, the entry's number
+        _entry_failure(vcpu, region, launch, ExitReason.MSR_LOAD_FAIL, failed)
+        return
     injected = v("VM_ENTRY_INTR_INFO_FIELD")
+    # an event injected into a HLT state is delivered and the processor is active after it
+    # (SDM 27.6.1, 27.7.3: HLT is left for the event's delivery)
+    act.restore(vcpu, 0 if injected >> 31 & 1 and v("GUEST_ACTIVITY_STATE") == 1 else v("GUEST_ACTIVITY_STATE"))
     if injected >> 31 & 1:
         kind = EventType(injected >> 8 & 7)
         error = v("VM_ENTRY_EXCEPTION_ERROR_CODE") if injected >> 11 & 1 else None
@@ -394,6 +393,25 @@ def enter_l2(vcpu) -> None:
     if state.left_at:
         state.time_in_l1 += now - state.left_at
     state.entered_at = now
+
+
+def _entry_failure(vcpu, region: VmcsRegion, launch: bool, reason: ExitReason, failed: tuple[int, str]) -> None:
+    """A VM entry that failed after the guest state was loaded (the MSR-load list): exit
+    reason with bit 31, the qualification, the host state; the VMCS stays not launched."""
+    state: NestedVmx = vcpu.vmx
+    number, why = failed
+    region.write("VM_EXIT_REASON", int(reason) | 1 << 31)
+    region.write("EXIT_QUALIFICATION", number)
+    if launch:
+        region.launch_state = LaunchState.CLEAR
+    if state.memory_view is not None:
+        state.memory_view.remove(vcpu)
+        state.memory_view = None
+    state.non_root = False
+    vcpu.engine.intercepts.set_cr_reads(frozenset())
+    load_host_state(vcpu, region)
+    state.entry_failures.append(why)
+    del state.entry_failures[:-8]
 
 
 def exit_to_l1(vcpu, x: L2Exit) -> None:
@@ -422,6 +440,7 @@ def exit_to_l1(vcpu, x: L2Exit) -> None:
     w("GUEST_CR4", e.read("cr4"))
     if controls & _EXIT["SAVE_DEBUG_CONTROLS"]:
         w("GUEST_DR7", e.read("dr7"))
+        w("GUEST_IA32_DEBUGCTL", vcpu.msrs.get(IA32_DEBUGCTL, 0))
     w("GUEST_RSP", e.read("rsp"))
     w("GUEST_RIP", x.rip)
     w("GUEST_RFLAGS", e.read("rflags"))
@@ -446,6 +465,7 @@ def exit_to_l1(vcpu, x: L2Exit) -> None:
     w("VM_ENTRY_CONTROLS", (entry & ~_ENTRY["IA32E_MODE_GUEST"]) | lma)
     w("GUEST_ACTIVITY_STATE", 0)
     w("GUEST_INTERRUPTIBILITY_INFO", 0)
+    stored = vmx_msr_lists.store(vcpu, region.read("VM_EXIT_MSR_STORE_ADDR"), region.read("VM_EXIT_MSR_STORE_COUNT"))
     if state.memory_view is not None:
         state.memory_view.remove(vcpu)
         state.memory_view = None
@@ -453,6 +473,12 @@ def exit_to_l1(vcpu, x: L2Exit) -> None:
     e.intercepts.set_cr_reads(frozenset())
     load_host_state(vcpu, region)
     act.restore(vcpu, 0)
+    loaded = stored or vmx_msr_lists.load(vcpu, region.read("VM_EXIT_MSR_LOAD_ADDR"),
+                                          region.read("VM_EXIT_MSR_LOAD_COUNT"))
+    if loaded is not None:   # SDM 28.7 VMX abort: indicator 1 (store) or 4 (load), then shutdown
+        region.record_abort(1 if stored else 4)
+        state.entry_failures.append(f"VMX abort: {loaded[1]}")
+        act.shutdown(vcpu)
     state.l2_exits += 1
     state.exits_by_reason[x.reason] = state.exits_by_reason.get(x.reason, 0) + 1
     now = vcpu.clock()
@@ -472,6 +498,8 @@ def load_host_state(vcpu, region: VmcsRegion) -> None:
     efer = v("HOST_IA32_EFER") if controls & _EXIT["LOAD_EFER"] else e.read("efer")
     efer = (efer | EFER_LMA | EFER_LME) if long_mode else efer & ~(EFER_LMA | EFER_LME)
     e.set_control_registers(v("HOST_CR0"), v("HOST_CR3"), v("HOST_CR4"), efer)
+    e.write("dr7", 0x400)                   # SDM 28.5.1: DR7 = 400H, IA32_DEBUGCTL = 0
+    vcpu.msrs[IA32_DEBUGCTL] = 0
     if controls & _EXIT["LOAD_PAT"]:
         vcpu.msrs[IA32_PAT] = v("HOST_IA32_PAT")
     e.write("rflags", 0x2)

@@ -15,7 +15,8 @@ from typing import Any, Callable, Protocol
 
 from hvdbg.arch.apic import (APIC_BASE_BSP, APIC_BASE_EN, APIC_BASE_EXTD, IA32_APIC_BASE_MSR, X2APIC_MSR_BASE,
                              X2APIC_MSR_END, Reg, apic_base_write_problem)
-from hvdbg.arch.regs import IA32_EFER, IA32_MISC_ENABLE, IA32_PAT, IA32_TSC, IA32_TSC_DEADLINE
+from hvdbg.arch.regs import (DEBUGCTL_DEFINED, IA32_DEBUGCTL, IA32_EFER, IA32_MISC_ENABLE, IA32_PAT, IA32_TSC,
+                             IA32_TSC_DEADLINE)
 from hvdbg.platform.devices.bus import IoBus, MmioBus
 from hvdbg.platform.devices.debug_exit import DEBUG_EXIT_PORT
 from hvdbg.arch.events import hardware_exception
@@ -42,7 +43,7 @@ _CPUID_IN = ("rax", "rcx")
 _CPUID_OUT = ("rax", "rbx", "rcx", "rdx")
 #: MSRs the VMM emulates itself (besides the x2APIC range); the processor executes the rest
 #: (hvdbg.arch.msrs: #GP for an MSR it does not implement).
-VMM_MSRS = frozenset({IA32_APIC_BASE_MSR, IA32_TSC, IA32_MISC_ENABLE, IA32_TSC_DEADLINE, IA32_PAT})
+VMM_MSRS = frozenset({IA32_APIC_BASE_MSR, IA32_TSC, IA32_MISC_ENABLE, IA32_TSC_DEADLINE, IA32_PAT, IA32_DEBUGCTL})
 #: MSRs that exit only to be traced (their writes switch the guest's mode), then run natively.
 TRACED_MSRS = frozenset({IA32_EFER})
 
@@ -282,54 +283,77 @@ class Vmm:
     def _msr_read(self, vcpu: VcpuPort, exit: ExitInfo) -> ExitDecision:
         msr = _msr_of(exit)
         exit.detail = f"rdmsr {msr:#x}"
-        if msr == IA32_APIC_BASE_MSR:
-            exit.data = vcpu.apic.base_msr
-        elif X2APIC_MSR_BASE <= msr <= X2APIC_MSR_END:
-            if not vcpu.apic.x2apic_mode:
-                return self._inject_gp(vcpu, exit, "x2APIC MSR read while x2APIC mode is off")
-            exit.data = vcpu.apic.read_msr(msr)
-        elif msr == IA32_TSC:
-            exit.data = vcpu.tsc()
-        elif msr == IA32_TSC_DEADLINE:
-            deadline = vcpu.apic.tsc_deadline()
-            exit.data = 0 if deadline is None else timekeeping.tsc_at(vcpu, deadline)
-        elif msr in vcpu.msrs:
-            exit.data = vcpu.msrs[msr]
-        elif nested.owns_msr(vcpu, msr):
-            exit.data = nested.read_msr(vcpu, msr) or 0
-        else:
+        value, why = self.read_msr(vcpu, msr)
+        if why is not None:
+            return self._inject_gp(vcpu, exit, why)
+        if value is None:
             return ExitDecision.NATIVE  # not the VMM's: the engine executes it
+        exit.data = value
         exit.detail += f" -> {exit.data:#x}"
         return ExitDecision.RESUME
+
+    def read_msr(self, vcpu: VcpuPort, msr: int) -> tuple[int | None, str | None]:
+        """RDMSR of ``msr`` as the VMM performs it (the exit handler and the VMX MSR-store
+        list): (value, why it raises #GP(0)); (None, None): the processor's MSR."""
+        if msr == IA32_APIC_BASE_MSR:
+            return vcpu.apic.base_msr, None
+        if X2APIC_MSR_BASE <= msr <= X2APIC_MSR_END:
+            if not vcpu.apic.x2apic_mode:
+                return None, "x2APIC MSR read while x2APIC mode is off"
+            return vcpu.apic.read_msr(msr), None
+        if msr == IA32_TSC:
+            return vcpu.tsc(), None
+        if msr == IA32_TSC_DEADLINE:
+            deadline = vcpu.apic.tsc_deadline()
+            return (0 if deadline is None else timekeeping.tsc_at(vcpu, deadline)), None
+        if msr in vcpu.msrs or msr == IA32_DEBUGCTL:
+            return vcpu.msrs.get(msr, 0), None
+        if nested.owns_msr(vcpu, msr):
+            return nested.read_msr(vcpu, msr) or 0, None
+        return None, None
 
     def _msr_write(self, vcpu: VcpuPort, exit: ExitInfo) -> ExitDecision:
         msr = _msr_of(exit)
         value = exit.data
         exit.detail = f"wrmsr {msr:#x} <- {value:#x}"
+        done, why = self.write_msr(vcpu, msr, value)
+        if why is not None:
+            return self._inject_gp(vcpu, exit, why)
+        if not done:
+            return ExitDecision.NATIVE
+        return ExitDecision.LEAVE if self.life.ended else ExitDecision.RESUME
+
+    def write_msr(self, vcpu: VcpuPort, msr: int, value: int) -> tuple[bool, str | None]:
+        """WRMSR of ``value`` to ``msr`` as the VMM performs it (the exit handler and the
+        VMX MSR-load lists): (done, why it raises #GP(0)); done False and no reason: not
+        an MSR the VMM emulates (the processor executes it)."""
         if msr == IA32_APIC_BASE_MSR:
             maxphyaddr = vcpu.cpuid.query(0x80000008)[0] & 0xFF     # what the guest was told
             why = apic_base_write_problem(vcpu.apic.base_msr, value & ~APIC_BASE_BSP, vcpu.apic.x2apic_supported,
                                           maxphyaddr)
             if why is not None:
-                return self._inject_gp(vcpu, exit, why)
+                return False, why
             vcpu.apic.base_msr = (value & ~0xFF) | (vcpu.apic.base_msr & APIC_BASE_BSP)
         elif X2APIC_MSR_BASE <= msr <= X2APIC_MSR_END:
             if not vcpu.apic.x2apic_mode:
-                return self._inject_gp(vcpu, exit, "x2APIC MSR write while x2APIC mode is off")
+                return False, "x2APIC MSR write while x2APIC mode is off"
             vcpu.apic.write_msr(msr, value)
-            return ExitDecision.LEAVE if self.life.ended else ExitDecision.RESUME
         elif msr == IA32_TSC:
             vcpu.set_tsc(value)
         elif msr == IA32_TSC_DEADLINE:   # on the TSC, in virtual time (SDM 11.5.4.1)
             vcpu.apic.arm_tsc_deadline(timekeeping.clock_at(vcpu, value) if value else None)
         elif msr in (IA32_PAT, IA32_MISC_ENABLE):
             vcpu.msrs[msr] = value
+        elif msr == IA32_DEBUGCTL:    # kept, not acted on: hvdbg records no branches (no LBR/BTS)
+            if value & ~DEBUGCTL_DEFINED:
+                return False, f"IA32_DEBUGCTL {value:#x}: reserved bits set"
+            vcpu.msrs[msr] = value
         elif nested.owns_msr(vcpu, msr):
             if why := nested.write_msr_problem(vcpu, msr, value):
-                return self._inject_gp(vcpu, exit, why)
+                return False, why
         else:
-            return ExitDecision.NATIVE
-        return ExitDecision.RESUME
+            return False, None
+        return True, None
 
     def _inject_gp(self, vcpu: VcpuPort, exit: ExitInfo, why: str) -> ExitDecision:
         exit.detail += f": #GP injected ({why})"
@@ -398,17 +422,10 @@ class Vmm:
     # -- a guest hypervisor's VMX instructions (exit reasons 19-27, 50, 53) -------------------
     def _vmx_instruction(self, vcpu: VcpuPort, exit: ExitInfo) -> ExitDecision:
         """Emulated for the guest (hvdbg.hv.nested).  A VM entry that passed its checks runs
-        the guest hypervisor's guest from the next engine run, unless its controls ask for
-        something hvdbg cannot do for it yet: then the VM ends, naming it."""
+        the guest hypervisor's guest from the next engine run (hvdbg.hv.nested_guest)."""
         decision, outcome = nested.emulate(vcpu, exit)
         if outcome is not None and outcome.result is Result.VM_ENTRY:
-            missing = nested_guest.not_honoured(nested_guest.vmcs12(vcpu))
-            if missing:
-                self.life.end("fatal", detail=f"vCPU {vcpu.index}: {exit.detail}, but the guest hypervisor's "
-                              f"controls ask for {', '.join(missing)}, which hvdbg does not emulate for its guest "
-                              "yet (docs/nested.md)")
-            else:
-                vcpu.vmx.pending_entry = True     # loaded when the engine run ends
+            vcpu.vmx.pending_entry = exit.reason     # loaded when the engine run ends
         return decision
 
     # -- exceptions the exception bitmap intercepts (exit reason 0) ---------------------------

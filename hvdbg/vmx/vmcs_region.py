@@ -91,6 +91,10 @@ class VmcsRegion:
     def abort_indicator(self) -> int:
         return self._read32(ABORT_OFFSET)
 
+    def record_abort(self, indicator: int) -> None:
+        """A VMX abort (SDM 28.7): the indicator goes into the region's second dword."""
+        self._write32(ABORT_OFFSET, indicator)
+
     @property
     def launch_state(self) -> LaunchState:
         return LaunchState.LAUNCHED if self._read32(LAUNCH_OFFSET) == 1 else LaunchState.CLEAR
