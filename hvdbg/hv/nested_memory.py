@@ -53,8 +53,12 @@ class L2Memory:
         l1 = vcpu.memory
         tables = Ept(OpenBusMemory(l1), _no_alloc, pml4_hpa=eptp & ADDR_MASK & ~0xFFF)
         pieces = []
+        root = eptp & ADDR_MASK & ~0xFFF
         for run in tables.mapped_ranges():
-            if not run.perms:
+            # a run the engine may not map: no permission, or misconfigured entries (W without
+            # R, a reserved memory type or bit, SDM 29.3.3.1): every access faults, and the
+            # walk then decides between the EPT violation and the misconfiguration
+            if not run.perms or walk_ept(OpenBusMemory(l1), root, run.gpa_start).status is not EptStatus.OK:
                 continue
             gpa, end, l1_gpa = run.gpa_start, run.gpa_end, run.hpa_start
             while gpa < end:
