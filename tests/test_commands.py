@@ -124,7 +124,7 @@ def test_vmcs_guest_state_matches_the_stopped_engine(debugger, elf):
     assert hexval(r"^GUEST_RSP\s+0x681c = (0x[0-9a-f]+)", full) == v.engine.uc.reg_read(X.UC_X86_REG_RSP)
     cs = re.search(r"^CS\s+(0x[0-9a-f]+)\s+(0x[0-9a-f]+)", full, re.M)
     assert int(cs.group(1), 16) == v.engine.uc.reg_read(X.UC_X86_REG_CS)
-    assert "code execute/read, DPL=0 P L" in full  # 64-bit code segment, decoded access rights
+    assert "code execute/read accessed, DPL=0 P L" in full  # 64-bit code segment, decoded access rights
 
 
 def test_vmcs_exit_information_is_a_sentence(debugger):

@@ -555,3 +555,21 @@ def test_break_on_an_l2_exit_stops_before_the_guest_hypervisor_runs(guest_kernel
         assert exit_log(vm) == [10, 30, 12]
     finally:
         session.shutdown()
+
+
+def test_saved_segments_have_the_accessed_and_busy_bits(guest_kernels, tmp_path):
+    """A segment L2 loads from a descriptor without the accessed bit, and the TSS LTR loads,
+    are saved into the L1's VMCS as the processor holds them: accessed (SDM 3.4.5.1) and
+    busy (8.2.4) - the next VM entry's guest-state checks require both (SDM 27.3.1.2)."""
+    gdt = 0x340000
+    descriptors = struct.pack("<4Q", 0, 0, 0x00CF9B000000FFFF, 0x00CF92000000FFFF)   # 0x18: data, A = 0
+    tss = struct.pack("<Q", 0x0000890000000067 | (0x350000 & 0xFFFFFF) << 16)           # 0x20: TSS, type 9
+    l2 = "mov ax, 0x18\n mov ds, ax\n mov ax, 0x20\n ltr ax\n hlt"
+    vm, region = l1_and_l2(guest_kernels, tmp_path, l2_body=l2, primary_extra=0)
+    vm.memory.write(gdt, descriptors + tss)
+    region.write("GUEST_GDTR_BASE", gdt)
+    region.write("GUEST_GDTR_LIMIT", 0x27)
+    r = regs_after(vm)
+    assert r["rsi"] == 0x600D and exit_log(vm) == [12]
+    assert region.read("GUEST_DS_SELECTOR") == 0x18 and region.read("GUEST_DS_AR_BYTES") == 0xC093
+    assert region.read("GUEST_TR_SELECTOR") == 0x20 and region.read("GUEST_TR_AR_BYTES") & 0xF == 0xB

@@ -12,7 +12,7 @@ from hvdbg.vmx.exits import ExitReason
 from hvdbg.hv.vcpu import Vcpu
 from hvdbg.vmx.controls import ActivityState
 from hvdbg.hv.machine import Machine
-from hvdbg.platform.multiboot.spec import BOOTLOADER_MAGIC, MB1_HEADER_MAGIC, MB2_HEADER_MAGIC
+from hvdbg.platform.multiboot.spec import BOOTLOADER_MAGIC, MB1_BOOTLOADER_MAGIC, MB1_HEADER_MAGIC, MB2_HEADER_MAGIC
 
 
 
@@ -232,13 +232,15 @@ def nested_findings(vm: Machine) -> list[str]:
     out = []
     in_vmx = [v for v in vm.vcpus if v.vmx is not None and v.vmx.in_vmx_operation]
     launched = [v for v in in_vmx if v.vmx.l2_entries]
+    out += _l2_entry_findings(v for v in launched)
     for v in in_vmx:
         state = v.vmx
         if not state.l2_entries:
             if launched:
                 out.append(f"vCPU {v.index}: in VMX root operation, but the guest hypervisor never ran a guest on it "
-                           f"(no successful VMLAUNCH; vCPUs {', '.join(str(x.index) for x in launched)} did): an AP "
-                           "its guest started with INIT/SIPI that the guest hypervisor did not launch")
+                           f"(no successful VMLAUNCH; vCPUs {', '.join(str(x.index) for x in launched)} did): its "
+                           "guest's CPU here was never started - the guest sent no INIT/SIPI for it, or the guest "
+                           "hypervisor did not act on them")
             continue
         if state.non_root or not state.current_valid:
             continue
@@ -251,6 +253,8 @@ def nested_findings(vm: Machine) -> list[str]:
                              intr_info=region.read("VM_EXIT_INTR_INFO"), error_code=region.read("VM_EXIT_INTR_ERROR_CODE"))
         line = (f"vCPU {v.index}: the guest hypervisor's guest (L2) last exited to it with: {text}, "
                 f"at L2 RIP {rip:#x} (exit {state.l2_exits} of this vCPU)")
+        if reason & 0xFFFF == 0 and region.read("VM_EXIT_INTR_INFO") & 0xFF == 14:
+            line += "; " + _l2_page_walk(v, region, region.read("EXIT_QUALIFICATION"))
         if reason & 0xFFFF == 48:
             eptp = region.read("EPT_POINTER")
             walk = walk_ept(OpenBusMemory(v.memory), eptp & 0xFFFFFFFFFF000, gpa)
@@ -259,6 +263,58 @@ def nested_findings(vm: Machine) -> list[str]:
                      + (f" - it maps L2-physical 0x0-{top:#x}" if top else ""))
         out.append(line)
     return out
+
+
+def _l2_entry_findings(vcpus) -> list[str]:
+    """What the guest hypervisor gave its guest against what a kernel expects: the
+    multiboot magic in EAX at the first entry, a real-mode AP whose CS base is not its
+    selector x 16 (and is where the guest hypervisor's EPT maps it: a host-physical
+    entry), one initial APIC ID in its CPUID answers for several vCPUs."""
+    from hvdbg.hv.nested_guest import ept_enabled, vmcs12
+    from hvdbg.vmx.ept import walk_ept
+    from hvdbg.vmx.vmcs_region import OpenBusMemory
+    out, apic_ids = [], {}
+    for v in vcpus:
+        first = v.vmx.first_entry or {}
+        if first.get("rax", 0) & 0xFFFFFFFF == MB1_HEADER_MAGIC and first.get("cr0", 0) & 1:
+            out.append(f"vCPU {v.index}: the guest hypervisor entered its guest at {first['rip']:#x} with EAX = "
+                       f"{MB1_HEADER_MAGIC:#x}, the multiboot header magic; a multiboot kernel checks for the "
+                       f"bootloader magic {MB1_BOOTLOADER_MAGIC:#x} (Multiboot 3.2): its loader passed the wrong value")
+        if first and not first.get("cr0", 1) & 1 and first["cs_base"] != first["cs_selector"] << 4:
+            expected = first["cs_selector"] << 4
+            line = (f"vCPU {v.index}: the guest hypervisor started its guest's AP in real mode with CS selector "
+                    f"{first['cs_selector']:#x} but CS base {first['cs_base']:#x} (selector x 16 = {expected:#x})")
+            region = vmcs12(v) if v.vmx.current_valid else None
+            if region is not None and ept_enabled(region):
+                walk = walk_ept(OpenBusMemory(v.memory), region.read("EPT_POINTER") & 0xFFFFFFFFFF000, expected)
+                if walk.hpa == first["cs_base"]:
+                    line += (f": {first['cs_base']:#x} is where its EPT maps {expected:#x} - it computed the SIPI "
+                             "entry from the host-physical address")
+            out.append(line)
+        answer = v.vmx.cpuid_answers.get(1)
+        if answer is not None:
+            apic_ids.setdefault(answer[1] >> 24 & 0xFF, []).append(v.index)
+    for apic_id, indexes in apic_ids.items():
+        if len(indexes) > 1:
+            out.append(f"the guest hypervisor answers CPUID.1 with initial APIC ID {apic_id} on vCPUs "
+                       f"{', '.join(map(str, indexes))}: its guest's CPUs cannot tell themselves apart (a kernel "
+                       "that indexes per-CPU data by that ID shares one slot)")
+    return out
+
+
+def _l2_page_walk(v: Vcpu, region, cr2: int) -> str:
+    """The guest hypervisor's guest's own page walk of ``cr2`` (its CR3 in the VMCS,
+    through the guest hypervisor's EPT when it has one)."""
+    from hvdbg.hv.nested_guest import ept_enabled
+    from hvdbg.hv.nested_memory import L2Physical
+    mem = L2Physical(v, region.read("EPT_POINTER")) if ept_enabled(region) else v.memory
+    try:
+        w = paging.walk(mem.read, region.read("GUEST_CR0"), region.read("GUEST_CR3"), region.read("GUEST_CR4"),
+                        region.read("GUEST_IA32_EFER"), cr2, "fetch" if region.read("GUEST_RIP") == cr2 else "read",
+                        maxphyaddr=v.maxphyaddr)
+    except Exception as e:  # noqa: BLE001 - tables outside memory
+        return f"its page walk of {cr2:#x} could not be made ({e})"
+    return f"its guest's page walk of {cr2:#x}: " + (w.reason or f"maps it to {w.gpa:#x}")
 
 
 def _ept_top(v: Vcpu, eptp: int) -> int:
@@ -278,7 +334,12 @@ def _ept_top(v: Vcpu, eptp: int) -> int:
 
 
 def _common(vm: Machine) -> list[str]:
-    out = sipi_findings(vm) + apic_id_findings(vm) + wild_rip_findings(vm) + trouble_findings(vm) + nested_findings(vm)
+    out = sipi_findings(vm) + apic_id_findings(vm) + wild_rip_findings(vm) + trouble_findings(vm)
+    try:
+        out += nested_findings(vm)
+    except Exception as e:  # noqa: BLE001 - a diagnosis must never take the report down
+        out.append(f"(diagnosis incomplete: hvdbg could not analyse the guest hypervisor's state: "
+                   f"{type(e).__name__}: {e})")
     if vm.bus.unhandled:
         ports = ", ".join(f"{p:#x}" for p in sorted(vm.bus.unhandled)[:12])
         out.append(f"the guest used I/O ports no device claims: {ports}")

@@ -73,6 +73,15 @@ class EptFault:
 
 
 @dataclass(slots=True)
+class NestedEptFault:
+    """An EPT violation or misconfiguration in a guest hypervisor's EPT (hvdbg.hv.
+    nested_memory): that guest hypervisor's exit, not hvdbg's."""
+
+    walk: "EptWalk"
+    access: str
+
+
+@dataclass(slots=True)
 class ExceptionExit:
     """Exception exit (reason 0): the event the exception bitmap intercepted."""
 
@@ -89,7 +98,7 @@ class TripleFault:
     internal: str | None = None
 
 
-ExitPayload = Union[ApicAccess, MsrAccess, EptFault, ExceptionExit, TripleFault, None]
+ExitPayload = Union[ApicAccess, MsrAccess, EptFault, NestedEptFault, ExceptionExit, TripleFault, None]
 
 
 @dataclass(slots=True)

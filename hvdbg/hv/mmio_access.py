@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from hvdbg.arch.apic import XAPIC_BASE
+from hvdbg.hv import nested_memory
 from hvdbg.hv.exit import ApicAccess, ExitInfo, MmioAccess
 from hvdbg.vmx.exits import ExitReason, apic_access_qualification, ept_violation_qualification
 
@@ -35,6 +36,11 @@ def mmio_access(vcpu, gpa: int, size: int, value: int | None) -> int:
     kind = "read" if value is None else "write"
     rip = vcpu.engine.rip()
     gla = vcpu.guess_linear_address(rip, gpa, kind)
+    if vcpu.vmx is not None and vcpu.vmx.non_root:   # an L2-physical address: the L1's EPT first
+        l1_gpa, _ = nested_memory.ept_fault(vcpu, gpa, kind, rip, gla, True)
+        if l1_gpa is None:
+            return 0       # the guest hypervisor's exit; the access is undone with L2's state
+        gpa = l1_gpa
     walk = vcpu.memory.ept.walk(gpa)
     qual = ept_violation_qualification(kind, walk, gla_valid=gla is not None, translated_access=True)
     info = ExitInfo(ExitReason.EPT_VIOLATION, qualification=qual.encode(), rip=rip, guest_physical=gpa,

@@ -22,7 +22,7 @@ from hvdbg.arch.regs import EFER_LMA, EFER_LME
 from hvdbg.arch.segments import Segment
 from hvdbg.hv import activity as act
 from hvdbg.hv import nested_memory, vmx_msr_lists
-from hvdbg.hv.exit import ExitInfo, MsrAccess
+from hvdbg.hv.exit import ExitInfo, MsrAccess, NestedEptFault
 from hvdbg.vmx.bitmaps import IoBitmaps, MsrBitmap
 from hvdbg.vmx.controls import PIN_BASED, PRIMARY_PROCESSOR_BASED, SECONDARY_PROCESSOR_BASED, VM_ENTRY, VM_EXIT
 from hvdbg.vmx.ept import ADDR_MASK, EptStatus, walk_ept
@@ -50,7 +50,7 @@ _CR3_STORE = PRIMARY_PROCESSOR_BASED.mask("CR3_STORE_EXITING")
 
 #: Exits that happen whatever the L1's controls say (SDM 26.1.2, 26.2)
 _UNCONDITIONAL = frozenset({ExitReason.CPUID, ExitReason.VMCALL, ExitReason.INVD, ExitReason.TRIPLE_FAULT, ExitReason.INIT_SIGNAL,
-                            ExitReason.SIPI, ExitReason.EPT_VIOLATION, ExitReason.EPT_MISCONFIG,
+                            ExitReason.SIPI,
                             ExitReason.VMCLEAR, ExitReason.VMLAUNCH, ExitReason.VMPTRLD, ExitReason.VMPTRST,
                             ExitReason.VMREAD, ExitReason.VMRESUME, ExitReason.VMWRITE, ExitReason.VMXOFF,
                             ExitReason.VMXON, ExitReason.INVEPT, ExitReason.INVVPID})
@@ -97,6 +97,9 @@ class NestedVmx(VmxState):
     time_in_l1: int = 0           # virtual time from exits to the next entries
     time_in_l2: int = 0
     entry_failures: list[str] = field(default_factory=list)   # the last MSR-list failures, in words
+    first_entry: dict[str, int] | None = None     # L2's state at its first entry (the diagnosis reads it)
+    cpuid_leaf: int | None = None                 # the CPUID leaf of the exit the L1 is handling
+    cpuid_answers: dict[int, tuple[int, ...]] = field(default_factory=dict)   # leaf -> what the L1 answered
 
     @property
     def level(self) -> str:
@@ -152,6 +155,10 @@ def l1_wants(region: VmcsRegion, info: ExitInfo, cr_value: int | None = None) ->
         return MsrBitmap(region.mem, region.read("MSR_BITMAP")).exits(msr, r is ExitReason.MSR_WRITE)
     if r is ExitReason.CR_ACCESS:
         return True
+    if r in (ExitReason.EPT_VIOLATION, ExitReason.EPT_MISCONFIG):
+        # the guest hypervisor's EPT decided it (nested_memory.ept_fault); one of hvdbg's own
+        # EPT, on the L1-physical address its EPT led to, is hvdbg's (MMIO, RAM it lacks)
+        return isinstance(info.payload, NestedEptFault)
     if r is ExitReason.EXCEPTION_NMI:
         vector = info.interruption_info & 0xFF
         hit = bool(region.read("EXCEPTION_BITMAP") >> vector & 1)
@@ -258,6 +265,7 @@ def reflect(vcpu, info: ExitInfo) -> L2Exit:
                                 instruction_info, e.batch_of(GPRS).read(), info.detail)
     if info.reason is ExitReason.IO_INSTRUCTION and info.qualification & 8:
         info.data = e.read("rax")     # the IN completes in the engine: leave RAX as it is
+    state.cpuid_leaf = e.read("rax") & 0xFFFFFFFF if info.reason is ExitReason.CPUID else None
     return state.pending_exit
 
 
@@ -389,10 +397,26 @@ def enter_l2(vcpu, launch: bool = True) -> None:
         length = v("VM_ENTRY_INSTRUCTION_LEN") if soft else 0
         vcpu.pending_event_rip, vcpu.pending_event_length = v("GUEST_RIP") + length, length
     state.l2_entries += 1
+    _record_entry(vcpu, state)
     now = vcpu.clock()
     if state.left_at:
         state.time_in_l1 += now - state.left_at
     state.entered_at = now
+
+
+def _record_entry(vcpu, state: NestedVmx) -> None:
+    """What the diagnosis compares with what a kernel expects: L2's registers at its first
+    entry (a loader's EAX magic, an AP's real-mode CS), and the CPUID answer the L1 gave
+    for the exit it resumes from (the initial APIC ID it tells its guest)."""
+    e = vcpu.engine
+    if state.first_entry is None:
+        cs = e.segment("cs")
+        rax, rbx = e.batch_of(("rax", "rbx")).read()
+        state.first_entry = {"rax": rax, "rbx": rbx, "rip": e.rip(), "cs_selector": cs.selector,
+                             "cs_base": cs.base, "cr0": e.read("cr0")}
+    if state.cpuid_leaf is not None:
+        state.cpuid_answers[state.cpuid_leaf] = tuple(e.batch_of(("rax", "rbx", "rcx", "rdx")).read())
+        state.cpuid_leaf = None
 
 
 def _entry_failure(vcpu, region: VmcsRegion, launch: bool, reason: ExitReason, failed: tuple[int, str]) -> None:

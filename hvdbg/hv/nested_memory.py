@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hvdbg.hv.exit import ExitInfo
+from hvdbg.hv.exit import ExitInfo, NestedEptFault
 from hvdbg.vmx.ept import ADDR_MASK, EptStatus, walk_ept
 from hvdbg.vmx.ept_tables import Ept
 from hvdbg.vmx.exits import ExitReason, ept_violation_qualification
@@ -29,12 +29,13 @@ def ept_fault(vcpu, gpa: int, kind: str, rip: int, gla: int | None, translated: 
     if walk.status is EptStatus.OK and not walk.is_violation(kind):
         return walk.hpa, True
     if walk.is_misconfig:
-        info = ExitInfo(ExitReason.EPT_MISCONFIG, rip=rip, guest_physical=gpa, detail=walk.reason)
+        info = ExitInfo(ExitReason.EPT_MISCONFIG, rip=rip, guest_physical=gpa, detail=walk.reason,
+                        payload=NestedEptFault(walk, kind))
     else:
         qual = ept_violation_qualification(kind, walk, gla_valid=gla is not None, translated_access=translated)
         info = ExitInfo(ExitReason.EPT_VIOLATION, qualification=qual.encode(), rip=rip, guest_physical=gpa,
                         guest_linear=gla, detail=f"{kind} of L2-physical {gpa:#x}: {walk.reason or 'not permitted'} "
-                        "in the guest hypervisor's EPT")
+                        "in the guest hypervisor's EPT", payload=NestedEptFault(walk, kind))
     vcpu.vm_exit(info)
     return None, False
 
