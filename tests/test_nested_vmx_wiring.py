@@ -386,6 +386,9 @@ MSR_BITMAP_PAGE = 0x320000
      {"CR0_GUEST_HOST_MASK": 8, "CR0_READ_SHADOW": 0}, [28, 12], {"EXIT_QUALIFICATION": 0}),
     # VMCALL and VMX instructions in L2 always exit
     ("vmcall", "vmcall\n mov eax, 0x4400\n vmread ebx, eax\n hlt", 0, {}, [18, 23, 12], {}),
+    # INVLPG exiting: exit 14 with the linear address as qualification, the instruction's length
+    ("invlpg exiting", "invlpg [0x1234]\n hlt", 1 << 9, {}, [14, 12],
+     {"trace": f"INVLPG L2 -> L1 at {L2_CODE:#x}"}),
     # interrupt-window exiting: L2 with IF = 1 exits at once
     ("interrupt window", "nop\n hlt", 1 << 2, {"GUEST_RFLAGS": 0x202}, [7], {"GUEST_RIP": L2_CODE}),
 ])

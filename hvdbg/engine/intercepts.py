@@ -39,6 +39,7 @@ SVM_EXIT_INVD = 0x076
 SVM_EXIT_WBINVD = 0x089     # Unicorn 2.1.4 (QEMU 5.0) checks it for INVD too: (b & 2) should be (b & 1)
 SVM_EXIT_PAUSE = 0x077
 SVM_EXIT_HLT = 0x078
+SVM_EXIT_INVLPG = 0x079
 SVM_EXIT_MSR = 0x07C
 SVM_EXIT_SHUTDOWN = 0x07F
 
@@ -70,6 +71,7 @@ class Intercepted(enum.Enum):
                                        # while shadowed reads are asked for (set_cr_reads)
     HLT = "hlt"
     INVD = "invd"                      # INVD or WBINVD (the engine reports both the same way)
+    INVLPG = "invlpg"                  # while a guest hypervisor's guest runs with INVLPG exiting
     PAUSE = "pause"
     INTERRUPT_WINDOW = "interrupt-window"
     NMI_WINDOW = "nmi-window"
@@ -106,12 +108,14 @@ class Intercepts:
         uc.mem_write(VMCB_GPA + _VMCB_MSRPM_BASE, struct.pack("<Q", VMCB_GPA + _MSRPM_OFFSET))
         uc.mem_write(VMCB_GPA + _MSRPM_OFFSET, b"\xff" * _MSRPM_SIZE)   # every MSR, both directions
         self.pause_exiting = False
+        self.invlpg_exiting = False
         self.arm()
 
     def arm(self) -> None:
         """(Re)load the intercepts into the CPU state (after an engine reset)."""
         self._vm_vmcb.value = VMCB_GPA
-        self._intercept.value = self.BASE | (_intercept_bit(SVM_EXIT_PAUSE) if self.pause_exiting else 0)
+        self._intercept.value = self.BASE | (_intercept_bit(SVM_EXIT_PAUSE) if self.pause_exiting else 0) \
+            | (_intercept_bit(SVM_EXIT_INVLPG) if self.invlpg_exiting else 0)
         self._cr_write.value = self.CR_WRITES
         self._cr_read.value = self.CR_READS
         self._hflags.value |= ucx.HF_GUEST_MASK
@@ -123,6 +127,12 @@ class Intercepts:
         intercepted."""
         self._cr_read.value = self.CR_READS | sum(1 << cr for cr in crs)
         self._cr_write.value = self.CR_WRITES | sum(1 << cr for cr in writes)
+
+    def set_invlpg_exiting(self, on: bool) -> None:
+        """Intercept INVLPG (a guest hypervisor's INVLPG exiting, SDM 25.6.2)."""
+        self.invlpg_exiting = on
+        self._intercept.value = (self._intercept.value & ~_intercept_bit(SVM_EXIT_INVLPG)) \
+            | (_intercept_bit(SVM_EXIT_INVLPG) if on else 0)
 
     def set_pause_exiting(self, on: bool) -> None:
         """Intercept PAUSE (for PAUSE-loop exiting, SDM 25.1.3)."""
@@ -148,6 +158,7 @@ class Intercepts:
             self.request_nmi_window(False)
             return Intercepted.NMI_WINDOW, 0
         kind = {SVM_EXIT_HLT: Intercepted.HLT, SVM_EXIT_PAUSE: Intercepted.PAUSE, SVM_EXIT_INVD: Intercepted.INVD,
+                SVM_EXIT_INVLPG: Intercepted.INVLPG,
                 SVM_EXIT_WBINVD: Intercepted.INVD,
                 SVM_EXIT_SHUTDOWN: Intercepted.SHUTDOWN}.get(code)
         if kind is None:

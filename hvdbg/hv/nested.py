@@ -183,6 +183,25 @@ def _field_text(encoding: int) -> str:
         return f"{encoding:#x}"
 
 
+def linear_of_memory_operand(vcpu, insn) -> int:
+    """The linear address of a capstone instruction's memory operand (INVLPG's), 0 if none."""
+    code64 = vcpu.code_bits() == 64
+    for op in insn.operands:
+        if op.type == csx86.X86_OP_MEM:
+            m = op.mem
+            base = full_gpr(insn.reg_name(m.base)) if m.base else None
+            disp = m.disp + (insn.address + insn.size if base == "rip" else 0)
+            segment = insn.reg_name(m.segment) if m.segment else ("ss" if base in ("rsp", "rbp") else "ds")
+            operand = MemoryOperand(segment, None if base == "rip" else base,
+                                    full_gpr(insn.reg_name(m.index)) if m.index else None, m.scale or 1, disp,
+                                    insn.addr_size * 8, op.size)
+            try:
+                return _linear(vcpu, operand, code64)
+            except GuestFault:
+                return 0
+    return 0
+
+
 def _perform(vcpu, insn: VmxInstruction, state: VmxState, mode: vmx.ProcessorMode,
              mem) -> tuple[VmxOutcome, str]:
     """Fetch the operands and run the instruction: (outcome, its operands as text for the

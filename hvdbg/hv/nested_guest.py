@@ -56,6 +56,7 @@ _UNCONDITIONAL = frozenset({ExitReason.CPUID, ExitReason.VMCALL, ExitReason.INVD
                             ExitReason.VMXON, ExitReason.INVEPT, ExitReason.INVVPID})
 #: Exits a primary processor-based control asks for (SDM 25.6.2)
 _PRIMARY_EXITS = {ExitReason.INTERRUPT_WINDOW: PRIMARY_PROCESSOR_BASED.mask("INTERRUPT_WINDOW_EXITING"),
+                  ExitReason.INVLPG: PRIMARY_PROCESSOR_BASED.mask("INVLPG_EXITING"),
                   ExitReason.NMI_WINDOW: PRIMARY_PROCESSOR_BASED.mask("NMI_WINDOW_EXITING"),
                   ExitReason.RDTSC: PRIMARY_PROCESSOR_BASED.mask("RDTSC_EXITING"),
                   ExitReason.RDTSCP: PRIMARY_PROCESSOR_BASED.mask("RDTSC_EXITING")}
@@ -242,6 +243,22 @@ def cr3_load_exits(vcpu, value: int) -> bool:
     return value not in {region.read(f"CR3_TARGET_VALUE{i}") for i in range(count)}
 
 
+def invlpg(vcpu) -> None:
+    """INVLPG m, intercepted while L2 runs under the L1's INVLPG exiting: exit reason 14
+    with the linear address as qualification (SDM 28.2.1); RIP is at the instruction."""
+    from hvdbg.hv.nested import linear_of_memory_operand
+    e = vcpu.engine
+    rip = e.rip()
+    insn = next(iter(vcpu.decode(vcpu.code_base() + rip)), None)
+    length = insn.size if insn is not None else 3
+    linear = linear_of_memory_operand(vcpu, insn) if insn is not None else 0
+    if not vcpu.vm_exit(ExitInfo(ExitReason.INVLPG, qualification=linear, rip=rip, instruction_length=length,
+                                 guest_linear=linear)):
+        return
+    e.flush_tlb()       # not the guest hypervisor's: the processor's INVLPG (hvdbg keeps no TLB to spare)
+    e.set_rip(rip + length)
+
+
 def in_l2(vcpu) -> bool:
     state = vcpu.vmx
     return state is not None and state.non_root
@@ -363,6 +380,7 @@ def enter_l2(vcpu, launch: bool = True) -> None:
         state.memory_view.install(vcpu)
     e.set_control_registers(v("GUEST_CR0"), v("GUEST_CR3"), v("GUEST_CR4"), efer)
     primary = v("CPU_BASED_VM_EXEC_CONTROL")
+    e.intercepts.set_invlpg_exiting(bool(primary & PRIMARY_PROCESSOR_BASED.mask("INVLPG_EXITING")))
     e.intercepts.set_cr_reads(   # read shadows, CR3-store and CR3-load exiting
         frozenset(cr for cr in (0, 4) if v(f"CR{cr}_GUEST_HOST_MASK")) | ({3} if primary & _CR3_STORE else set()),
         frozenset({3}) if primary & _CR3_LOAD else frozenset())
@@ -433,6 +451,7 @@ def _entry_failure(vcpu, region: VmcsRegion, launch: bool, reason: ExitReason, f
         state.memory_view = None
     state.non_root = False
     vcpu.engine.intercepts.set_cr_reads(frozenset())
+    vcpu.engine.intercepts.set_invlpg_exiting(False)
     load_host_state(vcpu, region)
     state.entry_failures.append(why)
     del state.entry_failures[:-8]
@@ -495,6 +514,7 @@ def exit_to_l1(vcpu, x: L2Exit) -> None:
         state.memory_view = None
     state.non_root = False
     e.intercepts.set_cr_reads(frozenset())
+    e.intercepts.set_invlpg_exiting(False)
     load_host_state(vcpu, region)
     act.restore(vcpu, 0)
     loaded = stored or vmx_msr_lists.load(vcpu, region.read("VM_EXIT_MSR_LOAD_ADDR"),

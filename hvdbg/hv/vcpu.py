@@ -267,9 +267,11 @@ class Vcpu(GuestView, GuestStateArea):
     def on_pause(self) -> None:
         pause_loop.pause(self)
 
+    def on_invlpg(self) -> None:   # intercepted only for a guest hypervisor's INVLPG exiting
+        nested_guest.invlpg(self)
+
     def on_hlt(self) -> None:
-        """HLT completes (RIP past it) and the vCPU leaves the engine; the exit is taken
-        after the run, as the VMM's HLT handling needs the vCPU out of the engine."""
+        """HLT completes (RIP past it); its exit is taken after the run, out of the engine."""
         rip = self.engine.rip()
         self.engine.set_rip(rip + 1)
         self.engine.intercepts.end_interrupt_shadow()   # "sti; hlt" wakes on an interrupt
