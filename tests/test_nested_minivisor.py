@@ -117,3 +117,16 @@ def test_real_gdb_stops_in_the_guest_hypervisor_and_in_its_guest():
         if proc.poll() is None:
             proc.kill()
         proc.wait(10)
+
+
+def test_shell_shows_the_guest_hypervisors_vmcs_and_ept_after_the_16mib_bug():
+    """`vmx vmcs` and `vmx ept` read the minivisor's own VMCS and EPT: the exit it stopped
+    on, the missing PDE past 16 MiB, and a mapped address through both EPTs."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "hvdbg.ui.cli", "shell", str(CONFIGS / "bug-ept16m.toml"),
+                          "-c", "continue", "-c", "vmx vmcs 0 exit", "-c", "vmx ept 0x1000000 0",
+                          "-c", "vmx ept 0x200000 0"], capture_output=True, text=True, timeout=300).stdout
+    assert "VM_EXIT_REASON                   0x4402 = 0x00000030  EPT violation: write to GPA 0x1000000" in out, out
+    assert "PDE  [  8]" in out and "=> EPT violation: PDE not present" in out, out
+    assert re.search(r"then hvdbg's EPT: the guest hypervisor's GPA 0x10200000 -> HPA 0x10200000", out), out

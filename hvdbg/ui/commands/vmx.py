@@ -9,10 +9,12 @@ from hvdbg.ui.commands.registry import VCPU, Command, Param, register
 from hvdbg.ui.render.text import size_text
 from hvdbg.ui.render.vmcs import eptp_line, exit_sentence, format_vmcs_field, format_vmcs_sections
 from hvdbg.vmx import ept as ept_mod
+from hvdbg.hv import nested_guest
 from hvdbg.hv.nested import VMX_INSTRUCTION_EXITS
 from hvdbg.vmx.exits import ExitReason
 from hvdbg.vmx.fields import GROUPS, resolve
 from hvdbg.vmx.instructions import VmInstructionError, current_region
+from hvdbg.vmx.vmcs_region import OpenBusMemory
 
 
 def _sync_vmcs(call: Call, v: Vcpu) -> bool:
@@ -118,6 +120,31 @@ def cmd_vmx_vmcs(call: Call, a: dict) -> str:
     return "\n".join(lines + format_vmcs_sections(vmcs, groups, a["all"] is not None, v.index, "vmx vmcs"))
 
 
+def cmd_vmx_ept(call: Call, a: dict) -> str:
+    """A GPA of the guest hypervisor's guest through the guest hypervisor's EPT (its
+    current VMCS's EPTP, tables in its memory), then hvdbg's EPT for the result."""
+    v = call.vcpu(a["vcpu"])
+    if v.vmx is None:
+        raise CommandError(f"vCPU {v.index}: CPUID does not offer VMX (cpu = \"hvdbg,+vmx\" does)")
+    region = current_region(v.vmx, v.memory)
+    if region is None:
+        raise CommandError(f"vCPU {v.index}: the guest hypervisor has no current VMCS (VMPTRLD makes one)")
+    gpa = a["gpa"]
+    if not 0 <= gpa < 1 << 48:
+        raise CommandError(f"GPA {gpa:#x} is beyond the 48 bits a 4-level EPT translates")
+    eptp = region.read("EPT_POINTER")
+    enabled = nested_guest.ept_enabled(region)
+    lines = [f"vCPU {v.index} guest hypervisor's EPTP {eptp:#x} (PML4 at its GPA {eptp & ~0xFFF & (1 << 52) - 1:#x}; "
+             f"enable EPT {'on' if enabled else 'off: its guest uses these addresses unchanged'})"]
+    walk = ept_mod.walk_ept(OpenBusMemory(v.memory), eptp & ept_mod.ADDR_MASK, gpa)
+    lines += ept_mod.format_walk(walk)
+    if walk.ok and walk.hpa is not None:
+        hpa = v.memory.translate(walk.hpa)
+        lines.append(f"  then hvdbg's EPT: the guest hypervisor's GPA {walk.hpa:#x} -> HPA "
+                     + (f"{hpa:#x}" if hpa is not None else "not mapped (no RAM there)"))
+    return "\n".join(lines)
+
+
 def cmd_ept_walk(call: Call, a: dict) -> str:
     ept = call.vm.memory.ept
     gpa = a["gpa"]
@@ -163,6 +190,12 @@ register(
             "region; the current VMCS (its launch state and VM-instruction error, SDM 31.4) and\n"
             "the last VMX instructions with their outcome (VMsucceed, VMfailValid(n), #UD...).\n"
             "Needs cpu = \"hvdbg,+vmx\" (docs/nested.md).", "VMX"),
+    Command("vmx ept", (Param("gpa", "number"), VCPU),
+            "a guest-physical address of the guest hypervisor's guest through the guest hypervisor's EPT",
+            cmd_vmx_ept,
+            "Walks the EPT of the guest hypervisor's current VMCS (its EPTP; the tables in its\n"
+            "memory) like 'ept walk' walks hvdbg's: every entry, permissions, memory type, or where\n"
+            "the walk stopped; then the result through hvdbg's EPT (SDM 29.3.2).", "VMX"),
     Command("vmx vmcs", (VCPU, Param("target", "vmcs", optional=True, metavar="FIELD|GROUP"),
                          Param("all", "all", optional=True, metavar="all")),
             "the guest hypervisor's current VMCS, decoded like 'vmcs'", cmd_vmx_vmcs,
