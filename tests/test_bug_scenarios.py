@@ -94,3 +94,38 @@ def test_script_and_cli_agree(name, guest_kernels):
     res = json.loads(cli.stdout)
     assert res["outcome"] == last["outcome"] and res["trace_hash"] == last["trace_hash"]
     assert res["diagnosis"] == last["diagnosis"]
+
+
+# -- the same five bugs inside a guest hypervisor (guests/minivisor on nested VMX) ------------
+
+NESTED = {
+    "06-nested-multiboot-magic.toml": ("hang", ["halted in function bad_magic_halt",
+                                                "(in L2, the guest hypervisor's guest)",
+                                                "entered its guest at 0x100020 with EAX = 0x1badb002"]),
+    "07-nested-ept-16mib.toml": ("exited", ["last exited to it with: EPT violation: write to GPA 0x1000000",
+                                            "it maps L2-physical 0x0-0x1000000"]),
+    "08-nested-temporary-pml4.toml": ("exited", ["hardware exception #PF (page fault), error code 0x0, CR2 "
+                                                 "0xffffff800010009b", "page walk of 0xffffff800010009b: PML4E not present"]),
+    "09-nested-sipi-hpa.toml": ("exited", ["CS base 0x10008000 (selector x 16 = 0x8000): 0x10008000 is where its EPT "
+                                           "maps 0x8000"]),
+    "10-nested-shared-apic-id.toml": ("exited", ["answers CPUID.1 with initial APIC ID 0 on vCPUs 1, 2, 3"]),
+}
+
+
+@pytest.mark.parametrize("config", list(NESTED))
+def test_nested_bug_diagnosed_at_the_guest_hypervisor(guest_kernels, config):
+    outcome, wants = NESTED[config]
+    res = three_runs(config)
+    assert res["outcome"] == outcome
+    d = text(res)
+    for want in wants:
+        assert want in d, d
+
+
+def test_nested_bugs_are_fixed_by_the_correct_guest_hypervisor(guest_kernels):
+    fixed = BUGS.parent.parent / "guests" / "build" / "minivisor.elf"
+    for config in ("06-nested-multiboot-magic.toml", "07-nested-ept-16mib.toml", "09-nested-sipi-hpa.toml",
+                   "10-nested-shared-apic-id.toml"):
+        _, res = scenario.run(BUGS / config, kernel=str(fixed))
+        assert res["outcome"] == "exited" and res["exit_status"] == 0, (config, res["diagnosis"])
+        assert "sum ok" in res["serial"]

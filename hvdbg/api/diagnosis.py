@@ -18,7 +18,11 @@ from hvdbg.platform.multiboot.spec import BOOTLOADER_MAGIC, MB1_BOOTLOADER_MAGIC
 
 def _where(vm: Machine, v: Vcpu) -> str:
     rip = v.registers()["rip"]
-    return vm.symbolize(rip)
+    return vm.symbolize(rip, v) + _level(v)
+
+
+def _level(v: Vcpu) -> str:
+    return " (in L2, the guest hypervisor's guest)" if v.vmx is not None and v.vmx.non_root else ""
 
 
 def magic_findings(vm: Machine) -> list[str]:
@@ -38,9 +42,10 @@ def _hang(vm: Machine) -> list[str]:
         regs = v.registers()
         iflag = "IF=1" if regs["rflags"] & (1 << 9) else "IF=0"
         if v.activity == ActivityState.HLT:
-            fn = vm.symbols.function_of(regs["rip"] - 1) or vm.symbols.function_of(regs["rip"])
+            syms = vm.symbols_for(v)
+            fn = syms.function_of(regs["rip"] - 1) or syms.function_of(regs["rip"])
             where = f" in function {fn}" if fn else ""
-            out.append(f"vCPU {v.index} is halted{where} at RIP {vm.symbolize(regs['rip'])} with {iflag}"
+            out.append(f"vCPU {v.index} is halted{where} at RIP {vm.symbolize(regs['rip'], v)}{_level(v)} with {iflag}"
                        + (" and nothing can wake it (no NMI, INIT or SIPI pending)" if iflag == "IF=0" else ""))
         elif v.activity == ActivityState.WAIT_FOR_SIPI:
             out.append(f"vCPU {v.index} (APIC id {v.apic_id}) is still in wait-for-SIPI: no INIT/SIPI ever reached it")

@@ -73,6 +73,7 @@ class Machine:
         self.kernel_path = Path(config["kernel"])
         self.kernel_image = self._read(self.kernel_path, "kernel")
         self.symbols = SymbolTable(self.kernel_image)
+        self._guest_symbols: SymbolTable | None = None    # a guest hypervisor's guest's (symbols_for)
         n = config["vcpus"]
         self.apic_ids = list(range(n))
         self.acpi = install_acpi(self.memory, self.apic_ids, fadt=config["platform.acpi_pm"],
@@ -214,9 +215,25 @@ class Machine:
     def total_instructions(self) -> int:
         return sum(v.clock() - v.idle_ticks for v in self.vcpus)
 
-    def symbolize(self, addr: int) -> str:
-        s = self.symbols.symbolize(addr)
+    def symbolize(self, addr: int, vcpu: Vcpu | None = None) -> str:
+        """``addr <symbol+off>`` in the kernel's symbols, or with ``vcpu`` running a guest
+        hypervisor's guest (L2), in its guest's: the first multiboot module's ELF."""
+        s = self.symbols_for(vcpu).symbolize(addr)
         return f"{addr:#x} <{s}>" if s else f"{addr:#x}"
+
+    def symbols_for(self, vcpu: Vcpu | None) -> SymbolTable:
+        """The symbols of the software ``vcpu`` runs: the kernel's, or while it runs the
+        guest hypervisor's guest, the first module's (empty if it has none)."""
+        if vcpu is None or vcpu.vmx is None or not vcpu.vmx.non_root:
+            return self.symbols
+        if self._guest_symbols is None:
+            modules = self.config["modules"]
+            try:
+                image = self._read(Path(modules[0]), "module") if modules else None
+            except Exception:  # noqa: BLE001 - no symbols rather than no report
+                image = None
+            self._guest_symbols = SymbolTable(image)
+        return self._guest_symbols
 
     def disassemble(self, vcpu: Vcpu, addr: int, count: int = 1) -> list[str]:
         out = []
