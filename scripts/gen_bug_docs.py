@@ -34,6 +34,28 @@ BUGS = [
      "first AP released prints from a line buffer on the shared stack, over the return address "
      "of an AP still parked, which then returns into text.",
      ["cpuid 2 1", "vcpus"]),
+    # the same five bugs inside a guest hypervisor: guests/minivisor on hvdbg's nested VMX
+    ("06-nested-multiboot-magic", "Inside a guest hypervisor: its loader passes the header magic",
+     "guests/minivisor (a small VMX hypervisor, docs/nested.md) loads the smp kernel as its guest and enters it "
+     "with EAX = 0x1BADB002. The guest halts in `bad_magic_halt`, in L2; hvdbg reads L2's EAX at the guest "
+     "hypervisor's first VM entry.",
+     ["vmx 0", "vmx vmcs 0 guest"]),
+    ("07-nested-ept-16mib", "Inside a guest hypervisor: its EPT maps 16 MiB",
+     "The minivisor tells its guest 64 MiB but its EPT maps 16; the guest's first write past 16 MiB is an EPT "
+     "violation the guest hypervisor stops on. hvdbg walks the guest hypervisor's own EPT.",
+     ["vmx vmcs 0 exit", "vmx ept 0x1000000 0"]),
+    ("08-nested-temporary-pml4", "Inside a guest hypervisor: the guest's temporary PML4, #PF in its exception bitmap",
+     "The guest's boot PML4 lacks PML4E[511]; the minivisor's exception bitmap has bit 14, so the #PF is its VM "
+     "exit. Under the correct minivisor (bit 14 clear) the same guest's triple fault is the exit.",
+     ["vmx vmcs 0 exit", "exits 4"]),
+    ("09-nested-sipi-hpa", "Inside a guest hypervisor: the SIPI entry from the HPA",
+     "The minivisor turns its guest's SIPI vector into the AP's entry with the host-physical address (its EPT "
+     "offset is 256 MiB): the AP's first fetch is past the guest's memory.",
+     ["vmx 1", "vmx vmcs 1 guest", "vmx ept 0x8000 1"]),
+    ("10-nested-shared-apic-id", "Inside a guest hypervisor: one APIC ID for every vCPU",
+     "The minivisor's CPUID handler answers initial APIC ID 0 on every vCPU; the guest's APs share one stack, "
+     "as in bug 5.",
+     ["vmx 2", "exits 5 2"]),
 ]
 
 
@@ -56,7 +78,7 @@ def gdb_session() -> str:
 
 
 def main():
-    parts = ["# The five SMP bring-up bugs, replayed and explained",
+    parts = ["# The five SMP bring-up bugs, replayed and explained (and inside a guest hypervisor)",
              "",
              "Each bug is a config and a script in `examples/bugs/`; every run is deterministic",
              "(`deterministic = true`): the same diagnosis and exit-trace hash every time",
