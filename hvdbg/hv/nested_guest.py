@@ -468,8 +468,11 @@ def exit_to_l1(vcpu, x: L2Exit) -> None:
         e.batch_of(GPRS).write(x.gprs)
     w("VM_EXIT_REASON", x.reason)
     w("EXIT_QUALIFICATION", x.qualification)
-    w("GUEST_LINEAR_ADDRESS", x.guest_linear or 0)
-    w("GUEST_PHYSICAL_ADDRESS", x.guest_physical or 0)
+    # the address fields are defined only for EPT violations / misconfigurations (SDM 28.2.1:
+    # hvdbg's own APIC-access exits carry the page's GPA, which the L1's linear-access exit does not)
+    ept_exit = x.reason in (int(ExitReason.EPT_VIOLATION), int(ExitReason.EPT_MISCONFIG))
+    w("GUEST_LINEAR_ADDRESS", (x.guest_linear or 0) if x.reason == int(ExitReason.EPT_VIOLATION) else 0)
+    w("GUEST_PHYSICAL_ADDRESS", (x.guest_physical or 0) if ept_exit else 0)
     w("VM_EXIT_INTR_INFO", x.interruption_info)
     w("VM_EXIT_INTR_ERROR_CODE", x.interruption_error or 0)
     w("IDT_VECTORING_INFO_FIELD", 0)
