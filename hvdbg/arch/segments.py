@@ -24,6 +24,19 @@ class Segment:
         return bool(self.access_rights & (1 << 16))
 
 
+def as_held(name: str, seg: Segment) -> Segment:
+    """``seg`` (register ``name``) as the processor's hidden part holds it once loaded:
+    code and data segments accessed (the load sets the descriptor's A bit, SDM Vol. 3A
+    3.4.5.1), TR busy (LTR sets B, 8.2.4).  QEMU caches the descriptor's type from before
+    the load; a VMCS's guest-state area must have both (SDM 27.3.1.2)."""
+    ar = seg.access_rights
+    if not seg.unusable and ar & 0x10:
+        ar |= 1
+    elif name == "tr" and ar & 0xF in (1, 9):
+        ar |= 2
+    return seg if ar == seg.access_rights else Segment(seg.selector, seg.base, seg.limit, ar)
+
+
 def flat_segments_32() -> dict[str, Segment]:
     """The multiboot machine state: flat 4 GiB code (0x10) and data (0x18) segments
     (Multiboot 0.6.96, 3.2)."""

@@ -157,18 +157,9 @@ class _Blob:
 
 
 def _segment(blob: _Blob, name: str) -> Segment:
-    """The register as the processor holds it: QEMU caches a descriptor's type as it was
-    before the load set the accessed bit (code/data, SDM Vol. 3A 3.4.5.1) or LTR the busy
-    bit (TSS, 8.2.4); the processor's hidden part, and a VMCS's guest state, has them set
-    (the VM-entry checks of SDM 27.3.1.2 require both)."""
     sel, base, limit, flags = blob.seg(SEGMENT_NAMES.index(name))
     usable = bool(flags & (1 << 15)) or (name == "cs")
-    ar = qemu_flags_to_ar(flags, usable)
-    if usable and ar & 0x10:
-        ar |= 1
-    elif name == "tr" and ar & 0xF in (1, 9):
-        ar |= 2
-    return Segment(sel, base, limit, ar)
+    return Segment(sel, base, limit, qemu_flags_to_ar(flags, usable))
 
 
 def read_segments(uc: Uc) -> dict[str, Segment]:

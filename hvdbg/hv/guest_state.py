@@ -6,7 +6,7 @@ engine (SDM 28.3), loaded at VM entry (SDM 27.3.2).
 
 from __future__ import annotations
 
-from hvdbg.arch.segments import Segment
+from hvdbg.arch.segments import Segment, as_held
 from hvdbg.engine.cpu import EngineCpu
 from hvdbg.hv import activity as act
 from hvdbg.vmx.controls import ActivityState
@@ -38,6 +38,7 @@ class GuestStateArea:
         values = dict(zip(_SAVE_FIELDS, e.batch_of(_SAVE_REGS).read()))
         values["GUEST_IA32_EFER"] = e.read("efer")
         for name, seg in e.segments().items():
+            seg = as_held(name, seg)
             sel, base, limit, ar = _SEG_FIELDS[name]
             values[sel] = seg.selector
             values[base] = seg.base

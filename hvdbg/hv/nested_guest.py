@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from hvdbg.arch.events import Event, EventType
 from hvdbg.arch.regs import EFER_LMA, EFER_LME
-from hvdbg.arch.segments import Segment
+from hvdbg.arch.segments import Segment, as_held
 from hvdbg.hv import activity as act
 from hvdbg.hv import nested_memory, vmx_msr_lists
 from hvdbg.hv.exit import ExitInfo, MsrAccess, NestedEptFault
@@ -214,8 +214,16 @@ def l1_primary_controls(vcpu) -> int | None:
 
 def rdtsc_exits(vcpu, rdtscp: bool) -> bool:
     """In L2 with the L1's RDTSC exiting: RDTSC (reason 16) / RDTSCP (51) is its VM exit
-    (SDM 26.1.3); the engine leaves EDX:EAX alone."""
-    if not in_l2(vcpu) or not vmcs12(vcpu).read("CPU_BASED_VM_EXEC_CONTROL") & _PRIMARY["RDTSC_EXITING"]:
+    (SDM 26.1.3); the engine leaves EDX:EAX alone.  RDTSCP without "enable RDTSCP" is #UD
+    (SDM 25.6.2), which the L1's exception bitmap may make an exit."""
+    if not in_l2(vcpu):
+        return False
+    region = vmcs12(vcpu)
+    if rdtscp and not secondary(region) & SECONDARY_PROCESSOR_BASED.mask("ENABLE_RDTSCP"):
+        from hvdbg.arch.events import hardware_exception
+        vcpu.raise_exception(hardware_exception(6), vcpu.engine.rip())
+        return True
+    if not region.read("CPU_BASED_VM_EXEC_CONTROL") & _PRIMARY["RDTSC_EXITING"]:
         return False
     reason = ExitReason.RDTSCP if rdtscp else ExitReason.RDTSC
     vcpu.vm_exit(ExitInfo(reason, rip=vcpu.engine.rip(), instruction_length=3 if rdtscp else 2))
@@ -491,6 +499,7 @@ def exit_to_l1(vcpu, x: L2Exit) -> None:
     w("GUEST_RIP", x.rip)
     w("GUEST_RFLAGS", e.read("rflags"))
     for name, seg in e.segments().items():
+        seg = as_held(name, seg)
         pre = f"GUEST_{name.upper()}"
         w(f"{pre}_SELECTOR", seg.selector)
         w(f"{pre}_BASE", seg.base)

@@ -99,6 +99,9 @@ def _ctl(name: str, field: str, title: str) -> Pred:
     return failed
 
 
+_HOST_SEGMENTS = ("CS", "SS", "DS", "ES", "FS", "GS", "TR")
+
+
 def _canon(name: str) -> Pred:
     return lambda c: not is_canonical(c[name], 48)
 
@@ -184,6 +187,9 @@ def _rows() -> list[EntryCheck]:
         EntryCheck("injection_instruction_length", _C, "27.2.1.3", "a software event's VM-entry instruction length "
                    "must be at most 15", lambda c: bool(c["VM_ENTRY_INTR_INFO_FIELD"] >> 31)
                    and c["VM_ENTRY_INTR_INFO_FIELD"] >> 8 & 7 in (4, 5, 6) and c["VM_ENTRY_INSTRUCTION_LEN"] > 15),
+        EntryCheck("injection_error_code_reserved", _C, "27.2.1.3", "an injected error code's bits 31:16 must be 0",
+                   lambda c: bool(c["VM_ENTRY_INTR_INFO_FIELD"] >> 31 and c["VM_ENTRY_INTR_INFO_FIELD"] & 1 << 11)
+                   and bool(c["VM_ENTRY_EXCEPTION_ERROR_CODE"] >> 16)),
         EntryCheck("entry_msr_load_address", _C, "27.2.1.3", "the VM-entry MSR-load address must be 16-byte "
                    "aligned within the physical-address width",
                    lambda c: c["VM_ENTRY_MSR_LOAD_COUNT"] > 0 and c.bad_address("VM_ENTRY_MSR_LOAD_ADDR", 16)),
@@ -212,6 +218,11 @@ def _rows() -> list[EntryCheck]:
                    lambda c: c["HOST_TR_SELECTOR"] == 0),
         EntryCheck("host_ss_nonzero", _H, "27.2.3", "host SS selector must not be 0 outside 64-bit host",
                    lambda c: not c.host64 and c["HOST_SS_SELECTOR"] == 0),
+        EntryCheck("host_selector_rpl_ti", _H, "27.2.3", "host CS, SS, DS, ES, FS, GS and TR selectors must have "
+                   "RPL = 0 and TI = 0", lambda c: any(c[f"HOST_{s}_SELECTOR"] & 7 for s in _HOST_SEGMENTS)),
+        *[EntryCheck(f"host_{base.lower()}_base", _H, "27.2.3", f"host {base} base must be canonical (64-bit "
+                     "host)", lambda c, base=base: c.host64 and not is_canonical(c[f"HOST_{base}_BASE"], 48))
+          for base in ("FS", "GS", "GDTR", "IDTR", "TR")],
         # 27.2.4 address-space size
         EntryCheck("host_size_matches_cpu", _H, "27.2.4", "host address-space size must be 1 exactly when the "
                    "processor is in IA-32e mode", lambda c: c.host64 != c.host_ia32e),
@@ -237,6 +248,10 @@ def _rows() -> list[EntryCheck]:
                    lambda c: bool(c["GUEST_CR3"] >> c.caps.phys_addr_width)),
         EntryCheck("guest_dr7", _G, "27.3.1.1", "load debug controls requires guest DR7 bits 63:32 = 0",
                    lambda c: bool(c.entry & VM_ENTRY.mask("LOAD_DEBUG_CONTROLS") and c["GUEST_DR7"] >> 32)),
+        EntryCheck("guest_sysenter_esp", _G, "27.3.1.1", "guest IA32_SYSENTER_ESP must be canonical",
+                   _canon("GUEST_SYSENTER_ESP")),
+        EntryCheck("guest_sysenter_eip", _G, "27.3.1.1", "guest IA32_SYSENTER_EIP must be canonical",
+                   _canon("GUEST_SYSENTER_EIP")),
         EntryCheck("guest_pat", _G, "27.3.1.1", "load IA32_PAT requires a valid guest PAT",
                    lambda c: bool(c.entry & VM_ENTRY.mask("LOAD_PAT")) and _bad_pat(c["GUEST_IA32_PAT"])),
         EntryCheck("guest_efer", _G, "27.3.1.1", "load IA32_EFER requires guest EFER.LMA = IA-32e mode guest "
@@ -269,7 +284,14 @@ def _rows() -> list[EntryCheck]:
         EntryCheck("guest_gs_base", _G, "27.3.1.2", "guest GS base must be canonical", _canon("GUEST_GS_BASE")),
         EntryCheck("guest_cs_base", _G, "27.3.1.2", "guest CS base bits 63:32 must be 0",
                    lambda c: bool(c["GUEST_CS_BASE"] >> 32)),
+        EntryCheck("guest_ldtr_ti", _G, "27.3.1.2", "a usable guest LDTR selector must have TI = 0",
+                   lambda c: c.usable("LDTR") and bool(c["GUEST_LDTR_SELECTOR"] & 4)),
+        EntryCheck("guest_ldtr_base", _G, "27.3.1.2", "a usable guest LDTR base must be canonical",
+                   lambda c: c.usable("LDTR") and not is_canonical(c["GUEST_LDTR_BASE"], 48)),
     ]
+    rows += [EntryCheck(f"guest_{seg.lower()}_base", _G, "27.3.1.2", f"a usable guest {seg} base must have bits "
+                        "63:32 = 0", lambda c, seg=seg: c.usable(seg) and bool(c[f"GUEST_{seg}_BASE"] >> 32))
+             for seg in ("SS", "DS", "ES")]
     rows += [EntryCheck(f"guest_{seg.lower()}_granularity", _G, "27.3.1.2", f"guest {seg} limit and G bit must agree",
                         lambda c, seg=seg: not _v86(c) and (seg in ("CS", "TR") or c.usable(seg))
                         and _g_rule(c[f"GUEST_{seg}_LIMIT"], c.ar(seg)))
