@@ -77,14 +77,19 @@ def decode_cr_write(code: bytes, bits: int) -> CrWrite | None:
 _DETAIL: dict[int, capstone.Cs] = {}
 
 
-def _lmsw_memory_operand(vcpu, linear: int, bits: int) -> tuple[int, int]:
-    """(source value, instruction length) of a memory-form LMSW."""
+def _decode(vcpu, linear: int, bits: int):
+    """The instruction at ``linear`` with operand details (capstone), or None."""
     md = _DETAIL.get(bits)
     if md is None:
         md = _DETAIL[bits] = capstone.Cs(capstone.CS_ARCH_X86, {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32,
                                                                   64: capstone.CS_MODE_64}[bits])
         md.detail = True
-    insn = next(md.disasm(vcpu.read_linear(linear, 15), linear), None)
+    return next(md.disasm(vcpu.read_linear(linear, 15), linear), None)
+
+
+def _lmsw_memory_operand(vcpu, linear: int, bits: int) -> tuple[int, int]:
+    """(source value, instruction length) of a memory-form LMSW."""
+    insn = _decode(vcpu, linear, bits)
     if insn is None or not insn.operands:
         raise RuntimeError(f"cannot decode LMSW at {linear:#x}")
     mem = insn.operands[0].mem
@@ -250,12 +255,7 @@ def mov_from_cr(vcpu, cr: int) -> None:
 def _smsw(vcpu, linear: int, bits: int, cr0: int, rip: int) -> None:
     """SMSW r/m (0F 01 /4, the CR0 read QEMU intercepts with MOV from CR0): a register
     gets CR0 (its low 16 bits with a 16-bit operand), memory its low 16 bits (SDM Vol. 2B)."""
-    md = _DETAIL.get(bits)
-    if md is None:
-        md = _DETAIL[bits] = capstone.Cs(capstone.CS_ARCH_X86, {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32,
-                                                                  64: capstone.CS_MODE_64}[bits])
-        md.detail = True
-    insn = next(md.disasm(vcpu.read_linear(linear, 15), linear), None)
+    insn = _decode(vcpu, linear, bits)
     if insn is None or insn.mnemonic != "smsw" or not insn.operands:
         raise RuntimeError(f"CR0 read intercepted at RIP {rip:#x}, but the instruction is not MOV from CR0 or SMSW")
     op = insn.operands[0]

@@ -100,14 +100,20 @@ def _vmx_lines(call: Call, v: Vcpu) -> list[str]:
     return lines
 
 
-def cmd_vmx_vmcs(call: Call, a: dict) -> str:
-    """The guest hypervisor's current VMCS, read from its own memory, decoded as ``vmcs``."""
-    v = call.vcpu(a["vcpu"])
+def _guest_hypervisor_vmcs(call: Call, vcpu: int | None):
+    """(vCPU, the guest hypervisor's current VMCS on it), or the one-line error why not."""
+    v = call.vcpu(vcpu)
     if v.vmx is None:
         raise CommandError(f"vCPU {v.index}: CPUID does not offer VMX (cpu = \"hvdbg,+vmx\" does)")
     region = current_region(v.vmx, v.memory)
     if region is None:
         raise CommandError(f"vCPU {v.index}: the guest hypervisor has no current VMCS (VMPTRLD makes one)")
+    return v, region
+
+
+def cmd_vmx_vmcs(call: Call, a: dict) -> str:
+    """The guest hypervisor's current VMCS, read from its own memory, decoded as ``vmcs``."""
+    v, region = _guest_hypervisor_vmcs(call, a["vcpu"])
     vmcs = region.to_vmcs()
     lines = [f"vCPU {v.index} guest hypervisor's VMCS at GPA {v.vmx.current_vmcs:#x}: revision id "
              f"{region.revision_id:#x}, launch state {region.launch_state.value}"]
@@ -123,12 +129,7 @@ def cmd_vmx_vmcs(call: Call, a: dict) -> str:
 def cmd_vmx_ept(call: Call, a: dict) -> str:
     """A GPA of the guest hypervisor's guest through the guest hypervisor's EPT (its
     current VMCS's EPTP, tables in its memory), then hvdbg's EPT for the result."""
-    v = call.vcpu(a["vcpu"])
-    if v.vmx is None:
-        raise CommandError(f"vCPU {v.index}: CPUID does not offer VMX (cpu = \"hvdbg,+vmx\" does)")
-    region = current_region(v.vmx, v.memory)
-    if region is None:
-        raise CommandError(f"vCPU {v.index}: the guest hypervisor has no current VMCS (VMPTRLD makes one)")
+    v, region = _guest_hypervisor_vmcs(call, a["vcpu"])
     gpa = a["gpa"]
     if not 0 <= gpa < 1 << 48:
         raise CommandError(f"GPA {gpa:#x} is beyond the 48 bits a 4-level EPT translates")
