@@ -35,6 +35,9 @@ class ActivityPort(Protocol):
 
     def clock(self) -> int: ...
 
+    def transition_due(self) -> bool:
+        """A guest hypervisor's VM exit or entry waits for the vCPU's next run (hvdbg.hv.nested_guest)."""
+
     def next_event(self) -> int | None: ...
 
     def poll_board(self) -> None: ...
@@ -101,6 +104,8 @@ def wake_if_possible(v: ActivityPort) -> bool:
     """Leave HLT on an interrupt the vCPU can take or an NMI (SDM 26.6.2).  With only its
     own APIC timer or a board timer armed, its idle clock jumps to the deadline (nothing
     else happens to it in between).  Returns True if the vCPU is active."""
+    if v.transition_due():
+        return True     # the run performs it first: e.g. a SIPI exit of an L2 in wait-for-SIPI
     if v.activity != ActivityState.HLT:
         return v.activity == ActivityState.ACTIVE
     if v.apic.nmi_pending:
@@ -134,7 +139,7 @@ def blocked_reason(v: ActivityPort) -> str | None:
     """None if the vCPU can use a pCPU now (or make progress when picked); otherwise why
     not, as a waiting reason: "wait-for-SIPI", "halted" (an interrupt source could still
     wake it) or "finished" (nothing can: shutdown, or HLT with IF=0 and no NMI/INIT)."""
-    if v.pending_init or v.pending_sipi is not None:
+    if v.pending_init or v.pending_sipi is not None or v.transition_due():
         return None
     state = v.activity
     if state == ActivityState.ACTIVE:

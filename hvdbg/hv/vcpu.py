@@ -204,8 +204,7 @@ class Vcpu(GuestView, GuestStateArea):
 
     # -- engine events (hvdbg.engine.cpu.EngineEvents) -------------------------------------
     def hook_failed(self, exc: BaseException, tb: str) -> None:
-        """A bug in hvdbg inside an engine callback: reported as an internal error with
-        the guest state intact (the engine stops)."""
+        """hvdbg's own bug in an engine callback: an internal error, the guest state intact."""
         self.hook_error = (exc, tb)
         self._leave = True
 
@@ -220,8 +219,7 @@ class Vcpu(GuestView, GuestStateArea):
         self.bound_run(None)
 
     def bound_run(self, deadline: int | None) -> None:
-        """End the current run by ``deadline`` too (a timer armed during it), and by the
-        time it reaches its event deadline, so that the interrupt is taken on time."""
+        """End the current run by ``deadline`` too (a timer armed during it) and its event deadline."""
         if not self._in_run:
             return
         if deadline is not None and (self._event_deadline is None or deadline < self._event_deadline):
@@ -344,8 +342,7 @@ class Vcpu(GuestView, GuestStateArea):
         self.raise_exception(ev, rip)
 
     def _is_int_n(self, rip: int, intno: int) -> bool:
-        """INT n with n < 32 (BIOS INT 10h/13h/15h) reaches the interrupt hook like an
-        exception; it is a software interrupt if the bytes before RIP are CD n."""
+        """INT n with n < 32 (BIOS INT 10h/13h/15h) reaches the hook like an exception: CD n before RIP."""
         return self.read_linear_safe(self.code_base() + rip - 2, 2) == bytes((0xCD, intno))
 
     def raise_exception(self, ev: Event, rip: int, length: int = 0) -> None:
@@ -451,6 +448,9 @@ class Vcpu(GuestView, GuestStateArea):
         """Block a not-runnable vCPU's thread until something is sent to it."""
         self._kick.wait(timeout)
         self._kick.clear()
+
+    def transition_due(self) -> bool:
+        return self.vmx is not None and (self.vmx.pending_exit is not None or self.vmx.pending_entry is not None)
 
     def runnable(self) -> bool:
         """Can this vCPU make progress when given a pCPU (hvdbg.hv.activity)?"""
