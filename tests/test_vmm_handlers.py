@@ -106,6 +106,9 @@ class FakeVcpu:
     def poll_board(self) -> None:
         timekeeping.poll_board(self)
 
+    def transition_due(self) -> bool:   # no guest hypervisor here (vmx is None)
+        return False
+
     def interrupts_enabled(self) -> bool:
         return bool(self.engine.regs["rflags"] & RFLAGS_IF)
 
