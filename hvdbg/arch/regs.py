@@ -58,6 +58,7 @@ IA32_TSC = 0x10
 IA32_APIC_BASE = 0x1B
 IA32_MISC_ENABLE = 0x1A0
 IA32_PAT = 0x277
+IA32_SYSENTER_CS, IA32_SYSENTER_ESP, IA32_SYSENTER_EIP = 0x174, 0x175, 0x176
 IA32_DEBUGCTL = 0x1D9
 #: IA32_DEBUGCTL bits a WRMSR may set (SDM Vol. 4 Table 2-2: LBR, BTF, TR, BTS, BTINT, BTS_OFF_OS/USR,
 #: FREEZE_LBRS_ON_PMI, FREEZE_PERFMON_ON_PMI, FREEZE_WHILE_SMM, RTM_DEBUG); others #GP(0)
@@ -85,3 +86,21 @@ CR4_BITS = ((0, "VME"), (1, "PVI"), (2, "TSD"), (3, "DE"), (4, "PSE"), (5, "PAE"
             (14, "SMXE"), (16, "FSGSBASE"), (17, "PCIDE"), (18, "OSXSAVE"), (20, "SMEP"), (21, "SMAP"),
             (22, "PKE"))
 EFER_BITS = ((0, "SCE"), (8, "LME"), (10, "LMA"), (11, "NXE"))
+
+
+#: the general-purpose registers in ModRM / VMX-instruction-information order (SDM Vol. 2A 2.1.5)
+GPR_NUMBERS = {n: i for i, n in enumerate(("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+                                             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"))}
+_LEGACY_GPR = {"eax": "rax", "ecx": "rcx", "edx": "rdx", "ebx": "rbx", "esp": "rsp", "ebp": "rbp", "esi": "rsi",
+               "edi": "rdi", "ax": "rax", "cx": "rcx", "dx": "rdx", "bx": "rbx", "sp": "rsp", "bp": "rbp",
+               "si": "rsi", "di": "rdi"}
+
+
+def full_gpr(name: str) -> str:
+    """The 64-bit register a 32/16-bit register name is part of (``r8d`` -> ``r8``,
+    ``esi`` -> ``rsi``); other names as they are."""
+    if name in GPR_NUMBERS:
+        return name
+    if name[:1] == "r" and name[1:2].isdigit():
+        return name.rstrip("dwb")
+    return _LEGACY_GPR.get(name, name)

@@ -20,9 +20,10 @@ import capstone
 from hvdbg.arch.control_rules import ControlState, control_state_problem, cr4_write_problem
 from hvdbg.arch.events import hardware_exception
 from hvdbg.arch.apic import Reg
-from hvdbg.arch.regs import AR_L
+from hvdbg.arch.regs import AR_L, full_gpr
 from hvdbg.hv import nested, nested_guest
 from hvdbg.hv.exit import ExitInfo
+from hvdbg.hv.guest_view import disassembler
 from hvdbg.vmx.exits import ExitReason
 
 GPR64 = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
@@ -74,17 +75,9 @@ def decode_cr_write(code: bytes, bits: int) -> CrWrite | None:
     return None
 
 
-_DETAIL: dict[int, capstone.Cs] = {}
-
-
 def _decode(vcpu, linear: int, bits: int):
     """The instruction at ``linear`` with operand details (capstone), or None."""
-    md = _DETAIL.get(bits)
-    if md is None:
-        md = _DETAIL[bits] = capstone.Cs(capstone.CS_ARCH_X86, {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32,
-                                                                  64: capstone.CS_MODE_64}[bits])
-        md.detail = True
-    return next(md.disasm(vcpu.read_linear(linear, 15), linear), None)
+    return next(disassembler(bits).disasm(vcpu.read_linear(linear, 15), linear), None)
 
 
 def _lmsw_memory_operand(vcpu, linear: int, bits: int) -> tuple[int, int]:
@@ -92,16 +85,7 @@ def _lmsw_memory_operand(vcpu, linear: int, bits: int) -> tuple[int, int]:
     insn = _decode(vcpu, linear, bits)
     if insn is None or not insn.operands:
         raise RuntimeError(f"cannot decode LMSW at {linear:#x}")
-    mem = insn.operands[0].mem
-    ea = mem.disp
-    if mem.base:
-        ea += vcpu.engine.read(insn.reg_name(mem.base))
-    if mem.index:
-        ea += vcpu.engine.read(insn.reg_name(mem.index)) * mem.scale
-    ea &= (1 << bits) - 1 if bits != 16 else 0xFFFF
-    seg = insn.reg_name(mem.segment) if mem.segment else "ds"
-    base = vcpu.engine.segments()[seg].base if bits != 64 or seg in ("fs", "gs") else 0
-    return int.from_bytes(vcpu.read_linear(base + ea, 2), "little"), insn.size
+    return int.from_bytes(vcpu.read_linear(nested.operand_linear(vcpu, insn, insn.operands[0]), 2), "little"), insn.size
 
 
 def mov_to_cr(vcpu, cr: int) -> None:
@@ -260,30 +244,14 @@ def _smsw(vcpu, linear: int, bits: int, cr0: int, rip: int) -> None:
         raise RuntimeError(f"CR0 read intercepted at RIP {rip:#x}, but the instruction is not MOV from CR0 or SMSW")
     op = insn.operands[0]
     if op.type == capstone.x86.X86_OP_REG:
-        name = insn.reg_name(op.reg)
-        full = GPR64[_GPR_INDEX[name]]
+        full = full_gpr(insn.reg_name(op.reg))
         value = cr0 & 0xFFFF if op.size == 2 else cr0 & (0xFFFFFFFF if op.size == 4 else (1 << 64) - 1)
         if op.size == 2:
             value |= vcpu.engine.read(full) & ~0xFFFF
         vcpu.engine.write(full, value)
     else:
-        mem = op.mem
-        ea = mem.disp + (vcpu.engine.read(_full(insn.reg_name(mem.base))) if mem.base else 0) + \
-            (vcpu.engine.read(_full(insn.reg_name(mem.index))) * mem.scale if mem.index else 0)
-        ea &= (1 << bits) - 1
-        seg = insn.reg_name(mem.segment) if mem.segment else "ds"
-        base = vcpu.engine.segments()[seg].base if bits != 64 or seg in ("fs", "gs") else 0
-        vcpu.write_linear(base + ea, (cr0 & 0xFFFF).to_bytes(2, "little"))
+        vcpu.write_linear(nested.operand_linear(vcpu, insn, op), (cr0 & 0xFFFF).to_bytes(2, "little"))
     vcpu.engine.set_rip(rip + insn.size)
-
-
-_GPR_NAMES = {64: GPR64, 32: ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi") + tuple(f"r{i}d" for i in range(8, 16)),
-              16: ("ax", "cx", "dx", "bx", "sp", "bp", "si", "di") + tuple(f"r{i}w" for i in range(8, 16))}
-_GPR_INDEX = {name: i for names in _GPR_NAMES.values() for i, name in enumerate(names)}
-
-
-def _full(name: str) -> str:
-    return GPR64[_GPR_INDEX[name]] if name in _GPR_INDEX else name
 
 
 def _control_state(vcpu, e) -> ControlState:

@@ -24,6 +24,28 @@ _SEG_FIELDS = {name: tuple(f"GUEST_{fld}_{part}" for part in ("SELECTOR", "BASE"
                for name, fld in GUEST_SEG_FIELDS.items()}
 
 
+def segment_fields(e: EngineCpu) -> dict[str, int]:
+    """The segment registers and GDTR/IDTR as guest-state fields (SDM 25.4.1), the hidden
+    parts as the processor holds them (accessed / busy, hvdbg.arch.segments.as_held)."""
+    values = {}
+    for name, seg in e.segments().items():
+        seg = as_held(name, seg)
+        sel, base, limit, ar = _SEG_FIELDS[name]
+        values[sel], values[base], values[limit], values[ar] = seg.selector, seg.base, seg.limit, seg.access_rights
+    for name in ("gdtr", "idtr"):
+        base, limit = e.table(name)
+        values[f"GUEST_{name.upper()}_BASE"], values[f"GUEST_{name.upper()}_LIMIT"] = base, limit
+    return values
+
+
+def load_segment_fields(e: EngineCpu, read) -> None:
+    """Load the segment registers and GDTR/IDTR from guest-state fields (``read(name)``:
+    a Vmcs's or a guest hypervisor's VMCS region's); CR0/CR4/EFER and RFLAGS first."""
+    for name in ("gdtr", "idtr"):
+        e.set_table(name, read(f"GUEST_{name.upper()}_BASE"), read(f"GUEST_{name.upper()}_LIMIT"))
+    e.set_segments({name: Segment(*(read(f) for f in _SEG_FIELDS[name])) for name in GUEST_SEG_FIELDS})
+
+
 class GuestStateArea:
     engine: EngineCpu
     _vmcs: Vmcs
@@ -37,17 +59,7 @@ class GuestStateArea:
         e = self.engine
         values = dict(zip(_SAVE_FIELDS, e.batch_of(_SAVE_REGS).read()))
         values["GUEST_IA32_EFER"] = e.read("efer")
-        for name, seg in e.segments().items():
-            seg = as_held(name, seg)
-            sel, base, limit, ar = _SEG_FIELDS[name]
-            values[sel] = seg.selector
-            values[base] = seg.base
-            values[limit] = seg.limit
-            values[ar] = seg.access_rights
-        for name in ("gdtr", "idtr"):
-            base, limit = e.table(name)
-            values[f"GUEST_{name.upper()}_BASE"] = base
-            values[f"GUEST_{name.upper()}_LIMIT"] = limit
+        values.update(segment_fields(e))
         values["GUEST_ACTIVITY_STATE"] = int(self.activity)
         self._vmcs.update(values)
 
@@ -60,14 +72,7 @@ class GuestStateArea:
         e.write("rflags", v.read("GUEST_RFLAGS"))
         e.write("rsp", v.read("GUEST_RSP"))
         e.write("dr7", v.read("GUEST_DR7"))
-        for name in ("gdtr", "idtr"):
-            e.set_table(name, v.read(f"GUEST_{name.upper()}_BASE"), v.read(f"GUEST_{name.upper()}_LIMIT"))
-        segs = {}
-        for name, fld in GUEST_SEG_FIELDS.items():
-            pre = f"GUEST_{fld}"
-            segs[name] = Segment(v.read(f"{pre}_SELECTOR"), v.read(f"{pre}_BASE"), v.read(f"{pre}_LIMIT"),
-                                 v.read(f"{pre}_AR_BYTES"))
-        e.set_segments(segs)
+        load_segment_fields(e, v.read)
         e.set_rip(v.read("GUEST_RIP"))
         act.restore(self, v.read("GUEST_ACTIVITY_STATE"))
 

@@ -15,7 +15,7 @@ import capstone
 from hvdbg.arch import paging
 from hvdbg.arch.cpuid import CpuidModel
 from hvdbg.arch.events import PF, GuestFault, hardware_exception
-from hvdbg.arch.regs import AR_DB, CR0_PE
+from hvdbg.arch.regs import AR_DB, CR0_PE, full_gpr
 from hvdbg.arch.segments import Segment
 from hvdbg.engine.cpu import EngineCpu, ExecutionTurns
 from hvdbg.errors import GuestMemoryError
@@ -24,7 +24,8 @@ from hvdbg.platform.memory import GuestMemory
 _DISASSEMBLERS: dict[int, capstone.Cs] = {}
 
 
-def _disassembler(bits: int) -> capstone.Cs:
+def disassembler(bits: int) -> capstone.Cs:
+    """capstone for ``bits``-bit code with operand details (one per mode, shared)."""
     md = _DISASSEMBLERS.get(bits)
     if md is None:
         mode = {64: capstone.CS_MODE_64, 32: capstone.CS_MODE_32, 16: capstone.CS_MODE_16}[bits]
@@ -179,7 +180,7 @@ class GuestView:
         code = self.read_linear_safe(rip, 16 * count)
         if not code:
             return []
-        return list(_disassembler(self.code_bits()).disasm(code, rip, count))
+        return list(disassembler(self.code_bits()).disasm(code, rip, count))
 
     def guess_linear_address(self, rip: int, gpa: int, kind: str) -> int | None:
         """The linear address behind a faulting GPA: decode the instruction and compute its
@@ -201,7 +202,7 @@ class GuestView:
                             if name == "rip":
                                 ea += insn.address + insn.size
                             else:
-                                ea += self.engine.read(_FULL_GPR.get(name, name)) * scale
+                                ea += self.engine.read(full_gpr(name)) * scale
                     candidates.append(ea & mask)
                 if insn.mnemonic.startswith(("stos", "movs")):
                     candidates.append(self.engine.read("rdi"))
@@ -235,7 +236,3 @@ class GuestView:
 
     def cpl(self) -> int:
         return self.engine.cpl()
-
-
-_FULL_GPR = {"eax": "rax", "ebx": "rbx", "ecx": "rcx", "edx": "rdx", "esi": "rsi", "edi": "rdi",
-             "ebp": "rbp", "esp": "rsp"}

@@ -21,15 +21,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import capstone
 from capstone import x86 as csx86
 
 from hvdbg.arch.events import GuestFault, hardware_exception
 from hvdbg.arch.paging import is_canonical
-from hvdbg.arch.regs import AR_L
+from hvdbg.arch.regs import AR_L, GPR_NUMBERS, full_gpr
 from hvdbg.hv.exit import ExitDecision, ExitInfo
+from hvdbg.hv.guest_view import disassembler
 from hvdbg.hv import nested_guest
-from hvdbg.hv.nested_guest import NestedVmx, load_host_state
+from hvdbg.hv.nested_guest import VMX_INSTRUCTION_EXITS, NestedVmx, load_host_state
 from hvdbg.vmx import instructions as vmx
 from hvdbg.vmx.capabilities import (FEATURE_CONTROL_LOCK, FEATURE_CONTROL_VMX_OUTSIDE_SMX, IA32_FEATURE_CONTROL,
                                     VMX_MSRS, FeatureControl)
@@ -43,22 +43,9 @@ _REASONS = {"vmxon": ExitReason.VMXON, "vmxoff": ExitReason.VMXOFF, "vmclear": E
             "vmptrld": ExitReason.VMPTRLD, "vmptrst": ExitReason.VMPTRST, "vmread": ExitReason.VMREAD,
             "vmwrite": ExitReason.VMWRITE, "vmlaunch": ExitReason.VMLAUNCH, "vmresume": ExitReason.VMRESUME,
             "invept": ExitReason.INVEPT, "invvpid": ExitReason.INVVPID}
-VMX_INSTRUCTION_EXITS = frozenset(_REASONS.values())
+assert frozenset(_REASONS.values()) == VMX_INSTRUCTION_EXITS
 VMX_MSR_INDEXES = frozenset(VMX_MSRS) | {IA32_FEATURE_CONTROL}   # emulated here, never by the engine
-GPR_NUMBERS = {n: i for i, n in enumerate(("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
-                                             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"))}
 _SEGMENT_NUMBERS = {"es": 0, "cs": 1, "ss": 2, "ds": 3, "fs": 4, "gs": 5}
-
-
-def full_gpr(name: str) -> str:
-    """The 64-bit register a capstone operand name is part of (``r8d`` -> ``r8``)."""
-    if name in GPR_NUMBERS:
-        return name
-    if name[:1] == "r" and name[1:2].isdigit():
-        return name.rstrip("dwb")
-    return {"eax": "rax", "ecx": "rcx", "edx": "rdx", "ebx": "rbx", "esp": "rsp", "ebp": "rbp", "esi": "rsi",
-            "edi": "rdi", "ax": "rax", "cx": "rcx", "dx": "rdx", "bx": "rbx", "sp": "rsp", "bp": "rbp",
-            "si": "rsi", "di": "rdi"}.get(name, name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,19 +89,24 @@ class VmxInstruction:
         return info
 
 
-_DISASSEMBLERS: dict[int, capstone.Cs] = {}
+def _memory_operand(insn, op) -> MemoryOperand:
+    """A capstone memory operand: registers by their 64-bit names, a RIP-relative
+    displacement made absolute (it counts from the next instruction), the default segment
+    (SS through RSP/RBP, else DS)."""
+    m = op.mem
+    base = full_gpr(insn.reg_name(m.base)) if m.base else None
+    index = full_gpr(insn.reg_name(m.index)) if m.index else None
+    disp = m.disp
+    if base == "rip":
+        base, disp = None, disp + insn.address + insn.size
+    segment = insn.reg_name(m.segment) if m.segment else ("ss" if base in ("rsp", "rbp") else "ds")
+    return MemoryOperand(segment, base, index, m.scale or 1, disp, insn.addr_size * 8, op.size)
 
 
 def decode(code: bytes, bits: int, address: int = 0) -> VmxInstruction | None:
     """The VMX instruction (other than VMCALL) at the start of ``code`` in ``bits``-bit
     code, or None."""
-    md = _DISASSEMBLERS.get(bits)
-    if md is None:
-        md = _DISASSEMBLERS[bits] = capstone.Cs(capstone.CS_ARCH_X86, {16: capstone.CS_MODE_16,
-                                                                        32: capstone.CS_MODE_32,
-                                                                        64: capstone.CS_MODE_64}[bits])
-        md.detail = True
-    insn = next(md.disasm(code, address, 1), None)
+    insn = next(disassembler(bits).disasm(code, address, 1), None)
     if insn is None or insn.mnemonic not in _REASONS:
         return None
     regs: list[str] = []
@@ -123,15 +115,7 @@ def decode(code: bytes, bits: int, address: int = 0) -> VmxInstruction | None:
         if op.type == csx86.X86_OP_REG:
             regs.append(full_gpr(insn.reg_name(op.reg)))
         elif op.type == csx86.X86_OP_MEM:
-            m = op.mem
-            base = full_gpr(insn.reg_name(m.base)) if m.base else None
-            index = full_gpr(insn.reg_name(m.index)) if m.index else None
-            if base == "rip":   # RIP-relative: the displacement counts from the next instruction
-                base, disp = None, m.disp + insn.address + insn.size
-            else:
-                disp = m.disp
-            segment = insn.reg_name(m.segment) if m.segment else ("ss" if base in ("rsp", "rbp") else "ds")
-            mem = MemoryOperand(segment, base, index, m.scale or 1, disp, insn.addr_size * 8, op.size)
+            mem = _memory_operand(insn, op)
     reason = _REASONS[insn.mnemonic]
     if reason is ExitReason.VMREAD:      # VMREAD r/m, r: the r/m operand is the destination
         reg, rm = (regs[-1], regs[0] if len(regs) == 2 else None)
@@ -183,20 +167,18 @@ def _field_text(encoding: int) -> str:
         return f"{encoding:#x}"
 
 
+def operand_linear(vcpu, insn, op) -> int:
+    """The linear address of capstone memory operand ``op`` of ``insn`` in the vCPU's
+    current mode (GuestFault if it is not canonical)."""
+    return _linear(vcpu, _memory_operand(insn, op), vcpu.code_bits() == 64)
+
+
 def linear_of_memory_operand(vcpu, insn) -> int:
     """The linear address of a capstone instruction's memory operand (INVLPG's), 0 if none."""
-    code64 = vcpu.code_bits() == 64
     for op in insn.operands:
         if op.type == csx86.X86_OP_MEM:
-            m = op.mem
-            base = full_gpr(insn.reg_name(m.base)) if m.base else None
-            disp = m.disp + (insn.address + insn.size if base == "rip" else 0)
-            segment = insn.reg_name(m.segment) if m.segment else ("ss" if base in ("rsp", "rbp") else "ds")
-            operand = MemoryOperand(segment, None if base == "rip" else base,
-                                    full_gpr(insn.reg_name(m.index)) if m.index else None, m.scale or 1, disp,
-                                    insn.addr_size * 8, op.size)
             try:
-                return _linear(vcpu, operand, code64)
+                return operand_linear(vcpu, insn, op)
             except GuestFault:
                 return 0
     return 0
@@ -310,7 +292,7 @@ def write_msr_problem(vcpu, msr: int, value: int) -> str | None:
 
 
 def owns_msr(vcpu, msr: int) -> bool:
-    return vcpu.vmx is not None and (msr == IA32_FEATURE_CONTROL or msr in VMX_MSRS)
+    return vcpu.vmx is not None and msr in VMX_MSR_INDEXES
 
 
 def cr_problem(vcpu, cr: int, value: int) -> str | None:

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hvdbg.arch.events import Event, EventType
-from hvdbg.arch.regs import EFER_LMA, EFER_LME
-from hvdbg.arch.segments import Segment, as_held
+from hvdbg.arch.events import Event, EventType, hardware_exception
+from hvdbg.arch.regs import (EFER_LMA, EFER_LME, IA32_DEBUGCTL, IA32_PAT, IA32_SYSENTER_CS, IA32_SYSENTER_EIP,
+                             IA32_SYSENTER_ESP)
+from hvdbg.arch.segments import Segment
 from hvdbg.hv import activity as act
 from hvdbg.hv import nested_memory, vmx_msr_lists
 from hvdbg.hv.exit import ExitInfo, MsrAccess, NestedEptFault
+from hvdbg.hv.guest_state import load_segment_fields, segment_fields
 from hvdbg.vmx.bitmaps import IoBitmaps, MsrBitmap
 from hvdbg.vmx.controls import PIN_BASED, PRIMARY_PROCESSOR_BASED, SECONDARY_PROCESSOR_BASED, VM_ENTRY, VM_EXIT
 from hvdbg.vmx.ept import ADDR_MASK, EptStatus, walk_ept
@@ -41,27 +43,29 @@ _VIRTUALIZE_APIC = SECONDARY_PROCESSOR_BASED.mask("VIRTUALIZE_APIC_ACCESSES")
 _ENTRY = {n: VM_ENTRY.mask(n) for n in ("IA32E_MODE_GUEST", "LOAD_EFER", "LOAD_PAT", "LOAD_DEBUG_CONTROLS")}
 _EXIT = {n: VM_EXIT.mask(n) for n in ("HOST_ADDRESS_SPACE_SIZE", "LOAD_EFER", "LOAD_PAT", "SAVE_EFER", "SAVE_PAT",
                                       "SAVE_DEBUG_CONTROLS", "ACK_INTERRUPT_ON_EXIT")}
-IA32_PAT = 0x277
-IA32_DEBUGCTL = 0x1D9
+#: the SYSENTER MSRs and their VMCS field names after GUEST_ / HOST_IA32_ (SDM 25.4.2, 25.5)
+_SYSENTER = ((IA32_SYSENTER_CS, "SYSENTER_CS"), (IA32_SYSENTER_ESP, "SYSENTER_ESP"),
+             (IA32_SYSENTER_EIP, "SYSENTER_EIP"))
 
 _CR3_LOAD = PRIMARY_PROCESSOR_BASED.mask("CR3_LOAD_EXITING")
 _CR3_STORE = PRIMARY_PROCESSOR_BASED.mask("CR3_STORE_EXITING")
 
 
+#: The exits of the VMX instructions (VMCALL, the VMM's hypercall, apart)
+VMX_INSTRUCTION_EXITS = frozenset({ExitReason.VMCLEAR, ExitReason.VMLAUNCH, ExitReason.VMPTRLD, ExitReason.VMPTRST,
+                                   ExitReason.VMREAD, ExitReason.VMRESUME, ExitReason.VMWRITE, ExitReason.VMXOFF,
+                                   ExitReason.VMXON, ExitReason.INVEPT, ExitReason.INVVPID})
 #: Exits that happen whatever the L1's controls say (SDM 26.1.2, 26.2)
-_UNCONDITIONAL = frozenset({ExitReason.CPUID, ExitReason.VMCALL, ExitReason.INVD, ExitReason.TRIPLE_FAULT, ExitReason.INIT_SIGNAL,
-                            ExitReason.SIPI,
-                            ExitReason.VMCLEAR, ExitReason.VMLAUNCH, ExitReason.VMPTRLD, ExitReason.VMPTRST,
-                            ExitReason.VMREAD, ExitReason.VMRESUME, ExitReason.VMWRITE, ExitReason.VMXOFF,
-                            ExitReason.VMXON, ExitReason.INVEPT, ExitReason.INVVPID})
+_UNCONDITIONAL = frozenset({ExitReason.CPUID, ExitReason.VMCALL, ExitReason.INVD, ExitReason.TRIPLE_FAULT,
+                            ExitReason.INIT_SIGNAL, ExitReason.SIPI}) | VMX_INSTRUCTION_EXITS
 #: Exits a primary processor-based control asks for (SDM 25.6.2)
-_PRIMARY_EXITS = {ExitReason.INTERRUPT_WINDOW: PRIMARY_PROCESSOR_BASED.mask("INTERRUPT_WINDOW_EXITING"),
+_PRIMARY_EXITS = {ExitReason.HLT: PRIMARY_PROCESSOR_BASED.mask("HLT_EXITING"),
+                  ExitReason.INTERRUPT_WINDOW: PRIMARY_PROCESSOR_BASED.mask("INTERRUPT_WINDOW_EXITING"),
                   ExitReason.INVLPG: PRIMARY_PROCESSOR_BASED.mask("INVLPG_EXITING"),
                   ExitReason.NMI_WINDOW: PRIMARY_PROCESSOR_BASED.mask("NMI_WINDOW_EXITING"),
                   ExitReason.RDTSC: PRIMARY_PROCESSOR_BASED.mask("RDTSC_EXITING"),
                   ExitReason.RDTSCP: PRIMARY_PROCESSOR_BASED.mask("RDTSC_EXITING")}
 GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
-SEGMENTS = ("es", "cs", "ss", "ds", "fs", "gs", "ldtr", "tr")
 
 
 @dataclass
@@ -131,7 +135,7 @@ def secondary(region: VmcsRegion) -> int:
 
 # -- which exits the guest hypervisor asked for (a function of its VMCS and the exit) -----------
 
-def l1_wants(region: VmcsRegion, info: ExitInfo, cr_value: int | None = None) -> bool:
+def l1_wants(region: VmcsRegion, info: ExitInfo) -> bool:
     """Does the L1's VMCS ``region`` make ``info`` a VM exit to the L1 (SDM 26.1, 26.2)?
     The MOV-to-CR decision was made with the L1's masks where it was recognised
     (:func:`cr_guard`), so a CR access that reaches here is one."""
@@ -139,8 +143,6 @@ def l1_wants(region: VmcsRegion, info: ExitInfo, cr_value: int | None = None) ->
     if r in _UNCONDITIONAL:
         return True
     primary = region.read("CPU_BASED_VM_EXEC_CONTROL")
-    if r is ExitReason.HLT:
-        return bool(primary & _PRIMARY["HLT_EXITING"])
     if r in _PRIMARY_EXITS:
         return bool(primary & _PRIMARY_EXITS[r])
     if r is ExitReason.IO_INSTRUCTION:
@@ -172,7 +174,7 @@ def l1_wants(region: VmcsRegion, info: ExitInfo, cr_value: int | None = None) ->
         if not secondary(region) & _VIRTUALIZE_APIC:
             return False
         page = info.guest_physical & ~0xFFF if info.guest_physical is not None else 0xFEE00000
-        if secondary(region) & _ENABLE_EPT:
+        if ept_enabled(region):
             walk = walk_ept(region.mem, region.read("EPT_POINTER") & ADDR_MASK, page)
             page = walk.hpa if walk.status is EptStatus.OK and walk.hpa is not None else None
         return page is not None and page == region.read("APIC_ACCESS_ADDR") & ~0xFFF
@@ -220,7 +222,6 @@ def rdtsc_exits(vcpu, rdtscp: bool) -> bool:
         return False
     region = vmcs12(vcpu)
     if rdtscp and not secondary(region) & SECONDARY_PROCESSOR_BASED.mask("ENABLE_RDTSCP"):
-        from hvdbg.arch.events import hardware_exception
         vcpu.raise_exception(hardware_exception(6), vcpu.engine.rip())
         return True
     if not region.read("CPU_BASED_VM_EXEC_CONTROL") & _PRIMARY["RDTSC_EXITING"]:
@@ -281,7 +282,7 @@ def reflect(vcpu, info: ExitInfo) -> L2Exit:
     if info.reason is ExitReason.EXCEPTION_NMI and (info.interruption_info >> 8 & 7) in (
             EventType.SOFTWARE_INTERRUPT, EventType.SOFTWARE_EXCEPTION, EventType.PRIVILEGED_SOFTWARE_EXCEPTION):
         rip -= length     # INT3 / INTO / INT n exit with RIP at the instruction (SDM 28.2.4)
-    instruction_info = vcpu._vmcs.read("VMX_INSTRUCTION_INFO") if info.reason in _VMX_INSTRUCTIONS else 0
+    instruction_info = vcpu._vmcs.read("VMX_INSTRUCTION_INFO") if info.reason in VMX_INSTRUCTION_EXITS else 0
     qualification = info.qualification
     if info.reason is ExitReason.IO_INSTRUCTION:
         length, qualification = _io_instruction(vcpu, rip, qualification)
@@ -316,11 +317,6 @@ def _io_instruction(vcpu, rip: int, qualification: int) -> tuple[int, int]:
     if opcode in (0x6C, 0x6D, 0x6E, 0x6F):
         qualification |= 1 << 4 | (1 << 5 if 0xF3 in insn.prefix or 0xF2 in insn.prefix else 0)
     return insn.size, qualification
-
-
-_VMX_INSTRUCTIONS = frozenset({ExitReason.VMCLEAR, ExitReason.VMLAUNCH, ExitReason.VMPTRLD, ExitReason.VMPTRST,
-                               ExitReason.VMREAD, ExitReason.VMRESUME, ExitReason.VMWRITE, ExitReason.VMXOFF,
-                               ExitReason.VMXON, ExitReason.INVEPT, ExitReason.INVVPID})
 
 
 def external_interrupt_exits(vcpu, vector: int) -> bool:
@@ -379,11 +375,10 @@ def enter_l2(vcpu, launch: bool = True) -> None:
     e = vcpu.engine
     entry = v("VM_ENTRY_CONTROLS")
     efer = v("GUEST_IA32_EFER") if entry & _ENTRY["LOAD_EFER"] else e.read("efer")
-    if not entry & _ENTRY["LOAD_EFER"]:
-        ia32e = bool(entry & _ENTRY["IA32E_MODE_GUEST"])
-        efer = (efer | EFER_LMA | (EFER_LME if v("GUEST_CR0") >> 31 & 1 else 0)) if ia32e else \
-            efer & ~(EFER_LMA | (EFER_LME if v("GUEST_CR0") >> 31 & 1 else 0))
-    if secondary(region) & _ENABLE_EPT:
+    if not entry & _ENTRY["LOAD_EFER"]:   # LMA, and LME with paging, follow "IA-32e mode guest" (SDM 27.3.2.1)
+        bits = EFER_LMA | (EFER_LME if v("GUEST_CR0") >> 31 & 1 else 0)
+        efer = efer | bits if entry & _ENTRY["IA32E_MODE_GUEST"] else efer & ~bits
+    if ept_enabled(region):
         state.memory_view = nested_memory.L2Memory.build(vcpu, v("EPT_POINTER"))
         state.memory_view.install(vcpu)
     e.set_control_registers(v("GUEST_CR0"), v("GUEST_CR3"), v("GUEST_CR4"), efer)
@@ -397,13 +392,10 @@ def enter_l2(vcpu, launch: bool = True) -> None:
         vcpu.msrs[IA32_DEBUGCTL] = v("GUEST_IA32_DEBUGCTL")
     if entry & _ENTRY["LOAD_PAT"]:
         vcpu.msrs[IA32_PAT] = v("GUEST_IA32_PAT")
-    for msr, name in ((0x174, "GUEST_SYSENTER_CS"), (0x175, "GUEST_SYSENTER_ESP"), (0x176, "GUEST_SYSENTER_EIP")):
-        e.msr_write(msr, v(name))
+    for msr, name in _SYSENTER:
+        e.msr_write(msr, v(f"GUEST_{name}"))
     e.write("rflags", v("GUEST_RFLAGS") | 2)    # before the segments: hflags follow RFLAGS.VM
-    e.set_segments({s: Segment(v(f"GUEST_{s.upper()}_SELECTOR"), v(f"GUEST_{s.upper()}_BASE"),
-                               v(f"GUEST_{s.upper()}_LIMIT"), v(f"GUEST_{s.upper()}_AR_BYTES")) for s in SEGMENTS})
-    e.set_table("gdtr", v("GUEST_GDTR_BASE"), v("GUEST_GDTR_LIMIT"))
-    e.set_table("idtr", v("GUEST_IDTR_BASE"), v("GUEST_IDTR_LIMIT"))
+    load_segment_fields(e, v)
     e.write("rsp", v("GUEST_RSP"))
     e.set_rip(v("GUEST_RIP"))
     failed = vmx_msr_lists.load(vcpu, v("VM_ENTRY_MSR_LOAD_ADDR"), v("VM_ENTRY_MSR_LOAD_COUNT"))
@@ -454,6 +446,15 @@ def _entry_failure(vcpu, region: VmcsRegion, launch: bool, reason: ExitReason, f
     region.write("EXIT_QUALIFICATION", number)
     if launch:
         region.launch_state = LaunchState.CLEAR
+    _back_to_l1(vcpu, region)
+    state.entry_failures.append(why)
+    del state.entry_failures[:-8]
+
+
+def _back_to_l1(vcpu, region: VmcsRegion) -> None:
+    """What every way out of L2 does: the machine's memory view and intercepts again, VMX
+    root operation, the L1's host state (SDM 28.5)."""
+    state: NestedVmx = vcpu.vmx
     if state.memory_view is not None:
         state.memory_view.remove(vcpu)
         state.memory_view = None
@@ -461,8 +462,6 @@ def _entry_failure(vcpu, region: VmcsRegion, launch: bool, reason: ExitReason, f
     vcpu.engine.intercepts.set_cr_reads(frozenset())
     vcpu.engine.intercepts.set_invlpg_exiting(False)
     load_host_state(vcpu, region)
-    state.entry_failures.append(why)
-    del state.entry_failures[:-8]
 
 
 def exit_to_l1(vcpu, x: L2Exit) -> None:
@@ -498,19 +497,10 @@ def exit_to_l1(vcpu, x: L2Exit) -> None:
     w("GUEST_RSP", e.read("rsp"))
     w("GUEST_RIP", x.rip)
     w("GUEST_RFLAGS", e.read("rflags"))
-    for name, seg in e.segments().items():
-        seg = as_held(name, seg)
-        pre = f"GUEST_{name.upper()}"
-        w(f"{pre}_SELECTOR", seg.selector)
-        w(f"{pre}_BASE", seg.base)
-        w(f"{pre}_LIMIT", seg.limit)
-        w(f"{pre}_AR_BYTES", seg.access_rights)
-    for name in ("gdtr", "idtr"):
-        base, limit = e.table(name)
-        w(f"GUEST_{name.upper()}_BASE", base)
-        w(f"GUEST_{name.upper()}_LIMIT", limit)
-    for msr, name in ((0x174, "GUEST_SYSENTER_CS"), (0x175, "GUEST_SYSENTER_ESP"), (0x176, "GUEST_SYSENTER_EIP")):
-        w(name, e.msr_read(msr))
+    for name, value in segment_fields(e).items():
+        w(name, value)
+    for msr, name in _SYSENTER:
+        w(f"GUEST_{name}", e.msr_read(msr))
     if controls & _EXIT["SAVE_EFER"]:
         w("GUEST_IA32_EFER", efer)
     if controls & _EXIT["SAVE_PAT"]:
@@ -521,13 +511,7 @@ def exit_to_l1(vcpu, x: L2Exit) -> None:
     w("GUEST_ACTIVITY_STATE", 0)
     w("GUEST_INTERRUPTIBILITY_INFO", 0)
     stored = vmx_msr_lists.store(vcpu, region.read("VM_EXIT_MSR_STORE_ADDR"), region.read("VM_EXIT_MSR_STORE_COUNT"))
-    if state.memory_view is not None:
-        state.memory_view.remove(vcpu)
-        state.memory_view = None
-    state.non_root = False
-    e.intercepts.set_cr_reads(frozenset())
-    e.intercepts.set_invlpg_exiting(False)
-    load_host_state(vcpu, region)
+    _back_to_l1(vcpu, region)
     act.restore(vcpu, 0)
     loaded = stored or vmx_msr_lists.load(vcpu, region.read("VM_EXIT_MSR_LOAD_ADDR"),
                                           region.read("VM_EXIT_MSR_LOAD_COUNT"))
@@ -571,8 +555,7 @@ def load_host_state(vcpu, region: VmcsRegion) -> None:
     e.set_segments(segs)
     e.set_table("gdtr", v("HOST_GDTR_BASE"), 0xFFFF)
     e.set_table("idtr", v("HOST_IDTR_BASE"), 0xFFFF)
-    for msr, name in ((0x174, "HOST_IA32_SYSENTER_CS"), (0x175, "HOST_IA32_SYSENTER_ESP"),
-                      (0x176, "HOST_IA32_SYSENTER_EIP")):
-        e.msr_write(msr, v(name))
+    for msr, name in _SYSENTER:
+        e.msr_write(msr, v(f"HOST_IA32_{name}"))
     e.write("rsp", v("HOST_RSP"))
     e.set_rip(v("HOST_RIP"))

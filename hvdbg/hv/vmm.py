@@ -153,8 +153,9 @@ class Vmm:
         guest stays in the engine, False if it leaves (not RESUME, a break on this exit
         reason, or the VM has ended)."""
         if vcpu.vmx is not None and vcpu.vmx.non_root and nested_guest.l1_wants(nested_guest.vmcs12(vcpu), exit):
-            return self._reflect(vcpu, exit)
-        handler = self._handlers.get(exit.reason, self._unhandled)
+            handler = self._reflect
+        else:
+            handler = self._handlers.get(exit.reason, self._unhandled)
         decision = exit.decision = handler(vcpu, exit)
         self.trace.record(vcpu.index, exit.reason, exit.qualification, exit.rip, vcpu.clock(), exit.detail)
         if int(exit.reason) in self.exit_breakpoints and self.on_exit_breakpoint is not None:
@@ -162,17 +163,13 @@ class Vmm:
             return False
         return (decision is ExitDecision.RESUME or decision is ExitDecision.NATIVE) and not self.life.ended
 
-    def _reflect(self, vcpu: VcpuPort, exit: ExitInfo) -> bool:
+    def _reflect(self, vcpu: VcpuPort, exit: ExitInfo) -> ExitDecision:
         """An exit of the guest hypervisor's guest that the guest hypervisor asked for: it
         becomes its VM exit when the engine run ends (hvdbg.hv.nested_guest)."""
         x = nested_guest.reflect(vcpu, exit)
-        exit.decision = ExitDecision.REFLECTED
         x.detail = nested_guest.describe(x, exit)
         exit.detail = f"L2 -> L1 at {x.rip:#x}: {x.detail}"
-        self.trace.record(vcpu.index, exit.reason, exit.qualification, exit.rip, vcpu.clock(), exit.detail)
-        if int(exit.reason) in self.exit_breakpoints and self.on_exit_breakpoint is not None:
-            self.on_exit_breakpoint(vcpu, exit)
-        return False
+        return ExitDecision.REFLECTED
 
     def internal_error(self, vcpu: VcpuPort, exc: BaseException, tb: str) -> None:
         """A bug in hvdbg itself while handling this vCPU: end the VM, keep the state."""
